@@ -22,6 +22,23 @@ def _cmd_fixture(args) -> int:
     return 0
 
 
+def _cmd_stats(args) -> int:
+    from pipelines import load_pipeline
+    from pipelines.folder_stats import folder_stats
+
+    pipe = load_pipeline(args.model, device=args.device, stats=None)
+    result = folder_stats(pipe.encoder, args.images, batch_size=args.batch_size,
+                          dataset=args.dataset, model_id=args.model)
+    path = result.stats.save(args.out)
+    s = result.stats
+    print(f"wrote {path}: {s.dim}-d stats of {result.encoded} images "
+          f"({len(result.skipped)} unreadable skipped), a={s.a:.4f} b={s.b:.4f} "
+          f"pearson={s.pearson if s.pearson is None else round(s.pearson, 5)}")
+    for name, reason in result.skipped[:10]:
+        print(f"  skipped {name}: {reason}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vslerp", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -35,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "diffusers); current: as today's diffusers saves it")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_fixture)
+
+    p = sub.add_parser("stats", help="image-modality stats of a model's encoder over a folder")
+    p.add_argument("--model", required=True, help="preset name or local pipeline directory")
+    p.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    p.add_argument("--out", required=True, help="stats file to write (.safetensors)")
+    p.add_argument("--dataset", help="data set name for the provenance (default: folder name)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", help="cuda, cpu, ... (default: CUDA if available)")
+    p.set_defaults(func=_cmd_stats)
     return parser
 
 
