@@ -20,10 +20,10 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from vslerp_app.images import image_fingerprint, load_image
 
 from pipelines.presets import ModelPreset
 from vslerp_app import geometry
-from vslerp_app.images import image_fingerprint, load_image
 from vslerp_app.stats import ModalityStats
 
 __all__ = ["Frame", "ClipImageEncoder", "VSLERPPipeline", "GenerationError", "RenderSettings"]
