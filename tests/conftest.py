@@ -1,0 +1,9 @@
+"""Shared test setup: no test may reach the Hugging Face hub (our machines cannot)."""
+
+import os
+
+# Set before diffusers/huggingface_hub are imported, so a download attempt fails at once
+# with the hub's offline error instead of waiting on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
