@@ -126,6 +126,17 @@ def _pick_device_dtype(device, dtype) -> tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
+def _check_components(model_dir: Path) -> None:
+    """Every component model_index.json names has its folder (else: an incomplete download)."""
+    index = json.loads((model_dir / "model_index.json").read_text())
+    missing = [name for name, spec in index.items()
+               if not name.startswith("_") and isinstance(spec, list) and spec[0] is not None
+               and not (model_dir / name).is_dir()]
+    if missing:
+        raise ModelLoadError(f"{model_dir} is incomplete: no folder for {', '.join(missing)} "
+                             "(an interrupted download? delete it and download again)")
+
+
 def load_pipeline(model: str | os.PathLike, device=None, dtype=None, stats=None, *,
                   offload: bool = False, max_batch: int = 8) -> VSLERPPipeline:
     """Load an unCLIP pipeline wrapped for vSLERP.
@@ -148,6 +159,7 @@ def load_pipeline(model: str | os.PathLike, device=None, dtype=None, stats=None,
     if class_name not in _KINDS:
         raise ModelLoadError(f"{model_dir} holds a {class_name}; supported: {', '.join(_KINDS)}")
     kind = _KINDS[class_name]
+    _check_components(model_dir)
     pipe = load_diffusers_pipeline(model_dir, torch_dtype=dtype)
     if offload and device.type == "cuda":
         pipe.enable_model_cpu_offload(device=device)
