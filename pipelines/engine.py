@@ -76,6 +76,9 @@ class Frame:
         preview: True for a preview-quality frame.
         embedding: the interpolated raw embedding (float32, CPU).
         frame_embedding: the re-encoded frame's raw embedding (float32, CPU).
+        reference: readouts of the frame in a reference CLIP space (open_clip), when the
+            pipeline has one: {"space", "frame_conformity", "conformity_kind",
+            "frame_log_likelihood"}.
     """
 
     image: PIL.Image.Image
@@ -90,6 +93,7 @@ class Frame:
     preview: bool = False
     embedding: torch.Tensor | None = None
     frame_embedding: torch.Tensor | None = None
+    reference: dict | None = None
 
     def readouts(self) -> dict:
         """The numbers of this frame as a JSON-ready dict (for manifests and APIs)."""
@@ -103,6 +107,7 @@ class Frame:
             "conformity_kind": self.conformity_kind,
             "log_likelihood": self.log_likelihood,
             "frame_log_likelihood": self.frame_log_likelihood,
+            "reference": self.reference,
         }
 
 
@@ -169,7 +174,7 @@ class VSLERPPipeline:
 
     def __init__(self, pipe, *, kind: str, preset: ModelPreset, stats: ModalityStats | None,
                  stats_note: str, model: str, device: torch.device, dtype: torch.dtype,
-                 max_batch: int = 8):
+                 max_batch: int = 8, reference=None):
         self.pipe = pipe
         self.kind = kind
         self.preset = preset
@@ -179,6 +184,8 @@ class VSLERPPipeline:
         self.device = device
         self.dtype = dtype
         self.max_batch = max_batch
+        # A `pipelines.reference.ReferenceReadout` (open_clip space) or None.
+        self.reference = reference
         self.encoder = ClipImageEncoder(pipe.feature_extractor, pipe.image_encoder,
                                         name=preset.encoder if model == preset.name else model)
         self._embedding_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -222,6 +229,7 @@ class VSLERPPipeline:
                 "checksum": self.stats.checksum(),
             },
             "stats_note": self.stats_note,
+            "reference": None if self.reference is None else self.reference.info(),
         }
 
     # -- encoding --------------------------------------------------------------------
@@ -337,10 +345,15 @@ class VSLERPPipeline:
         # 5. Readouts: the interpolated embedding and the generated frame, re-encoded
         frame_embeddings = self._encode_batched(images, max_batch)
         frame_embedding_of = dict(zip(unique, frame_embeddings, strict=True))
+        reference_of = {}
+        if self.reference is not None:
+            reference_of = dict(zip(unique, self.reference.readouts(images), strict=True))
         frames = []
         for (theta, alpha), key, emb in zip(pairs, keys, embeddings, strict=True):
-            frames.append(self._frame(image_of[key], theta, alpha, seed, settings.preview,
-                                      emb, frame_embedding_of[key]))
+            frame = self._frame(image_of[key], theta, alpha, seed, settings.preview,
+                                emb, frame_embedding_of[key])
+            frame.reference = reference_of.get(key)
+            frames.append(frame)
         return frames
 
     def _frame(self, image, theta, alpha, seed, preview, emb, frame_emb) -> Frame:

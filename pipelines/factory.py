@@ -138,7 +138,8 @@ def _check_components(model_dir: Path) -> None:
 
 
 def load_pipeline(model: str | os.PathLike, device=None, dtype=None, stats=None, *,
-                  offload: bool = False, max_batch: int = 8) -> VSLERPPipeline:
+                  offload: bool = False, max_batch: int = 8, reference: str | None = None,
+                  reference_stats=None) -> VSLERPPipeline:
     """Load an unCLIP pipeline wrapped for vSLERP.
 
     Args:
@@ -149,6 +150,8 @@ def load_pipeline(model: str | os.PathLike, device=None, dtype=None, stats=None,
         stats: a stats file (or ModalityStats) overriding the lookup order.
         offload: model CPU offload for small GPUs (CUDA only).
         max_batch: most frames denoised at once.
+        reference: a reference CLIP space for extra readouts, "open_clip:MODEL/PRETRAINED".
+        reference_stats: that space's stats file (default: the one registered in stats/).
     """
     device, dtype = _pick_device_dtype(device, dtype)
     model_dir, preset = resolve_model_path(model)
@@ -167,6 +170,11 @@ def load_pipeline(model: str | os.PathLike, device=None, dtype=None, stats=None,
         pipe.to(device)
     dim = int(pipe.image_encoder.config.projection_dim)
     found, note = resolve_stats(model_dir, preset, dim, stats)
+    readout = None
+    if reference is not None:
+        from pipelines.reference import ReferenceReadout
+
+        readout = ReferenceReadout.load(reference, stats=reference_stats, device=device)
     return VSLERPPipeline(pipe, kind=kind, preset=preset or KIND_DEFAULTS[kind], stats=found,
                           stats_note=note, model=str(model), device=device, dtype=dtype,
-                          max_batch=max_batch)
+                          max_batch=max_batch, reference=readout)
