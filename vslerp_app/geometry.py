@@ -25,8 +25,10 @@ __all__ = [
 
 # Below this angle (radians) from 0 or pi, sin(W) is too small to divide by; SLERP
 # falls back to linear interpolation, whose deviation from the great circle is
-# O(W^2), below float32 resolution there.
+# O(W^2), below float32 resolution there. In float64 the fallback near 0 starts at
+# _SMALL_ANGLE_F64, so that O(W^2) stays below float64 resolution too.
 _SMALL_ANGLE = 1e-4
+_SMALL_ANGLE_F64 = 1e-8
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -66,13 +68,17 @@ def _broadcast_pair(v0: torch.Tensor, v1: torch.Tensor, *params) -> int | None:
 
 def _slerp(p0: torch.Tensor, p1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """SLERP in the compute dtype; p0, p1 of (..., d), t broadcastable to (..., 1)."""
-    n0 = torch.linalg.vector_norm(p0, dim=-1, keepdim=True)
-    n1 = torch.linalg.vector_norm(p1, dim=-1, keepdim=True)
-    # One angle per pair, from the normalised dot product, clamped against rounding.
-    dot = (p0 * p1).sum(-1, keepdim=True) / (n0 * n1).clamp_min(torch.finfo(p0.dtype).tiny)
-    omega = torch.arccos(dot.clamp(-1.0, 1.0))
+    tiny = torch.finfo(p0.dtype).tiny
+    u0 = p0 / torch.linalg.vector_norm(p0, dim=-1, keepdim=True).clamp_min(tiny)
+    u1 = p1 / torch.linalg.vector_norm(p1, dim=-1, keepdim=True).clamp_min(tiny)
+    # One angle per pair. 2 atan2(|u0 - u1|, |u0 + u1|) is accurate near 0 and pi, where
+    # arccos of the dot product is not: in float32 one rounding step of the dot next to
+    # -1 reads as pi - 3.5e-4, so exactly antiparallel vectors missed the fallback below.
+    omega = 2.0 * torch.atan2(torch.linalg.vector_norm(u0 - u1, dim=-1, keepdim=True),
+                              torch.linalg.vector_norm(u0 + u1, dim=-1, keepdim=True))
     sin_omega = torch.sin(omega)
-    degenerate = (omega < _SMALL_ANGLE) | (omega > torch.pi - _SMALL_ANGLE)
+    small = _SMALL_ANGLE_F64 if p0.dtype == torch.float64 else _SMALL_ANGLE
+    degenerate = (omega < small) | (omega > torch.pi - _SMALL_ANGLE)
     safe_sin = torch.where(degenerate, torch.ones_like(sin_omega), sin_omega)
     w0 = torch.where(degenerate, 1.0 - t, torch.sin((1.0 - t) * omega) / safe_sin)
     w1 = torch.where(degenerate, t, torch.sin(t * omega) / safe_sin)
@@ -88,7 +94,7 @@ def slerp(v0: torch.Tensor, v1: torch.Tensor, theta) -> torch.Tensor:
     SLERP(p0, p1, t) = sin((1-t)W)/sin(W) p0 + sin(tW)/sin(W) p1, W the single angle
     between p0 and p1. Norms are interpolated along with directions (the formula is
     applied to the raw vectors). Degenerate inputs never give NaN: for identical or
-    parallel vectors (W < 1e-4) and for antiparallel ones (W > pi - 1e-4), whose
+    parallel vectors (W < 1e-4; 1e-8 in float64) and for antiparallel ones (W > pi - 1e-4), whose
     rotation plane is undefined, the result is the linear interpolation
     (1-t) p0 + t p1. theta = 0 and theta = 1 return v0 and v1 exactly.
     """
