@@ -1,0 +1,87 @@
+"""`vslerp fixture` and `vslerp stats` through the real command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pipelines import load_pipeline
+from pipelines.fixtures import fixture_images
+from vslerp_app.images import load_image
+from vslerp_app.stats import ModalityStats
+
+
+def vslerp(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "vslerp_app", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def karlo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "karlo"
+    result = vslerp("fixture", "karlo", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_fixture_command_writes_a_loadable_hub_layout_pipeline(karlo_dir):
+    index = json.loads((karlo_dir / "model_index.json").read_text())
+    assert index["_class_name"] == "UnCLIPImageVariationPipeline"
+    assert index["text_proj"] == ["unclip", "UnCLIPTextProjModel"]
+    pipe = load_pipeline(karlo_dir)
+    assert pipe.stats is not None and pipe.stats.dim == 32
+
+
+def test_stats_command_streams_a_folder_skipping_and_counting_bad_files(karlo_dir, tmp_path):
+    images = tmp_path / "images"
+    (images / "nested" / "deeper").mkdir(parents=True)
+    pics = fixture_images(40, seed=3)
+    for i, img in enumerate(pics):
+        folder = images if i % 2 else images / "nested" / "deeper"
+        img.save(folder / f"{i:03d}.{'png' if i % 3 else 'jpg'}")
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    (images / "notes.jpg").write_text("not a picture")
+    (images / "readme.txt").write_text("ignored: not an image suffix")
+    out = tmp_path / "stats" / "tiny.safetensors"
+
+    result = vslerp("stats", "--model", karlo_dir, "--images", images, "--out", out,
+                    "--batch-size", 7, "--dataset", "forty test images")
+    assert result.returncode == 0, result.stderr
+    assert "40 images (2 unreadable skipped)" in result.stdout
+
+    stats = ModalityStats.load(out, expected_dim=32)
+    prov = stats.provenance
+    assert stats.n == 40 and prov["image_count"] == "40" and prov["files_skipped"] == "2"
+    assert prov["dataset"] == "forty test images" and prov["model_id"] == str(karlo_dir)
+    assert {"torch", "diffusers"} <= set(json.loads(prov["library_versions"]))
+    # The streamed statistics equal those of all embeddings (of the files as saved) at once.
+    pipe = load_pipeline(karlo_dir)
+    saved = [p for p in sorted(images.rglob("*")) if p.suffix in (".png", ".jpg") and p.stem.isdigit()]
+    embeddings = pipe.encoder.encode([load_image(p, max_side=512) for p in saved])
+    torch.testing.assert_close(stats.mean, embeddings.mean(0), atol=1e-5, rtol=1e-5)
+    unit = embeddings / embeddings.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(stats.mean_unit, unit.mean(0), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--images", "{missing}"], "not a directory"),
+    (["--images", "{empty}"], "no image files found"),
+])
+def test_stats_command_errors_are_one_clear_line(karlo_dir, tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    args = [a.format(missing=tmp_path / "missing", empty=tmp_path / "empty") for a in args]
+    result = vslerp("stats", "--model", karlo_dir, "--out", tmp_path / "x.safetensors", *args)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_unknown_model_is_one_line_listing_presets(tmp_path):
+    result = vslerp("stats", "--model", "karol", "--images", tmp_path, "--out", tmp_path / "x")
+    assert result.returncode == 2
+    assert "karlo, stable-unclip-h, stable-unclip-l" in result.stderr
+    assert "Traceback" not in result.stderr
