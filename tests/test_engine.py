@@ -310,3 +310,12 @@ def test_presets_carry_the_published_defaults():
     assert (karlo.steps, karlo.super_res_steps, karlo.guidance_scale) == (25, 7, 1.0)
     assert karlo.embedding_dim == 768 and get_preset("stable-unclip-h").embedding_dim == 1024
     assert get_preset("stable-unclip-l").hub_id.endswith("unclip-small")
+
+
+def test_karlo_preset_fetches_its_mean_from_the_hub_and_says_so_offline(dirs):
+    """Karlo's repository has no prior: its preset names where the ViT-L/14 mean lives."""
+    from pipelines.factory import resolve_stats
+
+    stats, note = resolve_stats(dirs["karlo-nostats"], get_preset("karlo"), 32)
+    assert stats is None
+    assert "stabilityai/stable-diffusion-2-1-unclip-small/image_normalizer" in note
