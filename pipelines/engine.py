@@ -20,10 +20,10 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from vslerp_app.images import image_fingerprint, load_image
 
 from pipelines.presets import ModelPreset
 from vslerp_app import geometry
+from vslerp_app.images import image_fingerprint, load_image
 from vslerp_app.stats import ModalityStats
 
 __all__ = ["Frame", "ClipImageEncoder", "VSLERPPipeline", "GenerationError", "RenderSettings"]
@@ -277,6 +277,13 @@ class VSLERPPipeline:
         if not settings.preview and self.kind == "karlo" and not 1 <= settings.super_res_steps <= MAX_STEPS:
             raise ValueError(f"super_res_steps must be in [1, {MAX_STEPS}], "
                              f"got {settings.super_res_steps}")
+        # Karlo's UnCLIPScheduler divides by (steps - 1): one step is a ZeroDivisionError.
+        if self.kind == "karlo":
+            for name, value in (("steps", settings.steps),
+                                ("super_res_steps", None if settings.preview else settings.super_res_steps)):
+                if value == 1:
+                    raise ValueError(f"{name} must be at least 2 for Karlo (its scheduler needs "
+                                     f"two timesteps), got {value}")
         if not math.isfinite(settings.guidance_scale) or not 0 <= settings.guidance_scale <= 50:
             raise ValueError(f"guidance_scale must be in [0, 50], got {settings.guidance_scale}")
         if not 0 <= settings.noise_level <= 1000:
