@@ -1,0 +1,294 @@
+"""Benchmark pipelines: Karlo and Stable unCLIP architectures at full size or scaled down.
+
+Everything is the real diffusers/transformers class with random weights, written to a
+directory in the hub layout and loaded back through `pipelines.load_pipeline`, so a
+benchmark exercises the same code path as a user's model.
+
+- ``karlo_configs("full")``: the published Karlo configurations. Decoder and both
+  super-resolution UNets as in diffusers' ``scripts/convert_kakao_brain_unclip_to_diffusers.py``
+  (DECODER_CONFIG, SUPER_RES_UNET_FIRST_STEPS_CONFIG, SUPER_RES_UNET_LAST_STEP_CONFIG; the
+  last-step UNet gets the first's sample_size, which the pipeline never reads), text_proj
+  as that script builds it, OpenAI CLIP ViT-L/14 image and text towers.
+- ``karlo_configs("quick")``: the same block types, layer counts and 4x super-resolution
+  factor, with 1/10 of the channels and 1/4 of the side (16 px decoder, 64 px
+  super-resolution) so a frame costs well under a second on a 2-core CPU; the decoder
+  and super-resolution keep roughly their full-size share of the FLOPs.
+- ``karlo_configs("smoke")``: smaller still, for the test that runs the benchmark.
+- ``stable_configs("full")``: stabilityai/stable-diffusion-2-1-unclip (-h) at 768 px: its
+  UNet (SD 2.1 768-v with a 2048-d class projection), the SD VAE, OpenCLIP ViT-H/14 image
+  tower (1024-d embeddings) and text tower (23 layers, as the repository ships it).
+
+Tokenizers are the tiny BPE of `pipelines.fixtures` (only the empty prompt is ever
+encoded; the text towers keep CLIP's 49408-token embedding table).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+
+import torch
+
+__all__ = ["karlo_configs", "stable_configs", "build_karlo", "build_stable", "write_pipeline",
+           "param_counts", "SCALES"]
+
+SCALES = ("full", "quick", "smoke")
+CLIP_VOCAB = 49408
+
+# -- Karlo, full size (diffusers' Karlo conversion script) --------------------------------
+_KARLO_DECODER = {
+    "sample_size": 64,
+    "layers_per_block": 3,
+    "down_block_types": ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D",
+                         "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D"),
+    "up_block_types": ("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D",
+                       "SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+    "mid_block_type": "UNetMidBlock2DSimpleCrossAttn",
+    "block_out_channels": (320, 640, 960, 1280),
+    "in_channels": 3,
+    "out_channels": 6,
+    "cross_attention_dim": 1536,
+    "class_embed_type": "identity",
+    "attention_head_dim": 64,
+    "resnet_time_scale_shift": "scale_shift",
+}
+_KARLO_SUPER_RES = {
+    "sample_size": 256,
+    "layers_per_block": 3,
+    "down_block_types": ("ResnetDownsampleBlock2D",) * 4,
+    "up_block_types": ("ResnetUpsampleBlock2D",) * 4,
+    "block_out_channels": (320, 640, 960, 1280),
+    "in_channels": 6,
+    "out_channels": 3,
+    "add_attention": False,
+}
+# openai/clip-vit-large-patch14
+_VIT_L14 = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+            "num_attention_heads": 16, "image_size": 224, "patch_size": 14,
+            "projection_dim": 768, "hidden_act": "quick_gelu"}
+_CLIP_L_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                "num_attention_heads": 12, "projection_dim": 768, "hidden_act": "quick_gelu",
+                "max_position_embeddings": 77, "vocab_size": CLIP_VOCAB}
+
+# -- Stable unCLIP-h, full size (stabilityai/stable-diffusion-2-1-unclip) ------------------
+_SD21_UNCLIP_H_UNET = {
+    "sample_size": 96,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 2,
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                         "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+                       "CrossAttnUpBlock2D"),
+    "block_out_channels": (320, 640, 1280, 1280),
+    "attention_head_dim": (5, 10, 20, 20),
+    "cross_attention_dim": 1024,
+    "class_embed_type": "projection",
+    "projection_class_embeddings_input_dim": 2048,  # image embedding (1024) + noise-level embedding
+    "use_linear_projection": True,
+    "upcast_attention": True,
+}
+_SD_VAE = {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2,
+           "down_block_types": ("DownEncoderBlock2D",) * 4,
+           "up_block_types": ("UpDecoderBlock2D",) * 4,
+           "block_out_channels": (128, 256, 512, 512), "norm_num_groups": 32,
+           "sample_size": 768, "act_fn": "silu"}
+# laion/CLIP-ViT-H-14-laion2B-s32B-b79K towers (the text tower as SD 2.x ships it: 23 layers)
+_VIT_H14 = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
+            "num_attention_heads": 16, "image_size": 224, "patch_size": 14,
+            "projection_dim": 1024, "hidden_act": "gelu"}
+_OPENCLIP_H_TEXT = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23,
+                    "num_attention_heads": 16, "projection_dim": 512, "hidden_act": "gelu",
+                    "max_position_embeddings": 77, "vocab_size": CLIP_VOCAB}
+
+
+def karlo_configs(scale: str = "full") -> dict:
+    """Configurations of Karlo's trainable components at ``scale`` (see the module doc)."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
+    dec, sr = copy.deepcopy(_KARLO_DECODER), copy.deepcopy(_KARLO_SUPER_RES)
+    vision, text = dict(_VIT_L14), dict(_CLIP_L_TEXT)
+    emb = vision["projection_dim"]
+    if scale != "full":
+        small = scale == "smoke"
+        channels = (16, 32, 48, 64) if small else (32, 64, 96, 128)
+        emb = 32 if small else 64
+        for cfg in (dec, sr):
+            cfg["block_out_channels"] = channels
+            cfg["norm_num_groups"] = 8
+        dec.update(sample_size=8 if small else 16, cross_attention_dim=2 * emb,
+                   attention_head_dim=16)
+        sr["sample_size"] = 32 if small else 64
+        if small:
+            dec["layers_per_block"] = sr["layers_per_block"] = 1
+        vision = {"hidden_size": 32 if small else 64, "intermediate_size": 128 if small else 256,
+                  "num_hidden_layers": 2 if small else 4, "num_attention_heads": 4,
+                  "image_size": 64 if small else 224, "patch_size": 16 if small else 14,
+                  "projection_dim": emb, "hidden_act": "quick_gelu"}
+        text = {"hidden_size": emb, "intermediate_size": 4 * emb, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "projection_dim": emb, "hidden_act": "quick_gelu",
+                "max_position_embeddings": 77, "vocab_size": 1024}
+    text["hidden_size"] = emb  # UnCLIPTextProjModel maps text states of the embedding width
+    text_proj = {"clip_embeddings_dim": emb, "time_embed_dim": dec["block_out_channels"][0] * 4,
+                 "cross_attention_dim": dec["cross_attention_dim"]}
+    return {"decoder": dec, "super_res_first": sr, "super_res_last": dict(sr),
+            "text_proj": text_proj, "image_encoder": vision, "text_encoder": text}
+
+
+def stable_configs(scale: str = "full") -> dict:
+    """Configurations of Stable unCLIP-h's trainable components (full size only)."""
+    if scale != "full":
+        raise ValueError("Stable unCLIP configurations exist at full size only "
+                         "(the tiny one is pipelines.fixtures)")
+    return {"unet": copy.deepcopy(_SD21_UNCLIP_H_UNET), "vae": dict(_SD_VAE),
+            "image_encoder": dict(_VIT_H14), "text_encoder": dict(_OPENCLIP_H_TEXT),
+            "image_normalizer": {"embedding_dim": _VIT_H14["projection_dim"]}}
+
+
+def _text_config(cfg: dict, tokenizer):
+    from transformers import CLIPTextConfig
+
+    cfg = dict(cfg)
+    cfg["vocab_size"] = max(cfg.get("vocab_size", 0), len(tokenizer))
+    return CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id, **cfg)
+
+
+def _feature_extractor(side: int):
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(crop_size=side, size=side)
+
+
+def _zero_out(model) -> None:
+    """Zero the output convolution: random weights then predict zero noise, so no fp16
+    overflow can come out of a random UNet (timing is unaffected)."""
+    with torch.no_grad():
+        model.conv_out.weight.zero_()
+        model.conv_out.bias.zero_()
+
+
+def build_karlo(scale: str, tokenizer, seed: int = 0, device="cpu") -> dict:
+    """UnCLIPImageVariationPipeline components with random weights, initialised on ``device``."""
+    from diffusers import UnCLIPScheduler, UNet2DConditionModel, UNet2DModel
+    from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+    from transformers import CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    cfg = karlo_configs(scale)
+    torch.manual_seed(seed)
+    text_config = _text_config(cfg["text_encoder"], tokenizer)
+    with torch.device(device):
+        parts = {
+            "decoder": UNet2DConditionModel(**cfg["decoder"]),
+            "super_res_first": UNet2DModel(**cfg["super_res_first"]),
+            "super_res_last": UNet2DModel(**cfg["super_res_last"]),
+            "text_proj": UnCLIPTextProjModel(**cfg["text_proj"]),
+            "image_encoder": CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["image_encoder"])).eval(),
+            "text_encoder": CLIPTextModelWithProjection(text_config).eval(),
+        }
+    for name in ("decoder", "super_res_first", "super_res_last"):
+        _zero_out(parts[name])
+    parts.update(
+        tokenizer=tokenizer,
+        feature_extractor=_feature_extractor(cfg["image_encoder"]["image_size"]),
+        decoder_scheduler=UnCLIPScheduler(variance_type="learned_range", prediction_type="epsilon",
+                                          num_train_timesteps=1000),
+        super_res_scheduler=UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="epsilon",
+                                            num_train_timesteps=1000),
+    )
+    return parts
+
+
+def build_stable(tokenizer, seed: int = 0, device="cpu") -> dict:
+    """StableUnCLIPImg2ImgPipeline components of -h at full size, random weights on ``device``."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import (
+        StableUnCLIPImageNormalizer,
+    )
+    from transformers import CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    cfg = stable_configs("full")
+    torch.manual_seed(seed)
+    text_config = _text_config(cfg["text_encoder"], tokenizer)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**cfg["unet"])
+        vae = AutoencoderKL(**cfg["vae"])
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["image_encoder"])).eval()
+        normalizer = StableUnCLIPImageNormalizer(**cfg["image_normalizer"])
+        text_encoder = CLIPTextModel(text_config).eval()
+    _zero_out(unet)
+    return {
+        "feature_extractor": _feature_extractor(cfg["image_encoder"]["image_size"]),
+        "image_encoder": image_encoder,
+        "image_normalizer": normalizer,
+        "image_noising_scheduler": DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder,
+        "unet": unet,
+        "scheduler": DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                   prediction_type="v_prediction", set_alpha_to_one=False,
+                                   steps_offset=1, clip_sample=False),
+        "vae": vae,
+    }
+
+
+def param_counts(components: dict) -> dict[str, int]:
+    """Parameters per torch module among the components."""
+    return {name: sum(p.numel() for p in module.parameters())
+            for name, module in components.items() if isinstance(module, torch.nn.Module)}
+
+
+def _stats_for(components: dict, seed: int):
+    """Image-modality stats of the random image encoder over generated images."""
+    from pipelines.fixtures import fixture_images
+    from vslerp_app.stats import compute_stats
+
+    fe, enc = components["feature_extractor"], components["image_encoder"]
+    images = fixture_images(48, seed=seed, size=64)
+    with torch.no_grad():
+        param = next(enc.parameters())
+        pixels = fe(images=images, return_tensors="pt").pixel_values.to(param.device, param.dtype)
+        emb = enc(pixels).image_embeds.float().cpu()
+    return compute_stats(emb, whitening=False, encoder="random CLIP vision tower (benchmark)",
+                         dataset="generated images")
+
+
+def write_pipeline(kind: str, scale: str, directory: str | Path, *, device="cpu",
+                   dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple[Path, dict]:
+    """Build a random-weight pipeline, save it in the hub layout; (directory, parameter counts).
+
+    Weights are initialised on ``device`` (a GPU initialises full size in seconds) and
+    saved in ``dtype``; a ``vslerp-stats.safetensors`` beside them makes alpha != 0 work.
+    """
+    from pipelines.fixtures import _write_tokenizer
+    from vslerp_app.stats import STATS_FILENAME
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as tmp:
+        tokenizer = _write_tokenizer(Path(tmp) / "tokenizer")
+        if kind == "karlo":
+            from diffusers import UnCLIPImageVariationPipeline as cls
+
+            components = build_karlo(scale, tokenizer, seed, device)
+        elif kind == "stable-unclip":
+            from diffusers import StableUnCLIPImg2ImgPipeline as cls
+
+            components = build_stable(tokenizer, seed, device)
+        else:
+            raise ValueError(f"unknown kind {kind!r}")
+        counts = param_counts(components)
+        stats = _stats_for(components, seed)
+        pipe = cls(**components)
+        pipe.to(dtype=dtype)
+        pipe.save_pretrained(directory, safe_serialization=True)
+        for name in ("vocab.json", "merges.txt"):
+            target = directory / "tokenizer" / name
+            if not target.exists():
+                target.write_bytes((Path(tmp) / "tokenizer" / name).read_bytes())
+        del pipe, components
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    stats.save(directory / STATS_FILENAME)
+    return directory, counts
