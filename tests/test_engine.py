@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from vslerp_app.images import ImageInputError
 
 from pipelines import GenerationError, ModelLoadError, get_preset, load_pipeline
 from pipelines.fixtures import fixture_images, write_fixture
 from vslerp_app import geometry
+from vslerp_app.images import ImageInputError
 from vslerp_app.stats import STATS_FILENAME, ModalityStats, StatsError
 
 FAST = {"karlo": dict(steps=2, super_res_steps=2), "stable-unclip": dict(steps=2)}
