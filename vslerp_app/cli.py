@@ -70,6 +70,57 @@ def _stats_reference(args) -> int:
     return 0
 
 
+def _cmd_render(args) -> int:
+    """`vslerp render`: one sequence, or many from --jobs (split over accelerate processes)."""
+    from vslerp_app.render import render_sequence, run_jobs
+
+    try:
+        model = args.model
+        if model is None:
+            from pipelines.presets import DEFAULT_MODEL
+
+            model = DEFAULT_MODEL
+        common = dict(gif=args.gif, mp4=args.mp4, zip=args.zip, fps=args.fps, preview=args.preview,
+                      steps=args.steps, super_res_steps=args.super_res_steps,
+                      guidance_scale=args.guidance)
+        if args.jobs is not None:
+            given = [f"--{k}" for k in ("source", "target", "theta", "alpha")
+                     if getattr(args, k) is not None]
+            if given:
+                raise CLIError(f"--jobs takes source, target, theta and alpha from the jobs file; "
+                               f"drop {', '.join(given)}")
+            result = run_jobs(model, args.jobs, args.out, device=args.device, dtype=args.dtype,
+                              stats=args.stats, default_seed=args.seed, default_grid=args.grid,
+                              max_batch=args.max_batch, **common)
+            if result["summary"] is not None:
+                rows = result["summary"]["jobs"]
+                done = sum(r["status"] == "complete" for r in rows)
+                print(f"{done} of {len(rows)} jobs complete in {args.out} "
+                      f"({result['num_processes']} process(es)); see {args.out}/jobs.json")
+            return 1 if result["failed"] else 0
+        missing = [f"--{k}" for k in ("source", "target", "theta") if getattr(args, k) is None]
+        if missing:
+            raise CLIError(f"missing {', '.join(missing)} (or give --jobs FILE)")
+
+        def progress(done: int, total: int) -> None:
+            print(f"render: {done}/{total} frames", file=sys.stderr, flush=True)
+
+        m = render_sequence(model, args.source, args.target, args.theta,
+                            args.alpha if args.alpha is not None else "0", args.seed, args.out,
+                            grid=args.grid, max_batch=args.max_batch, stats=args.stats,
+                            device=args.device, dtype=args.dtype, progress=progress, **common)
+    except Exception as e:
+        if args.debug:
+            raise
+        raise CLIError(" ".join(str(e).split()) or type(e).__name__) from None
+    run = m["runs"][-1]
+    files = [f for f in (o.get("file") for o in m["outputs"].values()) if f]
+    print(f"wrote {m['frame_count']} frames to {args.out} ({run['frames_rendered']} rendered, "
+          f"{run['frames_reused']} already done, {run['seconds']:.1f} s): frames/, manifest.json"
+          + "".join(f", {f}" for f in files))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vslerp", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -102,6 +153,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", help="cuda, cpu, ... (default: CUDA if available)")
     p.set_defaults(func=_cmd_stats)
+
+    p = sub.add_parser(
+        "render", help="render a vSLERP frame sequence (or many, with --jobs) to a folder",
+        description="SPEC is a number (0.5), a comma list (0,0.25,1) or start:stop:count "
+                    "(0:1:5, both ends included). theta and alpha pair up as a sweep (equal "
+                    "lengths, or one single value) or, with --grid, as a grid (theta major). "
+                    "Re-running the same command resumes: finished frames are kept.")
+    p.add_argument("--model", help="preset name or local pipeline directory (default: karlo)")
+    p.add_argument("--source", help="source image (theta = 0)")
+    p.add_argument("--target", help="target image (theta = 1)")
+    p.add_argument("--theta", metavar="SPEC", help="theta values in [0, 1]")
+    p.add_argument("--alpha", metavar="SPEC", help="alpha values (default 0: plain SLERP)")
+    p.add_argument("--seed", type=int, default=0, help="noise path shared by every frame (default 0)")
+    p.add_argument("--out", required=True, help="output folder (resumed if it holds this render)")
+    p.add_argument("--jobs", metavar="FILE",
+                   help="JSON lines, one sequence per line: {\"source\", \"target\", \"theta\", "
+                        "\"alpha\", \"seed\", \"name\", \"grid\"}; output in OUT/<name or index>; "
+                        "split over processes under accelerate launch / torchrun")
+    p.add_argument("--grid", action="store_true", help="every theta with every alpha")
+    p.add_argument("--preview", action="store_true", help="preview quality (fast, small)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
+    p.add_argument("--super-res-steps", type=int, help="Karlo super-resolution steps")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 is off)")
+    p.add_argument("--max-batch", type=int, help="frames per batch and per chunk written (default 8)")
+    p.add_argument("--stats", metavar="FILE", help="image-modality stats file for alpha != 0")
+    p.add_argument("--gif", action="store_true", help="also write sequence.gif")
+    p.add_argument("--mp4", action="store_true", help="also write sequence.mp4")
+    p.add_argument("--fps", type=float, default=4.0, help="GIF/MP4 frames per second (default 4)")
+    p.add_argument("--zip", action="store_true", help="also write sequence.zip (frames + manifest)")
+    p.add_argument("--device", help="cuda, cpu, ... (default: CUDA if available)")
+    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="default: fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks on errors")
+    p.set_defaults(func=_cmd_render)
     return parser
 
 

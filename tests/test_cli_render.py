@@ -1,0 +1,246 @@
+"""`vslerp render` as users run it: real subprocesses on the tiny Karlo fixture.
+
+Errors (one line, non-zero exit, no traceback), a run killed with SIGKILL and completed by
+the next run, a full disk (fault injection in the child process), and jobs split over two
+CPU processes with torchrun (accelerate's PartialState gives MULTI_CPU there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import imageio_ffmpeg
+import pytest
+from PIL import Image, ImageSequence
+
+from pipelines.fixtures import fixture_images, write_fixture
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--steps", "2", "--super-res-steps", "2"]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+       "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+
+
+@pytest.fixture(scope="session")
+def karlo_dir(tmp_path_factory):
+    """The tiny Karlo pipeline, written once per session (shared with test_render)."""
+    path = tmp_path_factory.getbasetemp() / "render-karlo"
+    if not (path / "model_index.json").is_file():
+        write_fixture("karlo", path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-render-inputs")
+    for name, img in zip(("a.png", "b.png"), fixture_images(2, seed=11), strict=True):
+        img.save(root / name)
+    (root / "not-an-image.png").write_text("hello, I am text\n")
+    return root
+
+
+def _cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "vslerp_app", "render", *map(str, args)]
+
+
+def _run(cmd, timeout=300, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout, env=env or ENV)
+
+
+def _base(karlo_dir, inputs, out, *extra):
+    return _cmd("--model", karlo_dir, "--source", inputs / "a.png", "--target", inputs / "b.png",
+                "--out", out, *FAST, *extra)
+
+
+def _error_line(proc) -> str:
+    """The one line a failed command prints about its error (and no traceback)."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith("vslerp render: error: ")
+    return errors[0]
+
+
+def _frames_valid(out: Path) -> list[str]:
+    names = sorted(p.name for p in (out / "frames").glob("*.png"))
+    for name in names:
+        Image.open(out / "frames" / name).load()
+    return names
+
+
+def _partials(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if ".partial" in p.name]
+
+
+# -- errors, all before the model is loaded: exactly one line on stderr ---------------------
+@pytest.mark.parametrize("case, words", [
+    (dict(source="missing.png"), "source image: 'missing.png' does not exist"),
+    (dict(target="not-an-image.png"), "target image: 'not-an-image.png' is not an image"),
+    (dict(theta="0:1"), "bad theta SPEC '0:1': a range is start:stop:count"),
+    (dict(alpha="one"), "bad alpha SPEC 'one'"),
+    (dict(theta="0:1:x"), "count 'x' is not a whole number"),
+    (dict(theta="0,1.5"), "theta must be in [0, 1], got 1.5"),
+    (dict(theta="0,1", alpha="0,1,2"), "theta has 2 values and alpha 3"),
+    (dict(out="{file}/sub"), "cannot create output directory"),
+    (dict(out="{file}"), "cannot create output directory"),
+    (dict(theta=None), "missing --theta"),
+    (dict(fps="0"), "fps must be in (0, 120]"),
+])
+def test_errors_are_one_clear_line(karlo_dir, inputs, tmp_path, case, words):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    opts = {"source": "a.png", "target": "b.png", "theta": "0,1", "alpha": "0", "out": str(tmp_path / "o"),
+            "fps": "4"}
+    opts.update(case)
+    args = ["--model", karlo_dir]
+    for key, value in opts.items():
+        if value is not None:
+            value = value.format(file=a_file)
+            args += [f"--{key}", inputs / value if key in ("source", "target") else value]
+    proc = _run(_cmd(*args))
+    line = _error_line(proc)
+    assert words in line and proc.returncode == 2
+    assert proc.stderr.strip() == line
+    assert not (tmp_path / "o" / "frames").exists() or not list((tmp_path / "o" / "frames").iterdir())
+
+
+def test_debug_shows_the_traceback(inputs, tmp_path):
+    proc = _run(_cmd("--source", inputs / "missing.png", "--target", inputs / "b.png", "--theta", "0",
+                     "--out", tmp_path / "o", "--debug"))
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_unknown_model_and_bad_jobs_file(inputs, tmp_path):
+    proc = _run(_cmd("--model", tmp_path / "no-such-model", "--source", inputs / "a.png",
+                     "--target", inputs / "b.png", "--theta", "0", "--out", tmp_path / "o"))
+    assert "neither a preset" in _error_line(proc)
+    jobs = tmp_path / "jobs.jsonl"
+    good = {"source": str(inputs / "a.png"), "target": str(inputs / "b.png"), "theta": 0}
+    jobs.write_text(json.dumps(good) + "\n{oops\n")
+    proc = _run(_cmd("--jobs", jobs, "--out", tmp_path / "j"))
+    assert f"{jobs}:2: not valid JSON" in _error_line(proc)
+
+
+# -- a killed run, resumed ------------------------------------------------------------------
+def test_a_run_killed_midway_is_completed_by_the_next_run(karlo_dir, inputs, tmp_path):
+    out = tmp_path / "killed"
+    cmd = _base(karlo_dir, inputs, out, "--theta", "0:1:6", "--alpha", "0.5", "--max-batch", "1", "--gif")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if json.loads((out / "manifest.json").read_text())["frames_done"] >= 1:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        assert proc.poll() is None, "the render finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "partial" and 1 <= manifest["frames_done"] < 6
+    first = {p.name: p.stat().st_mtime_ns for p in (out / "frames").glob("*.png")}
+    _frames_valid(out)  # no truncated frame, whenever the kill came
+    listed = {Path(e["file"]).name for e in manifest["frames"]}
+
+    proc = _run(cmd)
+    assert proc.returncode == 0, proc.stderr
+    assert "already done" in proc.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["frames_done"] == 6
+    assert _frames_valid(out) == [f"{i:04d}.png" for i in range(6)] and not _partials(out)
+    for name in listed:  # frames the manifest listed were kept, not rewritten
+        assert (out / "frames" / name).stat().st_mtime_ns == first[name]
+    assert manifest["runs"][-1]["frames_reused"] == len(listed)
+    assert sum(1 for _ in ImageSequence.Iterator(Image.open(out / "sequence.gif"))) == 6
+
+    # The same folder with another seed is refused, and nothing is touched.
+    before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    proc = _run(cmd + ["--seed", "1"])
+    assert "other settings (seed 0 -> 1)" in _error_line(proc)
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+    # Asking again with --mp4 only adds the video.
+    proc = _run(cmd + ["--mp4", "--zip"])
+    assert proc.returncode == 0, proc.stderr
+    reader = imageio_ffmpeg.read_frames(str(out / "sequence.mp4"))
+    assert next(reader)["size"] == (64, 64) and len(list(reader)) == 6
+    assert (out / "sequence.zip").is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "frames").iterdir()} == {
+        k: v for k, v in before.items() if k.endswith(".png") and k[0].isdigit()}
+
+
+# -- a full disk ---------------------------------------------------------------------------
+_FULL_DISK = textwrap.dedent("""
+    import errno, os, sys
+    from vslerp_app import render
+    real, calls = render.atomic_write, []
+    def filling_up(path, data):  # test-only fault: the disk fills after FAIL_AFTER files
+        calls.append(path)
+        if len(calls) > int(os.environ["FAIL_AFTER"]):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, data)
+    render.atomic_write = filling_up
+    from vslerp_app.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_a_full_disk_is_one_line_and_keeps_finished_frames(karlo_dir, inputs, tmp_path):
+    out = tmp_path / "full"
+    args = _base(karlo_dir, inputs, out, "--theta", "0:1:3", "--max-batch", "1")[4:]
+    # Files written: manifest, frame 0, manifest, frame 1, manifest, then frame 2 fails.
+    proc = _run([sys.executable, "-c", _FULL_DISK, "render", *args], env={**ENV, "FAIL_AFTER": "5"})
+    line = _error_line(proc)
+    assert "no space left on device" in line and "frames/0002.png" in line and "run the same command" in line
+    assert _frames_valid(out) == ["0000.png", "0001.png"] and not _partials(out)
+    assert json.loads((out / "manifest.json").read_text())["frames_done"] == 2
+    proc = _run(_cmd(*args))
+    assert proc.returncode == 0, proc.stderr
+    assert _frames_valid(out) == ["0000.png", "0001.png", "0002.png"]
+
+
+# -- many pairs over two processes ----------------------------------------------------------
+def test_jobs_are_split_over_two_cpu_processes_with_torchrun(karlo_dir, inputs, tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    (tmp_path / "imgs").mkdir()
+    for name in ("a.png", "b.png"):
+        (tmp_path / "imgs" / name).write_bytes((inputs / name).read_bytes())
+    lines = [
+        {"source": "imgs/a.png", "target": "imgs/b.png", "theta": "0,1", "alpha": 0, "seed": 1, "name": "ab"},
+        {"source": "imgs/b.png", "target": "imgs/a.png", "theta": 0.5, "alpha": "0,1", "seed": 2},
+        {"source": str(tmp_path / "imgs/a.png"), "target": "imgs/b.png", "theta": "0,1", "alpha": "-1,1",
+         "grid": True},
+    ]
+    jobs.write_text("\n".join(json.dumps(j) for j in lines) + "\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "vslerp_app", "render", "--jobs", jobs, "--model", karlo_dir, "--out", out,
+           "--device", "cpu", *FAST]
+    proc = _run([str(c) for c in cmd], timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 of 3 jobs complete" in proc.stdout
+    summary = json.loads((out / "jobs.json").read_text())
+    assert [(j["name"], j["status"], j["frames"]) for j in summary["jobs"]] == [
+        ("ab", "complete", 2), ("0001", "complete", 2), ("0002", "complete", 4)]
+    by_rank: dict[int, list[str]] = {}
+    for j in summary["jobs"]:
+        m = json.loads((out / j["dir"] / "manifest.json").read_text())
+        assert m["status"] == "complete" and len(_frames_valid(out / j["dir"])) == m["frame_count"]
+        assert len(m["runs"]) == 1 and m["runs"][0]["num_processes"] == 2
+        assert m["runs"][0]["frames_rendered"] == m["frame_count"]
+        by_rank.setdefault(m["runs"][0]["process_index"], []).append(j["name"])
+    # split_between_processes: process 0 gets the first two jobs, process 1 the last.
+    assert by_rank == {0: ["ab", "0001"], 1: ["0002"]}
