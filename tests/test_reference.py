@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pipelines import load_pipeline
 from pipelines.caption_stats import read_captions, reference_stats, sibling_paths
@@ -295,3 +296,25 @@ def test_pretrained_download_offline_fails_with_one_clear_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("vslerp stats: error: could not download") and "ViT-B-32" in lines[0]
+
+
+def test_render_command_writes_reference_readouts_into_the_manifest(python_run, tiny_config, tmp_path):
+    karlo = write_fixture("karlo", tmp_path / "karlo")
+    source, target = fixture_images(2, seed=4)
+    source.save(tmp_path / "a.png")
+    target.save(tmp_path / "b.png")
+    out = tmp_path / "out"
+    result = _vslerp("render", "--model", karlo, "--source", tmp_path / "a.png", "--target",
+                     tmp_path / "b.png", "--theta", "0:1:3", "--alpha", "1", "--seed", "2", "--out", out,
+                     "--steps", "2", "--super-res-steps", "2", "--reference", SPEC,
+                     "--reference-stats", python_run.paths["image"],
+                     env={"VSLERP_OPEN_CLIP_CONFIG": str(tiny_config)})
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    stats = ModalityStats.load(python_run.paths["image"], expected_dim=32)
+    encoder = OpenClipEncoder(*parse_reference(SPEC), "cpu", spec=SPEC)
+    for entry in manifest["frames"]:
+        ref = entry["reference"]
+        v = encoder.encode([Image.open(out / entry["file"]).convert("RGB")])[0]
+        assert ref["space"] == SPEC
+        assert ref["frame_conformity"] == pytest.approx(float(stats.conformity(v)), abs=1e-5)

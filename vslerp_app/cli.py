@@ -90,7 +90,9 @@ def _cmd_render(args) -> int:
                 raise CLIError(f"--jobs takes source, target, theta and alpha from the jobs file; "
                                f"drop {', '.join(given)}")
             result = run_jobs(model, args.jobs, args.out, device=args.device, dtype=args.dtype,
-                              stats=args.stats, default_seed=args.seed, default_grid=args.grid,
+                              stats=args.stats, reference=args.reference,
+                              reference_stats=args.reference_stats,
+                              default_seed=args.seed, default_grid=args.grid,
                               max_batch=args.max_batch, **common)
             if result["summary"] is not None:
                 rows = result["summary"]["jobs"]
@@ -108,6 +110,7 @@ def _cmd_render(args) -> int:
         m = render_sequence(model, args.source, args.target, args.theta,
                             args.alpha if args.alpha is not None else "0", args.seed, args.out,
                             grid=args.grid, max_batch=args.max_batch, stats=args.stats,
+                            reference=args.reference, reference_stats=args.reference_stats,
                             device=args.device, dtype=args.dtype, progress=progress, **common)
     except Exception as e:
         if args.debug:
@@ -178,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 is off)")
     p.add_argument("--max-batch", type=int, help="frames per batch and per chunk written (default 8)")
     p.add_argument("--stats", metavar="FILE", help="image-modality stats file for alpha != 0")
+    p.add_argument("--reference", metavar="SPEC",
+                   help="open_clip reference space for extra readouts, open_clip:MODEL/PRETRAINED")
+    p.add_argument("--reference-stats", metavar="FILE",
+                   help="the reference space's image stats (default: the stats/ file named from SPEC)")
     p.add_argument("--gif", action="store_true", help="also write sequence.gif")
     p.add_argument("--mp4", action="store_true", help="also write sequence.mp4")
     p.add_argument("--fps", type=float, default=4.0, help="GIF/MP4 frames per second (default 4)")

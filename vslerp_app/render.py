@@ -434,6 +434,7 @@ def render_sequence(pipe_or_model, source, target, thetas, alphas, seed: int, ou
                     super_res_steps: int | None = None, guidance_scale: float | None = None,
                     noise_level: int | None = None, resolution: int | None = None,
                     max_batch: int | None = None, stats=None, device=None, dtype=None,
+                    reference: str | None = None, reference_stats=None,
                     contact: bool = True, plot: bool = True,
                     progress: Callable[[int, int], None] | None = None) -> dict:
     """Render one vSLERP sequence into ``out_dir`` (resuming what is there); return the manifest.
@@ -452,6 +453,8 @@ def render_sequence(pipe_or_model, source, target, thetas, alphas, seed: int, ou
             settings (default: the model preset's).
         max_batch: frames per generate call, i.e. per chunk written to disk.
         stats, device, dtype: passed to `load_pipeline` when a model is given.
+        reference, reference_stats: an open_clip reference space for extra readouts
+            ("open_clip:MODEL/PRETRAINED") and its stats file, when a model is given.
         contact, plot: write contact_sheet.png / conformity.png.
         progress: called as progress(frames_done, frames_total) after each chunk.
     Returns:
@@ -476,6 +479,8 @@ def render_sequence(pipe_or_model, source, target, thetas, alphas, seed: int, ou
         "model": _model_id(pipe_or_model if model_given else pipe_or_model.model),
         "source": src_info["sha256"], "target": tgt_info["sha256"],
         "frames": [list(p) for p in pairs], "grid": bool(grid), "seed": seed, "preview": bool(preview),
+        "reference": reference if model_given else (
+            None if pipe_or_model.reference is None else pipe_or_model.reference.info()["space"]),
     }
     overrides = {"steps": steps, "super_res_steps": super_res_steps, "guidance_scale": guidance_scale,
                  "noise_level": noise_level, "resolution": resolution}
@@ -501,7 +506,8 @@ def render_sequence(pipe_or_model, source, target, thetas, alphas, seed: int, ou
         from pipelines import load_pipeline
 
         pipe = load_pipeline(pipe_or_model, device=device, dtype=dtype, stats=stats,
-                             max_batch=max_batch or 8)
+                             max_batch=max_batch or 8, reference=reference,
+                             reference_stats=reference_stats)
     else:
         pipe = pipe_or_model
     load_seconds = time.perf_counter() - t_load
@@ -761,6 +767,7 @@ def read_jobs(path: str | os.PathLike, default_seed: int = 0, default_grid: bool
 
 
 def run_jobs(model, jobs_file, out_dir, *, device=None, dtype=None, stats=None,
+             reference: str | None = None, reference_stats=None,
              default_seed: int = 0, default_grid: bool = False, max_batch: int | None = None,
              log: Callable[[str], None] | None = None, **render_kwargs) -> dict:
     """Render every job of ``jobs_file`` into out_dir/<name>, split over processes.
@@ -794,7 +801,8 @@ def run_jobs(model, jobs_file, out_dir, *, device=None, dtype=None, stats=None,
         tag = f"[process {state.process_index}/{state.num_processes}]" if state.num_processes > 1 else ""
         log(f"{tag} {len(mine)} of {len(jobs)} jobs on {load_device}".strip())
         pipe = load_pipeline(model, device=load_device, dtype=dtype, stats=stats,
-                             max_batch=max_batch or 8) if mine else None
+                             max_batch=max_batch or 8, reference=reference,
+                             reference_stats=reference_stats) if mine else None
         for job in mine:
             job_dir = out_dir / job.name
             t0 = time.perf_counter()
