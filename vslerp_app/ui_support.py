@@ -1,0 +1,350 @@
+"""Helpers of the Gradio studio (`app.py`) that need no Gradio: plain functions, testable alone.
+
+What lives here: the per-session embedding cache entries (one per input image, kept in
+`gr.State` by the app so nothing is shared between users), the checks a request must pass
+before it reaches the GPU queue, the theta/alpha values of a sequence, the readouts of a
+frame as JSON and as a sentence, the gallery and files of a sequence (written by
+`vslerp_app.render.render_sequence`, the same code as `vslerp render`), the request folders
+and their clean-up, and the plain-words message of any failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vslerp_app.images import ImageInputError, image_fingerprint, load_image
+from vslerp_app.specs import combine
+
+__all__ = [
+    "MAX_SEQUENCE_FRAMES",
+    "SWEEP_MODES",
+    "InputEntry",
+    "RequestError",
+    "check_request",
+    "embed_input",
+    "frame_caption",
+    "frame_readouts",
+    "generate_kwargs",
+    "json_safe",
+    "model_markdown",
+    "readouts_markdown",
+    "sequence_outputs",
+    "sweep_pairs",
+    "sweep_values",
+    "user_message",
+    "new_workdir",
+    "cleanup_workdirs",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_SEQUENCE_FRAMES = 64
+SWEEP_MODES = ("theta", "alpha", "grid")
+QUALITIES = ("full", "preview")
+WORK_ROOT = Path(tempfile.gettempdir()) / "vslerp-studio"
+
+
+class RequestError(ValueError):
+    """A request the user can fix (a missing image, a value out of range); plain message."""
+
+
+# -- inputs and their embeddings ---------------------------------------------------------
+@dataclass
+class InputEntry:
+    """One input image of a session: its content key, raw embedding and readouts."""
+
+    key: str
+    embedding: torch.Tensor
+    readouts: dict
+
+
+def embed_input(pipe, path, role: str, cached: InputEntry | None = None) -> InputEntry:
+    """The embedding of the image at ``path``, reusing ``cached`` when the pixels are equal.
+
+    ``role`` ("source image", "target image") names the input in error messages. The
+    embedding is computed with the pipeline's encoder directly, not through
+    `VSLERPPipeline.encode`, whose cache is shared by every caller of the process: the app
+    keeps each session's entries in that session's state.
+    """
+    if path is None:
+        raise RequestError(f"Add a {role} first (upload, paste or webcam), or click an example.")
+    try:
+        img = load_image(path)
+    except ImageInputError as e:
+        raise RequestError(f"The {role} {e.problem}.") from None
+    key = image_fingerprint(img)
+    if cached is not None and cached.key == key:
+        return cached
+    emb = pipe.encoder.encode([img])[0]
+    return InputEntry(key=key, embedding=emb, readouts=embedding_readouts(pipe, emb))
+
+
+def embedding_readouts(pipe, emb: torch.Tensor) -> dict:
+    """Conformity (and likelihood) of one raw embedding; None values without stats."""
+    out = {"conformity": None, "conformity_kind": None, "log_likelihood": None}
+    stats = pipe.stats
+    if stats is not None:
+        out["conformity"] = float(stats.conformity(emb))
+        out["conformity_kind"] = stats.conformity_kind
+        if stats.whitening is not None:
+            out["log_likelihood"] = float(stats.log_likelihood(emb))
+    return out
+
+
+# -- checks ---------------------------------------------------------------------------
+def generate_kwargs(quality: str, steps, super_res_steps, preview_steps, guidance_scale,
+                    max_batch) -> dict:
+    """Keyword arguments of `VSLERPPipeline.generate` for the UI's settings.
+
+    ``steps`` and ``super_res_steps`` are a full frame's; ``preview_steps`` a preview's
+    (Karlo previews stop after the 64 px decoder, so they have no super-resolution steps).
+    A None leaves the preset's default.
+    """
+    if quality not in QUALITIES:
+        raise RequestError(f"quality must be one of {', '.join(QUALITIES)}, got {quality!r}")
+    preview = quality == "preview"
+    kwargs: dict = {"preview": preview}
+    wanted = {"steps": preview_steps if preview else steps,
+              "super_res_steps": None if preview else super_res_steps,
+              "max_batch": max_batch}
+    for name, value in wanted.items():
+        if value is not None:
+            kwargs[name] = _as_int(value, "preview_steps" if preview and name == "steps" else name)
+    if guidance_scale is not None:
+        try:
+            kwargs["guidance_scale"] = float(guidance_scale)
+        except (TypeError, ValueError):
+            raise RequestError(f"guidance_scale must be a number, got {guidance_scale!r}") from None
+    return kwargs
+
+
+def check_request(pipe, source, target, pairs, seed, kwargs: dict) -> int:
+    """Raise RequestError with a plain message for anything the engine would refuse.
+
+    Returns the seed as an int. Cheap: no image is decoded here beyond what the checks
+    of the engine need (none), so it can gate a request before it joins the GPU queue.
+    """
+    if source is None:
+        raise RequestError("Add a source image first (upload, paste or webcam), or click an example.")
+    if target is None:
+        raise RequestError("Add a target image first (upload, paste or webcam), or click an example.")
+    seed = _as_int(seed, "seed")
+    if not pairs:
+        raise RequestError("nothing to render: the sweep has no frames")
+    if len(pairs) > MAX_SEQUENCE_FRAMES:
+        raise RequestError(f"a sequence has at most {MAX_SEQUENCE_FRAMES} frames here, "
+                           f"this one would have {len(pairs)}; lower the frame counts")
+    settings = pipe.default_settings(kwargs.get("preview", False))
+    for name in ("steps", "super_res_steps", "guidance_scale"):
+        if name in kwargs:
+            setattr(settings, name, kwargs[name])
+    try:
+        pipe.check_inputs(pairs, seed, settings, kwargs.get("max_batch", pipe.max_batch))
+    except ValueError as e:
+        raise RequestError(str(e)) from None
+    return seed
+
+
+def _as_int(value, name: str) -> int:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise RequestError(f"{name} must be a whole number, got {value!r}") from None
+    if not math.isfinite(f) or f != int(f):
+        raise RequestError(f"{name} must be a whole number, got {value!r}")
+    return int(f)
+
+
+# -- sweeps ----------------------------------------------------------------------------
+def sweep_values(mode: str, theta: float, alpha: float, theta_start: float, theta_stop: float,
+                 theta_count: int, alpha_start: float, alpha_stop: float,
+                 alpha_count: int) -> tuple[list[float], list[float], bool]:
+    """(thetas, alphas, grid) of a sequence, as `vslerp_app.render.render_sequence` takes them.
+
+    mode "theta": theta_count thetas from theta_start to theta_stop at the fixed alpha;
+    "alpha": alpha_count alphas at the fixed theta; "grid": every theta with every alpha
+    (theta major, as the render command's --grid).
+    """
+    if mode not in SWEEP_MODES:
+        raise RequestError(f"sweep must be one of {', '.join(SWEEP_MODES)}, got {mode!r}")
+    if mode == "theta":
+        return _linspace(theta_start, theta_stop, theta_count, "theta"), [float(alpha)], False
+    if mode == "alpha":
+        return [float(theta)], _linspace(alpha_start, alpha_stop, alpha_count, "alpha"), False
+    return (_linspace(theta_start, theta_stop, theta_count, "theta"),
+            _linspace(alpha_start, alpha_stop, alpha_count, "alpha"), True)
+
+
+def sweep_pairs(thetas: list[float], alphas: list[float], grid: bool) -> list[tuple[float, float]]:
+    """(theta, alpha) of every frame, in the order the render writes them."""
+    return combine(thetas, alphas, grid)
+
+
+def _linspace(start, stop, count, name) -> list[float]:
+    count = _as_int(count, f"{name} frames")
+    if not 1 <= count <= MAX_SEQUENCE_FRAMES:
+        raise RequestError(f"{name} frames must be between 1 and {MAX_SEQUENCE_FRAMES}, got {count}")
+    start, stop = float(start), float(stop)
+    if count == 1:
+        return [start]
+    return [round(float(v), 6) for v in np.linspace(start, stop, count)]
+
+
+# -- readouts --------------------------------------------------------------------------
+def json_safe(obj):
+    """The same structure with NaN/inf floats as None and tensors as lists (valid JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    return obj
+
+
+def frame_readouts(frame, source: InputEntry, target: InputEntry, model: str,
+                   seconds: float | None = None) -> dict:
+    """The numbers of one frame, with the source's and target's conformity beside them."""
+    out = frame.readouts()
+    out["size"] = list(frame.image.size)
+    out["source"] = source.readouts
+    out["target"] = target.readouts
+    out["model"] = model
+    if seconds is not None:
+        out["seconds"] = round(seconds, 3)
+    return json_safe(out)
+
+
+def _num(v, digits=3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def readouts_markdown(r: dict | None, stats_note: str = "") -> str:
+    """One short paragraph a person reads under the frame."""
+    if not r:
+        return "Add a source and a target image, then move a slider or press **Generate**."
+    kind = r.get("conformity_kind")
+    head = (f"**theta = {r['theta']:.3f}, alpha = {r['alpha']:.3f}**, seed {r['seed']}"
+            f"{' (preview)' if r.get('preview') else ''}")
+    if kind is None:
+        return (f"{head}. Conformity is not available: no image-modality statistics for this "
+                f"model ({stats_note or 'none found'}).")
+    label = "exact, Eq. 10" if kind == "exact" else "estimated, Eq. 11"
+    lines = [
+        head,
+        f"Conformity ({label}): interpolated embedding **{_num(r['conformity'])}**, "
+        f"generated frame **{_num(r['frame_conformity'])}**; "
+        f"source {_num(r['source']['conformity'])}, target {_num(r['target']['conformity'])}.",
+    ]
+    if r.get("frame_log_likelihood") is not None:
+        lines.append(f"Whitened log-likelihood (up to a constant): embedding "
+                     f"{_num(r['log_likelihood'], 1)}, frame {_num(r['frame_log_likelihood'], 1)}; "
+                     f"source {_num(r['source']['log_likelihood'], 1)}, "
+                     f"target {_num(r['target']['log_likelihood'], 1)}.")
+    ref = r.get("reference")
+    if ref:
+        lines.append(f"Reference space {ref.get('space')}: frame conformity "
+                     f"{_num(ref.get('frame_conformity'))}.")
+    if r.get("seconds") is not None:
+        lines.append(f"Rendered in {r['seconds']:.2f} s.")
+    return "  \n".join(lines)
+
+
+def frame_caption(entry: dict) -> str:
+    """Gallery caption of a manifest entry (or readouts dict): theta, alpha, conformity."""
+    c = "" if entry.get("frame_conformity") is None else f" C={entry['frame_conformity']:.3f}"
+    return f"θ={entry['theta']:.2f} α={entry['alpha']:.2f}{c}"
+
+
+def sequence_outputs(manifest: dict, out_dir: Path) -> dict:
+    """Paths of what `render_sequence` wrote (None where absent) and the gallery items."""
+    out_dir = Path(out_dir)
+    outputs = manifest.get("outputs", {})
+
+    def path(key):
+        meta = outputs.get(key) or {}
+        name = meta.get("file")
+        return str(out_dir / name) if name and (out_dir / name).is_file() else None
+
+    gallery = [(str(out_dir / e["file"]), frame_caption(e)) for e in manifest["frames"]]
+    return {"gallery": gallery, "plot": path("plot"), "gif": path("gif"), "mp4": path("mp4"),
+            "zip": path("zip")}
+
+
+def model_markdown(info: dict, defaults: dict | None = None) -> str:
+    """Which model and which statistics are in use, with their provenance."""
+    lines = [f"**Model**: `{info['model']}` ({info['pipeline_class']}, {info['kind']}), encoder "
+             f"`{info['encoder']}` ({info['embedding_dim']}-d), on {info['device']} in {info['dtype']}."]
+    stats = info.get("stats")
+    if stats is None:
+        lines.append(f"**Statistics**: none ({info.get('stats_note')}). Plain SLERP (alpha = 0) "
+                     "works; alpha != 0 and conformity need the image-modality mean.")
+    else:
+        prov = stats.get("provenance") or {}
+        lines.append(f"**Statistics**: {stats['describe']}.")
+        details = ", ".join(f"{k}: {prov[k]}" for k in ("dataset", "encoder", "image_count",
+                                                        "date", "source") if prov.get(k))
+        if details:
+            lines.append(f"Provenance: {details}. Checksum `{stats['checksum'][:16]}`.")
+    if info.get("reference"):
+        lines.append(f"**Reference space**: {info['reference']}.")
+    if defaults:
+        lines.append("Defaults: " + ", ".join(f"{k} {v}" for k, v in defaults.items()) + ".")
+    return "  \n".join(lines)
+
+
+# -- failures --------------------------------------------------------------------------
+def user_message(exc: BaseException) -> str:
+    """A plain message for any failure; details of unexpected ones stay in the server log."""
+    from pipelines.engine import GenerationError
+    from vslerp_app.render import RenderError
+
+    if isinstance(exc, ImageInputError):
+        return f"The image {exc.problem}."
+    if isinstance(exc, (RequestError, GenerationError, RenderError)):
+        return str(exc)
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return ("The GPU ran out of memory. Try preview quality, fewer frames or a smaller "
+                "batch limit (advanced settings).")
+    if isinstance(exc, ValueError):
+        return str(exc)
+    logger.exception("unexpected failure in the app")
+    return (f"Something went wrong while rendering ({type(exc).__name__}). Please try again; "
+            "if it keeps failing, the server log has the details.")
+
+
+# -- files of a sequence ------------------------------------------------------------------
+def new_workdir(root: Path = WORK_ROOT) -> Path:
+    """A fresh folder for one request's files (Gradio copies what it returns to its cache)."""
+    path = root / uuid.uuid4().hex
+    path.mkdir(parents=True)
+    return path
+
+
+def cleanup_workdirs(root: Path = WORK_ROOT, max_age_s: float = 3600.0) -> int:
+    """Delete request folders older than ``max_age_s``; returns how many were removed."""
+    if not root.is_dir():
+        return 0
+    removed, now = 0, time.time()
+    for child in root.iterdir():
+        try:
+            if child.is_dir() and now - child.stat().st_mtime > max_age_s:
+                shutil.rmtree(child, ignore_errors=True)
+                removed += 1
+        except OSError:
+            continue
+    return removed
