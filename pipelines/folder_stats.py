@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
-from vslerp_app.images import ImageInputError, load_image
 
+from vslerp_app.images import ImageInputError, load_image
 from vslerp_app.stats import ModalityStats, StatsAccumulator, StatsError
 
 __all__ = ["IMAGE_SUFFIXES", "FolderStatsResult", "find_images", "folder_stats"]
