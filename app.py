@@ -48,6 +48,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="vSLERP Studio (Gradio app)", allow_abbrev=False)
     p.add_argument("--model", default=env("VSLERP_MODEL", DEFAULT_MODEL),
                    help="preset name or local pipeline directory (env VSLERP_MODEL; default: %(default)s)")
+    p.add_argument("--stats", default=env("VSLERP_STATS"),
+                   help="image-modality stats file of the model's encoder (env VSLERP_STATS)")
+    p.add_argument("--reference", default=env("VSLERP_REFERENCE"),
+                   help="open_clip reference space for extra readouts, open_clip:MODEL/PRETRAINED "
+                        "(env VSLERP_REFERENCE)")
+    p.add_argument("--reference-stats", default=env("VSLERP_REFERENCE_STATS"),
+                   help="the reference space's image stats file (env VSLERP_REFERENCE_STATS)")
     p.add_argument("--device", default=env("VSLERP_DEVICE"), help="cuda, cpu, ... (default: CUDA if present)")
     p.add_argument("--dtype", default=env("VSLERP_DTYPE"), help="fp16, bf16, fp32 (default: fp16 on CUDA)")
     p.add_argument("--max-batch", type=int, default=int(env("VSLERP_MAX_BATCH", "8")),
@@ -68,7 +75,9 @@ ARGS = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
 
 
 def _load_kwargs(args: argparse.Namespace) -> dict:
-    return {"device": args.device, "dtype": args.dtype, "max_batch": args.max_batch}
+    return {"device": args.device, "dtype": args.dtype, "max_batch": args.max_batch,
+            "stats": args.stats, "reference": args.reference,
+            "reference_stats": args.reference_stats}
 
 
 try:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 
 import numpy as np
 import pytest
@@ -318,3 +319,29 @@ def test_render_command_writes_reference_readouts_into_the_manifest(python_run, 
         v = encoder.encode([Image.open(out / entry["file"]).convert("RGB")])[0]
         assert ref["space"] == SPEC
         assert ref["frame_conformity"] == pytest.approx(float(stats.conformity(v)), abs=1e-5)
+
+
+def test_app_shows_the_reference_readout_when_configured(python_run, tiny_config, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from tests.test_app_api import EXAMPLES, launched_app, write_tiny_karlo
+
+    karlo = write_tiny_karlo(tmp_path / "karlo")
+    env = {"VSLERP_REFERENCE": SPEC, "VSLERP_REFERENCE_STATS": str(python_run.paths["image"]),
+           "VSLERP_OPEN_CLIP_CONFIG": str(tiny_config)}
+    with launched_app(karlo, tmp_path / "app", extra_env=env) as app:
+        client = Client(app.url, verbose=False, download_files=str(tmp_path / "downloads"))
+        image_path, readouts = client.predict(
+            source=handle_file(EXAMPLES / "chelsea.jpg"), target=handle_file(EXAMPLES / "rocket.jpg"),
+            theta=0.5, alpha=1.0, seed=1, quality="full", steps=2, super_res_steps=2, preview_steps=2,
+            api_name="/preview")
+        page = client.view_api(return_format="dict", print_info=False)
+        assert page  # the API is served with the reference configured
+        html = urllib.request.urlopen(app.url + "config", timeout=10).read().decode()
+    ref = readouts["reference"]
+    stats = ModalityStats.load(python_run.paths["image"], expected_dim=32)
+    encoder = OpenClipEncoder(*parse_reference(SPEC), "cpu", spec=SPEC)
+    v = encoder.encode([Image.open(image_path).convert("RGB")])[0]
+    assert ref["space"] == SPEC
+    assert ref["frame_conformity"] == pytest.approx(float(stats.conformity(v)), abs=1e-4)
+    assert f"Reference space**: `{SPEC}`" in html  # the model panel names the space

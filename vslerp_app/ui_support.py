@@ -257,8 +257,11 @@ def readouts_markdown(r: dict | None, stats_note: str = "") -> str:
                      f"target {_num(r['target']['log_likelihood'], 1)}.")
     ref = r.get("reference")
     if ref:
-        lines.append(f"Reference space {ref.get('space')}: frame conformity "
-                     f"{_num(ref.get('frame_conformity'))}.")
+        line = (f"Reference space `{ref.get('space')}`: frame conformity "
+                f"{_num(ref.get('frame_conformity'))} ({ref.get('conformity_kind')})")
+        if ref.get("frame_log_likelihood") is not None:
+            line += f", log-likelihood {_num(ref['frame_log_likelihood'], 1)}"
+        lines.append(line + ".")
     if r.get("seconds") is not None:
         lines.append(f"Rendered in {r['seconds']:.2f} s.")
     return "  \n".join(lines)
@@ -300,8 +303,10 @@ def model_markdown(info: dict, defaults: dict | None = None) -> str:
                                                         "date", "source") if prov.get(k))
         if details:
             lines.append(f"Provenance: {details}. Checksum `{stats['checksum'][:16]}`.")
-    if info.get("reference"):
-        lines.append(f"**Reference space**: {info['reference']}.")
+    ref = info.get("reference")
+    if ref:
+        ref_stats = (ref.get("stats") or {}).get("describe", "no stats")
+        lines.append(f"**Reference space**: `{ref.get('space')}`, statistics: {ref_stats}.")
     if defaults:
         lines.append("Defaults: " + ", ".join(f"{k} {v}" for k, v in defaults.items()) + ".")
     return "  \n".join(lines)
