@@ -174,7 +174,7 @@ class VSLERPPipeline:
 
     def __init__(self, pipe, *, kind: str, preset: ModelPreset, stats: ModalityStats | None,
                  stats_note: str, model: str, device: torch.device, dtype: torch.dtype,
-                 max_batch: int = 8, reference=None):
+                 max_batch: int = 8, reference=None, encoder_name: str | None = None):
         self.pipe = pipe
         self.kind = kind
         self.preset = preset
@@ -187,7 +187,7 @@ class VSLERPPipeline:
         # A `pipelines.reference.ReferenceReadout` (open_clip space) or None.
         self.reference = reference
         self.encoder = ClipImageEncoder(pipe.feature_extractor, pipe.image_encoder,
-                                        name=preset.encoder if model == preset.name else model)
+                                        name=encoder_name or f"image encoder of {model}")
         self._embedding_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.pipe.set_progress_bar_config(disable=True)
 

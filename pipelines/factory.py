@@ -177,4 +177,5 @@ def load_pipeline(model: str | os.PathLike, device=None, dtype=None, stats=None,
         readout = ReferenceReadout.load(reference, stats=reference_stats, device=device)
     return VSLERPPipeline(pipe, kind=kind, preset=preset or KIND_DEFAULTS[kind], stats=found,
                           stats_note=note, model=str(model), device=device, dtype=dtype,
-                          max_batch=max_batch, reference=readout)
+                          max_batch=max_batch, reference=readout,
+                          encoder_name=preset.encoder if preset is not None else None)
