@@ -20,21 +20,12 @@ import imageio_ffmpeg
 import pytest
 from PIL import Image, ImageSequence
 
-from pipelines.fixtures import fixture_images, write_fixture
+from pipelines.fixtures import fixture_images
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--steps", "2", "--super-res-steps", "2"]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
        "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
-
-
-@pytest.fixture(scope="session")
-def karlo_dir(tmp_path_factory):
-    """The tiny Karlo pipeline, written once per session (shared with test_render)."""
-    path = tmp_path_factory.getbasetemp() / "render-karlo"
-    if not (path / "model_index.json").is_file():
-        write_fixture("karlo", path)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -20,21 +20,12 @@ import pytest
 from PIL import Image, ImageSequence
 
 from pipelines import load_pipeline
-from pipelines.fixtures import fixture_images, write_fixture
+from pipelines.fixtures import fixture_images
 from vslerp_app import render
 from vslerp_app.render import RenderError, atomic_write, read_jobs, render_sequence
 from vslerp_app.specs import SpecError, as_values, check_range, combine, parse_spec
 
 FAST = dict(steps=2, super_res_steps=2)
-
-
-@pytest.fixture(scope="session")
-def karlo_dir(tmp_path_factory):
-    """The tiny Karlo pipeline, written once per session (shared with test_cli_render)."""
-    path = tmp_path_factory.getbasetemp() / "render-karlo"
-    if not (path / "model_index.json").is_file():
-        write_fixture("karlo", path)
-    return path
 
 
 @pytest.fixture(scope="session")
