@@ -39,6 +39,10 @@ def _download(hub_id: str) -> Path:
     """Download a hub repository's diffusers files (not its single-file checkpoints)."""
     from huggingface_hub import HfApi, snapshot_download
 
+    try:  # already in the local cache (offline use, a Space's preload_from_hub)
+        return Path(snapshot_download(hub_id, local_files_only=True))
+    except Exception:
+        pass
     try:
         files = HfApi().list_repo_files(hub_id)
         # Prefer safetensors; skip the original single-file .ckpt and duplicate formats.

@@ -319,3 +319,19 @@ def test_karlo_preset_fetches_its_mean_from_the_hub_and_says_so_offline(dirs):
     stats, note = resolve_stats(dirs["karlo-nostats"], get_preset("karlo"), 32)
     assert stats is None
     assert "stabilityai/stable-diffusion-2-1-unclip-small/image_normalizer" in note
+
+
+def test_a_preset_in_the_local_hub_cache_loads_offline(dirs, tmp_path, monkeypatch):
+    """A downloaded preset (or a Space's preload_from_hub) needs no network afterwards."""
+    import huggingface_hub
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--kakaobrain--karlo-v1-alpha-image-variations" / "snapshots" / ("0" * 40)
+    shutil.copytree(dirs["karlo"], snapshot)
+    refs = snapshot.parent.parent / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    pipe = load_pipeline("karlo")
+    assert pipe.preset.name == "karlo" and pipe.encoder.name == "openai/clip-vit-large-patch14"
+    assert pipe.stats is not None  # the copied fixture's vslerp-stats file, found in the snapshot
