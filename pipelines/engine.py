@@ -211,6 +211,11 @@ class VSLERPPipeline:
                               guidance_scale=p.guidance_scale, noise_level=p.noise_level,
                               resolution=resolution, preview=preview)
 
+    def settings_for(self, preview: bool = False, **overrides) -> RenderSettings:
+        """The preset's settings for this quality, with every override that is not None."""
+        return dataclasses.replace(self.default_settings(preview),
+                                   **{k: v for k, v in overrides.items() if v is not None})
+
     def info(self) -> dict:
         """What is loaded, for the UI, manifests and logs."""
         return {
@@ -321,12 +326,9 @@ class VSLERPPipeline:
             One `Frame` per pair, in order.
         """
         # 1. Settings and checks
-        settings = self.default_settings(preview)
-        overrides = {"steps": steps, "super_res_steps": super_res_steps,
-                     "guidance_scale": guidance_scale, "noise_level": noise_level,
-                     "resolution": resolution}
-        settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items()
-                                                    if v is not None})
+        settings = self.settings_for(preview, steps=steps, super_res_steps=super_res_steps,
+                                     guidance_scale=guidance_scale, noise_level=noise_level,
+                                     resolution=resolution)
         pairs = _pair_up(thetas, alphas)
         max_batch = max_batch or self.max_batch
         self.check_inputs(pairs, seed, settings, max_batch)
@@ -367,12 +369,11 @@ class VSLERPPipeline:
         frame = Frame(image=image.copy(), theta=theta, alpha=alpha, seed=seed, preview=preview,
                       embedding=emb, frame_embedding=frame_emb)
         if self.stats is not None:
-            frame.conformity_kind = self.stats.conformity_kind
-            frame.conformity = float(self.stats.conformity(emb))
-            frame.frame_conformity = float(self.stats.conformity(frame_emb))
-            if self.stats.whitening is not None:
-                frame.log_likelihood = float(self.stats.log_likelihood(emb))
-                frame.frame_log_likelihood = float(self.stats.log_likelihood(frame_emb))
+            of_embedding, of_frame = self.stats.readouts(emb), self.stats.readouts(frame_emb)
+            frame.conformity_kind = of_embedding["conformity_kind"]
+            frame.conformity, frame.frame_conformity = of_embedding["conformity"], of_frame["conformity"]
+            frame.log_likelihood = of_embedding["log_likelihood"]
+            frame.frame_log_likelihood = of_frame["log_likelihood"]
         return frame
 
     def _encode_batched(self, images: list[PIL.Image.Image], max_batch: int) -> list[torch.Tensor]:

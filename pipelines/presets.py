@@ -6,7 +6,7 @@ Everything is overridable per call; the defaults reproduce the published setting
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = ["ModelPreset", "PRESETS", "get_preset", "list_presets", "DEFAULT_MODEL"]
 
@@ -55,60 +55,51 @@ class ModelPreset:
     description: str = ""
 
 
-PRESETS: dict[str, ModelPreset] = {
-    p.name: p
-    for p in [
-        ModelPreset(
-            name="karlo",
-            hub_id="kakaobrain/karlo-v1-alpha-image-variations",
-            kind="karlo",
-            pipeline_class="UnCLIPImageVariationPipeline",
-            encoder="openai/clip-vit-large-patch14",
-            embedding_dim=768,
-            resolution=256,
-            steps=25,
-            super_res_steps=7,
-            guidance_scale=1.0,
-            preview_steps=10,
-            preview_resolution=64,
-            stats_file="karlo-vit-l14-coco-val2017.safetensors",
-            embedded_stats=("stabilityai/stable-diffusion-2-1-unclip-small", "image_normalizer"),
-            description="Karlo unCLIP image variations (ViT-L/14, 64 px decoder + 256 px SR)",
-        ),
-        ModelPreset(
-            name="stable-unclip-h",
-            hub_id="stabilityai/stable-diffusion-2-1-unclip",
-            kind="stable-unclip",
-            pipeline_class="StableUnCLIPImg2ImgPipeline",
-            encoder="laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
-            embedding_dim=1024,
-            resolution=768,
-            steps=20,
-            guidance_scale=10.0,
-            noise_level=0,
-            preview_steps=8,
-            preview_resolution=384,
-            stats_file="stable-unclip-h-vit-h14-coco-val2017.safetensors",
-            description="Stable unCLIP 2.1-h (ViT-H/14, 768 px)",
-        ),
-        ModelPreset(
-            name="stable-unclip-l",
-            hub_id="stabilityai/stable-diffusion-2-1-unclip-small",
-            kind="stable-unclip",
-            pipeline_class="StableUnCLIPImg2ImgPipeline",
-            encoder="openai/clip-vit-large-patch14",
-            embedding_dim=768,
-            resolution=768,
-            steps=20,
-            guidance_scale=10.0,
-            noise_level=0,
-            preview_steps=8,
-            preview_resolution=384,
-            stats_file="karlo-vit-l14-coco-val2017.safetensors",
-            description="Stable unCLIP 2.1-small (ViT-L/14, 768 px)",
-        ),
-    ]
-}
+_KARLO = ModelPreset(
+    name="karlo",
+    hub_id="kakaobrain/karlo-v1-alpha-image-variations",
+    kind="karlo",
+    pipeline_class="UnCLIPImageVariationPipeline",
+    encoder="openai/clip-vit-large-patch14",
+    embedding_dim=768,
+    resolution=256,
+    steps=25,
+    super_res_steps=7,
+    guidance_scale=1.0,
+    preview_steps=10,
+    preview_resolution=64,
+    stats_file="karlo-vit-l14-coco-val2017.safetensors",
+    embedded_stats=("stabilityai/stable-diffusion-2-1-unclip-small", "image_normalizer"),
+    description="Karlo unCLIP image variations (ViT-L/14, 64 px decoder + 256 px SR)",
+)
+_STABLE_UNCLIP_H = ModelPreset(
+    name="stable-unclip-h",
+    hub_id="stabilityai/stable-diffusion-2-1-unclip",
+    kind="stable-unclip",
+    pipeline_class="StableUnCLIPImg2ImgPipeline",
+    encoder="laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+    embedding_dim=1024,
+    resolution=768,
+    steps=20,
+    guidance_scale=10.0,
+    noise_level=0,
+    preview_steps=8,
+    preview_resolution=384,
+    stats_file="stable-unclip-h-vit-h14-coco-val2017.safetensors",
+    description="Stable unCLIP 2.1-h (ViT-H/14, 768 px)",
+)
+# The -small checkpoint samples like -h; only its encoder (ViT-L/14, Karlo's) differs.
+_STABLE_UNCLIP_L = replace(
+    _STABLE_UNCLIP_H,
+    name="stable-unclip-l",
+    hub_id="stabilityai/stable-diffusion-2-1-unclip-small",
+    encoder=_KARLO.encoder,
+    embedding_dim=_KARLO.embedding_dim,
+    stats_file=_KARLO.stats_file,
+    description="Stable unCLIP 2.1-small (ViT-L/14, 768 px)",
+)
+
+PRESETS: dict[str, ModelPreset] = {p.name: p for p in (_KARLO, _STABLE_UNCLIP_H, _STABLE_UNCLIP_L)}
 
 DEFAULT_MODEL = "karlo"
 

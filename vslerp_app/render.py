@@ -417,11 +417,6 @@ class _Outputs:
                 "again to finish") from None
 
 
-def _resolve_settings(pipe, preview: bool, overrides: dict):
-    settings = pipe.default_settings(preview)
-    return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-
-
 def _check_seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
         raise SpecError(f"seed must be a whole number in [0, 2^63), got {seed!r}")
@@ -511,7 +506,7 @@ def render_sequence(pipe_or_model, source, target, thetas, alphas, seed: int, ou
     else:
         pipe = pipe_or_model
     load_seconds = time.perf_counter() - t_load
-    eff = _resolve_settings(pipe, preview, overrides)
+    eff = pipe.settings_for(preview, **overrides)
     chunk = max_batch or pipe.max_batch
     pipe.check_inputs([tuple(p) for p in pairs], seed, eff, chunk)
     info = pipe.info()

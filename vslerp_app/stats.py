@@ -111,6 +111,12 @@ class ModalityStats:
             return None
         return geometry.whitened_log_likelihood(v, self.mean, self.whitening)
 
+    def readouts(self, v: torch.Tensor) -> dict:
+        """Conformity (with its kind) and log-likelihood (None without whitening) of one vector."""
+        ll = self.log_likelihood(v)
+        return {"conformity": float(self.conformity(v)), "conformity_kind": self.conformity_kind,
+                "log_likelihood": None if ll is None else float(ll)}
+
     def describe(self) -> str:
         """One line for a UI or a log."""
         p = self.provenance

@@ -91,14 +91,9 @@ def embed_input(pipe, path, role: str, cached: InputEntry | None = None) -> Inpu
 
 def embedding_readouts(pipe, emb: torch.Tensor) -> dict:
     """Conformity (and likelihood) of one raw embedding; None values without stats."""
-    out = {"conformity": None, "conformity_kind": None, "log_likelihood": None}
-    stats = pipe.stats
-    if stats is not None:
-        out["conformity"] = float(stats.conformity(emb))
-        out["conformity_kind"] = stats.conformity_kind
-        if stats.whitening is not None:
-            out["log_likelihood"] = float(stats.log_likelihood(emb))
-    return out
+    if pipe.stats is None:
+        return {"conformity": None, "conformity_kind": None, "log_likelihood": None}
+    return pipe.stats.readouts(emb)
 
 
 # -- checks ---------------------------------------------------------------------------
@@ -144,10 +139,8 @@ def check_request(pipe, source, target, pairs, seed, kwargs: dict) -> int:
     if len(pairs) > MAX_SEQUENCE_FRAMES:
         raise RequestError(f"a sequence has at most {MAX_SEQUENCE_FRAMES} frames here, "
                            f"this one would have {len(pairs)}; lower the frame counts")
-    settings = pipe.default_settings(kwargs.get("preview", False))
-    for name in ("steps", "super_res_steps", "guidance_scale"):
-        if name in kwargs:
-            setattr(settings, name, kwargs[name])
+    settings = pipe.settings_for(kwargs.get("preview", False),
+                                 **{k: kwargs.get(k) for k in ("steps", "super_res_steps", "guidance_scale")})
     try:
         pipe.check_inputs(pairs, seed, settings, kwargs.get("max_batch", pipe.max_batch))
     except ValueError as e:
