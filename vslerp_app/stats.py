@@ -28,6 +28,8 @@ __all__ = ["ModalityStats", "StatsAccumulator", "StatsError", "compute_stats"]
 FORMAT = "vslerp-stats/1"
 STATS_FILENAME = "vslerp-stats.safetensors"
 _TENSOR_NAMES = ("mean", "mean_unit", "whitening")
+# A variance of cos(m, v) below this fraction of its mean square is float64 rounding.
+_NO_SPREAD = 1e-10
 # Eigenvalues of the covariance below this fraction of the largest are treated as noise
 # when forming Sigma^-1/2, so a nearly singular covariance does not blow up W.
 _EIG_FLOOR = 1e-10
@@ -353,7 +355,9 @@ class StatsAccumulator:
         var_z = szz / n - (sz / n) ** 2
         cov_xz = sxz / n - (sx / n) * (sz / n)
         scale = n / (n - 1)
-        if var_x <= 1e-18 or var_z <= 1e-18:  # all members equally conformal: no slope to fit
+        # E[x^2] - E[x]^2 cancels: a spread within rounding of the squares (members all
+        # equally conformal, e.g. one direction) is no spread, and no slope to fit.
+        if var_x <= _NO_SPREAD * sxx / n or var_z <= _NO_SPREAD * szz / n:
             return 0.0, (n * sz / n - 1) / (n - 1), None
         a = scale * cov_xz / var_x
         b = (scale * sz / n - 1 / (n - 1)) - a * sx / n
