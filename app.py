@@ -23,6 +23,7 @@ except ImportError:  # everywhere else: the decorator is a no-op
 import argparse  # noqa: E402
 import functools  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -169,6 +170,31 @@ def checked_image(role: str, **kwargs) -> gr.Image:
 
     image.preprocess = preprocess
     return image
+
+
+def named_range(component, name: str):
+    """A number input whose refusals name the API parameter and its range.
+
+    Gradio's own check says only "Value 1.5 is greater than maximum value 1." and lets NaN
+    and missing values through to a bare error; here the instance's preprocess is wrapped,
+    as in checked_image.
+    """
+    stock = component.preprocess
+    lo, hi = component.minimum, component.maximum
+    allowed = "a number" if lo is None and hi is None else (
+        f"between {lo:g} and {hi:g}" if lo is not None and hi is not None
+        else f"at least {lo:g}" if lo is not None else f"at most {hi:g}")
+
+    def preprocess(payload):
+        if payload is None and isinstance(component, gr.Number):
+            return stock(payload)  # an emptied box: the handler decides (a seed of None is refused)
+        if (isinstance(payload, bool) or not isinstance(payload, (int, float)) or not math.isfinite(payload)
+                or (lo is not None and payload < lo) or (hi is not None and payload > hi)):
+            raise gr.Error(f"{name} must be {allowed}, got {payload!r}.", print_exception=False)
+        return stock(payload)
+
+    component.preprocess = preprocess
+    return component
 
 
 # -- handlers --------------------------------------------------------------------------
@@ -416,6 +442,13 @@ with gr.Blocks(title="vSLERP Studio", delete_cache=(1800, 3600), analytics_enabl
         gr.JSON(ui.json_safe(PIPE.info()), label="details")
 
     # -- events ------------------------------------------------------------------------
+    numbers = {"theta": theta, "alpha": alpha, "seed": seed, "steps": steps,
+               "super_res_steps": super_res_steps, "preview_steps": preview_steps,
+               "guidance_scale": guidance, "max_batch": max_batch, "fps": fps,
+               "theta_start": theta_start, "theta_stop": theta_stop, "theta_frames": theta_frames,
+               "alpha_start": alpha_start, "alpha_stop": alpha_stop, "alpha_frames": alpha_frames}
+    for name, box in numbers.items():  # named as the API's parameters: a refusal says which value
+        named_range(box, name)
     settings = [quality, steps, super_res_steps, preview_steps, guidance, max_batch]
     frame_inputs = [source, target, theta, alpha, seed, *settings]
     frame_outputs = [frame, readouts, session]

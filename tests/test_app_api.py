@@ -215,9 +215,10 @@ def test_broken_upload_is_refused_clearly_and_the_app_keeps_serving(client, app,
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"steps": 1}, "less than minimum value 2"),  # the sliders' own range check
-    ({"theta": 1.5}, "greater than maximum value 1"),
-    ({"seed": -1}, "less than minimum value 0"),
+    ({"steps": 1}, "steps must be between 2 and 100, got 1."),
+    ({"theta": 1.5}, "theta must be between 0 and 1, got 1.5."),
+    ({"guidance_scale": "strong"}, "guidance_scale must be between 0 and 20, got 'strong'."),
+    ({"seed": -1}, "seed must be at least 0, got -1."),
     ({"quality": "best"}, "best"),
 ])
 def test_bad_values_are_refused_with_a_plain_message(client, kwargs, message):
@@ -226,6 +227,18 @@ def test_bad_values_are_refused_with_a_plain_message(client, kwargs, message):
         client.predict(source=handle_file(SOURCE), target=handle_file(TARGET), api_name="/preview", **args)
     assert message in str(err.value)
     assert "Traceback" not in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"theta_stop": 2.0}, "theta_stop must be between 0 and 1, got 2.0."),
+    ({"alpha_frames": 0, "sweep": "alpha"}, "alpha_frames must be between 1 and 32, got 0."),
+    ({"fps": 60}, "fps must be between 0.5 and 30, got 60."),
+])
+def test_bad_sequence_values_name_the_parameter(client, kwargs, message):
+    with pytest.raises(AppError) as err:
+        client.predict(source=handle_file(SOURCE), target=handle_file(TARGET), api_name="/sequence",
+                       **{**FAST, **kwargs})
+    assert message in str(err.value)
 
 
 def test_a_sequence_too_long_is_refused_before_rendering(client):
