@@ -25,6 +25,7 @@ import functools  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
+import random  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -330,6 +331,16 @@ def check_upload(image, role: str):
         raise gr.Error(f"The {role} {e.problem}.", print_exception=False) from None
 
 
+def swap_inputs(source, target, session):
+    """Source becomes target and back; the session's embeddings follow their images."""
+    session = _session(session)
+    return target, source, {"source": session.get("target"), "target": session.get("source")}
+
+
+def new_seed() -> int:
+    return random.randrange(2**32)
+
+
 def show_readouts(readouts):
     return ui.readouts_markdown(readouts, PIPE.stats_note)
 
@@ -369,6 +380,7 @@ with gr.Blocks(title="vSLERP Studio", delete_cache=(1800, 3600), analytics_enabl
                                        image_mode=None, sources=sources, height=260, elem_id="source")
                 target = checked_image("target image", label="Target (theta = 1)", type="filepath",
                                        image_mode=None, sources=sources, height=260, elem_id="target")
+            swap_button = gr.Button("⇄ Swap source and target", size="sm", elem_id="swap")
             theta = gr.Slider(0, 1, value=0.5, step=0.01, label="theta (source -> target)",
                               elem_id="theta")
             alpha = gr.Slider(-3, 3, value=1.0 if HAS_STATS else 0.0, step=0.05,
@@ -377,6 +389,7 @@ with gr.Blocks(title="vSLERP Studio", delete_cache=(1800, 3600), analytics_enabl
                               elem_id="alpha")
             with gr.Row():
                 seed = gr.Number(value=42, precision=0, minimum=0, label="seed", elem_id="seed")
+                random_seed_button = gr.Button("New seed", size="sm", scale=0, elem_id="random-seed")
                 generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
                 quality = gr.Radio(["full", "preview"], value="full", label="quality",
@@ -470,6 +483,9 @@ with gr.Blocks(title="vSLERP Studio", delete_cache=(1800, 3600), analytics_enabl
                                  api_visibility="private", show_progress="minimal",
                                  concurrency_id=GPU_QUEUE)
 
+    swap_button.click(swap_inputs, [source, target, session], [source, target, session], queue=False,
+                      api_visibility="private")
+    random_seed_button.click(new_seed, None, seed, queue=False, api_visibility="private")
     readouts.change(show_readouts, readouts, readout, queue=False, api_visibility="private")
 
     sequence_button.click(check_sequence, sequence_inputs, None, queue=False,

@@ -1,8 +1,9 @@
 """The studio in a real browser: Debian's chromium driven by Playwright for Python.
 
 Upload both images, move a slider (release renders a preview, then the full frame), see the
-frame and its conformity, generate, run a short sequence and download its GIF. A screenshot
-of the page is kept under test-artifacts/ (git-ignored).
+frame and its conformity, generate, run a short sequence and download its GIF, click an
+example, swap the images and draw a new seed. A screenshot of the page is kept under
+test-artifacts/ (git-ignored).
 """
 
 from __future__ import annotations
@@ -131,6 +132,14 @@ def test_upload_slide_generate_sequence_and_download_the_gif(app, browser, tmp_p
     sync_api.expect(page.locator("#alpha input[type=number]")).to_have_value("0")
     sync_api.expect(page.locator("#theta input[type=number]")).to_have_value("0.5")
     sync_api.expect(page.locator("#source img")).to_have_attribute("src", re.compile(r"rocket"))
+
+    # Swap: the source becomes the target and back; a new seed replaces 7.
+    page.locator("#swap").click()
+    sync_api.expect(page.locator("#source img")).to_have_attribute("src", re.compile(r"coffee"))
+    sync_api.expect(page.locator("#target img")).to_have_attribute("src", re.compile(r"rocket"))
+    page.locator("#random-seed").click()
+    sync_api.expect(page.locator("#seed input")).not_to_have_value("7")
+    assert int(page.locator("#seed input").input_value()) >= 0
     assert not errors, errors
     page.close()
 
