@@ -337,6 +337,13 @@ def swap_inputs(source, target, session):
     return target, source, {"source": session.get("target"), "target": session.get("source")}
 
 
+def frame_as_source(frame):
+    """Keep editing from here: the current frame becomes the source image."""
+    if frame is None:
+        raise gr.Error("There is no frame yet: generate one first.", print_exception=False)
+    return frame
+
+
 def new_seed() -> int:
     return random.randrange(2**32)
 
@@ -418,8 +425,9 @@ with gr.Blocks(title="vSLERP Studio", delete_cache=(1800, 3600), analytics_enabl
                 cache_examples=False,
             )
         with gr.Column(scale=6):
-            frame = gr.Image(label="Current frame", format="png", interactive=False, height=480,
-                             elem_id="frame-out")
+            frame = gr.Image(label="Current frame", type="filepath", format="png", interactive=False,
+                             height=480, elem_id="frame-out")
+            use_frame_button = gr.Button("Use this frame as the source", size="sm", elem_id="use-frame")
             readout = gr.Markdown(ui.readouts_markdown(None), elem_id="readout")
             with gr.Accordion("Readouts (JSON)", open=False):
                 readouts = gr.JSON(label="readouts", elem_id="readouts")
@@ -486,6 +494,7 @@ with gr.Blocks(title="vSLERP Studio", delete_cache=(1800, 3600), analytics_enabl
     swap_button.click(swap_inputs, [source, target, session], [source, target, session], queue=False,
                       api_visibility="private")
     random_seed_button.click(new_seed, None, seed, queue=False, api_visibility="private")
+    use_frame_button.click(frame_as_source, frame, source, queue=False, api_visibility="private")
     readouts.change(show_readouts, readouts, readout, queue=False, api_visibility="private")
 
     sequence_button.click(check_sequence, sequence_inputs, None, queue=False,

@@ -109,6 +109,13 @@ def test_upload_slide_generate_sequence_and_download_the_gif(app, browser, tmp_p
     with Image.open(_download_src(page, "#frame-out img", tmp_path / "frame.png")) as im:
         assert im.size == (64, 64)
 
+    # Keep editing from the frame: it becomes the source (the same pixels).
+    page.locator("#use-frame").click()
+    sync_api.expect(page.locator("#source img")).not_to_have_attribute("src", re.compile(r"chelsea"))
+    with Image.open(_download_src(page, "#source img", tmp_path / "source.png")) as im, \
+            Image.open(tmp_path / "frame.png") as frame_png:
+        assert im.size == (64, 64) and im.tobytes() == frame_png.convert(im.mode).tobytes()
+
     # A short theta sweep, then the GIF download.
     _set_number(page, "theta_frames", 3)
     page.locator("#run-sequence").click()
