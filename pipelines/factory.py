@@ -17,10 +17,10 @@ import torch
 
 from pipelines.engine import VSLERPPipeline
 from pipelines.loading import load_diffusers_pipeline, read_embedded_mean
-from pipelines.presets import KIND_DEFAULTS, PRESETS, ModelPreset, get_preset
+from pipelines.presets import DEFAULT_MODEL, KIND_DEFAULTS, PRESETS, ModelPreset, get_preset
 from vslerp_app.stats import STATS_FILENAME, ModalityStats, StatsError
 
-__all__ = ["load_pipeline", "resolve_model_path", "resolve_stats", "STATS_DIR"]
+__all__ = ["load_pipeline", "preset_status", "resolve_model_path", "resolve_stats", "STATS_DIR"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,23 @@ def _download(hub_id: str) -> Path:
             f"could not download {hub_id} from the Hugging Face hub ({type(e).__name__}: {e}). "
             "Check the network (or HF_HUB_OFFLINE), or pass a local directory in the hub "
             "layout as the model") from None
+
+
+def preset_status(name: str) -> dict:
+    """A preset's settings and where it stands here: its hub snapshot and its stats file."""
+    from dataclasses import asdict
+
+    from huggingface_hub import snapshot_download
+
+    preset = get_preset(name)
+    try:
+        local = snapshot_download(preset.hub_id, local_files_only=True)
+    except Exception:  # not in the cache: the first load_pipeline downloads it
+        local = None
+    stats_path = STATS_DIR / preset.stats_file if preset.stats_file else None
+    return {**asdict(preset), "default": name == DEFAULT_MODEL, "local_snapshot": local,
+            "stats_path": None if stats_path is None else str(stats_path),
+            "stats_present": stats_path is not None and stats_path.is_file()}
 
 
 def resolve_model_path(model: str | os.PathLike) -> tuple[Path, ModelPreset | None]:

@@ -1,4 +1,4 @@
-"""The `vslerp` command line: fixture, render, stats.
+"""The `vslerp` command line: models, fixture, render, stats.
 
 Each subcommand parses its arguments here and hands over to the package that does the
 work. Errors a user can fix print one line and exit non-zero; --debug shows tracebacks.
@@ -7,11 +7,43 @@ work. Errors a user can fix print one line and exit non-zero; --debug shows trac
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
 class CLIError(Exception):
     """A problem the user can fix; printed as one line, exit code 2."""
+
+
+def _cmd_models(args) -> int:
+    import json
+
+    from pipelines import list_presets
+    from pipelines.factory import preset_status
+
+    presets = [preset_status(name) for name in list_presets()]
+    if args.json:
+        print(json.dumps(presets, indent=2))
+        return 0
+    for p in presets:
+        steps = f"{p['steps']} + {p['super_res_steps']} super-res" if p["super_res_steps"] else p["steps"]
+        where = p["local_snapshot"] or "not downloaded yet (the first load downloads it)"
+        if p["stats_present"]:
+            stats = p["stats_path"]
+        elif p["embedded_stats"]:
+            stats = "the mean in {}/{} (estimated readouts; exact ones need {})".format(
+                *p["embedded_stats"], p["stats_path"])
+        else:
+            stats = f"the mean the model carries, if any (exact readouts need {p['stats_path']})"
+        print(f"{p['name']}{' (default)' if p['default'] else ''}: {p['description']}\n"
+              f"  hub:     {p['hub_id']}: {where}\n"
+              f"  encoder: {p['encoder']} ({p['embedding_dim']}-d)\n"
+              f"  frames:  {p['resolution']} px, {steps} steps, guidance {p['guidance_scale']:g}; "
+              f"preview {p['preview_resolution']} px, {p['preview_steps']} steps\n"
+              f"  stats:   {stats}")
+    print("\nAny local directory in the hub layout works too: --model DIR "
+          "(`vslerp fixture karlo DIR` writes a tiny one).")
+    return 0
 
 
 def _cmd_fixture(args) -> int:
@@ -129,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser("models", help="the model presets, whether each is downloaded, and its stats")
+    p.add_argument("--json", action="store_true", help="print them as JSON")
+    p.set_defaults(func=_cmd_models)
+
     p = sub.add_parser("fixture", help="write a tiny random-weight pipeline in the hub layout")
     p.add_argument("kind", choices=["karlo", "stable-unclip"])
     p.add_argument("dir")
@@ -205,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vslerp: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `vslerp models | head`: the reader left, nothing to report
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (stdout's final flush goes nowhere)
+        return 0
     except Exception as e:  # one clear line for the user, the traceback with --debug
         if args.debug:
             raise

@@ -1,0 +1,45 @@
+"""`vslerp models`: the presets, whether each is in the local hub cache, and their stats."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from pipelines import PRESETS, get_preset
+
+
+def vslerp(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "vslerp_app", *map(str, args)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_models_lists_every_preset_with_its_settings(tmp_path):
+    result = vslerp("models", env={"HF_HUB_CACHE": str(tmp_path / "empty-cache")})
+    assert result.returncode == 0, result.stderr
+    for name, preset in PRESETS.items():
+        assert preset.hub_id in result.stdout and f"{name}" in result.stdout
+    assert "karlo (default)" in result.stdout
+    assert result.stdout.count("not downloaded yet") == len(PRESETS)
+    assert "25 + 7 super-res steps" in result.stdout  # Karlo's published settings
+
+
+def test_models_json_says_which_preset_is_in_the_hub_cache(karlo_dir, tmp_path):
+    cache = tmp_path / "hub"
+    revision = "1" * 40
+    snapshot = cache / "models--kakaobrain--karlo-v1-alpha-image-variations" / "snapshots" / revision
+    shutil.copytree(karlo_dir, snapshot)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text(revision)
+    result = vslerp("models", "--json", env={"HF_HUB_CACHE": str(cache)})
+    assert result.returncode == 0, result.stderr
+    presets = {p["name"]: p for p in json.loads(result.stdout)}
+    assert set(presets) == set(PRESETS)
+    assert presets["karlo"]["local_snapshot"] == str(snapshot)
+    assert presets["stable-unclip-h"]["local_snapshot"] is None
+    karlo = get_preset("karlo")
+    assert presets["karlo"]["embedding_dim"] == karlo.embedding_dim == 768
+    assert presets["karlo"]["stats_path"].endswith(karlo.stats_file)
+    assert presets["karlo"]["stats_present"] is False  # no COCO stats are shipped in stats/
