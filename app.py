@@ -67,8 +67,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="largest upload (default: %(default)s)")
     p.add_argument("--queue-size", type=int, default=int(env("VSLERP_QUEUE_SIZE", "16")),
                    help="most requests waiting for the GPU (default: %(default)s)")
+    p.add_argument("--max-sequence-frames", type=int,
+                   default=int(env("VSLERP_MAX_SEQUENCE_FRAMES", str(ui.MAX_SEQUENCE_FRAMES))),
+                   help="most frames one sequence request may render (default: %(default)s, the "
+                        "paper's 6 x 16 grid)")
     p.add_argument("--share", action="store_true", help="a public gradio.live link")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.max_sequence_frames < 1:
+        p.error(f"--max-sequence-frames must be at least 1, got {args.max_sequence_frames}")
+    return args
 
 
 # Command-line options only when run as a script; an importer (tests, `gradio app.py`)
@@ -273,7 +280,8 @@ def _sequence_request(source, target, sweep, theta, alpha, theta_start, theta_st
     fps = _float(fps, "fps")
     if not 0.5 <= fps <= 30:
         raise ui.RequestError(f"fps must be between 0.5 and 30, got {fps:g}")
-    seed = ui.check_request(PIPE, source, target, ui.sweep_pairs(thetas, alphas, grid), seed, kwargs)
+    seed = ui.check_request(PIPE, source, target, ui.sweep_pairs(thetas, alphas, grid), seed, kwargs,
+                            max_frames=ARGS.max_sequence_frames)
     return thetas, alphas, grid, seed, kwargs, fps
 
 
@@ -454,9 +462,9 @@ with gr.Blocks(title="vSLERP Studio", delete_cache=(1800, 3600), analytics_enabl
         with gr.Row():
             gif_file = gr.File(label="GIF", interactive=False, height=110, elem_id="gif")
             zip_file = gr.File(label="ZIP", interactive=False, height=110, elem_id="zip")
-        gr.Markdown("The ZIP holds the frames and `manifest.json` (theta, alpha, seed and readouts "
-                    "of every frame; the model, its statistics and the settings), with the GIF, "
-                    "MP4 and plot.")
+        gr.Markdown(f"Up to {ARGS.max_sequence_frames} frames a sequence. The ZIP holds the frames "
+                    "and `manifest.json` (theta, alpha, seed and readouts of every frame; the model, "
+                    "its statistics and the settings), with the GIF, MP4 and plot.")
 
     with gr.Accordion("Model and statistics", open=False, elem_id="model-info"):
         gr.Markdown(ui.model_markdown(PIPE.info(), DEFAULTS))

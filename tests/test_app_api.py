@@ -242,9 +242,23 @@ def test_bad_sequence_values_name_the_parameter(client, kwargs, message):
 
 
 def test_a_sequence_too_long_is_refused_before_rendering(client):
-    with pytest.raises(AppError, match="at most 64 frames"):
+    with pytest.raises(AppError, match="at most 96 frames here, this one would have 400"):
         client.predict(source=handle_file(SOURCE), target=handle_file(TARGET), sweep="grid",
                        theta_frames=20, alpha_frames=20, api_name="/sequence", **FAST)
+
+
+def test_the_papers_demo_grid_renders_through_the_api(client, tmp_path):
+    """6 thetas x 16 alphas over linspace(-1, 3, 16), the authors' demo, fits the default cap."""
+    gallery, _plot, _mp4, _gif, zip_path = client.predict(
+        source=handle_file(SOURCE), target=handle_file(TARGET), sweep="grid", theta_start=0.0,
+        theta_stop=1.0, theta_frames=6, alpha_start=-1.0, alpha_stop=3.0, alpha_frames=16,
+        quality="preview", api_name="/sequence", **FAST)
+    assert len(gallery) == 96
+    with zipfile.ZipFile(zip_path) as z:
+        manifest = json.loads(z.read("manifest.json"))
+    pairs = [(f["theta"], f["alpha"]) for f in manifest["frames"]]
+    assert pairs[:2] == [(0.0, -1.0), (0.0, pytest.approx(-1 + 4 / 15, abs=1e-6))]  # theta major
+    assert pairs[-1] == (1.0, 3.0)
 
 
 def test_an_upload_over_the_size_limit_is_refused(app, tmp_path):
@@ -293,12 +307,15 @@ def test_sweep_values_and_request_checks():
     assert ui.sweep_pairs(thetas, alphas, grid) == [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
     with pytest.raises(ui.RequestError, match="sweep must be one of"):
         ui.sweep_values("spiral", 0.5, 1.0, 0, 1, 3, -1, 2, 4)
-    with pytest.raises(ui.RequestError, match="theta frames must be between 1 and 64"):
+    with pytest.raises(ui.RequestError, match="theta frames must be between 1 and 96"):
         ui.sweep_values("theta", 0.5, 1.0, 0, 1, 0, -1, 2, 4)
     kwargs = ui.generate_kwargs("preview", 25, 7, 3, 1.0, 4)
     assert kwargs == {"preview": True, "steps": 3, "max_batch": 4, "guidance_scale": 1.0}
     assert ui.generate_kwargs("full", 25, 7, 3, 1.0, 4)["super_res_steps"] == 7
     assert ui.json_safe({"a": float("nan"), "b": [float("inf"), 1.5]}) == {"a": None, "b": [None, 1.5]}
+    # The server's cap (app.py --max-sequence-frames) is checked before anything else.
+    with pytest.raises(ui.RequestError, match="at most 4 frames here, this one would have 5"):
+        ui.check_request(None, "a.png", "b.png", [(0.0, 0.0)] * 5, 0, {}, max_frames=4)
 
 
 def test_without_stats_the_app_refuses_alpha_in_plain_words_and_slerp_works(karlo_dir, tmp_path, monkeypatch):

@@ -48,7 +48,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MAX_SEQUENCE_FRAMES = 64
+MAX_SEQUENCE_FRAMES = 96  # the paper's demo grid: 6 thetas x 16 alphas; `app.py --max-sequence-frames`
 SWEEP_MODES = ("theta", "alpha", "grid")
 QUALITIES = ("full", "preview")
 WORK_ROOT = Path(tempfile.gettempdir()) / "vslerp-studio"
@@ -123,7 +123,8 @@ def generate_kwargs(quality: str, steps, super_res_steps, preview_steps, guidanc
     return kwargs
 
 
-def check_request(pipe, source, target, pairs, seed, kwargs: dict) -> int:
+def check_request(pipe, source, target, pairs, seed, kwargs: dict,
+                  max_frames: int = MAX_SEQUENCE_FRAMES) -> int:
     """Raise RequestError with a plain message for anything the engine would refuse.
 
     Returns the seed as an int. Cheap: no image is decoded here beyond what the checks
@@ -136,8 +137,8 @@ def check_request(pipe, source, target, pairs, seed, kwargs: dict) -> int:
     seed = _as_int(seed, "seed")
     if not pairs:
         raise RequestError("nothing to render: the sweep has no frames")
-    if len(pairs) > MAX_SEQUENCE_FRAMES:
-        raise RequestError(f"a sequence has at most {MAX_SEQUENCE_FRAMES} frames here, "
+    if len(pairs) > max_frames:
+        raise RequestError(f"a sequence has at most {max_frames} frames here, "
                            f"this one would have {len(pairs)}; lower the frame counts")
     settings = pipe.settings_for(kwargs.get("preview", False),
                                  **{k: kwargs.get(k) for k in ("steps", "super_res_steps", "guidance_scale")})
