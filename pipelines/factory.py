@@ -183,6 +183,12 @@ def load_pipeline(model: str | os.PathLike, device=None, dtype=None, stats=None,
     if class_name not in _KINDS:
         raise ModelLoadError(f"{model_dir} holds a {class_name}; supported: {', '.join(_KINDS)}")
     kind = _KINDS[class_name]
+    if kind == "karlo" and device.type == "cpu" and dtype != torch.float32:
+        # Found on a full frame only, after the decoder: refuse before loading anything.
+        raise ModelLoadError(
+            f"Karlo cannot run in {str(dtype).removeprefix('torch.')} on the CPU: PyTorch has no "
+            "half-precision CPU kernel for the antialiased bicubic resize of its super-resolution "
+            "stage. Use fp32 (the CPU default) or a CUDA device")
     _check_components(model_dir)
     pipe = load_diffusers_pipeline(model_dir, torch_dtype=dtype)
     if offload and device.type == "cuda":

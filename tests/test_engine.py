@@ -205,6 +205,14 @@ def test_nan_output_is_never_returned_as_a_frame(dirs, images):
         pipe.generate(*images, 0.5, 0.0, seed=0, **FAST["karlo"])
 
 
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_karlo_in_half_precision_on_the_cpu_is_refused_at_load_in_plain_words(dirs, dtype):
+    """Its 64 px decoder would run, then the super-resolution's antialiased bicubic resize has no
+    half-precision CPU kernel: say so before loading, not after a decoder's worth of work."""
+    with pytest.raises(ModelLoadError, match=r"Karlo cannot run in .*16 on the CPU.*Use fp32"):
+        load_pipeline(dirs["karlo"], device="cpu", dtype=dtype)
+
+
 def test_half_precision_nan_is_retried_in_float32(dirs, images, pipes):
     # Stable unCLIP's fixture runs in float16 on a CPU (Karlo's bicubic upscale does not).
     pipe = load_pipeline(dirs["stable-unclip"], dtype=torch.float16)
