@@ -59,6 +59,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="the reference space's image stats file (env VSLERP_REFERENCE_STATS)")
     p.add_argument("--device", default=env("VSLERP_DEVICE"), help="cuda, cpu, ... (default: CUDA if present)")
     p.add_argument("--dtype", default=env("VSLERP_DTYPE"), help="fp16, bf16, fp32 (default: fp16 on CUDA)")
+    p.add_argument("--offload", action="store_true",
+                   default=env("VSLERP_OFFLOAD", "").lower() in ("1", "true", "yes"),
+                   help="small GPUs: weights in CPU memory, each model on the GPU only while it runs "
+                        "(env VSLERP_OFFLOAD=1)")
     p.add_argument("--max-batch", type=int, default=int(env("VSLERP_MAX_BATCH", "8")),
                    help="most frames denoised at once (default: %(default)s)")
     p.add_argument("--host", default=None, help="interface to listen on (env GRADIO_SERVER_NAME)")
@@ -84,7 +88,7 @@ ARGS = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
 
 
 def _load_kwargs(args: argparse.Namespace) -> dict:
-    return {"device": args.device, "dtype": args.dtype, "max_batch": args.max_batch,
+    return {"device": args.device, "dtype": args.dtype, "max_batch": args.max_batch, "offload": args.offload,
             "stats": args.stats, "reference": args.reference,
             "reference_stats": args.reference_stats}
 

@@ -174,7 +174,8 @@ class VSLERPPipeline:
 
     def __init__(self, pipe, *, kind: str, preset: ModelPreset, stats: ModalityStats | None,
                  stats_note: str, model: str, device: torch.device, dtype: torch.dtype,
-                 max_batch: int = 8, reference=None, encoder_name: str | None = None):
+                 max_batch: int = 8, reference=None, encoder_name: str | None = None,
+                 offload: bool = False):
         self.pipe = pipe
         self.kind = kind
         self.preset = preset
@@ -184,6 +185,7 @@ class VSLERPPipeline:
         self.device = device
         self.dtype = dtype
         self.max_batch = max_batch
+        self.offload = offload  # model CPU offload (set up by load_pipeline)
         # A `pipelines.reference.ReferenceReadout` (open_clip space) or None.
         self.reference = reference
         self.encoder = ClipImageEncoder(pipe.feature_extractor, pipe.image_encoder,
@@ -226,6 +228,7 @@ class VSLERPPipeline:
             "embedding_dim": self.embedding_dim,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "offload": self.offload,
             "stats": None if self.stats is None else {
                 "describe": self.stats.describe(),
                 "conformity_kind": self.stats.conformity_kind,
@@ -399,7 +402,7 @@ class VSLERPPipeline:
                 if batch.shape[0] == 1:
                     raise GenerationError(
                         f"one frame does not fit in {self.device} memory ({e}); try preview "
-                        "mode, fewer pixels, or load with offload=True") from None
+                        "mode, fewer pixels, or --offload (load_pipeline(..., offload=True))") from None
                 half = batch.shape[0] // 2
                 logger.warning("out of memory at batch %d, splitting", batch.shape[0])
                 self.max_batch = max(1, half)

@@ -169,7 +169,8 @@ def load_pipeline(model: str | os.PathLike, device=None, dtype=None, stats=None,
         device: "cuda", "cpu", ... (default: CUDA if available).
         dtype: torch dtype or "fp16"/"bf16"/"fp32" (default: fp16 on CUDA, fp32 on CPU).
         stats: a stats file (or ModalityStats) overriding the lookup order.
-        offload: model CPU offload for small GPUs (CUDA only).
+        offload: model CPU offload for small GPUs: weights stay in CPU memory and each
+            component moves to the GPU while it runs (less GPU memory, slower; CUDA only).
         max_batch: most frames denoised at once.
         reference: a reference CLIP space for extra readouts, "open_clip:MODEL/PRETRAINED".
         reference_stats: that space's stats file (default: the one registered in stats/).
@@ -191,7 +192,10 @@ def load_pipeline(model: str | os.PathLike, device=None, dtype=None, stats=None,
             "stage. Use fp32 (the CPU default) or a CUDA device")
     _check_components(model_dir)
     pipe = load_diffusers_pipeline(model_dir, torch_dtype=dtype)
-    if offload and device.type == "cuda":
+    if offload and device.type != "cuda":
+        logger.warning("offload applies to CUDA devices only; the model runs on %s without it", device)
+        offload = False
+    if offload:  # each component moves to the GPU only while it runs
         pipe.enable_model_cpu_offload(device=device)
     else:
         pipe.to(device)
@@ -204,5 +208,5 @@ def load_pipeline(model: str | os.PathLike, device=None, dtype=None, stats=None,
         readout = ReferenceReadout.load(reference, stats=reference_stats, device=device)
     return VSLERPPipeline(pipe, kind=kind, preset=preset or KIND_DEFAULTS[kind], stats=found,
                           stats_note=note, model=str(model), device=device, dtype=dtype,
-                          max_batch=max_batch, reference=readout,
+                          max_batch=max_batch, reference=readout, offload=offload,
                           encoder_name=preset.encoder if preset is not None else None)

@@ -235,3 +235,12 @@ def test_jobs_are_split_over_two_cpu_processes_with_torchrun(karlo_dir, inputs, 
         by_rank.setdefault(m["runs"][0]["process_index"], []).append(j["name"])
     # split_between_processes: process 0 gets the first two jobs, process 1 the last.
     assert by_rank == {0: ["ab", "0001"], 1: ["0002"]}
+
+
+def test_offload_without_a_gpu_says_it_is_ignored_and_renders(karlo_dir, inputs, tmp_path):
+    out = tmp_path / "offload"
+    proc = _run(_base(karlo_dir, inputs, out, "--theta", "0,1", "--offload", "--device", "cpu"))
+    assert proc.returncode == 0, proc.stderr
+    assert "offload applies to CUDA devices only" in proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["pipeline"]["offload"] is False and len(manifest["frames"]) == 2

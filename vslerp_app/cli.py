@@ -122,7 +122,7 @@ def _cmd_render(args) -> int:
                 raise CLIError(f"--jobs takes source, target, theta and alpha from the jobs file; "
                                f"drop {', '.join(given)}")
             result = run_jobs(model, args.jobs, args.out, device=args.device, dtype=args.dtype,
-                              stats=args.stats, reference=args.reference,
+                              offload=args.offload, stats=args.stats, reference=args.reference,
                               reference_stats=args.reference_stats,
                               default_seed=args.seed, default_grid=args.grid,
                               max_batch=args.max_batch, **common)
@@ -143,7 +143,8 @@ def _cmd_render(args) -> int:
                             args.alpha if args.alpha is not None else "0", args.seed, args.out,
                             grid=args.grid, max_batch=args.max_batch, stats=args.stats,
                             reference=args.reference, reference_stats=args.reference_stats,
-                            device=args.device, dtype=args.dtype, progress=progress, **common)
+                            device=args.device, dtype=args.dtype, offload=args.offload,
+                            progress=progress, **common)
     except Exception as e:
         if args.debug:
             raise
@@ -227,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zip", action="store_true", help="also write sequence.zip (frames + manifest)")
     p.add_argument("--device", help="cuda, cpu, ... (default: CUDA if available)")
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="default: fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--offload", action="store_true",
+                   help="small GPUs: keep weights in CPU memory, each model on the GPU only while it "
+                        "runs (less GPU memory, slower; CUDA only)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show tracebacks on errors")
     p.set_defaults(func=_cmd_render)

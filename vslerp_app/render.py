@@ -429,7 +429,7 @@ def render_sequence(pipe_or_model, source, target, thetas, alphas, seed: int, ou
                     super_res_steps: int | None = None, guidance_scale: float | None = None,
                     noise_level: int | None = None, resolution: int | None = None,
                     max_batch: int | None = None, stats=None, device=None, dtype=None,
-                    reference: str | None = None, reference_stats=None,
+                    offload: bool = False, reference: str | None = None, reference_stats=None,
                     contact: bool = True, plot: bool = True,
                     progress: Callable[[int, int], None] | None = None) -> dict:
     """Render one vSLERP sequence into ``out_dir`` (resuming what is there); return the manifest.
@@ -447,7 +447,7 @@ def render_sequence(pipe_or_model, source, target, thetas, alphas, seed: int, ou
         preview, steps, super_res_steps, guidance_scale, noise_level, resolution: sampling
             settings (default: the model preset's).
         max_batch: frames per generate call, i.e. per chunk written to disk.
-        stats, device, dtype: passed to `load_pipeline` when a model is given.
+        stats, device, dtype, offload: passed to `load_pipeline` when a model is given.
         reference, reference_stats: an open_clip reference space for extra readouts
             ("open_clip:MODEL/PRETRAINED") and its stats file, when a model is given.
         contact, plot: write contact_sheet.png / conformity.png.
@@ -500,7 +500,7 @@ def render_sequence(pipe_or_model, source, target, thetas, alphas, seed: int, ou
     if model_given:
         from pipelines import load_pipeline
 
-        pipe = load_pipeline(pipe_or_model, device=device, dtype=dtype, stats=stats,
+        pipe = load_pipeline(pipe_or_model, device=device, dtype=dtype, stats=stats, offload=offload,
                              max_batch=max_batch or 8, reference=reference,
                              reference_stats=reference_stats)
     else:
@@ -761,7 +761,7 @@ def read_jobs(path: str | os.PathLike, default_seed: int = 0, default_grid: bool
     return jobs
 
 
-def run_jobs(model, jobs_file, out_dir, *, device=None, dtype=None, stats=None,
+def run_jobs(model, jobs_file, out_dir, *, device=None, dtype=None, stats=None, offload: bool = False,
              reference: str | None = None, reference_stats=None,
              default_seed: int = 0, default_grid: bool = False, max_batch: int | None = None,
              log: Callable[[str], None] | None = None, **render_kwargs) -> dict:
@@ -795,7 +795,7 @@ def run_jobs(model, jobs_file, out_dir, *, device=None, dtype=None, stats=None,
         mine = list(mine)
         tag = f"[process {state.process_index}/{state.num_processes}]" if state.num_processes > 1 else ""
         log(f"{tag} {len(mine)} of {len(jobs)} jobs on {load_device}".strip())
-        pipe = load_pipeline(model, device=load_device, dtype=dtype, stats=stats,
+        pipe = load_pipeline(model, device=load_device, dtype=dtype, stats=stats, offload=offload,
                              max_batch=max_batch or 8, reference=reference,
                              reference_stats=reference_stats) if mine else None
         for job in mine:
