@@ -1,4 +1,4 @@
-"""`vslerp models`: the presets, whether each is in the local hub cache, and their stats."""
+"""`vslerp models` (the presets, whether each is in the local hub cache, their stats) and `--version`."""
 
 from __future__ import annotations
 
@@ -43,3 +43,10 @@ def test_models_json_says_which_preset_is_in_the_hub_cache(karlo_dir, tmp_path):
     assert presets["karlo"]["embedding_dim"] == karlo.embedding_dim == 768
     assert presets["karlo"]["stats_path"].endswith(karlo.stats_file)
     assert presets["karlo"]["stats_present"] is False  # no COCO stats are shipped in stats/
+
+
+def test_version_is_the_installed_packages():
+    from importlib.metadata import version
+
+    result = vslerp("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"vslerp {version('vslerp-studio')}"
