@@ -184,7 +184,7 @@ def load_pipeline(model: str | os.PathLike, device=None, dtype=None, stats=None,
     if class_name not in _KINDS:
         raise ModelLoadError(f"{model_dir} holds a {class_name}; supported: {', '.join(_KINDS)}")
     kind = _KINDS[class_name]
-    if kind == "karlo" and device.type == "cpu" and dtype != torch.float32:
+    if kind == "karlo" and device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
         # Found on a full frame only, after the decoder: refuse before loading anything.
         raise ModelLoadError(
             f"Karlo cannot run in {str(dtype).removeprefix('torch.')} on the CPU: PyTorch has no "
