@@ -1,7 +1,7 @@
 """Benchmark pipelines: Karlo and Stable unCLIP architectures at full size or scaled down.
 
 Everything is the real diffusers/transformers class with random weights, written to a
-directory in the hub layout and loaded back through `pipelines.load_pipeline`, so a
+directory in the hub layout and loaded back through `vslerp_app.load_pipeline`, so a
 benchmark exercises the same code path as a user's model.
 
 - ``karlo_configs("full")``: the published Karlo configurations. Decoder and both
@@ -18,20 +18,20 @@ benchmark exercises the same code path as a user's model.
   UNet (SD 2.1 768-v with a 2048-d class projection), the SD VAE, OpenCLIP ViT-H/14 image
   tower (1024-d embeddings) and text tower (23 layers, as the repository ships it).
 
-Tokenizers are the tiny BPE of `pipelines.fixtures` (only the empty prompt is ever
-encoded; the text towers keep CLIP's 49408-token embedding table).
+The configurations are data; the components are built, saved and loaded by
+`pipelines.fixtures`, the same builders as the test fixtures. Tokenizers are its tiny BPE
+(only the empty prompt is ever encoded; the text towers keep CLIP's 49408-token embedding
+table).
 """
 
 from __future__ import annotations
 
 import copy
-import tempfile
 from pathlib import Path
 
 import torch
 
-__all__ = ["karlo_configs", "stable_configs", "build_karlo", "build_stable", "write_pipeline",
-           "param_counts", "SCALES"]
+__all__ = ["karlo_configs", "stable_configs", "write_pipeline", "SCALES"]
 
 SCALES = ("full", "quick", "smoke")
 CLIP_VOCAB = 49408
@@ -143,115 +143,8 @@ def stable_configs(scale: str = "full") -> dict:
                          "(the tiny one is pipelines.fixtures)")
     return {"unet": copy.deepcopy(_SD21_UNCLIP_H_UNET), "vae": dict(_SD_VAE),
             "image_encoder": dict(_VIT_H14), "text_encoder": dict(_OPENCLIP_H_TEXT),
-            "image_normalizer": {"embedding_dim": _VIT_H14["projection_dim"]}}
-
-
-def _text_config(cfg: dict, tokenizer):
-    from transformers import CLIPTextConfig
-
-    cfg = dict(cfg)
-    cfg["vocab_size"] = max(cfg.get("vocab_size", 0), len(tokenizer))
-    return CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=tokenizer.pad_token_id, **cfg)
-
-
-def _feature_extractor(side: int):
-    from transformers import CLIPImageProcessor
-
-    return CLIPImageProcessor(crop_size=side, size=side)
-
-
-def _zero_out(model) -> None:
-    """Zero the output convolution: random weights then predict zero noise, so no fp16
-    overflow can come out of a random UNet (timing is unaffected)."""
-    with torch.no_grad():
-        model.conv_out.weight.zero_()
-        model.conv_out.bias.zero_()
-
-
-def build_karlo(scale: str, tokenizer, seed: int = 0, device="cpu") -> dict:
-    """UnCLIPImageVariationPipeline components with random weights, initialised on ``device``."""
-    from diffusers import UnCLIPScheduler, UNet2DConditionModel, UNet2DModel
-    from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
-    from transformers import CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    cfg = karlo_configs(scale)
-    torch.manual_seed(seed)
-    text_config = _text_config(cfg["text_encoder"], tokenizer)
-    with torch.device(device):
-        parts = {
-            "decoder": UNet2DConditionModel(**cfg["decoder"]),
-            "super_res_first": UNet2DModel(**cfg["super_res_first"]),
-            "super_res_last": UNet2DModel(**cfg["super_res_last"]),
-            "text_proj": UnCLIPTextProjModel(**cfg["text_proj"]),
-            "image_encoder": CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["image_encoder"])).eval(),
-            "text_encoder": CLIPTextModelWithProjection(text_config).eval(),
-        }
-    for name in ("decoder", "super_res_first", "super_res_last"):
-        _zero_out(parts[name])
-    parts.update(
-        tokenizer=tokenizer,
-        feature_extractor=_feature_extractor(cfg["image_encoder"]["image_size"]),
-        decoder_scheduler=UnCLIPScheduler(variance_type="learned_range", prediction_type="epsilon",
-                                          num_train_timesteps=1000),
-        super_res_scheduler=UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="epsilon",
-                                            num_train_timesteps=1000),
-    )
-    return parts
-
-
-def build_stable(tokenizer, seed: int = 0, device="cpu") -> dict:
-    """StableUnCLIPImg2ImgPipeline components of -h at full size, random weights on ``device``."""
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import (
-        StableUnCLIPImageNormalizer,
-    )
-    from transformers import CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    cfg = stable_configs("full")
-    torch.manual_seed(seed)
-    text_config = _text_config(cfg["text_encoder"], tokenizer)
-    with torch.device(device):
-        unet = UNet2DConditionModel(**cfg["unet"])
-        vae = AutoencoderKL(**cfg["vae"])
-        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["image_encoder"])).eval()
-        normalizer = StableUnCLIPImageNormalizer(**cfg["image_normalizer"])
-        text_encoder = CLIPTextModel(text_config).eval()
-    _zero_out(unet)
-    return {
-        "feature_extractor": _feature_extractor(cfg["image_encoder"]["image_size"]),
-        "image_encoder": image_encoder,
-        "image_normalizer": normalizer,
-        "image_noising_scheduler": DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
-        "tokenizer": tokenizer,
-        "text_encoder": text_encoder,
-        "unet": unet,
-        "scheduler": DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                   prediction_type="v_prediction", set_alpha_to_one=False,
-                                   steps_offset=1, clip_sample=False),
-        "vae": vae,
-    }
-
-
-def param_counts(components: dict) -> dict[str, int]:
-    """Parameters per torch module among the components."""
-    return {name: sum(p.numel() for p in module.parameters())
-            for name, module in components.items() if isinstance(module, torch.nn.Module)}
-
-
-def _stats_for(components: dict, seed: int):
-    """Image-modality stats of the random image encoder over generated images."""
-    from pipelines.fixtures import fixture_images
-    from vslerp_app.stats import compute_stats
-
-    fe, enc = components["feature_extractor"], components["image_encoder"]
-    images = fixture_images(48, seed=seed, size=64)
-    with torch.no_grad():
-        param = next(enc.parameters())
-        pixels = fe(images=images, return_tensors="pt").pixel_values.to(param.device, param.dtype)
-        emb = enc(pixels).image_embeds.float().cpu()
-    return compute_stats(emb, whitening=False, encoder="random CLIP vision tower (benchmark)",
-                         dataset="generated images")
+            "image_normalizer": {"embedding_dim": _VIT_H14["projection_dim"]},
+            "scheduler": {"clip_sample": False}}
 
 
 def write_pipeline(kind: str, scale: str, directory: str | Path, *, device="cpu",
@@ -259,36 +152,17 @@ def write_pipeline(kind: str, scale: str, directory: str | Path, *, device="cpu"
     """Build a random-weight pipeline, save it in the hub layout; (directory, parameter counts).
 
     Weights are initialised on ``device`` (a GPU initialises full size in seconds) and
-    saved in ``dtype``; a ``vslerp-stats.safetensors`` beside them makes alpha != 0 work.
+    saved in ``dtype``; a ``vslerp-stats.safetensors`` beside them (48 generated images, no
+    whitening) makes alpha != 0 work. Built by `pipelines.fixtures`, as the test fixtures.
     """
-    from pipelines.fixtures import _write_tokenizer
-    from vslerp_app.stats import STATS_FILENAME
+    from pipelines.fixtures import write_model
+    from vslerp_app.stats import STATS_FILENAME, compute_stats
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as tmp:
-        tokenizer = _write_tokenizer(Path(tmp) / "tokenizer")
-        if kind == "karlo":
-            from diffusers import UnCLIPImageVariationPipeline as cls
-
-            components = build_karlo(scale, tokenizer, seed, device)
-        elif kind == "stable-unclip":
-            from diffusers import StableUnCLIPImg2ImgPipeline as cls
-
-            components = build_stable(tokenizer, seed, device)
-        else:
-            raise ValueError(f"unknown kind {kind!r}")
-        counts = param_counts(components)
-        stats = _stats_for(components, seed)
-        pipe = cls(**components)
-        pipe.to(dtype=dtype)
-        pipe.save_pretrained(directory, safe_serialization=True)
-        for name in ("vocab.json", "merges.txt"):
-            target = directory / "tokenizer" / name
-            if not target.exists():
-                target.write_bytes((Path(tmp) / "tokenizer" / name).read_bytes())
-        del pipe, components
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
-    stats.save(directory / STATS_FILENAME)
-    return directory, counts
+    config = {"karlo": lambda: karlo_configs(scale), "stable-unclip": lambda: stable_configs(scale)}
+    if kind not in config:
+        raise ValueError(f"unknown kind {kind!r}")
+    written = write_model(kind, directory, config=config[kind](), seed=seed, images=48, device=device,
+                          dtype=dtype, zero_out=True, embedded_mean="zeros")
+    compute_stats(written.embeddings, whitening=False, encoder="random CLIP vision tower (benchmark)",
+                  dataset="generated images").save(written.path / STATS_FILENAME)
+    return written.path, written.param_counts

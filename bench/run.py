@@ -26,6 +26,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -108,23 +109,6 @@ def _pixels(image) -> np.ndarray:
 
 def _max_diff(a: list, b: list) -> int:
     return max(int(np.abs(_pixels(x) - _pixels(y)).max()) for x, y in zip(a, b, strict=True))
-
-
-def _settings(vp, preview: bool = False, **overrides):
-    import dataclasses
-
-    s = vp.default_settings(preview)
-    return dataclasses.replace(s, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def _sweep_embeddings(vp, source, target, thetas, alpha: float = 0.0) -> torch.Tensor:
-    """The frame embeddings the engine computes for a sweep (encode once, Eq. 12)."""
-    from vslerp_app import geometry
-
-    t = torch.tensor(thetas, dtype=torch.float64)
-    a = torch.full_like(t, alpha)
-    mean = None if vp.stats is None else vp.stats.mean.double()
-    return geometry.vslerp(vp.encode(source).double(), vp.encode(target).double(), t, a, mean).float()
 
 
 def stock_frame(vp, embedding: torch.Tensor, seed: int, settings):
@@ -291,20 +275,9 @@ def run_cpu(plan: Plan, args) -> int:
         return _run_cpu(plan, args, Path(tmp))
 
 
-def _run_cpu(plan: Plan, args, tmp: Path) -> int:
-    from bench.models import write_pipeline
-    from pipelines import load_pipeline
-
-    wall = time.perf_counter()
-    device = "cpu"
-    model_dir, counts = write_pipeline("karlo", plan.scale, tmp / f"karlo-{plan.scale}")
-    vp = load_pipeline(model_dir, device=device, dtype=torch.float32)
-    build_s = time.perf_counter() - wall
-    source, target = _generated_images(2, plan.image_side)
-    thetas = np.linspace(0.0, 1.0, plan.frames).tolist()
-
-    # 1. Overhead: our sequence (max_batch=1: the same work) against the stock pipeline per
-    #    frame, fed the embeddings the engine computes (Eq. 12), checked equal frame by frame
+def _measure_overhead(vp, plan: Plan, source, target, thetas: list[float]) -> SimpleNamespace:
+    """Our sequence (max_batch=1: the same work) against the stock pipeline per frame, fed the
+    embeddings the engine computes (Eq. 12), checked equal frame by frame."""
     inner: list[float] = []  # seconds inside the stock pipeline's __call__ during one of ours
     outside: list[float] = []  # seconds of ours spent in the engine itself, per repetition
 
@@ -315,8 +288,8 @@ def _run_cpu(plan: Plan, args, tmp: Path) -> int:
         outside.append(time.perf_counter() - start - sum(inner))
         return frames
 
-    embeddings = _sweep_embeddings(vp, source, target, thetas)
-    settings = _settings(vp, **plan.steps)
+    embeddings = vp.interpolate(source, target, thetas, 0.0)[1]
+    settings = vp.settings_for(False, **plan.steps)
 
     def stock():
         return [stock_frame(vp, e, SEED, settings) for e in embeddings]
@@ -324,7 +297,7 @@ def _run_cpu(plan: Plan, args, tmp: Path) -> int:
     blank = [PIL.Image.new("RGB", (settings.resolution,) * 2)] * len(thetas)
 
     def reencode():  # the frame-conformity readout alone: re-encode every frame with CLIP
-        return vp._encode_batched(blank, 1)
+        return vp.encoder.encode_batched(blank, 1)
 
     if plan.warmup:  # first calls pay one-off kernel set-up: one frame each, untimed
         vp.generate(source, target, thetas[1], 0.0, SEED, max_batch=1, **plan.steps)
@@ -342,24 +315,18 @@ def _run_cpu(plan: Plan, args, tmp: Path) -> int:
 
     pipe_class.__call__ = timed_call
     try:
-        t, res = side_by_side({"ours": ours, "stock": stock, "reencode": reencode}, plan.reps, device,
+        t, res = side_by_side({"ours": ours, "stock": stock, "reencode": reencode}, plan.reps, "cpu",
                               warmup=False)
     finally:
         pipe_class.__call__ = stock_call
-    engine_s = median(outside[-plan.reps:])
-    max_diff = _max_diff([f.image for f in res["ours"]], res["stock"])
-    ours_s, stock_s, reencode_s = median(t["ours"]), median(t["stock"]), median(t["reencode"])
-    overhead = ours_s / stock_s
-    per_rep = [a / b for a, b in zip(t["ours"], t["stock"], strict=True)]
+    return SimpleNamespace(ours_s=median(t["ours"]), stock_s=median(t["stock"]),
+                           reencode_s=median(t["reencode"]), engine_s=median(outside[-plan.reps:]),
+                           max_diff=_max_diff([f.image for f in res["ours"]], res["stock"]),
+                           per_rep=[a / b for a, b in zip(t["ours"], t["stock"], strict=True)])
 
-    # 2. Preview against a full frame (preset settings)
-    full = lambda: vp.generate(source, target, 0.5, 0.0, SEED, **plan.steps)  # noqa: E731
-    prev = lambda: vp.generate(source, target, 0.5, 0.0, SEED, preview=True, **plan.preview_steps)  # noqa: E731
-    _progress(f"preview: full frame vs preview frame, {plan.preview_reps} repetitions")
-    tp, _ = side_by_side({"full": full, "preview": prev}, plan.preview_reps, device, warmup=plan.warmup)
-    full_s, prev_s = median(tp["full"]), median(tp["preview"])
 
-    # 3. Grid: one call (deduplicated, batched) against every cell alone
+def _measure_grid(vp, plan: Plan, source, target) -> SimpleNamespace:
+    """A grid in one call (deduplicated, batched) against every cell alone."""
     g_thetas = np.linspace(0.0, 1.0, plan.grid).tolist()
     g_alphas = np.linspace(-1.0, 3.0, plan.grid).tolist()
     cells = [(th, al) for al in g_alphas for th in g_thetas]
@@ -372,93 +339,129 @@ def _run_cpu(plan: Plan, args, tmp: Path) -> int:
                         for th, al in cells]
     _progress(f"grid: {len(cells)} cells in one call vs one call per cell, {plan.grid_reps} repetitions")
     tg, res = side_by_side({"one_call": one_call(), "one_call_unbatched": one_call(1), "per_cell": per_cell},
-                           plan.grid_reps, device,
+                           plan.grid_reps, "cpu",
                            warmup=("one_call",) if plan.warmup else False)  # batches are a new shape
-    grid_frames, cell_frames = res["one_call"], res["per_cell"]
-    grid_diff = _max_diff([f.image for f in grid_frames], [f.image for f in cell_frames])
-    unique = len({f.embedding.numpy().tobytes() for f in grid_frames})
-    grid_s, cells_s = median(tg["one_call"]), median(tg["per_cell"])
-    grid_unbatched_s = median(tg["one_call_unbatched"])
+    grid_frames = res["one_call"]
+    return SimpleNamespace(
+        cells=len(cells), alphas=g_alphas, grid_s=median(tg["one_call"]), cells_s=median(tg["per_cell"]),
+        unbatched_s=median(tg["one_call_unbatched"]),
+        unique=len({f.embedding.numpy().tobytes() for f in grid_frames}),
+        max_diff=_max_diff([f.image for f in grid_frames], [f.image for f in res["per_cell"]]))
+
+
+def _run_cpu(plan: Plan, args, tmp: Path) -> int:
+    from bench.models import write_pipeline
+    from vslerp_app import load_pipeline
+
+    wall = time.perf_counter()
+    model_dir, counts = write_pipeline("karlo", plan.scale, tmp / f"karlo-{plan.scale}")
+    vp = load_pipeline(model_dir, device="cpu", dtype=torch.float32)
+    build_s = time.perf_counter() - wall
+    source, target = _generated_images(2, plan.image_side)
+
+    # 1. Overhead against the stock pipeline
+    over = _measure_overhead(vp, plan, source, target, np.linspace(0.0, 1.0, plan.frames).tolist())
+
+    # 2. Preview against a full frame (preset settings)
+    full = lambda: vp.generate(source, target, 0.5, 0.0, SEED, **plan.steps)  # noqa: E731
+    prev = lambda: vp.generate(source, target, 0.5, 0.0, SEED, preview=True, **plan.preview_steps)  # noqa: E731
+    _progress(f"preview: full frame vs preview frame, {plan.preview_reps} repetitions")
+    tp, _ = side_by_side({"full": full, "preview": prev}, plan.preview_reps, "cpu", warmup=plan.warmup)
+    preview = SimpleNamespace(full_s=median(tp["full"]), prev_s=median(tp["preview"]))
+
+    # 3. A grid in one call against every cell alone
+    grid = _measure_grid(vp, plan, source, target)
 
     # 4. FLOPs per frame as torch's counter sees them (this scaled-down pipeline)
     _progress("FLOPs: torch.utils.flop_counter on one full frame and one preview")
-    flops_frame, _ = count_flops(full)
-    flops_preview, _ = count_flops(prev)
-    full_size = full_size_flops() if plan.full_size_flops else None
+    flops = SimpleNamespace(frame=count_flops(full)[0], preview=count_flops(prev)[0],
+                            full_size=full_size_flops() if plan.full_size_flops else None)
 
-    n = plan.frames
-    result = {
-        "mode": plan.scale,
-        "overhead_ratio": round(overhead, 4),
-        "preview_speedup": round(full_s / prev_s, 3),
-        "grid_speedup": round(cells_s / grid_s, 3),
-        "overhead_ratio_per_rep": [round(r, 4) for r in per_rep],
-        "overhead_ratio_median_of_reps": round(median(per_rep), 4),
-        "engine_share_outside_stock_call": round(engine_s / ours_s, 5),
-        "frames_equal": max_diff <= 1,
-        "max_pixel_diff_vs_stock": max_diff,
-        "grid_frames_equal_to_cells": grid_diff <= 1,
-        "max_pixel_diff_grid_vs_cells": grid_diff,
-        "grid_cells": len(cells),
-        "grid_unique_frames": unique,
-        "grid_ideal_speedup_from_dedup": round(len(cells) / unique, 3),
-        "grid_speedup_dedup_only": round(cells_s / grid_unbatched_s, 3),
-        "grid_speedup_from_batching": round(grid_unbatched_s / grid_s, 3),
-        "seconds": {
-            "ours_sweep": round(ours_s, 4), "stock_sweep": round(stock_s, 4),
-            "ours_per_frame": round(ours_s / n, 4), "stock_per_frame": round(stock_s / n, 4),
-            "reencode_per_frame": round(reencode_s / n, 5),
-            "engine_outside_stock_call_per_frame": round(engine_s / n, 5),
-            "full_frame": round(full_s, 4), "preview_frame": round(prev_s, 4),
-            "grid_one_call": round(grid_s, 3), "grid_per_cell": round(cells_s, 3),
-            "grid_one_call_max_batch_1": round(grid_unbatched_s, 3),
-            "build": round(build_s, 2),
-        },
-        "settings": {"frames": n, "reps": plan.reps, "full": plan.steps or "preset (25 + 7 steps)",
-                     "preview": plan.preview_steps or "preset (10 decoder steps)",
-                     "grid": plan.grid_steps, "grid_alphas": g_alphas},
-        "flops_per_frame": flops_frame,
-        "flops_per_preview": flops_preview,
-        "achieved_gflops_full_frame": round(flops_frame / full_s / 1e9, 2),
-        "params_m": {k: round(v / 1e6, 3) for k, v in counts.items()},
-        "goals": {"overhead_ratio_max": GOALS["overhead_ratio"],
-                  "preview_speedup_min": GOALS["preview_speedup"]},
-        "meets": {"overhead_ratio": overhead <= GOALS["overhead_ratio"],
-                  "preview_speedup": full_s / prev_s >= GOALS["preview_speedup"]},
-        **_env(device),
-    }
-    if full_size is not None:
-        result["full_size_tflop"] = full_size
-
-    _table(f"vSLERP bench --{plan.scale}: Karlo-shaped pipeline, random weights, {device}, "
-           f"{torch.get_num_threads()} threads (medians of {plan.reps}/{plan.preview_reps}/{plan.grid_reps})",
-           [("measure", "ours", "reference", "ratio", "goal"),
-            (f"{n}-frame theta sweep vs stock per frame", _fmt_s(ours_s), _fmt_s(stock_s),
-             f"x{overhead:.3f}", f"<= {GOALS['overhead_ratio']}"),
-            ("full frame vs preview frame", _fmt_s(prev_s), _fmt_s(full_s), f"x{full_s / prev_s:.2f}",
-             f">= {GOALS['preview_speedup']:g}"),
-            (f"{plan.grid}x{plan.grid} grid, one call vs per cell", _fmt_s(grid_s), _fmt_s(cells_s),
-             f"x{cells_s / grid_s:.2f}", f"dedup ideal x{len(cells) / unique:.2f}"),
-            ("  of which: dedup (one call, max_batch=1)", _fmt_s(grid_unbatched_s), _fmt_s(cells_s),
-             f"x{cells_s / grid_unbatched_s:.2f}", ""),
-            ("  of which: batching (max_batch=8 vs 1)", _fmt_s(grid_s), _fmt_s(grid_unbatched_s),
-             f"x{grid_unbatched_s / grid_s:.2f}", "")])
-    _table("checks and costs", [
-        ("frames equal to stock (max pixel diff)", f"{max_diff}"),
-        ("grid frames equal to cells alone (max diff)", f"{grid_diff}"),
-        ("engine time outside the stock __call__", f"{_fmt_s(engine_s / n)}/frame "
-         f"({100 * engine_s / ours_s:.2f}% of ours)"),
-        ("  of which re-encode (frame conformity)", f"{_fmt_s(reencode_s / n)}/frame"),
-        ("FLOPs per frame / preview (this pipeline)",
-         f"{flops_frame / 1e9:.2f} / {flops_preview / 1e9:.2f} GFLOP"),
-        ("achieved on a full frame", f"{flops_frame / full_s / 1e9:.1f} GFLOP/s"),
-    ])
-    if full_size is not None:
-        _table("full-size arithmetic (meta device)", _floor_rows(full_size, args.achievable_tflops))
+    result = _cpu_result(plan, over, preview, grid, flops, counts, build_s)
+    _cpu_tables(plan, over, preview, grid, flops, args)
     result["wall_s"] = round(time.perf_counter() - wall, 1)
     print(f"\nwall {result['wall_s']} s")
     _json_line(result)
     return 0
+
+
+def _cpu_result(plan: Plan, over, preview, grid, flops, counts: dict, build_s: float) -> dict:
+    """The JSON line of --quick / --smoke."""
+    n, overhead = plan.frames, over.ours_s / over.stock_s
+    result = {
+        "mode": plan.scale,
+        "overhead_ratio": round(overhead, 4),
+        "preview_speedup": round(preview.full_s / preview.prev_s, 3),
+        "grid_speedup": round(grid.cells_s / grid.grid_s, 3),
+        "overhead_ratio_per_rep": [round(r, 4) for r in over.per_rep],
+        "overhead_ratio_median_of_reps": round(median(over.per_rep), 4),
+        "engine_share_outside_stock_call": round(over.engine_s / over.ours_s, 5),
+        "frames_equal": over.max_diff <= 1,
+        "max_pixel_diff_vs_stock": over.max_diff,
+        "grid_frames_equal_to_cells": grid.max_diff <= 1,
+        "max_pixel_diff_grid_vs_cells": grid.max_diff,
+        "grid_cells": grid.cells,
+        "grid_unique_frames": grid.unique,
+        "grid_ideal_speedup_from_dedup": round(grid.cells / grid.unique, 3),
+        "grid_speedup_dedup_only": round(grid.cells_s / grid.unbatched_s, 3),
+        "grid_speedup_from_batching": round(grid.unbatched_s / grid.grid_s, 3),
+        "seconds": {
+            "ours_sweep": round(over.ours_s, 4), "stock_sweep": round(over.stock_s, 4),
+            "ours_per_frame": round(over.ours_s / n, 4), "stock_per_frame": round(over.stock_s / n, 4),
+            "reencode_per_frame": round(over.reencode_s / n, 5),
+            "engine_outside_stock_call_per_frame": round(over.engine_s / n, 5),
+            "full_frame": round(preview.full_s, 4), "preview_frame": round(preview.prev_s, 4),
+            "grid_one_call": round(grid.grid_s, 3), "grid_per_cell": round(grid.cells_s, 3),
+            "grid_one_call_max_batch_1": round(grid.unbatched_s, 3),
+            "build": round(build_s, 2),
+        },
+        "settings": {"frames": n, "reps": plan.reps, "full": plan.steps or "preset (25 + 7 steps)",
+                     "preview": plan.preview_steps or "preset (10 decoder steps)",
+                     "grid": plan.grid_steps, "grid_alphas": grid.alphas},
+        "flops_per_frame": flops.frame,
+        "flops_per_preview": flops.preview,
+        "achieved_gflops_full_frame": round(flops.frame / preview.full_s / 1e9, 2),
+        "params_m": {k: round(v / 1e6, 3) for k, v in counts.items()},
+        "goals": {"overhead_ratio_max": GOALS["overhead_ratio"],
+                  "preview_speedup_min": GOALS["preview_speedup"]},
+        "meets": {"overhead_ratio": overhead <= GOALS["overhead_ratio"],
+                  "preview_speedup": preview.full_s / preview.prev_s >= GOALS["preview_speedup"]},
+        **_env("cpu"),
+    }
+    if flops.full_size is not None:
+        result["full_size_tflop"] = flops.full_size
+    return result
+
+
+def _cpu_tables(plan: Plan, over, preview, grid, flops, args) -> None:
+    """The human-readable tables of --quick / --smoke."""
+    n, overhead = plan.frames, over.ours_s / over.stock_s
+    full_s, prev_s = preview.full_s, preview.prev_s
+    _table(f"vSLERP bench --{plan.scale}: Karlo-shaped pipeline, random weights, cpu, "
+           f"{torch.get_num_threads()} threads (medians of {plan.reps}/{plan.preview_reps}/{plan.grid_reps})",
+           [("measure", "ours", "reference", "ratio", "goal"),
+            (f"{n}-frame theta sweep vs stock per frame", _fmt_s(over.ours_s), _fmt_s(over.stock_s),
+             f"x{overhead:.3f}", f"<= {GOALS['overhead_ratio']}"),
+            ("full frame vs preview frame", _fmt_s(prev_s), _fmt_s(full_s), f"x{full_s / prev_s:.2f}",
+             f">= {GOALS['preview_speedup']:g}"),
+            (f"{plan.grid}x{plan.grid} grid, one call vs per cell", _fmt_s(grid.grid_s), _fmt_s(grid.cells_s),
+             f"x{grid.cells_s / grid.grid_s:.2f}", f"dedup ideal x{grid.cells / grid.unique:.2f}"),
+            ("  of which: dedup (one call, max_batch=1)", _fmt_s(grid.unbatched_s), _fmt_s(grid.cells_s),
+             f"x{grid.cells_s / grid.unbatched_s:.2f}", ""),
+            ("  of which: batching (max_batch=8 vs 1)", _fmt_s(grid.grid_s), _fmt_s(grid.unbatched_s),
+             f"x{grid.unbatched_s / grid.grid_s:.2f}", "")])
+    _table("checks and costs", [
+        ("frames equal to stock (max pixel diff)", f"{over.max_diff}"),
+        ("grid frames equal to cells alone (max diff)", f"{grid.max_diff}"),
+        ("engine time outside the stock __call__", f"{_fmt_s(over.engine_s / n)}/frame "
+         f"({100 * over.engine_s / over.ours_s:.2f}% of ours)"),
+        ("  of which re-encode (frame conformity)", f"{_fmt_s(over.reencode_s / n)}/frame"),
+        ("FLOPs per frame / preview (this pipeline)",
+         f"{flops.frame / 1e9:.2f} / {flops.preview / 1e9:.2f} GFLOP"),
+        ("achieved on a full frame", f"{flops.frame / full_s / 1e9:.1f} GFLOP/s"),
+    ])
+    if flops.full_size is not None:
+        _table("full-size arithmetic (meta device)", _floor_rows(flops.full_size, args.achievable_tflops))
 
 
 # -- --full: full-size architectures on a GPU ---------------------------------------------
@@ -502,8 +505,8 @@ def _measure_toggle(vp, toggle: str, args, source, target, flops: dict) -> dict:
 
     contenders = {"batched": sequence(n), "per_frame": sequence(1)}
     if toggle == "baseline":
-        settings = _settings(vp)
-        embeddings = _sweep_embeddings(vp, source, target, thetas)
+        settings = vp.settings_for(False)
+        embeddings = vp.interpolate(source, target, thetas, 0.0)[1]
         contenders["stock_per_frame"] = lambda: [stock_frame(vp, e, SEED, settings) for e in embeddings]
     t, res = side_by_side(contenders, args.reps, device, warmup=False)
     for key, values in t.items():
@@ -541,7 +544,8 @@ def _measure_toggle(vp, toggle: str, args, source, target, flops: dict) -> dict:
 
 
 def _full_one(name: str, model_dir: Path, args) -> dict:
-    from pipelines import GenerationError, load_pipeline
+    from pipelines import GenerationError
+    from vslerp_app import load_pipeline
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     source, target = _generated_images(2, 256 if name == "karlo" else 768)
@@ -572,7 +576,7 @@ def _write_full(model: str, scale: str, model_dir: Path, args):
     if scale == "full" or model == "karlo":
         return write_pipeline(FULL_MODELS[model], scale, model_dir, device=args.device,
                               dtype=torch.float16 if scale == "full" else torch.float32)[1]
-    from pipelines.fixtures import write_fixture
+    from vslerp_app.fixtures import write_fixture
 
     write_fixture("stable-unclip", model_dir)
     return None
@@ -662,13 +666,45 @@ def _mad(a, b) -> float:
     return float(np.abs(_pixels(a) - _pixels(b)).mean())
 
 
+def _real_checks(vp, photos, sweep, alpha_frames, thetas) -> dict:
+    """What only real weights can show: no black frame, smooth along theta, the path followed,
+    generated frames more conformal than the real photos (the paper's finding)."""
+    frames = sweep + alpha_frames
+    stats_px = [(float(_pixels(f.image).mean()), float(_pixels(f.image).std())) for f in frames]
+    black = [i for i, (m, s) in enumerate(stats_px) if m < 8 or s < 2]
+    neighbours = [_mad(a.image, b.image) for a, b in zip(sweep, sweep[1:], strict=False)]
+    far = [_mad(sweep[i].image, sweep[j].image) for i in range(len(sweep))
+           for j in range(i + 2, len(sweep))]
+    smooth_ratio = float(np.mean(neighbours) / np.mean(far)) if far and np.mean(far) > 0 else None
+    v0, v1 = vp.encode(photos[0]), vp.encode(photos[1])
+    cos = torch.nn.functional.cosine_similarity
+    toward = [float(cos(f.frame_embedding, v1, dim=0) - cos(f.frame_embedding, v0, dim=0)) for f in sweep]
+    follows = float(np.corrcoef(thetas, toward)[0, 1]) if len(thetas) > 2 and np.std(toward) > 0 else None
+    conformity = None
+    if vp.stats is not None:
+        real_c = [float(vp.stats.conformity(vp.encode(p))) for p in photos]
+        gen_c = [f.frame_conformity for f in frames if f.frame_conformity is not None]
+        conformity = {"real_mean": round(float(np.mean(real_c)), 4),
+                      "generated_mean": round(float(np.mean(gen_c)), 4),
+                      "generated_more_conformal": float(np.mean(gen_c)) > float(np.mean(real_c)),
+                      "kind": vp.stats.conformity_kind}
+    return {
+        "no_black_or_flat_frame": not black, "black_or_flat_frames": black,
+        "smoothness_neighbour_vs_far_mad": None if smooth_ratio is None else round(smooth_ratio, 3),
+        "smooth_along_theta": smooth_ratio is not None and smooth_ratio < 1.0,
+        "frames_follow_theta_corr": None if follows is None else round(follows, 3),
+        "frames_follow_theta": follows is not None and follows > 0.5,
+        "conformity": conformity,
+    }
+
+
 def run_real(args) -> int:
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         print(f"bench --real {args.real} needs a CUDA GPU and the Hugging Face hub; no GPU here "
               "(pass --device cpu to run it anyway, slowly).", file=sys.stderr)
         return EXIT_NO_GPU
-    from pipelines import load_pipeline
+    from vslerp_app import load_pipeline
     from vslerp_app.images import load_image
 
     wall = time.perf_counter()
@@ -700,27 +736,7 @@ def run_real(args) -> int:
         alpha_s = time.perf_counter() - start
     tp, _ = side_by_side({"preview": lambda: vp.generate(source, target, 0.5, 0.0, SEED, preview=True)},
                       3, device)
-    frames = sweep + alpha_frames
-
-    # Checks only real weights can show
-    stats_px = [(float(_pixels(f.image).mean()), float(_pixels(f.image).std())) for f in frames]
-    black = [i for i, (m, s) in enumerate(stats_px) if m < 8 or s < 2]
-    neighbours = [_mad(a.image, b.image) for a, b in zip(sweep, sweep[1:], strict=False)]
-    far = [_mad(sweep[i].image, sweep[j].image) for i in range(len(sweep))
-           for j in range(i + 2, len(sweep))]
-    smooth_ratio = float(np.mean(neighbours) / np.mean(far)) if far and np.mean(far) > 0 else None
-    v0, v1 = vp.encode(source), vp.encode(target)
-    cos = torch.nn.functional.cosine_similarity
-    toward = [float(cos(f.frame_embedding, v1, dim=0) - cos(f.frame_embedding, v0, dim=0)) for f in sweep]
-    follows = float(np.corrcoef(thetas, toward)[0, 1]) if len(thetas) > 2 and np.std(toward) > 0 else None
-    conformity = None
-    if vp.stats is not None:
-        real_c = [float(vp.stats.conformity(vp.encode(p))) for p in photos]
-        gen_c = [f.frame_conformity for f in frames if f.frame_conformity is not None]
-        conformity = {"real_mean": round(float(np.mean(real_c)), 4),
-                      "generated_mean": round(float(np.mean(gen_c)), 4),
-                      "generated_more_conformal": float(np.mean(gen_c)) > float(np.mean(real_c)),
-                      "kind": vp.stats.conformity_kind}
+    checks = _real_checks(vp, photos, sweep, alpha_frames, thetas)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -729,6 +745,8 @@ def run_real(args) -> int:
         for i, f in enumerate(alpha_frames):
             f.image.save(out / f"alpha-{i:02d}-{f.alpha:+.2f}.png")
 
+    smooth_ratio, follows = checks["smoothness_neighbour_vs_far_mad"], checks["frames_follow_theta_corr"]
+    conformity = checks["conformity"]
     result = {
         "mode": "real", "model": args.real, "inputs": inputs, "stats": vp.stats_note,
         "load_s": round(load_s, 1),
@@ -736,15 +754,8 @@ def run_real(args) -> int:
                     "alpha_sweep_per_frame": (None if alpha_s is None
                                               else round(alpha_s / len(alpha_frames), 4)),
                     "preview": round(median(tp["preview"]), 4)},
-        "checks": {
-            "no_black_or_flat_frame": not black, "black_or_flat_frames": black,
-            "smoothness_neighbour_vs_far_mad": None if smooth_ratio is None else round(smooth_ratio, 3),
-            "smooth_along_theta": smooth_ratio is not None and smooth_ratio < 1.0,
-            "frames_follow_theta_corr": None if follows is None else round(follows, 3),
-            "frames_follow_theta": follows is not None and follows > 0.5,
-            "conformity": conformity,
-        },
-        "frame_conformity": [f.frame_conformity for f in frames],
+        "checks": checks,
+        "frame_conformity": [f.frame_conformity for f in sweep + alpha_frames],
         **_env(device),
     }
     _table(f"--real {args.real} ({inputs})", [
@@ -752,7 +763,7 @@ def run_real(args) -> int:
         ("alpha sweep", f"{len(alpha_frames)} frames",
          "-" if alpha_s is None else _fmt_s(alpha_s / len(alpha_frames)) + "/frame"),
         ("preview", _fmt_s(result["seconds"]["preview"])),
-        ("black or flat frames", str(black or "none")),
+        ("black or flat frames", str(checks["black_or_flat_frames"] or "none")),
         ("neighbour / far pixel difference",
          "-" if smooth_ratio is None else f"{smooth_ratio:.3f} (< 1: smooth)"),
         ("corr(theta, toward-target)",

@@ -1,19 +1,36 @@
-"""The diffusers side: model presets, robust loading, the vSLERP engine, tiny fixtures."""
+"""The unCLIP side: model presets, loading, the CLIP encoders, the runner, tiny fixtures.
 
-from pipelines.engine import Frame, GenerationError, RenderSettings, VSLERPPipeline
-from pipelines.factory import ModelLoadError, load_pipeline
+Knows nothing of vSLERP, statistics or output files: `vslerp_app` builds on it.
+"""
+
+from pipelines.encoders import ClipImageEncoder
+from pipelines.loading import (
+    SUPPORTED_PIPELINES,
+    LoadedModel,
+    ModelLoadError,
+    PipelineDirectoryError,
+    carried_mean,
+    hub_snapshot,
+    load_model,
+)
 from pipelines.presets import DEFAULT_MODEL, PRESETS, ModelPreset, get_preset, list_presets
+from pipelines.runner import GenerationError, RenderSettings, UnclipRunner
 
 __all__ = [
     "DEFAULT_MODEL",
     "PRESETS",
-    "Frame",
+    "SUPPORTED_PIPELINES",
+    "ClipImageEncoder",
     "GenerationError",
+    "LoadedModel",
     "ModelLoadError",
     "ModelPreset",
+    "PipelineDirectoryError",
     "RenderSettings",
-    "VSLERPPipeline",
+    "UnclipRunner",
+    "carried_mean",
     "get_preset",
+    "hub_snapshot",
     "list_presets",
-    "load_pipeline",
+    "load_model",
 ]

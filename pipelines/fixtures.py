@@ -1,42 +1,102 @@
-"""Tiny random-weight unCLIP pipelines in the same on-disk layout as the real hub repositories.
+"""Random-weight unCLIP pipelines in the same on-disk layout as the real hub repositories.
 
-`write_fixture("karlo", DIR)` writes an `UnCLIPImageVariationPipeline` laid out like
-kakaobrain/karlo-v1-alpha-image-variations; `write_fixture("stable-unclip", DIR)` writes a
+`write_model("karlo", DIR)` writes an `UnCLIPImageVariationPipeline` laid out like
+kakaobrain/karlo-v1-alpha-image-variations; `write_model("stable-unclip", DIR)` writes a
 `StableUnCLIPImg2ImgPipeline` laid out like stabilityai/stable-diffusion-2-1-unclip(-small).
-Every component is the real diffusers/transformers class with a tiny configuration (sizes
-after diffusers' own fast tests, shrunk further for CPU): 32-d CLIP image embeddings, a
-32 px Karlo decoder with 64 px super-resolution, a 32 px Stable unCLIP. Built in code from a
-seed (nothing is downloaded), saved with `save_pretrained`, and the same seed gives
+Every component is the real diffusers/transformers class, built in code from a seed
+(nothing is downloaded) and saved with `save_pretrained`; the same seed gives
 byte-identical weight files.
+
+The architecture is data: `TINY` holds the tiny configurations of the test fixtures (after
+diffusers' own fast tests, shrunk further for CPU: 32-d CLIP image embeddings, a 32 px Karlo
+decoder with 64 px super-resolution, a 32 px Stable unCLIP); the benchmark passes its
+full-size and scaled-down configurations (`bench/models.py`) to the same builders.
 
 Layouts: "hub" rewrites Karlo's model_index.json so `text_proj` names the library "unclip",
 as the real repository (saved by an older diffusers) does and current diffusers refuses to
 load; "current" keeps what today's diffusers writes. Stable unCLIP's model_index is the same
 in both.
 
-Next to the pipeline a `vslerp-stats.safetensors` holds image-modality statistics of the
-tiny image encoder over generated images (smooth colour fields, gradients, blobs).
+`write_model` also returns the raw embeddings of generated images (smooth colour fields,
+gradients, blobs) under the written image encoder, from which `vslerp_app.fixtures` writes
+the statistics file beside the model.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["FIXTURE_KINDS", "EMBEDDING_DIM", "write_fixture", "fixture_images"]
+__all__ = ["FIXTURE_KINDS", "EMBEDDING_DIM", "TINY", "FixtureModel", "build_components",
+           "fixture_images", "image_embeddings", "write_model", "write_tokenizer"]
 
 FIXTURE_KINDS = ("karlo", "stable-unclip")
 EMBEDDING_DIM = 32  # projection_dim of the tiny CLIP encoders: raw image embeddings are 32-d
 IMAGE_SIZE = 32  # CLIP encoder input side (feature_extractor crop)
 STATS_IMAGES = 96
 MODEL_MAX_LENGTH = 77  # as the real CLIP tokenizers
+_PIPELINE_CLASS = {"karlo": "UnCLIPImageVariationPipeline", "stable-unclip": "StableUnCLIPImg2ImgPipeline"}
 
 # Real repositories saved by an older diffusers name the library "unclip" for text_proj.
 _HUB_TEXT_PROJ = ["unclip", "UnCLIPTextProjModel"]
+
+# -- the tiny architectures ----------------------------------------------------------------
+_TINY_VISION = {"hidden_size": 32, "projection_dim": EMBEDDING_DIM, "num_hidden_layers": 5,
+                "num_attention_heads": 4, "image_size": IMAGE_SIZE, "intermediate_size": 37,
+                "patch_size": 4}
+_TINY_TEXT = {"hidden_size": 32, "projection_dim": EMBEDDING_DIM, "intermediate_size": 37,
+              "layer_norm_eps": 1e-5, "num_attention_heads": 4, "num_hidden_layers": 5,
+              "max_position_embeddings": MODEL_MAX_LENGTH}
+_TINY_SUPER_RES = {"sample_size": 64, "layers_per_block": 1, "in_channels": 6, "out_channels": 3,
+                   "down_block_types": ("ResnetDownsampleBlock2D", "ResnetDownsampleBlock2D"),
+                   "up_block_types": ("ResnetUpsampleBlock2D", "ResnetUpsampleBlock2D"),
+                   "block_out_channels": (32, 64)}
+TINY = {
+    "karlo": {
+        "decoder": {"sample_size": 32, "in_channels": 3, "out_channels": 6,
+                    "down_block_types": ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+                    "up_block_types": ("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+                    "mid_block_type": "UNetMidBlock2DSimpleCrossAttn",
+                    "block_out_channels": (32, 64), "layers_per_block": 1,
+                    "cross_attention_dim": 100, "attention_head_dim": 4,
+                    "resnet_time_scale_shift": "scale_shift", "class_embed_type": "identity"},
+        "text_proj": {"clip_embeddings_dim": EMBEDDING_DIM, "time_embed_dim": 128,
+                      "cross_attention_dim": 100},
+        "text_encoder": _TINY_TEXT,
+        "image_encoder": _TINY_VISION,
+        "super_res_first": _TINY_SUPER_RES,
+        "super_res_last": _TINY_SUPER_RES,
+    },
+    "stable-unclip": {
+        "unet": {"sample_size": 16, "in_channels": 4, "out_channels": 4,
+                 "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+                 "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"), "block_out_channels": (32, 64),
+                 "attention_head_dim": (2, 4), "class_embed_type": "projection",
+                 "projection_class_embeddings_input_dim": EMBEDDING_DIM * 2, "cross_attention_dim": 32,
+                 "layers_per_block": 1, "upcast_attention": True, "use_linear_projection": True},
+        # Two levels: latents at half the pixel side (the real VAE has 4 levels, factor 8).
+        "vae": {"in_channels": 3, "out_channels": 3, "latent_channels": 4,
+                "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+                "block_out_channels": (32, 32), "layers_per_block": 1, "norm_num_groups": 16,
+                "sample_size": 32},
+        "text_encoder": _TINY_TEXT,
+        "image_encoder": _TINY_VISION,
+        "image_normalizer": {"embedding_dim": EMBEDDING_DIM},
+        "scheduler": {},
+    },
+}
+
+# Each component draws its weights from the seed plus its own offset, so changing one
+# component's size leaves the others' weights alone.
+_SEED_OFFSETS = {"decoder": 0, "unet": 0, "text_proj": 1, "vae": 1, "text_encoder": 2,
+                 "image_encoder": 3, "super_res_first": 4, "super_res_last": 5}
 
 
 # -- tokenizer ---------------------------------------------------------------------------
@@ -58,7 +118,7 @@ def _byte_level_chars() -> list[str]:
 _MERGES = ["p h", "o t", "ph ot", "phot o</w>", "o f</w>", "t h", "th e</w>"]
 
 
-def _write_tokenizer(directory: Path):
+def write_tokenizer(directory: Path):
     """A tiny valid CLIP BPE tokenizer saved in `directory` (vocab.json, merges.txt, config)."""
     from transformers import CLIPTokenizer
 
@@ -82,107 +142,112 @@ def _write_tokenizer(directory: Path):
 
 
 # -- components --------------------------------------------------------------------------
-def _seeded(seed: int, fn, *args, **kwargs):
-    torch.manual_seed(seed)
-    return fn(*args, **kwargs)
-
-
-def _image_encoder(seed: int):
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    config = CLIPVisionConfig(hidden_size=32, projection_dim=EMBEDDING_DIM, num_hidden_layers=5,
-                              num_attention_heads=4, image_size=IMAGE_SIZE, intermediate_size=37,
-                              patch_size=4)
-    return _seeded(seed, CLIPVisionModelWithProjection, config).eval()
-
-
-def _feature_extractor():
-    from transformers import CLIPImageProcessor
-
-    return CLIPImageProcessor(crop_size=IMAGE_SIZE, size=IMAGE_SIZE)
-
-
-def _text_config(tokenizer):
+def _text_config(cfg: dict, tokenizer):
     from transformers import CLIPTextConfig
 
+    cfg = dict(cfg)
+    cfg["vocab_size"] = max(cfg.get("vocab_size", 0), len(tokenizer))
     return CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=tokenizer.pad_token_id, hidden_size=32,
-                          projection_dim=EMBEDDING_DIM, intermediate_size=37, layer_norm_eps=1e-5,
-                          num_attention_heads=4, num_hidden_layers=5, vocab_size=len(tokenizer),
-                          max_position_embeddings=MODEL_MAX_LENGTH)
+                          pad_token_id=tokenizer.pad_token_id, **cfg)
 
 
-def _karlo_components(seed: int, tokenizer) -> dict:
-    from diffusers import UnCLIPScheduler, UNet2DConditionModel, UNet2DModel
+def _feature_extractor(side: int):
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(crop_size=side, size=side)
+
+
+def _karlo_modules(cfg: dict, tokenizer) -> dict:
+    """Constructors of Karlo's trainable components (called under each one's seed)."""
+    from diffusers import UNet2DConditionModel, UNet2DModel
     from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
-    from transformers import CLIPTextModelWithProjection
+    from transformers import CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    time_input_dim, cross_attention_dim = 32, 100
-    decoder = _seeded(
-        seed, UNet2DConditionModel, sample_size=32, in_channels=3, out_channels=6,
-        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
-        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
-        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-        block_out_channels=(time_input_dim, time_input_dim * 2), layers_per_block=1,
-        cross_attention_dim=cross_attention_dim, attention_head_dim=4,
-        resnet_time_scale_shift="scale_shift", class_embed_type="identity")
-    text_proj = _seeded(seed + 1, UnCLIPTextProjModel, clip_embeddings_dim=EMBEDDING_DIM,
-                        time_embed_dim=time_input_dim * 4, cross_attention_dim=cross_attention_dim)
-    text_encoder = _seeded(seed + 2, CLIPTextModelWithProjection, _text_config(tokenizer)).eval()
-    super_res = dict(sample_size=64, layers_per_block=1, in_channels=6, out_channels=3,
-                     down_block_types=("ResnetDownsampleBlock2D", "ResnetDownsampleBlock2D"),
-                     up_block_types=("ResnetUpsampleBlock2D", "ResnetUpsampleBlock2D"),
-                     block_out_channels=(time_input_dim, time_input_dim * 2))
     return {
-        "decoder": decoder,
-        "text_encoder": text_encoder,
-        "tokenizer": tokenizer,
-        "text_proj": text_proj,
-        "feature_extractor": _feature_extractor(),
-        "image_encoder": _image_encoder(seed + 3),
-        "super_res_first": _seeded(seed + 4, UNet2DModel, **super_res),
-        "super_res_last": _seeded(seed + 5, UNet2DModel, **super_res),
-        "decoder_scheduler": UnCLIPScheduler(variance_type="learned_range",
-                                             prediction_type="epsilon", num_train_timesteps=1000),
-        "super_res_scheduler": UnCLIPScheduler(variance_type="fixed_small_log",
-                                               prediction_type="epsilon",
-                                               num_train_timesteps=1000),
+        "decoder": lambda: UNet2DConditionModel(**cfg["decoder"]),
+        "text_proj": lambda: UnCLIPTextProjModel(**cfg["text_proj"]),
+        "text_encoder": lambda: CLIPTextModelWithProjection(_text_config(cfg["text_encoder"], tokenizer)),
+        "image_encoder": lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["image_encoder"])),
+        "super_res_first": lambda: UNet2DModel(**cfg["super_res_first"]),
+        "super_res_last": lambda: UNet2DModel(**cfg["super_res_last"]),
     }
 
 
-def _stable_components(seed: int, tokenizer) -> dict:
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import (
-        StableUnCLIPImageNormalizer,
-    )
-    from transformers import CLIPTextModel
+def _stable_modules(cfg: dict, tokenizer) -> dict:
+    """Constructors of Stable unCLIP's trainable components (called under each one's seed)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    unet = _seeded(
-        seed, UNet2DConditionModel, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(32, 64),
-        attention_head_dim=(2, 4), class_embed_type="projection",
-        projection_class_embeddings_input_dim=EMBEDDING_DIM * 2, cross_attention_dim=32,
-        layers_per_block=1, upcast_attention=True, use_linear_projection=True)
-    # Two levels: latents at half the pixel side (the real VAE has 4 levels, factor 8).
-    vae = _seeded(seed + 1, AutoencoderKL, in_channels=3, out_channels=3, latent_channels=4,
-                  down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-                  up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-                  block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=16,
-                  sample_size=32)
     return {
-        "feature_extractor": _feature_extractor(),
-        "image_encoder": _image_encoder(seed + 3),
-        "image_normalizer": StableUnCLIPImageNormalizer(embedding_dim=EMBEDDING_DIM),
-        "image_noising_scheduler": DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
-        "tokenizer": tokenizer,
-        "text_encoder": _seeded(seed + 2, CLIPTextModel, _text_config(tokenizer)).eval(),
-        "unet": unet,
-        "scheduler": DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
-                                   beta_end=0.012, prediction_type="v_prediction",
-                                   set_alpha_to_one=False, steps_offset=1),
-        "vae": vae,
+        "unet": lambda: UNet2DConditionModel(**cfg["unet"]),
+        "vae": lambda: AutoencoderKL(**cfg["vae"]),
+        "text_encoder": lambda: CLIPTextModel(_text_config(cfg["text_encoder"], tokenizer)),
+        "image_encoder": lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["image_encoder"])),
     }
+
+
+def _schedulers(kind: str, cfg: dict) -> dict:
+    from diffusers import DDIMScheduler, DDPMScheduler, UnCLIPScheduler
+
+    if kind == "karlo":
+        return {"decoder_scheduler": UnCLIPScheduler(variance_type="learned_range",
+                                                     prediction_type="epsilon", num_train_timesteps=1000),
+                "super_res_scheduler": UnCLIPScheduler(variance_type="fixed_small_log",
+                                                       prediction_type="epsilon", num_train_timesteps=1000)}
+    return {"image_noising_scheduler": DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
+            "scheduler": DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       prediction_type="v_prediction", set_alpha_to_one=False,
+                                       steps_offset=1, **cfg.get("scheduler", {}))}
+
+
+def _zero_out(model) -> None:
+    """Zero the output convolution: random weights then predict zero noise, so no fp16
+    overflow can come out of a random UNet (timing is unaffected)."""
+    with torch.no_grad():
+        model.conv_out.weight.zero_()
+        model.conv_out.bias.zero_()
+
+
+def build_components(kind: str, config: dict, tokenizer, *, seed: int = 0, device="cpu",
+                     zero_out: bool = False) -> dict:
+    """The components of a ``kind`` pipeline with random weights, built on ``device``.
+
+    Args:
+        kind: "karlo" or "stable-unclip".
+        config: the trainable components' configurations (`TINY[kind]`, or the benchmark's).
+        tokenizer: the CLIP tokenizer (`write_tokenizer`).
+        seed: every component's weights derive from it (its own offset each).
+        device: where the weights are initialised (a GPU builds full size in seconds).
+        zero_out: zero the denoisers' output convolutions (random weights then predict zero
+            noise, so nothing overflows in fp16; for timing).
+    """
+    if kind not in FIXTURE_KINDS:
+        raise ValueError(f"unknown fixture kind {kind!r}; known: {', '.join(FIXTURE_KINDS)}")
+    modules = (_karlo_modules if kind == "karlo" else _stable_modules)(config, tokenizer)
+    parts = {}
+    with torch.device(device):
+        for name, build in modules.items():
+            torch.manual_seed(seed + _SEED_OFFSETS[name])
+            parts[name] = build().eval()
+        if kind == "stable-unclip":
+            from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import (
+                StableUnCLIPImageNormalizer,
+            )
+
+            parts["image_normalizer"] = StableUnCLIPImageNormalizer(**config["image_normalizer"])
+    if zero_out:
+        for name in ("decoder", "super_res_first", "super_res_last", "unet"):
+            if name in parts:
+                _zero_out(parts[name])
+    parts.update(_schedulers(kind, config), tokenizer=tokenizer,
+                 feature_extractor=_feature_extractor(config["image_encoder"]["image_size"]))
+    return parts
+
+
+def param_counts(components: dict) -> dict[str, int]:
+    """Parameters per torch module among the components."""
+    return {name: sum(p.numel() for p in module.parameters())
+            for name, module in components.items() if isinstance(module, torch.nn.Module)}
 
 
 # -- images for the statistics -----------------------------------------------------------
@@ -223,13 +288,30 @@ def fixture_images(n: int = STATS_IMAGES, seed: int = 0, size: int = IMAGE_SIZE)
 
 
 @torch.no_grad()
-def _embed(feature_extractor, image_encoder, images) -> torch.Tensor:
-    """Raw (unnormalised) image embeddings, as the unCLIP pipelines compute them."""
-    pixels = feature_extractor(images=images, return_tensors="pt").pixel_values
-    return image_encoder(pixels.to(image_encoder.dtype)).image_embeds.float()
+def image_embeddings(components: dict, images) -> torch.Tensor:
+    """Raw (unnormalised) image embeddings, float32 on the CPU, as the pipelines compute them."""
+    encoder = components["image_encoder"]
+    param = next(encoder.parameters())
+    pixels = components["feature_extractor"](images=images, return_tensors="pt").pixel_values
+    return encoder(pixels.to(param.device, param.dtype)).image_embeds.float().cpu()
 
 
 # -- writing -----------------------------------------------------------------------------
+@dataclass
+class FixtureModel:
+    """What `write_model` wrote.
+
+    Attributes:
+        path: the pipeline directory.
+        embeddings: raw embeddings (N, d) of ``N`` generated images under its image encoder.
+        param_counts: parameters per component.
+    """
+
+    path: Path
+    embeddings: torch.Tensor
+    param_counts: dict[str, int]
+
+
 def _rewrite_index_hub(directory: Path) -> None:
     index_path = directory / "model_index.json"
     index = json.loads(index_path.read_text())
@@ -237,24 +319,49 @@ def _rewrite_index_hub(directory: Path) -> None:
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
-def write_fixture(kind: str, directory: str | os.PathLike, *, layout: str = "hub",
-                  seed: int = 0, embedded_mean: str = "stats",
-                  write_stats: bool = True) -> Path:
-    """Write a tiny random-weight pipeline of ``kind`` into ``directory``; return its path.
+def _set_normalizer(normalizer, embeddings: torch.Tensor) -> None:
+    """Store the embeddings' mean and std, as -small's normalizer holds ViT-L/14's."""
+    with torch.no_grad():
+        normalizer.mean.copy_(embeddings.mean(0, keepdim=True))
+        normalizer.std.copy_(embeddings.std(0, keepdim=True).clamp_min(1e-3))
+
+
+def _save(kind: str, components: dict, directory: Path, tokenizer_dir: Path, dtype) -> None:
+    import diffusers
+
+    pipe = getattr(diffusers, _PIPELINE_CLASS[kind])(**components)
+    if dtype is not None:
+        pipe.to(dtype=dtype)
+    pipe.save_pretrained(directory, safe_serialization=True)
+    # Keep the BPE source files beside tokenizer.json, as the real repositories do (and
+    # so a transformers without the tokenizers backend can read them too).
+    for name in ("vocab.json", "merges.txt"):
+        target = directory / "tokenizer" / name
+        if not target.exists():
+            target.write_bytes((tokenizer_dir / name).read_bytes())
+
+
+def write_model(kind: str, directory: str | os.PathLike, *, config: dict | None = None,
+                layout: str = "hub", seed: int = 0, embedded_mean: str = "stats",
+                images: int = STATS_IMAGES, device="cpu", dtype: torch.dtype | None = None,
+                zero_out: bool = False) -> FixtureModel:
+    """Write a random-weight pipeline of ``kind`` into ``directory`` in the hub layout.
 
     Args:
         kind: "karlo" (UnCLIPImageVariationPipeline, like
             kakaobrain/karlo-v1-alpha-image-variations) or "stable-unclip"
             (StableUnCLIPImg2ImgPipeline, like stabilityai/stable-diffusion-2-1-unclip).
         directory: where to write (created if needed; existing files are overwritten).
+        config: the components' configurations (default: `TINY[kind]`).
         layout: "hub" (Karlo's model_index.json names the "unclip" library for text_proj, as
             the real repository does) or "current" (what today's diffusers writes).
         seed: all weights derive from it; the same seed gives byte-identical weight files.
-        embedded_mean: Stable unCLIP only: "stats" stores the image-modality mean of the
-            fixture images in image_normalizer.mean (like -small, whose normalizer holds the
+        embedded_mean: Stable unCLIP only: "stats" stores the mean of the generated images'
+            embeddings in image_normalizer.mean (like -small, whose normalizer holds the
             ViT-L/14 training-set mean); "zeros" leaves mean 0, std 1 (like -h).
-        write_stats: also write ``vslerp-stats.safetensors`` (statistics of the tiny image
-            encoder over generated images).
+        images: how many generated images to embed (returned as `FixtureModel.embeddings`).
+        device, dtype: where the weights are built, and the dtype they are saved in.
+        zero_out: see `build_components`.
     """
     if kind not in FIXTURE_KINDS:
         raise ValueError(f"unknown fixture kind {kind!r}; known: {', '.join(FIXTURE_KINDS)}")
@@ -262,53 +369,22 @@ def write_fixture(kind: str, directory: str | os.PathLike, *, layout: str = "hub
         raise ValueError(f"unknown layout {layout!r}; known: hub, current")
     if embedded_mean not in ("stats", "zeros"):
         raise ValueError(f"embedded_mean must be 'stats' or 'zeros', got {embedded_mean!r}")
+    config = copy.deepcopy(TINY[kind] if config is None else config)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-
     with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as tmp:
-        tokenizer = _write_tokenizer(Path(tmp) / "tokenizer")
-        if kind == "karlo":
-            from diffusers import UnCLIPImageVariationPipeline as cls
-
-            components = _karlo_components(seed, tokenizer)
-        else:
-            from diffusers import StableUnCLIPImg2ImgPipeline as cls
-
-            components = _stable_components(seed, tokenizer)
-
-        need_embeddings = write_stats or (kind == "stable-unclip" and embedded_mean == "stats")
-        embeddings = None
-        if need_embeddings:
-            images = fixture_images(STATS_IMAGES, seed=seed)
-            embeddings = _embed(components["feature_extractor"], components["image_encoder"],
-                                images)
+        tokenizer = write_tokenizer(Path(tmp) / "tokenizer")
+        components = build_components(kind, config, tokenizer, seed=seed, device=device,
+                                      zero_out=zero_out)
+        side = min(config["image_encoder"]["image_size"], 64)
+        embeddings = image_embeddings(components, fixture_images(images, seed=seed, size=side))
         if kind == "stable-unclip" and embedded_mean == "stats":
-            normalizer = components["image_normalizer"]
-            with torch.no_grad():
-                normalizer.mean.copy_(embeddings.mean(0, keepdim=True))
-                normalizer.std.copy_(embeddings.std(0, keepdim=True).clamp_min(1e-3))
-
-        pipe = cls(**components)
-        pipe.save_pretrained(directory, safe_serialization=True)
-        # Keep the BPE source files beside tokenizer.json, as the real repositories do (and
-        # so a transformers without the tokenizers backend can read them too).
-        for name in ("vocab.json", "merges.txt"):
-            target = directory / "tokenizer" / name
-            if not target.exists():
-                target.write_bytes((Path(tmp) / "tokenizer" / name).read_bytes())
-
+            _set_normalizer(components["image_normalizer"], embeddings)
+        counts = param_counts(components)
+        _save(kind, components, directory, Path(tmp) / "tokenizer", dtype)
+        del components
     if kind == "karlo" and layout == "hub":
         _rewrite_index_hub(directory)
-
-    if write_stats:
-        from vslerp_app.stats import STATS_FILENAME, compute_stats
-
-        stats = compute_stats(embeddings, encoder="tiny-random-clip-vit",
-                              model_id=f"{kind} fixture",
-                              dataset=f"generated fixture images (seed {seed})")
-        stats.save(directory / STATS_FILENAME)
-    else:
-        from vslerp_app.stats import STATS_FILENAME
-
-        (directory / STATS_FILENAME).unlink(missing_ok=True)
-    return directory
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    return FixtureModel(path=directory, embeddings=embeddings, param_counts=counts)

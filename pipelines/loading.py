@@ -1,4 +1,9 @@
-"""Load a local unCLIP pipeline directory (hub layout, old or current) on current diffusers.
+"""Load an unCLIP pipeline (a preset from the hub, or a local directory) on current diffusers.
+
+`load_model` is the one way in: a preset name (its hub repository, from the local cache or
+downloaded) or a local directory in the hub layout. model_index.json is read once and
+checked against one table of supported pipelines (`SUPPORTED_PIPELINES`), and every
+component it names must have its folder.
 
 Current diffusers keeps the Karlo pipeline under ``diffusers.pipelines.deprecated.unclip``.
 A Karlo repository saved by an older diffusers (the real
@@ -9,29 +14,44 @@ exports, so plain ``DiffusionPipeline.from_pretrained`` fails on both. Here ever
 diffusers can resolve is loaded by diffusers' own machinery; any other one of a class we know
 is loaded with that class's ``from_pretrained(path, subfolder=name)`` and put in place.
 
-``read_embedded_mean`` reads the image-embedding statistics a model carries (Stable
-unCLIP's ``image_normalizer.mean``, an unCLIP prior's ``clip_mean``) straight from the
-weights file.
+`carried_mean` reads the mean of the image embeddings a model carries (Stable unCLIP's
+``image_normalizer.mean``, an unCLIP prior's ``clip_mean``) straight from the weights file,
+or from the repository its preset names.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from pipelines.presets import KIND_DEFAULTS, PRESETS, ModelPreset, get_preset
+
 __all__ = [
     "SUPPORTED_PIPELINES",
+    "LoadedModel",
+    "ModelLoadError",
     "PipelineDirectoryError",
+    "carried_mean",
+    "hub_snapshot",
     "load_diffusers_pipeline",
+    "load_model",
+    "pick_device_dtype",
     "read_embedded_mean",
     "read_model_index",
+    "resolve_model_path",
 ]
 
-SUPPORTED_PIPELINES = ("UnCLIPImageVariationPipeline", "StableUnCLIPImg2ImgPipeline")
+logger = logging.getLogger(__name__)
+
+# The one table of supported pipelines: diffusers class name -> our kind.
+SUPPORTED_PIPELINES = {"UnCLIPImageVariationPipeline": "karlo",
+                       "StableUnCLIPImg2ImgPipeline": "stable-unclip"}
 
 # Components whose model_index entry current diffusers may not resolve: class name -> module.
 _KNOWN_CLASSES = {
@@ -42,11 +62,50 @@ _KNOWN_CLASSES = {
 # Where a model keeps the mean of the image embeddings it was trained on: (folder, tensor).
 _EMBEDDED_MEANS = (("image_normalizer", "mean"), ("prior", "clip_mean"))
 
+_DTYPES = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16,
+           "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32,
+           "fp64": torch.float64, "float64": torch.float64}
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be found, downloaded or loaded; the message says what to do."""
+
 
 class PipelineDirectoryError(ValueError):
     """The directory is not a loadable unCLIP pipeline; the message says why."""
 
 
+@dataclass
+class LoadedModel:
+    """A stock diffusers unCLIP pipeline, ready on its device, and what we know of it.
+
+    Attributes:
+        pipe: the diffusers pipeline.
+        kind: "karlo" or "stable-unclip".
+        preset: the preset loaded, or the defaults of its kind for a local directory.
+        from_preset: True when a preset name was loaded (so `preset.encoder` names the encoder).
+        model: what was asked for (a preset name or a directory).
+        model_dir: the local directory the weights were read from.
+        device, dtype: where and in which precision the weights live.
+        offload: model CPU offload is on (CUDA only).
+    """
+
+    pipe: object
+    kind: str
+    preset: ModelPreset
+    from_preset: bool
+    model: str
+    model_dir: Path
+    device: torch.device
+    dtype: torch.dtype
+    offload: bool = False
+
+    @property
+    def encoder_name(self) -> str:
+        return self.preset.encoder if self.from_preset else f"image encoder of {self.model}"
+
+
+# -- model_index.json ----------------------------------------------------------------------
 def read_model_index(path: str | os.PathLike) -> dict:
     """The parsed model_index.json of a local pipeline directory (clear errors otherwise)."""
     path = Path(path)
@@ -66,6 +125,30 @@ def read_model_index(path: str | os.PathLike) -> dict:
     return data
 
 
+def _kind_of(path: Path, index: dict) -> str:
+    class_name = index.get("_class_name")
+    if class_name not in SUPPORTED_PIPELINES:
+        raise PipelineDirectoryError(f"{path} holds a {class_name!r} pipeline; supported: "
+                                     f"{', '.join(SUPPORTED_PIPELINES)}")
+    return SUPPORTED_PIPELINES[class_name]
+
+
+def _components(index: dict) -> dict[str, tuple[str, str]]:
+    """name -> (library, class) of every component model_index.json names."""
+    return {name: tuple(entry) for name, entry in index.items()
+            if not name.startswith("_") and isinstance(entry, list) and len(entry) == 2
+            and entry[0] is not None}
+
+
+def _check_components(model_dir: Path, index: dict) -> None:
+    """Every component model_index.json names has its folder (else: an incomplete download)."""
+    missing = [name for name in _components(index) if not (model_dir / name).is_dir()]
+    if missing:
+        raise ModelLoadError(f"{model_dir} is incomplete: no folder for {', '.join(missing)} "
+                             "(an interrupted download? delete it and download again)")
+
+
+# -- diffusers -----------------------------------------------------------------------------
 def _dtype_kwarg(dtype: torch.dtype) -> dict:
     """``dtype=`` on diffusers that has it (``torch_dtype`` is deprecated there), else torch_dtype."""
     try:
@@ -110,13 +193,15 @@ def _pipeline_class(class_name: str):
     return cls
 
 
-def load_diffusers_pipeline(path: str | os.PathLike, *, torch_dtype: torch.dtype = torch.float32):
+def load_diffusers_pipeline(path: str | os.PathLike, *, torch_dtype: torch.dtype = torch.float32,
+                            index: dict | None = None):
     """Load a local unCLIP pipeline directory in the hub layout (old or current model_index).
 
     Args:
         path: a directory with model_index.json naming UnCLIPImageVariationPipeline (Karlo)
             or StableUnCLIPImg2ImgPipeline (Stable unCLIP).
         torch_dtype: dtype of the weights.
+        index: the parsed model_index.json, when the caller has read it already.
 
     Returns:
         The stock diffusers pipeline, on the CPU.
@@ -126,20 +211,14 @@ def load_diffusers_pipeline(path: str | os.PathLike, *, torch_dtype: torch.dtype
             unsupported pipeline class, or a component of a class no library provides.
     """
     path = Path(path)
-    index = read_model_index(path)
-    class_name = index.get("_class_name")
-    if class_name not in SUPPORTED_PIPELINES:
-        raise PipelineDirectoryError(f"{path} holds a {class_name!r} pipeline; supported: "
-                                     f"{', '.join(SUPPORTED_PIPELINES)}")
-    pipeline_cls = _pipeline_class(class_name)
+    index = read_model_index(path) if index is None else index
+    _kind_of(path, index)
+    pipeline_cls = _pipeline_class(index["_class_name"])
     dtype_kw = _dtype_kwarg(torch_dtype)
 
     own: dict[str, object] = {}
-    for name, entry in index.items():
-        if name.startswith("_") or not isinstance(entry, list) or len(entry) != 2:
-            continue
-        library, component_class = entry
-        if library is None or _diffusers_resolves(library, component_class):
+    for name, (library, component_class) in _components(index).items():
+        if _diffusers_resolves(library, component_class):
             continue
         cls = _class_for(component_class)
         if cls is None:
@@ -156,6 +235,110 @@ def load_diffusers_pipeline(path: str | os.PathLike, *, torch_dtype: torch.dtype
     return pipe
 
 
+# -- the hub -------------------------------------------------------------------------------
+def hub_snapshot(hub_id: str) -> Path | None:
+    """The repository's snapshot in the local hub cache, or None (nothing is downloaded)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(hub_id, local_files_only=True))
+    except Exception:  # not in the cache
+        return None
+
+
+def _download(hub_id: str) -> Path:
+    """Download a hub repository's diffusers files (not its single-file checkpoints)."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    local = hub_snapshot(hub_id)  # offline use, a Space's preload_from_hub
+    if local is not None:
+        return local
+    try:
+        files = HfApi().list_repo_files(hub_id)
+        # Prefer safetensors; skip the original single-file .ckpt and duplicate formats.
+        ignore = ["*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*fp16*"]
+        if any(f.endswith(".safetensors") for f in files if "/" in f):
+            ignore.append("*.bin")
+        return Path(snapshot_download(hub_id, ignore_patterns=ignore))
+    except Exception as e:
+        raise ModelLoadError(
+            f"could not download {hub_id} from the Hugging Face hub ({type(e).__name__}: {e}). "
+            "Check the network (or HF_HUB_OFFLINE), or pass a local directory in the hub "
+            "layout as the model") from None
+
+
+def resolve_model_path(model: str | os.PathLike) -> tuple[Path, ModelPreset | None]:
+    """A local directory as given, or a preset's repository from the hub cache/download."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path, None
+    if str(model) in PRESETS:
+        preset = get_preset(str(model))
+        return _download(preset.hub_id), preset
+    if path.exists():
+        raise ModelLoadError(f"{model} is a file, not a pipeline directory")
+    raise ModelLoadError(f"model {str(model)!r} is neither a preset ({', '.join(PRESETS)}) "
+                         "nor an existing directory")
+
+
+# -- device and precision --------------------------------------------------------------------
+def pick_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
+    """The device (default: CUDA if available) and dtype (default: fp16 on CUDA, fp32 on CPU)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+        dtype = _DTYPES[dtype]
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    return device, dtype
+
+
+def _check_precision(kind: str, device: torch.device, dtype: torch.dtype) -> None:
+    if kind == "karlo" and device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
+        # Found on a full frame only, after the decoder: refuse before loading anything.
+        raise ModelLoadError(
+            f"Karlo cannot run in {str(dtype).removeprefix('torch.')} on the CPU: PyTorch has no "
+            "half-precision CPU kernel for the antialiased bicubic resize of its super-resolution "
+            "stage. Use fp32 (the CPU default) or a CUDA device")
+
+
+def load_model(model: str | os.PathLike, device=None, dtype=None, *,
+               offload: bool = False) -> LoadedModel:
+    """Load an unCLIP pipeline onto its device.
+
+    Args:
+        model: a preset name (`karlo`, `stable-unclip-h`, `stable-unclip-l`) or a local
+            directory in the hub layout (old or current model_index.json).
+        device: "cuda", "cpu", ... (default: CUDA if available).
+        dtype: torch dtype or "fp16"/"bf16"/"fp32" (default: fp16 on CUDA, fp32 on CPU).
+        offload: model CPU offload for small GPUs: weights stay in CPU memory and each
+            component moves to the GPU while it runs (less GPU memory, slower; CUDA only).
+    """
+    device, dtype = pick_device_dtype(device, dtype)
+    model_dir, preset = resolve_model_path(model)
+    try:
+        index = read_model_index(model_dir)
+        kind = _kind_of(model_dir, index)
+    except PipelineDirectoryError as e:
+        raise ModelLoadError(str(e)) from None
+    _check_precision(kind, device, dtype)
+    _check_components(model_dir, index)
+    pipe = load_diffusers_pipeline(model_dir, torch_dtype=dtype, index=index)
+    if offload and device.type != "cuda":
+        logger.warning("offload applies to CUDA devices only; the model runs on %s without it", device)
+        offload = False
+    if offload:  # each component moves to the GPU only while it runs
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(pipe=pipe, kind=kind, preset=preset or KIND_DEFAULTS[kind],
+                       from_preset=preset is not None, model=str(model), model_dir=model_dir,
+                       device=device, dtype=dtype, offload=offload)
+
+
+# -- the mean a model carries ----------------------------------------------------------------
 def _weights_file(folder: Path) -> Path | None:
     """The component's weights: safetensors preferred, the unsuffixed (non-variant) name first."""
     for pattern in ("diffusion_pytorch_model.safetensors", "*.safetensors",
@@ -178,11 +361,11 @@ def _read_tensor(file: Path, key: str) -> torch.Tensor | None:
 
 
 def read_embedded_mean(path: str | os.PathLike) -> torch.Tensor | None:
-    """The image-embedding mean a model carries, as a 1-D float32 tensor, or None.
+    """The image-embedding mean a model directory carries, as a 1-D float32 tensor, or None.
 
     Looks in ``image_normalizer/`` (StableUnCLIPImageNormalizer ``mean``) and ``prior/``
     (the unCLIP prior's ``clip_mean``, a PriorTransformer parameter). Missing, unreadable,
-    all-zero (Stable unCLIP -h ships zeros) or non-finite means give None: "no statistics".
+    all-zero (Stable unCLIP -h ships zeros) or non-finite means give None: "no mean".
     """
     path = Path(path)
     for folder, key in _EMBEDDED_MEANS:
@@ -202,3 +385,26 @@ def read_embedded_mean(path: str | os.PathLike) -> torch.Tensor | None:
             continue
         return mean
     return None
+
+
+def carried_mean(loaded: LoadedModel) -> tuple[torch.Tensor | None, str]:
+    """(the image-embedding mean the model carries or its preset names, where it came from).
+
+    The model's own directory first; then the repository its preset names as the source of
+    that mean (downloaded: a few KB). (None, why) when there is none.
+    """
+    mean = read_embedded_mean(loaded.model_dir)
+    if mean is not None:
+        return mean, f"{loaded.model_dir} (embedded mean)"
+    source = loaded.preset.mean_source if loaded.from_preset else None
+    if source is not None:
+        repo, subfolder = source
+        try:
+            from huggingface_hub import snapshot_download
+
+            mean = read_embedded_mean(snapshot_download(repo, allow_patterns=[f"{subfolder}/*"]))
+        except Exception as e:
+            return None, f"could not download the mean from {repo}/{subfolder}: {e}"
+        if mean is not None:
+            return mean, f"{repo}/{subfolder}"
+    return None, "the model carries no usable mean (missing, all zeros or non-finite)"

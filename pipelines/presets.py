@@ -29,11 +29,11 @@ class ModelPreset:
         noise_level: Stable unCLIP's image-embedding noise augmentation.
         preview_steps: steps of a preview frame (slider drags).
         preview_resolution: output side of a preview frame.
-        stats_file: file name under the repository's `stats/` folder, when registered.
-        embedded_stats: (hub repository, subfolder) holding a mean this encoder's
-            training set, or None. Karlo's image-variation repository ships no prior, but
-            Stable unCLIP-small's image_normalizer holds the same ViT-L/14 mean as Karlo's
-            prior `clip_mean`, a 6 KB download.
+        mean_source: (hub repository, subfolder) holding the mean of this encoder's
+            image embeddings over its training set, for a repository that carries none
+            itself, or None. Karlo's image-variation repository ships no prior, but Stable
+            unCLIP-small's image_normalizer holds the same ViT-L/14 mean as Karlo's prior
+            `clip_mean`, a 6 KB download.
         description: one line for the UI.
     """
 
@@ -50,8 +50,7 @@ class ModelPreset:
     noise_level: int = 0
     preview_steps: int = 10
     preview_resolution: int = 64
-    stats_file: str | None = None
-    embedded_stats: tuple[str, str] | None = None
+    mean_source: tuple[str, str] | None = None
     description: str = ""
 
 
@@ -68,8 +67,7 @@ _KARLO = ModelPreset(
     guidance_scale=1.0,
     preview_steps=10,
     preview_resolution=64,
-    stats_file="karlo-vit-l14-coco-val2017.safetensors",
-    embedded_stats=("stabilityai/stable-diffusion-2-1-unclip-small", "image_normalizer"),
+    mean_source=("stabilityai/stable-diffusion-2-1-unclip-small", "image_normalizer"),
     description="Karlo unCLIP image variations (ViT-L/14, 64 px decoder + 256 px SR)",
 )
 _STABLE_UNCLIP_H = ModelPreset(
@@ -85,7 +83,6 @@ _STABLE_UNCLIP_H = ModelPreset(
     noise_level=0,
     preview_steps=8,
     preview_resolution=384,
-    stats_file="stable-unclip-h-vit-h14-coco-val2017.safetensors",
     description="Stable unCLIP 2.1-h (ViT-H/14, 768 px)",
 )
 # The -small checkpoint samples like -h; only its encoder (ViT-L/14, Karlo's) differs.
@@ -95,7 +92,6 @@ _STABLE_UNCLIP_L = replace(
     hub_id="stabilityai/stable-diffusion-2-1-unclip-small",
     encoder=_KARLO.encoder,
     embedding_dim=_KARLO.embedding_dim,
-    stats_file=_KARLO.stats_file,
     description="Stable unCLIP 2.1-small (ViT-L/14, 768 px)",
 )
 
@@ -104,7 +100,7 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in (_KARLO, _STABLE_UNCLIP_H,
 DEFAULT_MODEL = "karlo"
 
 # Settings of a directory whose pipeline class is known but which is no preset (the tiny
-# fixtures, a user's fine-tune): the preset of the same kind, minus hub and stats.
+# fixtures, a user's fine-tune): the preset of the same kind, minus the hub.
 KIND_DEFAULTS = {"karlo": PRESETS["karlo"], "stable-unclip": PRESETS["stable-unclip-h"]}
 
 

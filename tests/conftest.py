@@ -14,6 +14,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def karlo_dir(tmp_path_factory):
     """A tiny Karlo pipeline in the hub layout, written once per session."""
-    from pipelines.fixtures import write_fixture
+    from vslerp_app.fixtures import write_fixture
 
     return write_fixture("karlo", tmp_path_factory.getbasetemp() / "tiny-karlo")

@@ -28,6 +28,8 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
+from vslerp_app.service import readouts_markdown  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 SOURCE, TARGET = EXAMPLES / "chelsea.jpg", EXAMPLES / "rocket.jpg"
@@ -44,7 +46,7 @@ def _free_port() -> int:
 
 
 def write_tiny_karlo(directory: Path) -> Path:
-    from pipelines.fixtures import write_fixture
+    from vslerp_app.fixtures import write_fixture
 
     write_fixture("karlo", directory)
     return directory
@@ -281,8 +283,8 @@ def test_an_upload_over_the_size_limit_is_refused(app, tmp_path):
 
 # -- the helpers of the app, in process ------------------------------------------------------
 def test_session_embeddings_bypass_the_shared_pipeline_cache(karlo_dir):
-    from pipelines import load_pipeline
-    from vslerp_app import ui_support as ui
+    from vslerp_app import load_pipeline
+    from vslerp_app import service as ui
 
     pipe = load_pipeline(karlo_dir)
     first = ui.embed_input(pipe, str(SOURCE), "source image")
@@ -299,7 +301,7 @@ def test_session_embeddings_bypass_the_shared_pipeline_cache(karlo_dir):
 
 
 def test_sweep_values_and_request_checks():
-    from vslerp_app import ui_support as ui
+    from vslerp_app import service as ui
 
     assert ui.sweep_values("theta", 0.5, 1.0, 0, 1, 3, -1, 2, 4) == ([0.0, 0.5, 1.0], [1.0], False)
     assert ui.sweep_values("alpha", 0.5, 1.0, 0, 1, 3, -1, 2, 4) == ([0.5], [-1.0, 0.0, 1.0, 2.0], False)
@@ -318,32 +320,43 @@ def test_sweep_values_and_request_checks():
         ui.check_request(None, "a.png", "b.png", [(0.0, 0.0)] * 5, 0, {}, max_frames=4)
 
 
+def test_the_apps_sweep_is_the_render_commands_sweep():
+    """One linspace: the app's theta sweep and `vslerp render --theta 0:1:8` give the same values
+    (so the same settings fingerprint)."""
+    from vslerp_app import service as ui
+    from vslerp_app.specs import parse_spec
+
+    thetas, alphas, _ = ui.sweep_values("grid", 0.5, 1.0, 0, 1, 8, -1, 3, 16)
+    assert thetas == parse_spec("0:1:8", "theta") and alphas == parse_spec("-1:3:16", "alpha")
+
+
 def test_without_stats_the_app_refuses_alpha_in_plain_words_and_slerp_works(karlo_dir, tmp_path, monkeypatch):
-    """app.py imported in process on a model with no statistics: `demo` builds, alpha != 0 is
-    refused with the engine's explanation, plain SLERP renders without conformity."""
-    import importlib
+    """build_demo around a model with no statistics, in process: the alpha slider starts at 0,
+    /preview refuses alpha != 0 with the engine's explanation, plain SLERP renders without
+    conformity."""
     import shutil
 
     import gradio as gr
 
+    from vslerp_app import load_pipeline
+
     model = tmp_path / "no-stats"
     shutil.copytree(karlo_dir, model)
     (model / "vslerp-stats.safetensors").unlink()
-    monkeypatch.setenv("VSLERP_MODEL", str(model))
     monkeypatch.syspath_prepend(str(ROOT))
-    sys.modules.pop("app", None)
-    try:
-        app_module = importlib.import_module("app")
-        assert isinstance(app_module.demo, gr.Blocks) and app_module.PIPE.stats is None
-        assert app_module.alpha.value == 0.0  # the slider starts where the model can go
-        settings = ("full", 2, 2, 2, 1.0, 8)
-        with pytest.raises(gr.Error) as err:
-            app_module.render_frame(str(SOURCE), str(TARGET), 0.5, 1.0, 42, *settings, {})
-        assert "needs the image-modality mean" in err.value.message
-        image, readouts, session = app_module.render_frame(str(SOURCE), str(TARGET), 0.5, 0.0, 42,
-                                                           *settings, {})
-        assert image.size == (64, 64) and readouts["conformity"] is None
-        assert "Conformity is not available" in app_module.show_readouts(readouts)
-        assert set(session) == {"source", "target"}
-    finally:
-        sys.modules.pop("app", None)
+    import app
+
+    pipe = load_pipeline(model)
+    demo = app.build_demo(pipe)
+    assert isinstance(demo, gr.Blocks) and pipe.stats is None
+    alpha = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "alpha")
+    assert alpha.value == 0.0  # the slider starts where the model can go
+    preview = next(f.fn for f in demo.fns.values() if f.api_name == "preview")
+    settings = ("full", 2, 2, 2, 1.0, 8)
+    with pytest.raises(gr.Error) as err:
+        preview(str(SOURCE), str(TARGET), 0.5, 1.0, 42, *settings, {})
+    assert "needs the image-modality mean" in err.value.message
+    image, readouts, session = preview(str(SOURCE), str(TARGET), 0.5, 0.0, 42, *settings, {})
+    assert image.size == (64, 64) and readouts["conformity"] is None
+    assert "Conformity is not available" in readouts_markdown(readouts, pipe.stats_note)
+    assert set(session) == {"source", "target"}

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from pipelines import PRESETS, get_preset
+from vslerp_app.registry import PRESET_STATS
 
 
 def vslerp(*args, env=None):
@@ -41,7 +42,7 @@ def test_models_json_says_which_preset_is_in_the_hub_cache(karlo_dir, tmp_path):
     assert presets["stable-unclip-h"]["local_snapshot"] is None
     karlo = get_preset("karlo")
     assert presets["karlo"]["embedding_dim"] == karlo.embedding_dim == 768
-    assert presets["karlo"]["stats_path"].endswith(karlo.stats_file)
+    assert presets["karlo"]["stats_path"].endswith(PRESET_STATS["karlo"])
     assert presets["karlo"]["stats_present"] is False  # no COCO stats are shipped in stats/
 
 

@@ -176,14 +176,14 @@ def test_a_run_killed_midway_is_completed_by_the_next_run(karlo_dir, inputs, tmp
 # -- a full disk ---------------------------------------------------------------------------
 _FULL_DISK = textwrap.dedent("""
     import errno, os, sys
-    from vslerp_app import render
-    real, calls = render.atomic_write, []
+    from vslerp_app import files
+    real, calls = files.atomic_write, []
     def filling_up(path, data):  # test-only fault: the disk fills after FAIL_AFTER files
         calls.append(path)
         if len(calls) > int(os.environ["FAIL_AFTER"]):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(path, data)
-    render.atomic_write = filling_up
+    files.atomic_write = filling_up
     from vslerp_app.cli import main
     sys.exit(main(sys.argv[1:]))
 """)

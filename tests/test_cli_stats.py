@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from pipelines import load_pipeline
 from pipelines.fixtures import fixture_images
+from vslerp_app import load_pipeline
 from vslerp_app.images import load_image
 from vslerp_app.stats import ModalityStats
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import GenerationError, ModelLoadError, get_preset, load_pipeline
-from pipelines.fixtures import fixture_images, write_fixture
-from vslerp_app import geometry
+from pipelines import GenerationError, ModelLoadError, get_preset
+from pipelines.fixtures import fixture_images
+from vslerp_app import geometry, load_pipeline
+from vslerp_app.fixtures import write_fixture
 from vslerp_app.images import ImageInputError
 from vslerp_app.stats import STATS_FILENAME, ModalityStats, StatsError
 
@@ -242,7 +243,7 @@ def test_out_of_memory_splits_the_batch_and_goes_on(dirs, images, pipes):
     frames = pipe.generate(*images, thetas, 0.0, seed=8, max_batch=8, **FAST["karlo"])
     reference = pipes["karlo"].generate(*images, thetas, 0.0, seed=8, max_batch=8, **FAST["karlo"])
     assert all(np.abs(_px(a) - _px(b)).max() <= 1 for a, b in zip(frames, reference, strict=True))
-    assert pipe.max_batch <= 2
+    assert pipe.max_batch == 8  # the split was this call's: later callers keep their batch
 
     def never(module, args, kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
@@ -258,7 +259,7 @@ def test_out_of_memory_splits_the_batch_and_goes_on(dirs, images, pipes):
     (dict(thetas=0.5, alphas=25.0), r"alpha must be in \[-10, 10\], got 25.0"),
     (dict(thetas=[0.1, 0.2], alphas=[0.0, 1.0, 2.0]), "equal length"),
     (dict(thetas=[], alphas=0.0), "thetas is empty"),
-    (dict(thetas=0.5, alphas=0.0, seed=-1), "seed must be an integer"),
+    (dict(thetas=0.5, alphas=0.0, seed=-1), "seed must be a whole number"),
     (dict(thetas=0.5, alphas=0.0, steps=0), r"steps must be in \[1, 1000\], got 0"),
     (dict(thetas=0.5, alphas=0.0, guidance_scale=-1.0), "guidance_scale"),
 ])
@@ -322,9 +323,13 @@ def test_presets_carry_the_published_defaults():
 
 def test_karlo_preset_fetches_its_mean_from_the_hub_and_says_so_offline(dirs):
     """Karlo's repository has no prior: its preset names where the ViT-L/14 mean lives."""
-    from pipelines.factory import resolve_stats
+    from pipelines import LoadedModel
+    from vslerp_app.models import resolve_stats
 
-    stats, note = resolve_stats(dirs["karlo-nostats"], get_preset("karlo"), 32)
+    loaded = LoadedModel(pipe=None, kind="karlo", preset=get_preset("karlo"), from_preset=True,
+                         model="karlo", model_dir=dirs["karlo-nostats"], device=torch.device("cpu"),
+                         dtype=torch.float32)
+    stats, note = resolve_stats(loaded, 32)
     assert stats is None
     assert "stabilityai/stable-diffusion-2-1-unclip-small/image_normalizer" in note
 

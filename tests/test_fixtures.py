@@ -11,13 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.fixtures import EMBEDDING_DIM, FIXTURE_KINDS, write_fixture
+from pipelines.fixtures import EMBEDDING_DIM, FIXTURE_KINDS
 from pipelines.loading import (
     SUPPORTED_PIPELINES,
     PipelineDirectoryError,
     load_diffusers_pipeline,
     read_embedded_mean,
 )
+from vslerp_app.fixtures import write_fixture
 from vslerp_app.stats import STATS_FILENAME, ModalityStats
 
 CLASS_OF = {"karlo": "UnCLIPImageVariationPipeline", "stable-unclip": "StableUnCLIPImg2ImgPipeline"}

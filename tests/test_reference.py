@@ -18,19 +18,19 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import load_pipeline
-from pipelines.caption_stats import read_captions, reference_stats, sibling_paths
-from pipelines.fixtures import fixture_images, write_fixture
-from pipelines.reference import (
+from pipelines.fixtures import fixture_images
+from pipelines.reference_encoder import (
     CONFIG_ENV,
     OpenClipEncoder,
-    ReferenceReadout,
     ReferenceSpaceError,
     parse_reference,
-    reference_stats_filename,
     register_model_config,
 )
+from vslerp_app import load_pipeline
+from vslerp_app.caption_stats import read_captions, reference_stats, sibling_paths
 from vslerp_app.cli import build_parser
+from vslerp_app.fixtures import write_fixture
+from vslerp_app.reference import ReferenceReadout, reference_stats_filename
 from vslerp_app.stats import ModalityStats
 
 TINY = "vslerp-test-tiny-clip"
@@ -136,7 +136,7 @@ def test_encoder_gives_raw_embeddings_through_open_clips_own_transform(encoder):
 
 
 def test_python_stats_and_report_equal_recomputation_from_embeddings(python_run, encoder, image_dir):
-    from pipelines.folder_stats import find_images
+    from vslerp_app.folder_stats import find_images
     from vslerp_app.images import load_image
 
     paths = python_run.paths
@@ -243,9 +243,9 @@ def test_readout_of_embeddings_and_stats_checks(python_run, encoder, tmp_path):
 
 
 def test_missing_stats_say_how_to_compute_them(tiny_config, tmp_path, monkeypatch):
-    import pipelines.factory
+    import vslerp_app.reference
 
-    monkeypatch.setattr(pipelines.factory, "STATS_DIR", tmp_path)
+    monkeypatch.setattr(vslerp_app.reference, "STATS_DIR", tmp_path)
     with pytest.raises(ReferenceSpaceError) as err:
         ReferenceReadout.load(SPEC, device="cpu")
     msg = str(err.value)

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from pipelines import load_pipeline
 from pipelines.fixtures import fixture_images
-from vslerp_app import render
-from vslerp_app.render import RenderError, atomic_write, read_jobs, render_sequence
+from vslerp_app import files, load_pipeline, outputs
+from vslerp_app.files import atomic_write
+from vslerp_app.jobs import read_jobs
+from vslerp_app.render import RenderError, render_sequence
 from vslerp_app.specs import SpecError, as_values, check_range, combine, parse_spec
 
 FAST = dict(steps=2, super_res_steps=2)
@@ -155,7 +156,7 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
         atomic_write(path, broken)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
-    assert (path.stat().st_mode & 0o777) == 0o666 & ~render._UMASK
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~files._UMASK
 
 
 # -- a full render -------------------------------------------------------------------------
@@ -213,10 +214,10 @@ def test_gif_keeps_identical_neighbours_and_grid_order(pipe, images, tmp_path):
 def test_mp4_pads_odd_sizes_to_even(tmp_path):
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (31, 33, 3), dtype=np.uint8) for _ in range(3)]
-    padded = render._even([Image.fromarray(f) for f in frames])
+    padded = outputs._even([Image.fromarray(f) for f in frames])
     assert padded[0].shape == (32, 34, 3) and np.array_equal(padded[0][:31, :33], frames[0])
     path = tmp_path / "odd.mp4"
-    atomic_write(path, lambda tmp: render._write_video(tmp, padded, 4.0, "mp4"))
+    atomic_write(path, lambda tmp: outputs.write_video(tmp, padded, 4.0, "mp4"))
     reader = imageio_ffmpeg.read_frames(str(path))
     assert next(reader)["size"] == (34, 32) and len(list(reader)) == 3
 
@@ -232,10 +233,10 @@ def test_a_manifest_readout_equals_generate_directly(pipe, images, tmp_path):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "r" / entry["file"])), np.asarray(frame.image))
 
 
-def test_pil_inputs_and_a_model_path_work_too(karlo_dir, tmp_path):
+def test_pil_inputs_work_too(pipe, tmp_path):
     source, target = fixture_images(2, seed=11)
-    m = render_sequence(str(karlo_dir), source, target, 0.5, 0.0, 1, tmp_path / "p", device="cpu",
-                        contact=False, plot=False, **FAST)
+    m = render_sequence(pipe, source, target, 0.5, 0.0, 1, tmp_path / "p", contact=False, plot=False,
+                        **FAST)
     assert m["frames_done"] == 1 and m["inputs"]["source"]["kind"] == "image"
     assert not (tmp_path / "p" / "contact_sheet.png").exists()
 
@@ -298,7 +299,7 @@ def test_changed_settings_are_refused(pipe, images, tmp_path):
 
 def test_a_full_disk_stops_with_one_line_and_keeps_finished_frames(pipe, images, tmp_path, monkeypatch):
     out = tmp_path / "full"
-    real, count = render.atomic_write, []
+    real, count = files.atomic_write, []
 
     def filling_up(path, data):
         count.append(path)
@@ -306,7 +307,7 @@ def test_a_full_disk_stops_with_one_line_and_keeps_finished_frames(pipe, images,
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(path, data)
 
-    monkeypatch.setattr(render, "atomic_write", filling_up)
+    monkeypatch.setattr(files, "atomic_write", filling_up)
     with pytest.raises(RenderError) as info:
         render_sequence(pipe, *images, "0:1:4", 0.0, 9, out, max_batch=2, **FAST)
     message = str(info.value)
@@ -314,7 +315,7 @@ def test_a_full_disk_stops_with_one_line_and_keeps_finished_frames(pipe, images,
     assert sorted(_mtimes(out)) == ["0000.png", "0001.png"] and _no_partials(out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "partial" and [e["index"] for e in manifest["frames"]] == [0, 1]
-    monkeypatch.setattr(render, "atomic_write", real)
+    monkeypatch.setattr(files, "atomic_write", real)
     done = render_sequence(pipe, *images, "0:1:4", 0.0, 9, out, max_batch=2, **FAST)
     assert done["status"] == "complete" and done["frames_done"] == 4
     for e in done["frames"]:

@@ -67,8 +67,8 @@ def test_front_matter_names_and_preloads_the_default_model():
     preload_repos = [entry.split()[0] for entry in fm["preload_from_hub"]]
     assert default.hub_id in preload_repos
     # Karlo's preset reads its ViT-L/14 mean from another repository: preloaded too.
-    if default.embedded_stats is not None:
-        repo, subfolder = default.embedded_stats
+    if default.mean_source is not None:
+        repo, subfolder = default.mean_source
         entry = next(e for e in fm["preload_from_hub"] if e.split()[0] == repo)
         files = entry.split()[1].split(",") if len(entry.split()) > 1 else []
         assert not files or all(f.startswith(f"{subfolder}/") for f in files)

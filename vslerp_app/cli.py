@@ -10,6 +10,8 @@ import argparse
 import os
 import sys
 
+from pipelines.presets import DEFAULT_MODEL
+
 
 class CLIError(Exception):
     """A problem the user can fix; printed as one line, exit code 2."""
@@ -19,7 +21,7 @@ def _cmd_models(args) -> int:
     import json
 
     from pipelines import list_presets
-    from pipelines.factory import preset_status
+    from vslerp_app.models import preset_status
 
     presets = [preset_status(name) for name in list_presets()]
     if args.json:
@@ -30,9 +32,9 @@ def _cmd_models(args) -> int:
         where = p["local_snapshot"] or "not downloaded yet (the first load downloads it)"
         if p["stats_present"]:
             stats = p["stats_path"]
-        elif p["embedded_stats"]:
+        elif p["mean_source"]:
             stats = "the mean in {}/{} (estimated readouts; exact ones need {})".format(
-                *p["embedded_stats"], p["stats_path"])
+                *p["mean_source"], p["stats_path"])
         else:
             stats = f"the mean the model carries, if any (exact readouts need {p['stats_path']})"
         print(f"{p['name']}{' (default)' if p['default'] else ''}: {p['description']}\n"
@@ -47,7 +49,7 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_fixture(args) -> int:
-    from pipelines.fixtures import write_fixture
+    from vslerp_app.fixtures import write_fixture
 
     path = write_fixture(args.kind, args.dir, layout=args.layout, seed=args.seed)
     print(f"wrote tiny {args.kind} pipeline to {path}")
@@ -59,8 +61,8 @@ def _cmd_stats(args) -> int:
         return _stats_reference(args)
     if args.captions is not None:
         raise CLIError("--captions needs --reference (text stats use an open_clip text tower)")
-    from pipelines import load_pipeline
-    from pipelines.folder_stats import folder_stats
+    from vslerp_app import load_pipeline
+    from vslerp_app.folder_stats import folder_stats
 
     pipe = load_pipeline(args.model, device=args.device, stats=None)
     result = folder_stats(pipe.encoder, args.images, batch_size=args.batch_size,
@@ -77,8 +79,8 @@ def _cmd_stats(args) -> int:
 
 def _stats_reference(args) -> int:
     """`vslerp stats --reference SPEC`: image (and caption) stats of an open_clip space + report."""
-    from pipelines.caption_stats import reference_stats
-    from pipelines.reference import OpenClipEncoder, parse_reference
+    from pipelines.reference_encoder import OpenClipEncoder, parse_reference
+    from vslerp_app.caption_stats import reference_stats
 
     model_name, pretrained = parse_reference(args.reference)
     encoder = OpenClipEncoder(model_name, pretrained, args.device, spec=args.reference)
@@ -104,47 +106,13 @@ def _stats_reference(args) -> int:
 
 def _cmd_render(args) -> int:
     """`vslerp render`: one sequence, or many from --jobs (split over accelerate processes)."""
-    from vslerp_app.render import render_sequence, run_jobs
-
     try:
-        model = args.model
-        if model is None:
-            from pipelines.presets import DEFAULT_MODEL
-
-            model = DEFAULT_MODEL
-        common = dict(gif=args.gif, mp4=args.mp4, zip=args.zip, fps=args.fps, preview=args.preview,
-                      steps=args.steps, super_res_steps=args.super_res_steps,
-                      guidance_scale=args.guidance)
         if args.jobs is not None:
-            given = [f"--{k}" for k in ("source", "target", "theta", "alpha")
-                     if getattr(args, k) is not None]
-            if given:
-                raise CLIError(f"--jobs takes source, target, theta and alpha from the jobs file; "
-                               f"drop {', '.join(given)}")
-            result = run_jobs(model, args.jobs, args.out, device=args.device, dtype=args.dtype,
-                              offload=args.offload, stats=args.stats, reference=args.reference,
-                              reference_stats=args.reference_stats,
-                              default_seed=args.seed, default_grid=args.grid,
-                              max_batch=args.max_batch, **common)
-            if result["summary"] is not None:
-                rows = result["summary"]["jobs"]
-                done = sum(r["status"] == "complete" for r in rows)
-                print(f"{done} of {len(rows)} jobs complete in {args.out} "
-                      f"({result['num_processes']} process(es)); see {args.out}/jobs.json")
-            return 1 if result["failed"] else 0
+            return _render_jobs(args)
         missing = [f"--{k}" for k in ("source", "target", "theta") if getattr(args, k) is None]
         if missing:
             raise CLIError(f"missing {', '.join(missing)} (or give --jobs FILE)")
-
-        def progress(done: int, total: int) -> None:
-            print(f"render: {done}/{total} frames", file=sys.stderr, flush=True)
-
-        m = render_sequence(model, args.source, args.target, args.theta,
-                            args.alpha if args.alpha is not None else "0", args.seed, args.out,
-                            grid=args.grid, max_batch=args.max_batch, stats=args.stats,
-                            reference=args.reference, reference_stats=args.reference_stats,
-                            device=args.device, dtype=args.dtype, offload=args.offload,
-                            progress=progress, **common)
+        m = _render_one(args)
     except Exception as e:
         if args.debug:
             raise
@@ -157,6 +125,57 @@ def _cmd_render(args) -> int:
     return 0
 
 
+def _render_options(args) -> dict:
+    """The options every render of this command shares: outputs and sampling."""
+    return dict(gif=args.gif, mp4=args.mp4, zip=args.zip, fps=args.fps, preview=args.preview,
+                steps=args.steps, super_res_steps=args.super_res_steps, guidance_scale=args.guidance)
+
+
+def _load_kwargs(args) -> dict:
+    return dict(dtype=args.dtype, stats=args.stats, offload=args.offload, reference=args.reference,
+                reference_stats=args.reference_stats)
+
+
+def _render_one(args) -> dict:
+    from pathlib import Path
+
+    from vslerp_app import load_pipeline
+    from vslerp_app.render import check_request, prepare_output, render_sequence
+
+    alpha = args.alpha if args.alpha is not None else "0"
+    # Refuse bad values, unreadable images and an unwritable folder before loading the model.
+    check_request(args.source, args.target, args.theta, alpha, args.seed, grid=args.grid,
+                  fps=args.fps, max_batch=args.max_batch)
+    prepare_output(Path(args.out))
+    pipe = load_pipeline(args.model, device=args.device, max_batch=args.max_batch or 8,
+                         **_load_kwargs(args))
+
+    def progress(done: int, total: int) -> None:
+        print(f"render: {done}/{total} frames", file=sys.stderr, flush=True)
+
+    return render_sequence(pipe, args.source, args.target, args.theta, alpha, args.seed, args.out,
+                           grid=args.grid, max_batch=args.max_batch, progress=progress,
+                           **_render_options(args))
+
+
+def _render_jobs(args) -> int:
+    from vslerp_app.jobs import run_jobs
+
+    given = [f"--{k}" for k in ("source", "target", "theta", "alpha") if getattr(args, k) is not None]
+    if given:
+        raise CLIError(f"--jobs takes source, target, theta and alpha from the jobs file; "
+                       f"drop {', '.join(given)}")
+    result = run_jobs(args.model, args.jobs, args.out, device=args.device, default_seed=args.seed,
+                      default_grid=args.grid, max_batch=args.max_batch, **_load_kwargs(args),
+                      **_render_options(args))
+    if result["summary"] is not None:
+        rows = result["summary"]["jobs"]
+        done = sum(r["status"] == "complete" for r in rows)
+        print(f"{done} of {len(rows)} jobs complete in {args.out} "
+              f"({result['num_processes']} process(es)); see {args.out}/jobs.json")
+    return 1 if result["failed"] else 0
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -166,16 +185,15 @@ def _version() -> str:
         return "(not installed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vslerp", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_models(sub) -> None:
+    """`vslerp models`."""
     p = sub.add_parser("models", help="the model presets, whether each is downloaded, and its stats")
     p.add_argument("--json", action="store_true", help="print them as JSON")
     p.set_defaults(func=_cmd_models)
 
+
+def _add_fixture(sub) -> None:
+    """`vslerp fixture`."""
     p = sub.add_parser("fixture", help="write a tiny random-weight pipeline in the hub layout")
     p.add_argument("kind", choices=["karlo", "stable-unclip"])
     p.add_argument("dir")
@@ -185,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_fixture)
 
+
+def _add_stats(sub) -> None:
+    """`vslerp stats`."""
     p = sub.add_parser("stats", help="image-modality stats of a model's encoder over a folder",
                        epilog="Custom open_clip architectures: set VSLERP_OPEN_CLIP_CONFIG to "
                               "NAME.json config file(s) (os.pathsep-separated), then use "
@@ -204,13 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cuda, cpu, ... (default: CUDA if available)")
     p.set_defaults(func=_cmd_stats)
 
+
+def _add_render(sub) -> None:
+    """`vslerp render`."""
     p = sub.add_parser(
         "render", help="render a vSLERP frame sequence (or many, with --jobs) to a folder",
         description="SPEC is a number (0.5), a comma list (0,0.25,1) or start:stop:count "
                     "(0:1:5, both ends included). theta and alpha pair up as a sweep (equal "
                     "lengths, or one single value) or, with --grid, as a grid (theta major). "
                     "Re-running the same command resumes: finished frames are kept.")
-    p.add_argument("--model", help="preset name or local pipeline directory (default: karlo)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="preset name or local pipeline directory (default: %(default)s)")
     p.add_argument("--source", help="source image (theta = 0)")
     p.add_argument("--target", help="target image (theta = 1)")
     p.add_argument("--theta", metavar="SPEC", help="theta values in [0, 1]")
@@ -244,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show tracebacks on errors")
     p.set_defaults(func=_cmd_render)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vslerp", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for add in (_add_models, _add_fixture, _add_stats, _add_render):
+        add(sub)
     return parser
 
 

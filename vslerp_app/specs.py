@@ -1,8 +1,11 @@
-"""Parameter SPECs for frame sequences: `0.5`, `0,0.25,1` or `start:stop:count`.
+"""Every limit and every sweep, in one place: SPECs, linspace, the seed rule, range checks.
 
-`parse_spec` turns one SPEC into a list of floats; `combine` pairs theta and alpha values
-into frames, as a sweep (equal lengths, or one single value broadcast) or as a grid
-(theta major: all alphas of the first theta, then the next theta).
+A SPEC is `0.5`, `0,0.25,1` or `start:stop:count`. `parse_spec` turns one into a list of
+floats (through the one `linspace`); `combine` pairs theta and alpha values into frames, as
+a sweep (equal lengths, or one single value broadcast) or as a grid (theta major: all alphas
+of the first theta, then the next theta). The checks (`check_theta`, `check_alpha`,
+`check_seed`, `check_settings`, ...) are the engine's, the render's, the CLI's and the app's:
+they all raise `SpecError` (a ValueError) with a message that names the value.
 """
 
 from __future__ import annotations
@@ -10,15 +13,38 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["SpecError", "parse_spec", "as_values", "combine", "check_range", "THETA_RANGE", "ALPHA_LIMIT"]
+import numpy as np
+
+__all__ = [
+    "ALPHA_LIMIT", "FPS_RANGE", "GUIDANCE_RANGE", "MAX_COUNT", "MAX_STEPS", "NOISE_LEVEL_RANGE",
+    "SEED_LIMIT", "THETA_RANGE", "SpecError", "as_values", "check_alpha", "check_fps",
+    "check_max_batch", "check_range", "check_seed", "check_settings", "check_theta", "combine",
+    "linspace", "parse_spec",
+]
 
 THETA_RANGE = (0.0, 1.0)
-ALPHA_LIMIT = 10.0  # the engine's limit (pipelines.engine.ALPHA_LIMIT); checked before loading
+ALPHA_LIMIT = 10.0  # the paper finds -2..2 useful; beyond +-10 frames are noise
+MAX_STEPS = 1000
+GUIDANCE_RANGE = (0.0, 50.0)
+NOISE_LEVEL_RANGE = (0, 1000)
+SEED_LIMIT = 2**63  # seeds are whole numbers in [0, 2^63): what torch.Generator takes
+FPS_RANGE = (0.0, 120.0)  # (exclusive, inclusive]
 MAX_COUNT = 100_000
 
 
 class SpecError(ValueError):
-    """A SPEC that does not parse, or values out of range; the message names the problem."""
+    """A SPEC that does not parse, or a value out of range; the message names the problem."""
+
+
+# -- values ----------------------------------------------------------------------------------
+def linspace(start: float, stop: float, count: int) -> list[float]:
+    """``count`` values evenly spaced from start to stop, both ends included exactly."""
+    if count == 1:
+        return [float(start)]
+    step = (stop - start) / (count - 1)
+    values = [float(start + i * step) for i in range(count)]
+    values[-1] = float(stop)  # exactly the endpoint, no rounding drift
+    return values
 
 
 def _number(text: str, name: str, spec: str) -> float:
@@ -32,11 +58,26 @@ def _number(text: str, name: str, spec: str) -> float:
     return value
 
 
+def _parse_range(text: str, name: str) -> list[float]:
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise SpecError(f"bad {name} SPEC {text!r}: a range is start:stop:count")
+    start, stop = _number(parts[0], name, text), _number(parts[1], name, text)
+    try:
+        count = int(parts[2])
+    except ValueError:
+        raise SpecError(f"bad {name} SPEC {text!r}: count {parts[2].strip()!r} "
+                        "is not a whole number") from None
+    if not 1 <= count <= MAX_COUNT:
+        raise SpecError(f"bad {name} SPEC {text!r}: count must be in [1, {MAX_COUNT}], got {count}")
+    return linspace(start, stop, count)
+
+
 def parse_spec(spec: str | float | int, name: str = "value") -> list[float]:
     """One SPEC to its values.
 
-    `0.5` -> [0.5]; `0,0.25,1` -> [0.0, 0.25, 1.0]; `start:stop:count` -> `count` values
-    evenly spaced from start to stop, both included (`0:1:5` -> 0, 0.25, 0.5, 0.75, 1).
+    `0.5` -> [0.5]; `0,0.25,1` -> [0.0, 0.25, 1.0]; `start:stop:count` -> `linspace(start,
+    stop, count)` (`0:1:5` -> 0, 0.25, 0.5, 0.75, 1).
     """
     if isinstance(spec, bool):
         raise SpecError(f"bad {name} SPEC {spec!r}: not a number")
@@ -46,23 +87,7 @@ def parse_spec(spec: str | float | int, name: str = "value") -> list[float]:
     if not text:
         raise SpecError(f"bad {name} SPEC: empty")
     if ":" in text:
-        parts = text.split(":")
-        if len(parts) != 3:
-            raise SpecError(f"bad {name} SPEC {text!r}: a range is start:stop:count")
-        start, stop = _number(parts[0], name, text), _number(parts[1], name, text)
-        try:
-            count = int(parts[2])
-        except ValueError:
-            raise SpecError(f"bad {name} SPEC {text!r}: count {parts[2].strip()!r} "
-                            "is not a whole number") from None
-        if not 1 <= count <= MAX_COUNT:
-            raise SpecError(f"bad {name} SPEC {text!r}: count must be in [1, {MAX_COUNT}], got {count}")
-        if count == 1:
-            return [start]
-        step = (stop - start) / (count - 1)
-        values = [start + i * step for i in range(count)]
-        values[-1] = stop  # exactly the endpoint, no rounding drift
-        return values
+        return _parse_range(text, name)
     items = text.split(",")
     if any(not item.strip() for item in items):
         raise SpecError(f"bad {name} SPEC {text!r}: empty item in the comma list")
@@ -90,16 +115,6 @@ def as_values(values, name: str) -> list[float]:
     return out
 
 
-def check_range(thetas: Sequence[float], alphas: Sequence[float]) -> None:
-    """theta in [0, 1] and |alpha| <= ALPHA_LIMIT, or SpecError naming the value."""
-    for t in thetas:
-        if not THETA_RANGE[0] <= t <= THETA_RANGE[1]:
-            raise SpecError(f"theta must be in [0, 1], got {t:g}")
-    for a in alphas:
-        if abs(a) > ALPHA_LIMIT:
-            raise SpecError(f"alpha must be in [-{ALPHA_LIMIT:g}, {ALPHA_LIMIT:g}], got {a:g}")
-
-
 def combine(thetas: Sequence[float], alphas: Sequence[float],
             grid: bool = False) -> list[tuple[float, float]]:
     """(theta, alpha) per frame.
@@ -120,3 +135,67 @@ def combine(thetas: Sequence[float], alphas: Sequence[float],
         raise SpecError(f"theta has {len(thetas)} values and alpha {len(alphas)}: a sweep needs "
                         "equal lengths or a single value on one side (or use --grid)")
     return list(zip(thetas, alphas, strict=True))
+
+
+# -- checks ------------------------------------------------------------------------------------
+def _in_range(value, name: str, lo, hi) -> None:
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise SpecError(f"{name} must be in [{lo:g}, {hi:g}], got {value}")
+
+
+def check_theta(theta: float) -> None:
+    """theta in [0, 1] (finite)."""
+    _in_range(theta, "theta", *THETA_RANGE)
+
+
+def check_alpha(alpha: float) -> None:
+    """|alpha| <= ALPHA_LIMIT (finite)."""
+    _in_range(alpha, "alpha", -ALPHA_LIMIT, ALPHA_LIMIT)
+
+
+def check_range(thetas: Sequence[float], alphas: Sequence[float]) -> None:
+    """Every theta in [0, 1] and every |alpha| <= ALPHA_LIMIT, or SpecError naming the value."""
+    for t in thetas:
+        check_theta(t)
+    for a in alphas:
+        check_alpha(a)
+
+
+def check_seed(seed) -> int:
+    """The seed rule: a whole number in [0, 2^63); returned as an int."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < SEED_LIMIT:
+        raise SpecError(f"seed must be a whole number in [0, 2^63), got {seed!r}")
+    return int(seed)
+
+
+def check_max_batch(max_batch) -> int:
+    """Frames denoised at once: a whole number >= 1."""
+    if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
+        raise SpecError(f"max_batch must be a whole number >= 1, got {max_batch!r}")
+    return int(max_batch)
+
+
+def check_fps(fps) -> float:
+    """GIF/MP4 frames per second in (0, 120]."""
+    lo, hi = FPS_RANGE
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) \
+            or not lo < fps <= hi:
+        raise SpecError(f"fps must be in ({lo:g}, {hi:g}], got {fps!r}")
+    return float(fps)
+
+
+def check_settings(settings, *, kind: str, min_steps: int = 1) -> None:
+    """Sampling settings (`pipelines.RenderSettings`) a model of ``kind`` can run."""
+    stages = [("steps", settings.steps)]
+    if kind == "karlo" and not settings.preview:
+        stages.append(("super_res_steps", settings.super_res_steps))
+    for name, value in stages:
+        if not 1 <= value <= MAX_STEPS:
+            raise SpecError(f"{name} must be in [1, {MAX_STEPS}], got {value}")
+        if value < min_steps:  # Karlo's UnCLIPScheduler divides by (steps - 1)
+            raise SpecError(f"{name} must be at least {min_steps} for this model (its scheduler "
+                            f"needs {min_steps} timesteps), got {value}")
+    _in_range(settings.guidance_scale, "guidance_scale", *GUIDANCE_RANGE)
+    _in_range(settings.noise_level, "noise_level", *NOISE_LEVEL_RANGE)
+    if kind == "stable-unclip" and (settings.resolution % 8 or settings.resolution < 8):
+        raise SpecError(f"resolution must be a positive multiple of 8, got {settings.resolution}")

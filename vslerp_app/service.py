@@ -1,11 +1,12 @@
-"""Helpers of the Gradio studio (`app.py`) that need no Gradio: plain functions, testable alone.
+"""The studio's service layer: everything `app.py` does that needs no Gradio, testable alone.
 
-What lives here: the per-session embedding cache entries (one per input image, kept in
-`gr.State` by the app so nothing is shared between users), the checks a request must pass
-before it reaches the GPU queue, the theta/alpha values of a sequence, the readouts of a
-frame as JSON and as a sentence, the gallery and files of a sequence (written by
-`vslerp_app.render.render_sequence`, the same code as `vslerp render`), the request folders
-and their clean-up, and the plain-words message of any failure.
+What lives here: the server's configuration (`StudioConfig`), the per-session embedding
+cache entries (one per input image, kept in `gr.State` by the app so nothing is shared
+between users), the checks a request must pass before it reaches the GPU queue, the
+theta/alpha values of a sequence (through `vslerp_app.specs.linspace`, as `vslerp render`),
+the readouts of a frame as JSON and as a sentence, the gallery and files of a sequence
+(written by `vslerp_app.render.render_sequence`, the same code as `vslerp render`), the
+request folders and their clean-up, and the plain-words message of any failure.
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines import GenerationError
+from vslerp_app.files import RenderError
 from vslerp_app.images import ImageInputError, image_fingerprint, load_image
-from vslerp_app.specs import combine
+from vslerp_app.specs import combine, linspace
 
 __all__ = [
     "MAX_SEQUENCE_FRAMES",
     "SWEEP_MODES",
     "InputEntry",
+    "StudioConfig",
     "RequestError",
     "check_request",
     "embed_input",
@@ -56,6 +60,25 @@ WORK_ROOT = Path(tempfile.gettempdir()) / "vslerp-studio"
 
 class RequestError(ValueError):
     """A request the user can fix (a missing image, a value out of range); plain message."""
+
+
+@dataclass
+class StudioConfig:
+    """How the studio serves a loaded pipeline (`app.build_demo(pipe, config)`).
+
+    Attributes:
+        max_sequence_frames: most frames one sequence request may render.
+        queue_size: most requests waiting for the model.
+        max_file_size: largest upload, as Gradio reads it ("25mb").
+    """
+
+    max_sequence_frames: int = MAX_SEQUENCE_FRAMES
+    queue_size: int = 16
+    max_file_size: str = "25mb"
+
+    def __post_init__(self):
+        if self.max_sequence_frames < 1:
+            raise ValueError(f"max_sequence_frames must be at least 1, got {self.max_sequence_frames}")
 
 
 # -- inputs and their embeddings ---------------------------------------------------------
@@ -172,11 +195,11 @@ def sweep_values(mode: str, theta: float, alpha: float, theta_start: float, thet
     if mode not in SWEEP_MODES:
         raise RequestError(f"sweep must be one of {', '.join(SWEEP_MODES)}, got {mode!r}")
     if mode == "theta":
-        return _linspace(theta_start, theta_stop, theta_count, "theta"), [float(alpha)], False
+        return _sweep_linspace(theta_start, theta_stop, theta_count, "theta"), [float(alpha)], False
     if mode == "alpha":
-        return [float(theta)], _linspace(alpha_start, alpha_stop, alpha_count, "alpha"), False
-    return (_linspace(theta_start, theta_stop, theta_count, "theta"),
-            _linspace(alpha_start, alpha_stop, alpha_count, "alpha"), True)
+        return [float(theta)], _sweep_linspace(alpha_start, alpha_stop, alpha_count, "alpha"), False
+    return (_sweep_linspace(theta_start, theta_stop, theta_count, "theta"),
+            _sweep_linspace(alpha_start, alpha_stop, alpha_count, "alpha"), True)
 
 
 def sweep_pairs(thetas: list[float], alphas: list[float], grid: bool) -> list[tuple[float, float]]:
@@ -184,14 +207,11 @@ def sweep_pairs(thetas: list[float], alphas: list[float], grid: bool) -> list[tu
     return combine(thetas, alphas, grid)
 
 
-def _linspace(start, stop, count, name) -> list[float]:
+def _sweep_linspace(start, stop, count, name) -> list[float]:
     count = _as_int(count, f"{name} frames")
     if not 1 <= count <= MAX_SEQUENCE_FRAMES:
         raise RequestError(f"{name} frames must be between 1 and {MAX_SEQUENCE_FRAMES}, got {count}")
-    start, stop = float(start), float(stop)
-    if count == 1:
-        return [start]
-    return [round(float(v), 6) for v in np.linspace(start, stop, count)]
+    return linspace(float(start), float(stop), count)
 
 
 # -- readouts --------------------------------------------------------------------------
@@ -309,9 +329,6 @@ def model_markdown(info: dict, defaults: dict | None = None) -> str:
 # -- failures --------------------------------------------------------------------------
 def user_message(exc: BaseException) -> str:
     """A plain message for any failure; details of unexpected ones stay in the server log."""
-    from pipelines.engine import GenerationError
-    from vslerp_app.render import RenderError
-
     if isinstance(exc, ImageInputError):
         return f"The image {exc.problem}."
     if isinstance(exc, (RequestError, GenerationError, RenderError)):
@@ -347,3 +364,96 @@ def cleanup_workdirs(root: Path = WORK_ROOT, max_age_s: float = 3600.0) -> int:
         except OSError:
             continue
     return removed
+
+
+# -- the studio: requests in, frames and files out ----------------------------------------
+def _float(value, name: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise RequestError(f"{name} must be a number, got {value!r}") from None
+
+
+def _no_decorator(duration: int):
+    return lambda fn: fn
+
+
+class Studio:
+    """What the app's events do, without Gradio: check a request, render, lay out the result.
+
+    ``gpu(duration)`` decorates the two functions that run the model (`spaces.GPU` on a
+    ZeroGPU Space; by default nothing). Sessions are plain dicts {"source": InputEntry,
+    "target": InputEntry} the app keeps per browser session.
+    """
+
+    def __init__(self, pipe, config: StudioConfig | None = None, gpu=_no_decorator):
+        self.pipe = pipe
+        self.config = config or StudioConfig()
+        self.run_frame = gpu(60)(self._run_frame)
+        self.run_sequence = gpu(240)(self._run_sequence)
+
+    # -- model work --------------------------------------------------------------------
+    def _embed_pair(self, source, target, session: dict):
+        return (embed_input(self.pipe, source, "source image", session.get("source")),
+                embed_input(self.pipe, target, "target image", session.get("target")))
+
+    def _run_frame(self, source, target, session: dict, theta, alpha, seed, kwargs):
+        """Embed the inputs (reusing this session's entries) and render one frame."""
+        src, tgt = self._embed_pair(source, target, session)
+        frames = self.pipe.generate(src.embedding, tgt.embedding, [theta], [alpha], seed, **kwargs)
+        return frames[0], src, tgt
+
+    def _run_sequence(self, source, target, session: dict, thetas, alphas, grid, seed, kwargs, fps,
+                      out_dir, progress=None):
+        """Embed the inputs and render a sequence with its files (`vslerp render`'s code)."""
+        from vslerp_app.render import render_sequence
+
+        src, tgt = self._embed_pair(source, target, session)
+        manifest = render_sequence(self.pipe, src.embedding, tgt.embedding, thetas, alphas, seed,
+                                   out_dir, grid=grid, gif=True, mp4=True, zip=True, fps=fps,
+                                   contact=False, plot=True, progress=progress, **kwargs)
+        return manifest, src, tgt
+
+    # -- requests ----------------------------------------------------------------------
+    def frame_request(self, source, target, theta, alpha, seed, quality, steps, super_res_steps,
+                      preview_steps, guidance_scale, max_batch):
+        """(pairs, seed, generate kwargs) of a one-frame request, or RequestError."""
+        kwargs = generate_kwargs(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch)
+        pairs = [(_float(theta, "theta"), _float(alpha, "alpha"))]
+        seed = check_request(self.pipe, source, target, pairs, seed, kwargs)
+        return pairs, seed, kwargs
+
+    def sequence_request(self, source, target, sweep, theta, alpha, theta_start, theta_stop,
+                         theta_frames, alpha_start, alpha_stop, alpha_frames, seed, quality, steps,
+                         super_res_steps, preview_steps, guidance_scale, max_batch, fps):
+        """(thetas, alphas, grid, seed, generate kwargs, fps) of a sequence request, or RequestError."""
+        kwargs = generate_kwargs(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch)
+        thetas, alphas, grid = sweep_values(
+            sweep, _float(theta, "theta"), _float(alpha, "alpha"), _float(theta_start, "theta_start"),
+            _float(theta_stop, "theta_stop"), theta_frames, _float(alpha_start, "alpha_start"),
+            _float(alpha_stop, "alpha_stop"), alpha_frames)
+        seed = check_request(self.pipe, source, target, sweep_pairs(thetas, alphas, grid), seed, kwargs,
+                             max_frames=self.config.max_sequence_frames)
+        return thetas, alphas, grid, seed, kwargs, _float(fps, "fps")
+
+    # -- whole requests ----------------------------------------------------------------
+    def frame(self, session, *request):
+        """One frame at (theta, alpha): (image, readouts, new session). ``request`` as frame_request."""
+        pairs, seed, kwargs = self.frame_request(*request)
+        session = session if isinstance(session, dict) else {}
+        start = time.perf_counter()
+        frame, src, tgt = self.run_frame(request[0], request[1], session, *pairs[0], seed, kwargs)
+        readouts = frame_readouts(frame, src, tgt, self.pipe.model, time.perf_counter() - start)
+        return frame.image, readouts, {"source": src, "target": tgt}
+
+    def sequence(self, session, *request, progress=None):
+        """A sweep: (gallery, plot, mp4, gif, zip, new session). ``request`` as sequence_request."""
+        thetas, alphas, grid, seed, kwargs, fps = self.sequence_request(*request)
+        session = session if isinstance(session, dict) else {}
+        cleanup_workdirs()
+        out_dir = new_workdir()
+        manifest, src, tgt = self.run_sequence(request[0], request[1], session, thetas, alphas, grid,
+                                               seed, kwargs, fps, out_dir, progress)
+        files = sequence_outputs(manifest, out_dir)
+        return (files["gallery"], files["plot"], files["mp4"], files["gif"], files["zip"],
+                {"source": src, "target": tgt})

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.folder_stats import FolderStatsResult, folder_stats
 from vslerp_app import geometry
+from vslerp_app.folder_stats import FolderStatsResult, folder_stats
 from vslerp_app.stats import ModalityStats, StatsAccumulator, StatsError
 
 __all__ = ["EmbeddingRecorder", "ReferenceStatsResult", "read_captions", "reference_stats",

@@ -1,0 +1,288 @@
+"""The vSLERP engine: an unCLIP model driven by vSLERP-interpolated CLIP image embeddings.
+
+`VSLERPPipeline.generate` encodes each input image once (cached by content), interpolates
+every frame's embedding with Eq. 12, has the runner denoise the distinct embeddings on one
+shared noise path, and reads out per-frame conformity (Eq. 10/11) and whitened likelihood.
+Build one with `vslerp_app.load_pipeline`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import PIL.Image
+import torch
+
+from pipelines import RenderSettings, UnclipRunner
+from vslerp_app import geometry, specs
+from vslerp_app.images import image_fingerprint, load_image
+from vslerp_app.stats import ModalityStats
+
+__all__ = ["Frame", "VSLERPPipeline"]
+
+_EMBEDDING_CACHE_SIZE = 64
+
+
+@dataclass
+class Frame:
+    """One generated frame and its readouts.
+
+    Attributes:
+        image: the frame (RGB PIL image).
+        theta, alpha: where on the vSLERP path it sits (Eq. 12).
+        seed: the seed of its noise path.
+        conformity: conformity of the interpolated embedding (None without stats).
+        frame_conformity: conformity of the generated frame, re-encoded (None without stats).
+        conformity_kind: "exact" (Eq. 10) or "estimated" (Eq. 11), None without stats.
+        log_likelihood, frame_log_likelihood: whitened-CLIP log-likelihood (up to a
+            constant) of the embedding and of the re-encoded frame, None without whitening.
+        preview: True for a preview-quality frame.
+        embedding: the interpolated raw embedding (float32, CPU).
+        frame_embedding: the re-encoded frame's raw embedding (float32, CPU).
+        reference: readouts of the frame in a reference CLIP space (open_clip), when the
+            pipeline has one: {"space", "frame_conformity", "conformity_kind",
+            "frame_log_likelihood"}.
+    """
+
+    image: PIL.Image.Image
+    theta: float
+    alpha: float
+    seed: int
+    conformity: float | None = None
+    frame_conformity: float | None = None
+    conformity_kind: str | None = None
+    log_likelihood: float | None = None
+    frame_log_likelihood: float | None = None
+    preview: bool = False
+    embedding: torch.Tensor | None = None
+    frame_embedding: torch.Tensor | None = None
+    reference: dict | None = None
+
+    def readouts(self) -> dict:
+        """The numbers of this frame as a JSON-ready dict (for manifests and APIs)."""
+        return {
+            "theta": self.theta,
+            "alpha": self.alpha,
+            "seed": self.seed,
+            "preview": self.preview,
+            "conformity": self.conformity,
+            "frame_conformity": self.frame_conformity,
+            "conformity_kind": self.conformity_kind,
+            "log_likelihood": self.log_likelihood,
+            "frame_log_likelihood": self.frame_log_likelihood,
+            "reference": self.reference,
+        }
+
+
+def _as_list(values, name: str) -> list[float] | None:
+    """A scalar -> None (broadcast later); a sequence or 1-D tensor -> list of floats."""
+    if isinstance(values, (int, float)) or (isinstance(values, torch.Tensor) and values.ndim == 0):
+        return None
+    if isinstance(values, torch.Tensor):
+        values = values.tolist()
+    values = list(values)
+    if not values:
+        raise specs.SpecError(f"{name} is empty")
+    return [float(v) for v in values]
+
+
+def pair_up(thetas, alphas) -> list[tuple[float, float]]:
+    """(theta, alpha) per frame: equal-length sequences, or one of them a scalar."""
+    t_list, a_list = _as_list(thetas, "thetas"), _as_list(alphas, "alphas")
+    if t_list is None and a_list is None:
+        return [(float(thetas), float(alphas))]
+    if t_list is None:
+        t_list = [float(thetas)] * len(a_list)
+    if a_list is None:
+        a_list = [float(alphas)] * len(t_list)
+    if len(t_list) != len(a_list):
+        raise specs.SpecError(f"thetas ({len(t_list)} values) and alphas ({len(a_list)} values) "
+                              "must have equal length, or one of them be a scalar")
+    return list(zip(t_list, a_list, strict=True))
+
+
+class VSLERPPipeline:
+    """An unCLIP model (Karlo or Stable unCLIP) driven by vSLERP embeddings.
+
+    Build it with `vslerp_app.load_pipeline`. Attributes: `runner` (the
+    `pipelines.UnclipRunner`), `stats` (image-modality stats or None), `stats_note` (where
+    they came from, or why there are none), `model` (what was asked for), `max_batch`
+    (default frames per batch), `reference` (a `ReferenceReadout` or None); and, from the
+    loaded model, `pipe`, `kind`, `preset`, `device`, `dtype`, `offload`, `encoder`.
+    """
+
+    def __init__(self, runner: UnclipRunner, *, stats: ModalityStats | None, stats_note: str,
+                 max_batch: int = 8, reference=None):
+        self.runner = runner
+        self.stats = stats
+        self.stats_note = stats_note
+        self.max_batch = specs.check_max_batch(max_batch)
+        self.reference = reference
+        self._embedding_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    # -- what is loaded ----------------------------------------------------------------
+    pipe = property(lambda self: self.runner.pipe, doc="the stock diffusers pipeline")
+    kind = property(lambda self: self.runner.kind, doc='"karlo" or "stable-unclip"')
+    preset = property(lambda self: self.runner.loaded.preset, doc="the preset (defaults)")
+    model = property(lambda self: self.runner.loaded.model, doc="what was asked for")
+    device = property(lambda self: self.runner.loaded.device)
+    dtype = property(lambda self: self.runner.loaded.dtype)
+    offload = property(lambda self: self.runner.loaded.offload)
+    encoder = property(lambda self: self.runner.encoder, doc="the model's CLIP image encoder")
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.encoder.dim
+
+    def default_settings(self, preview: bool = False) -> RenderSettings:
+        """The preset's settings, with sizes read off the loaded model."""
+        return self.runner.default_settings(preview)
+
+    def settings_for(self, preview: bool = False, **overrides) -> RenderSettings:
+        """The preset's settings for this quality, with every override that is not None."""
+        return self.runner.settings_for(preview, **overrides)
+
+    def info(self) -> dict:
+        """What is loaded, for the UI, manifests and logs."""
+        return {
+            "model": self.model,
+            "kind": self.kind,
+            "pipeline_class": type(self.pipe).__name__,
+            "encoder": self.encoder.name,
+            "embedding_dim": self.embedding_dim,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "offload": self.offload,
+            "stats": None if self.stats is None else {
+                "describe": self.stats.describe(),
+                "conformity_kind": self.stats.conformity_kind,
+                "likelihood": self.stats.whitening is not None,
+                "provenance": self.stats.provenance,
+                "checksum": self.stats.checksum(),
+            },
+            "stats_note": self.stats_note,
+            "reference": None if self.reference is None else self.reference.info(),
+        }
+
+    # -- encoding ----------------------------------------------------------------------
+    def encode(self, image) -> torch.Tensor:
+        """Raw embedding (d,) of one input image (path, bytes, PIL, array) or an embedding.
+
+        Images are normalised by `vslerp_app.images.load_image` and cached by content.
+        """
+        if isinstance(image, torch.Tensor):
+            emb = image.detach().float().cpu().flatten()
+            if emb.shape[0] != self.embedding_dim:
+                raise ValueError(f"embedding has {emb.shape[0]} values, the encoder makes "
+                                 f"{self.embedding_dim}")
+            if not torch.isfinite(emb).all():
+                raise ValueError("embedding has non-finite values")
+            return emb
+        img = load_image(image)
+        key = image_fingerprint(img)
+        if key not in self._embedding_cache:
+            self._embedding_cache[key] = self.encoder.encode([img])[0]
+            if len(self._embedding_cache) > _EMBEDDING_CACHE_SIZE:
+                self._embedding_cache.popitem(last=False)
+        self._embedding_cache.move_to_end(key)
+        return self._embedding_cache[key]
+
+    # -- validation --------------------------------------------------------------------
+    def check_inputs(self, pairs: list[tuple[float, float]], seed: int,
+                     settings: RenderSettings, max_batch: int) -> None:
+        """Raise SpecError (a ValueError) with the offending value for anything out of range."""
+        for theta, alpha in pairs:
+            specs.check_theta(theta)
+            specs.check_alpha(alpha)
+            if alpha != 0 and self.stats is None:
+                raise specs.SpecError(
+                    f"alpha={alpha} needs the image-modality mean of this model's encoder, and "
+                    f"no stats were found ({self.stats_note}). Compute them with `vslerp stats "
+                    f"--model {self.model} --images DIR --out FILE` and pass stats=FILE "
+                    "(--stats FILE), or use alpha=0 (plain SLERP)")
+        specs.check_seed(seed)
+        specs.check_settings(settings, kind=self.kind, min_steps=self.runner.min_steps)
+        specs.check_max_batch(max_batch)
+
+    # -- generation --------------------------------------------------------------------
+    def interpolate(self, source, target, thetas, alphas) -> tuple[list[tuple[float, float]], torch.Tensor]:
+        """((theta, alpha) per frame, their Eq. 12 embeddings as float32 (N, d)).
+
+        The embeddings are computed in float64 from the encoded inputs and the stats' mean.
+        """
+        pairs = pair_up(thetas, alphas)
+        v_source, v_target = self.encode(source), self.encode(target)
+        t = torch.tensor([p[0] for p in pairs], dtype=torch.float64)
+        a = torch.tensor([p[1] for p in pairs], dtype=torch.float64)
+        mean = None if self.stats is None else self.stats.mean.double()
+        return pairs, geometry.vslerp(v_source.double(), v_target.double(), t, a, mean).float()
+
+    def generate(self, source, target, thetas, alphas=0.0, seed: int = 0, *,
+                 preview: bool = False, steps: int | None = None,
+                 super_res_steps: int | None = None, guidance_scale: float | None = None,
+                 noise_level: int | None = None, resolution: int | None = None,
+                 max_batch: int | None = None,
+                 callback: Callable[[int, int], None] | None = None) -> list[Frame]:
+        """Render one frame per (theta, alpha) pair on one shared noise path.
+
+        Args:
+            source: the source image (path, bytes, PIL image, array) or its raw embedding.
+            target: the target image or embedding.
+            thetas: position(s) from source (0) to target (1): a scalar or a sequence.
+            alphas: centre(s) of rotation along the image mean (Eq. 12); a scalar or a
+                sequence of the same length as thetas.
+            seed: the noise path; every frame of the call shares it, so equal embeddings
+                give equal frames and a frame rendered alone equals it inside a sequence.
+            preview: a cheap frame for slider drags (Karlo: the 64 px decoder only, fewer
+                steps; Stable unCLIP: half resolution, fewer steps).
+            steps, super_res_steps, guidance_scale, noise_level, resolution: override the
+                preset's defaults.
+            max_batch: most frames denoised at once (default: the pipeline's). On CUDA out
+                of memory the batch is split for this call and generation goes on.
+            callback: called as callback(frames_done, frames_total) after each batch.
+        Returns:
+            One `Frame` per pair, in order.
+        """
+        # 1. Settings and checks
+        settings = self.settings_for(preview, steps=steps, super_res_steps=super_res_steps,
+                                     guidance_scale=guidance_scale, noise_level=noise_level,
+                                     resolution=resolution)
+        max_batch = max_batch or self.max_batch
+        self.check_inputs(pair_up(thetas, alphas), seed, settings, max_batch)
+        seed = int(seed)
+
+        # 2. Encode each input once (cached by content) and interpolate every frame, Eq. 12
+        pairs, embeddings = self.interpolate(source, target, thetas, alphas)
+
+        # 3. Denoise the distinct embeddings (equal embeddings give equal frames)
+        keys = [hashlib.sha1(e.numpy().tobytes()).hexdigest() for e in embeddings]
+        first_index = {}
+        for i, key in enumerate(keys):
+            first_index.setdefault(key, i)
+        unique = torch.stack([embeddings[i] for i in first_index.values()])
+        images = self.runner.render(unique, seed, settings, max_batch, callback)
+        image_of = dict(zip(first_index, images, strict=True))
+
+        # 4. Readouts: the interpolated embedding and the generated frame, re-encoded
+        frame_embedding_of = dict(zip(first_index, self.encoder.encode_batched(images, max_batch),
+                                      strict=True))
+        reference_of = {}
+        if self.reference is not None:
+            reference_of = dict(zip(first_index, self.reference.readouts(images), strict=True))
+        return [self._frame(image_of[key], theta, alpha, seed, settings.preview, emb,
+                            frame_embedding_of[key], reference_of.get(key))
+                for (theta, alpha), key, emb in zip(pairs, keys, embeddings, strict=True)]
+
+    def _frame(self, image, theta, alpha, seed, preview, emb, frame_emb, reference) -> Frame:
+        frame = Frame(image=image.copy(), theta=theta, alpha=alpha, seed=seed, preview=preview,
+                      embedding=emb, frame_embedding=frame_emb, reference=reference)
+        if self.stats is not None:
+            of_embedding, of_frame = self.stats.readouts(emb), self.stats.readouts(frame_emb)
+            frame.conformity_kind = of_embedding["conformity_kind"]
+            frame.conformity, frame.frame_conformity = of_embedding["conformity"], of_frame["conformity"]
+            frame.log_likelihood = of_embedding["log_likelihood"]
+            frame.frame_log_likelihood = of_frame["log_likelihood"]
+        return frame

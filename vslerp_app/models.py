@@ -1,0 +1,96 @@
+"""`load_pipeline`: a preset name or a local directory in, a ready `VSLERPPipeline` out.
+
+Stats are resolved in the order of DESIGN.md: an explicit file; the file registered for
+the preset in the repository's `stats/`; `vslerp-stats.safetensors` in the model
+directory; the mean the model carries (Stable unCLIP's image_normalizer, a Karlo prior's
+clip_mean, or the preset's declared source of it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict
+
+from pipelines import DEFAULT_MODEL, LoadedModel, UnclipRunner, carried_mean, get_preset, hub_snapshot
+from pipelines import load_model as _load_model
+from vslerp_app.engine import VSLERPPipeline
+from vslerp_app.registry import preset_stats_path
+from vslerp_app.stats import STATS_FILENAME, ModalityStats, StatsError
+
+__all__ = ["load_pipeline", "preset_status", "resolve_stats"]
+
+logger = logging.getLogger(__name__)
+
+
+def preset_status(name: str) -> dict:
+    """A preset's settings and where it stands here: its hub snapshot and its stats file."""
+    preset = get_preset(name)
+    local = hub_snapshot(preset.hub_id)
+    stats_path = preset_stats_path(name)
+    return {**asdict(preset), "default": name == DEFAULT_MODEL,
+            "local_snapshot": None if local is None else str(local),
+            "stats_path": None if stats_path is None else str(stats_path),
+            "stats_present": stats_path is not None and stats_path.is_file()}
+
+
+def _carried_stats(loaded: LoadedModel) -> tuple[ModalityStats | None, str]:
+    """Mean-only stats from the mean the model carries (or its preset names); else (None, why)."""
+    mean, source = carried_mean(loaded)
+    if mean is None:
+        return None, source
+    if source.endswith("(embedded mean)"):
+        return (ModalityStats.from_mean(mean, source=source, model_id=str(loaded.model_dir)),
+                "embedded in the model")
+    return ModalityStats.from_mean(mean, source=source, encoder=loaded.preset.encoder), f"mean from {source}"
+
+
+def resolve_stats(loaded: LoadedModel, dim: int,
+                  stats: str | os.PathLike | ModalityStats | None = None):
+    """(ModalityStats or None, a note saying where they came from or why there are none)."""
+    if isinstance(stats, ModalityStats):
+        stats.validate(dim)
+        return stats, "given"
+    if stats is not None:  # an explicit path: its errors are the user's to see
+        return ModalityStats.load(stats, expected_dim=dim), f"from {stats}"
+    candidates = [loaded.model_dir / STATS_FILENAME]
+    if loaded.from_preset:
+        candidates.insert(0, preset_stats_path(loaded.preset.name))
+    for path in candidates:
+        if path is not None and path.is_file():
+            try:
+                return ModalityStats.load(path, expected_dim=dim), f"from {path}"
+            except StatsError as e:
+                logger.warning("ignoring unusable stats: %s", e)
+    found, note = _carried_stats(loaded)
+    if found is not None:
+        found.validate(dim, f"mean for {loaded.model_dir}")
+    return found, note
+
+
+def load_pipeline(model: str | os.PathLike, device=None, dtype=None, stats=None, *,
+                  offload: bool = False, max_batch: int = 8, reference: str | None = None,
+                  reference_stats=None) -> VSLERPPipeline:
+    """Load an unCLIP pipeline wrapped for vSLERP.
+
+    Args:
+        model: a preset name (`karlo`, `stable-unclip-h`, `stable-unclip-l`) or a local
+            directory in the hub layout (old or current model_index.json).
+        device: "cuda", "cpu", ... (default: CUDA if available).
+        dtype: torch dtype or "fp16"/"bf16"/"fp32" (default: fp16 on CUDA, fp32 on CPU).
+        stats: a stats file (or ModalityStats) overriding the lookup order.
+        offload: model CPU offload for small GPUs: weights stay in CPU memory and each
+            component moves to the GPU while it runs (less GPU memory, slower; CUDA only).
+        max_batch: most frames denoised at once.
+        reference: a reference CLIP space for extra readouts, "open_clip:MODEL/PRETRAINED".
+        reference_stats: that space's stats file (default: the one registered in stats/).
+    """
+    runner = UnclipRunner(_load_model(model, device, dtype, offload=offload))
+    found, note = resolve_stats(runner.loaded, runner.encoder.dim, stats)
+    readout = None
+    if reference is not None:
+        from vslerp_app.reference import ReferenceReadout
+
+        readout = ReferenceReadout.load(reference, stats=reference_stats, device=runner.loaded.device)
+    return VSLERPPipeline(runner, stats=found, stats_note=note, max_batch=max_batch, reference=readout)
+
