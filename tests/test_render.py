@@ -23,7 +23,7 @@ from pipelines.fixtures import fixture_images
 from vslerp_app import files, load_pipeline, outputs
 from vslerp_app.files import atomic_write
 from vslerp_app.jobs import read_jobs
-from vslerp_app.render import RenderError, render_sequence
+from vslerp_app.render import RenderError, iter_render_sequence, render_sequence
 from vslerp_app.specs import SpecError, as_values, check_range, combine, parse_spec
 
 FAST = dict(steps=2, super_res_steps=2)
@@ -320,6 +320,22 @@ def test_a_full_disk_stops_with_one_line_and_keeps_finished_frames(pipe, images,
     assert done["status"] == "complete" and done["frames_done"] == 4
     for e in done["frames"]:
         Image.open(out / e["file"]).load()
+
+
+def test_a_render_stopped_after_its_first_chunk_keeps_those_frames_and_resumes(pipe, images, tmp_path):
+    """Closing iter_render_sequence (a Stop button) stops after the chunk in progress: what is on
+    disk is valid, the manifest says partial, and running again renders only the rest."""
+    out = tmp_path / "stopped"
+    events = iter_render_sequence(pipe, *images, "0:1:5", 0.0, 3, out, max_batch=2, **FAST)
+    first = next(events)
+    assert (first.done, first.total, first.manifest) == (2, 5, None)
+    assert [e["index"] for e in first.frames] == [0, 1]
+    events.close()
+    assert sorted(_mtimes(out)) == ["0000.png", "0001.png"] and _no_partials(out)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "partial"
+    seen = [(e.done, e.manifest is not None) for e in
+            iter_render_sequence(pipe, *images, "0:1:5", 0.0, 3, out, max_batch=2, **FAST)]
+    assert seen == [(4, False), (5, False), (5, True)]
 
 
 # -- jobs files ----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +35,8 @@ from vslerp_app.manifest import FRAMES_DIR, MANIFEST_FORMAT, MANIFEST_NAME
 from vslerp_app.outputs import DEFAULT_FPS, OutputRequest, write_outputs
 from vslerp_app.specs import as_values, check_fps, check_max_batch, check_range, check_seed, combine
 
-__all__ = ["FRAMES_DIR", "MANIFEST_NAME", "RenderError", "check_request", "prepare_output", "render_sequence"]
+__all__ = ["FRAMES_DIR", "MANIFEST_NAME", "RenderError", "RenderProgress", "check_request",
+           "iter_render_sequence", "prepare_output", "render_sequence"]
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +211,25 @@ class _Run:
         return m
 
 
-def _render_missing(pipe, run: _Run, eff, progress) -> None:
+@dataclass
+class RenderProgress:
+    """Where a render stands, after each chunk of frames is on disk and at the end.
+
+    Attributes:
+        done, total: frames on disk (valid) and frames in the sequence.
+        frames: the manifest entries of the frames on disk, in sequence order.
+        out_dir: the render's folder (entry ``file`` names are relative to it).
+        manifest: the final manifest, on the last event only (None before).
+    """
+
+    done: int
+    total: int
+    frames: list[dict]
+    out_dir: Path
+    manifest: dict | None = None
+
+
+def _render_missing(pipe, run: _Run, eff) -> Iterator[RenderProgress]:
     """Render the frames not done yet, chunk by chunk; each chunk lands on disk as it finishes."""
     plan = run.plan
     n = len(plan.pairs)
@@ -235,16 +254,32 @@ def _render_missing(pipe, run: _Run, eff, progress) -> None:
                               "sha256": hashlib.sha256(data).hexdigest()}
             run.frames_rendered += 1
         run.save("partial")
-        if progress is not None:
-            progress(len(run.entries), n)
+        yield RenderProgress(len(run.entries), n, [run.entries[i] for i in sorted(run.entries)], run.out.path)
 
 
 def render_sequence(pipe, source, target, thetas, alphas, seed: int, out_dir, *,
-                    grid: bool = False, gif: bool = False, mp4: bool = False, zip: bool = False,
-                    fps: float = DEFAULT_FPS, contact: bool = True, plot: bool = True,
-                    max_batch: int | None = None, progress: Callable[[int, int], None] | None = None,
-                    **sampling) -> dict:
+                    progress: Callable[[int, int], None] | None = None, **options) -> dict:
     """Render one vSLERP sequence into ``out_dir`` (resuming what is there); return the manifest.
+
+    The arguments are `iter_render_sequence`'s; ``progress`` is called as
+    progress(frames_done, frames_total) after each chunk.
+    """
+    for event in iter_render_sequence(pipe, source, target, thetas, alphas, seed, out_dir, **options):
+        if event.manifest is not None:
+            return event.manifest
+        if progress is not None:
+            progress(event.done, event.total)
+    raise AssertionError("iter_render_sequence ended without its manifest")
+
+
+def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_dir, *,
+                         grid: bool = False, gif: bool = False, mp4: bool = False, zip: bool = False,
+                         fps: float = DEFAULT_FPS, contact: bool = True, plot: bool = True,
+                         max_batch: int | None = None, **sampling) -> Iterator[RenderProgress]:
+    """Render one vSLERP sequence into ``out_dir``, yielding a `RenderProgress` after each chunk.
+
+    The last event carries the manifest. Closing the generator early (a Stop button) stops
+    after the chunk in progress; what is on disk stays valid and resumable.
 
     Args:
         pipe: a loaded `VSLERPPipeline` (`vslerp_app.load_pipeline`).
@@ -259,11 +294,8 @@ def render_sequence(pipe, source, target, thetas, alphas, seed: int, out_dir, *,
         contact, plot: write contact_sheet.png / conformity.png.
         max_batch: frames per generate call, i.e. per chunk written to disk (default: the
             pipeline's).
-        progress: called as progress(frames_done, frames_total) after each chunk.
         sampling: preview, steps, super_res_steps, guidance_scale, noise_level, resolution
             (default: the model preset's).
-    Returns:
-        The manifest written to out_dir/manifest.json.
     """
     # 1. Everything that can be checked before touching the output folder
     plan = _plan(pipe, source, target, thetas, alphas, seed, grid, max_batch, sampling)
@@ -287,16 +319,17 @@ def render_sequence(pipe, source, target, thetas, alphas, seed: int, out_dir, *,
 
     # 4. Render the missing frames chunk by chunk
     run.save("partial")
-    _render_missing(pipe, run, eff, progress)
+    yield from _render_missing(pipe, run, eff)
 
     # 5. Derived outputs (rebuilt when frames changed, missing, or asked anew), then the manifest
     done = [run.entries[i] for i in range(len(plan.pairs))]
     kind = run.info["stats"]["conformity_kind"] if run.info.get("stats") else "no"
     title = f"{Path(plan.request['model']).name} ({pipe.kind}), seed {plan.seed}, {kind} conformity"
-    return write_outputs(run.out, done, run.outputs_meta, ask, changed=run.frames_rendered > 0,
-                         columns=len(plan.alphas) if plan.grid else min(len(done), 8),
-                         plot_args=(plan.thetas, plan.alphas, plan.grid, title),
-                         save_manifest=lambda: run.save("complete"))
+    manifest = write_outputs(run.out, done, run.outputs_meta, ask, changed=run.frames_rendered > 0,
+                             columns=len(plan.alphas) if plan.grid else min(len(done), 8),
+                             plot_args=(plan.thetas, plan.alphas, plan.grid, title),
+                             save_manifest=lambda: run.save("complete"))
+    yield RenderProgress(len(done), len(done), done, out_dir, manifest)
 
 
 def _process_info() -> dict:
