@@ -17,7 +17,7 @@ import PIL.Image
 import torch
 
 from pipelines import RenderSettings, UnclipRunner
-from vslerp_app import geometry, specs
+from vslerp_app import geometry, paths, specs
 from vslerp_app.images import image_fingerprint, load_image
 from vslerp_app.stats import ModalityStats
 
@@ -45,6 +45,10 @@ class Frame:
         reference: readouts of the frame in a reference CLIP space (open_clip), when the
             pipeline has one: {"space", "frame_conformity", "conformity_kind",
             "frame_log_likelihood"}.
+        segment: on a path (`VSLERPPipeline.generate_path`), the segment the frame is on
+            (from keyframe `segment` to the next, counted from 0); theta and alpha are then
+            the segment's local theta and its alpha. None off a path.
+        keyframe: on a path, the keyframe this frame shows exactly, else None.
     """
 
     image: PIL.Image.Image
@@ -60,6 +64,12 @@ class Frame:
     embedding: torch.Tensor | None = None
     frame_embedding: torch.Tensor | None = None
     reference: dict | None = None
+    segment: int | None = None
+    keyframe: int | None = None
+
+    def place(self) -> dict:
+        """Where a frame on a path sits, {"segment", "keyframe"}, for manifests and APIs ({} off a path)."""
+        return {} if self.segment is None else {"segment": self.segment, "keyframe": self.keyframe}
 
     def readouts(self) -> dict:
         """The numbers of this frame as a JSON-ready dict (for manifests and APIs)."""
@@ -196,16 +206,20 @@ class VSLERPPipeline:
         """Raise SpecError (a ValueError) with the offending value for anything out of range."""
         for theta, alpha in pairs:
             specs.check_theta(theta)
-            specs.check_alpha(alpha)
-            if alpha != 0 and self.stats is None:
-                raise specs.SpecError(
-                    f"alpha={alpha} needs the image-modality mean of this model's encoder, and "
-                    f"no stats were found ({self.stats_note}). Compute them with `vslerp stats "
-                    f"--model {self.model} --images DIR --out FILE` and pass stats=FILE "
-                    "(--stats FILE), or use alpha=0 (plain SLERP)")
+            self.check_alpha(alpha)
         specs.check_seed(seed)
         specs.check_settings(settings, kind=self.kind, min_steps=self.runner.min_steps)
         specs.check_max_batch(max_batch)
+
+    def check_alpha(self, alpha: float) -> None:
+        """alpha in range, and the image-modality mean at hand when alpha != 0 (SpecError)."""
+        specs.check_alpha(alpha)
+        if alpha != 0 and self.stats is None:
+            raise specs.SpecError(
+                f"alpha={alpha} needs the image-modality mean of this model's encoder, and "
+                f"no stats were found ({self.stats_note}). Compute them with `vslerp stats "
+                f"--model {self.model} --images DIR --out FILE` and pass stats=FILE "
+                "(--stats FILE), or use alpha=0 (plain SLERP)")
 
     # -- generation --------------------------------------------------------------------
     def interpolate(self, source, target, thetas, alphas) -> tuple[list[tuple[float, float]], torch.Tensor]:
@@ -257,6 +271,11 @@ class VSLERPPipeline:
         # 2. Encode each input once (cached by content) and interpolate every frame, Eq. 12
         pairs, embeddings = self.interpolate(source, target, thetas, alphas)
 
+        # 3-4. Denoise the distinct embeddings, read out every frame
+        return self._render_frames(pairs, embeddings, seed, settings, max_batch, callback)
+
+    def _render_frames(self, pairs, embeddings, seed, settings, max_batch, callback) -> list[Frame]:
+        """One `Frame` per (theta, alpha) pair and embedding; equal embeddings are denoised once."""
         # 3. Denoise the distinct embeddings (equal embeddings give equal frames)
         keys = [hashlib.sha1(e.numpy().tobytes()).hexdigest() for e in embeddings]
         first_index = {}
@@ -286,3 +305,107 @@ class VSLERPPipeline:
             frame.log_likelihood = of_embedding["log_likelihood"]
             frame.frame_log_likelihood = of_frame["log_likelihood"]
         return frame
+
+    # -- paths through keyframes ---------------------------------------------------------
+    def encode_keyframes(self, images) -> torch.Tensor:
+        """Raw embeddings (K, d) of 2+ keyframes; one that cannot be used is named by its position."""
+        images = list(images)
+        if len(images) < paths.MIN_KEYFRAMES:
+            raise specs.SpecError(f"a path needs at least {paths.MIN_KEYFRAMES} keyframes, got {len(images)}")
+        vectors = []
+        for i, image in enumerate(images):
+            try:
+                vectors.append(self.encode(image))
+            except ValueError as e:  # an unreadable image, a wrong-sized embedding
+                raise specs.SpecError(f"keyframe {i + 1} of {len(images)}: {e}") from None
+        return torch.stack(vectors)
+
+    def plan_path(self, images, frames: int | None = None, alphas=0.0, *, loop: bool = False,
+                  spacing: str = "uniform", ease: bool = False) -> paths.PathPlan:
+        """Where each frame of a path through ``images`` sits (`vslerp_app.paths.plan_path`).
+
+        The keyframes are encoded (cached by content) to measure each segment's angle on
+        its vSLERP arc, which spacing="angle" allots the frames by. Arguments as in
+        `generate_path`.
+        """
+        images = list(images)
+        segments = paths.segment_count(len(images), loop)
+        frames = paths.default_frames(len(images), loop) if frames is None else frames
+        paths.check_path(len(images), frames, loop, spacing)
+        alpha_values = paths.segment_alphas(specs.as_values(alphas, "alpha"), segments)
+        for alpha in alpha_values:
+            self.check_alpha(alpha)
+        vectors = self.encode_keyframes(images)
+        mean = None if self.stats is None else self.stats.mean.double()
+        angles = [float(geometry.arc_angle(vectors[k].double(), vectors[(k + 1) % len(images)].double(),
+                                           alpha, mean)) for k, alpha in enumerate(alpha_values)]
+        return paths.plan_path(len(images), frames, alpha_values, loop=loop, spacing=spacing, ease=ease,
+                               angles=angles)
+
+    def path_embeddings(self, vectors: torch.Tensor, points: list[paths.PathPoint]) -> torch.Tensor:
+        """The Eq. 12 embedding (float32, computed in float64) of each path point; vectors (K, d)."""
+        k = vectors.shape[0]
+        for p in points:
+            if not 0 <= p.segment < k:
+                raise ValueError(f"segment {p.segment} is not on a path of {k} keyframes")
+        segments = [p.segment for p in points]
+        v0, v1 = vectors[segments].double(), vectors[[(s + 1) % k for s in segments]].double()
+        t = torch.tensor([p.theta for p in points], dtype=torch.float64)
+        a = torch.tensor([p.alpha for p in points], dtype=torch.float64)
+        mean = None if self.stats is None else self.stats.mean.double()
+        return geometry.vslerp(v0, v1, t, a, mean).float()
+
+    def generate_path_points(self, images, points: list[paths.PathPoint], seed: int = 0, *,
+                             preview: bool = False, steps: int | None = None,
+                             super_res_steps: int | None = None, guidance_scale: float | None = None,
+                             noise_level: int | None = None, resolution: int | None = None,
+                             max_batch: int | None = None,
+                             callback: Callable[[int, int], None] | None = None) -> list[Frame]:
+        """Render the given points of a path (from `plan_path`) on one noise path.
+
+        A frame equals the same point rendered in any other call with the same seed, so a
+        path may be rendered piece by piece (`vslerp_app.render.render_path` does). Equal
+        embeddings (a keyframe, a hold, a segment walked back) are denoised once per call.
+        Options as in `generate`.
+        """
+        settings = self.settings_for(preview, steps=steps, super_res_steps=super_res_steps,
+                                     guidance_scale=guidance_scale, noise_level=noise_level,
+                                     resolution=resolution)
+        max_batch = max_batch or self.max_batch
+        pairs = [(p.theta, p.alpha) for p in points]
+        self.check_inputs(pairs, seed, settings, max_batch)
+        embeddings = self.path_embeddings(self.encode_keyframes(images), points)
+        frames = self._render_frames(pairs, embeddings, int(seed), settings, max_batch, callback)
+        for frame, point in zip(frames, points, strict=True):
+            frame.segment, frame.keyframe = point.segment, point.keyframe
+        return frames
+
+    def generate_path(self, images, frames: int | None = None, alphas=0.0, seed: int = 0, *,
+                      loop: bool = False, spacing: str = "uniform", ease: bool = False,
+                      **options) -> list[Frame]:
+        """Render a path through 2+ keyframes on one noise path: one `Frame` per path frame.
+
+        Args:
+            images: the keyframes, in order (paths, bytes, PIL images, arrays or raw
+                embeddings). Equal neighbours are allowed: a hold.
+            frames: the path's frame count N (default: 8 a segment, plus the last frame of
+                an open path). An open path includes both ends; a loop does not repeat its
+                first frame. With uniform spacing keyframe k is frame round(k(N-1)/S)
+                (loop: round(kN/S)), S the number of segments.
+            alphas: one alpha for every segment, or one per segment (a list or a SPEC).
+            seed: the one noise path of the whole path: a keyframe's frame is the same frame
+                whichever segment it closes or opens, and equal to the keyframe rendered
+                alone at theta 0.
+            loop: add the segment from the last keyframe back to the first.
+            spacing: "uniform" (the same frames per segment) or "angle" (frames in
+                proportion to each segment's angle on its vSLERP arc: one speed throughout).
+            ease: ease in and out of each keyframe (smoothstep on theta within a segment).
+            options: preview, steps, super_res_steps, guidance_scale, noise_level,
+                resolution, max_batch, callback, as in `generate`.
+        Returns:
+            One `Frame` per path frame, in order; theta and alpha are the segment's local
+            theta and its alpha, and `segment` and `keyframe` say where the frame sits.
+        """
+        images = list(images)
+        plan = self.plan_path(images, frames, alphas, loop=loop, spacing=spacing, ease=ease)
+        return self.generate_path_points(images, plan.points, seed, **options)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "arc_angle",
     "slerp",
     "vslerp",
     "cosine",
@@ -66,16 +67,21 @@ def _broadcast_pair(v0: torch.Tensor, v1: torch.Tensor, *params) -> int | None:
     return None
 
 
-def _slerp(p0: torch.Tensor, p1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """SLERP in the compute dtype; p0, p1 of (..., d), t broadcastable to (..., 1)."""
+def _angle(p0: torch.Tensor, p1: torch.Tensor) -> torch.Tensor:
+    """The angle between p0 and p1 (..., d) in their dtype, shape (..., 1)."""
     tiny = torch.finfo(p0.dtype).tiny
     u0 = p0 / torch.linalg.vector_norm(p0, dim=-1, keepdim=True).clamp_min(tiny)
     u1 = p1 / torch.linalg.vector_norm(p1, dim=-1, keepdim=True).clamp_min(tiny)
     # One angle per pair. 2 atan2(|u0 - u1|, |u0 + u1|) is accurate near 0 and pi, where
     # arccos of the dot product is not: in float32 one rounding step of the dot next to
     # -1 reads as pi - 3.5e-4, so exactly antiparallel vectors missed the fallback below.
-    omega = 2.0 * torch.atan2(torch.linalg.vector_norm(u0 - u1, dim=-1, keepdim=True),
-                              torch.linalg.vector_norm(u0 + u1, dim=-1, keepdim=True))
+    return 2.0 * torch.atan2(torch.linalg.vector_norm(u0 - u1, dim=-1, keepdim=True),
+                             torch.linalg.vector_norm(u0 + u1, dim=-1, keepdim=True))
+
+
+def _slerp(p0: torch.Tensor, p1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """SLERP in the compute dtype; p0, p1 of (..., d), t broadcastable to (..., 1)."""
+    omega = _angle(p0, p1)
     sin_omega = torch.sin(omega)
     small = _SMALL_ANGLE_F64 if p0.dtype == torch.float64 else _SMALL_ANGLE
     degenerate = (omega < small) | (omega > torch.pi - _SMALL_ANGLE)
@@ -135,6 +141,25 @@ def vslerp(v0: torch.Tensor, v1: torch.Tensor, theta, alpha, mean: torch.Tensor 
     if batch is not None:
         out = out.reshape(-1, out.shape[-1]).expand(batch, -1)
     return out.to(out_dtype).contiguous()
+
+
+def arc_angle(v0: torch.Tensor, v1: torch.Tensor, alpha=0.0, mean: torch.Tensor | None = None):
+    """The angle W (radians) vSLERP turns through from v0 to v1, Eq. 12: between v0 - a m and v1 - a m.
+
+    The same W as in `vslerp`; 0 for equal vectors. Shapes as in `vslerp`: (B,) for a
+    batch, 0-d otherwise.
+    """
+    v0, v1 = torch.as_tensor(v0), torch.as_tensor(v1)
+    dtype = _compute_dtype(v0, v1, *([torch.as_tensor(mean)] if mean is not None else []))
+    p0, p1 = v0.to(dtype), v1.to(device=v0.device, dtype=dtype)
+    a = torch.as_tensor(alpha, dtype=dtype, device=v0.device)
+    a = a.reshape(-1, 1) if a.ndim else a
+    if mean is not None:
+        centre = a * torch.as_tensor(mean).to(device=v0.device, dtype=dtype)
+        p0, p1 = p0 - centre, p1 - centre
+    elif bool((a != 0).any()):
+        raise ValueError("alpha != 0 needs the image-modality mean (mean=None given)")
+    return _angle(p0, p1).squeeze(-1)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,8 @@ def _font(size: int):
 
 def _caption(entry: dict) -> list[str]:
     lines = [f"theta {entry['theta']:.3g}  alpha {entry['alpha']:.3g}"]
+    if "segment" in entry:  # a path: the local theta of a segment
+        lines[0] = f"seg {entry['segment']}  " + lines[0]
     if entry.get("frame_conformity") is not None:
         lines.append(f"conformity {entry['conformity']:.3f} / frame {entry['frame_conformity']:.3f}")
     return lines
@@ -105,7 +107,9 @@ def conformity_plot(entries: list[dict], thetas: list[float], alphas: list[float
         x_of, xlabel = (lambda e: e["theta"]), "theta"
     else:
         groups = [("", entries)]
-        if not grid and thetas_vary and not alphas_vary:
+        if any("segment" in e for e in entries):  # a path: theta starts over in every segment
+            x_of, xlabel = (lambda e: e["index"]), "path frame"
+        elif not grid and thetas_vary and not alphas_vary:
             x_of, xlabel = (lambda e: e["theta"]), "theta"
         elif not grid and alphas_vary and not thetas_vary:
             x_of, xlabel = (lambda e: e["alpha"]), "alpha"

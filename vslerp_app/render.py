@@ -1,7 +1,9 @@
 """Frame sequences to disk: frames, manifest, contact sheet, plot, GIF/MP4/ZIP; resumable.
 
 `render_sequence(pipe, source, target, thetas, alphas, seed, out_dir)` renders one vSLERP
-sequence (a sweep, or a grid of theta x alpha) with a loaded pipeline into ``out_dir``:
+sequence (a sweep, or a grid of theta x alpha) with a loaded pipeline into ``out_dir``, and
+`render_path(pipe, keyframes, out_dir, frames=...)` a path through keyframes
+(`vslerp_app.paths`), with the same files, manifest and resume:
 
     out_dir/frames/0000.png ...   one PNG per frame
     out_dir/manifest.json         settings, fingerprint, per-frame readouts, versions, timings
@@ -29,22 +31,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vslerp_app import manifest as mf
+from vslerp_app import paths
 from vslerp_app.files import OutputDir, RenderError, describe_os_error, remove_partials
 from vslerp_app.images import ImageInputError, image_fingerprint, load_image
 from vslerp_app.manifest import FRAMES_DIR, MANIFEST_FORMAT, MANIFEST_NAME
 from vslerp_app.outputs import DEFAULT_FPS, OutputRequest, write_outputs
-from vslerp_app.specs import as_values, check_fps, check_max_batch, check_range, check_seed, combine
+from vslerp_app.specs import (
+    MAX_COUNT,
+    SpecError,
+    as_values,
+    check_fps,
+    check_max_batch,
+    check_range,
+    check_seed,
+    combine,
+)
 
-__all__ = ["FRAMES_DIR", "MANIFEST_NAME", "RenderError", "RenderProgress", "check_request",
-           "iter_render_sequence", "prepare_output", "render_sequence"]
+__all__ = ["FRAMES_DIR", "MANIFEST_NAME", "RenderError", "RenderProgress", "check_path_request",
+           "check_request", "iter_render_path", "iter_render_sequence", "prepare_output", "render_path",
+           "render_sequence"]
 
 logger = logging.getLogger(__name__)
 
 SAMPLING_OPTIONS = ("preview", "steps", "super_res_steps", "guidance_scale", "noise_level", "resolution")
 
 
-def _load_input(src, role: str):
-    """(PIL image or embedding tensor, description for the manifest), or ValueError."""
+def _load_input(src, role: str, label: str | None = None):
+    """(PIL image or embedding tensor, description for the manifest), or ValueError.
+
+    The error starts with ``label`` (default: "<role> image")."""
     if type(src).__name__ == "Tensor":  # a raw embedding
         emb = src.detach().float().cpu().flatten().contiguous()
         digest = hashlib.sha256(emb.numpy().tobytes()).hexdigest()
@@ -52,7 +67,7 @@ def _load_input(src, role: str):
     try:
         img = load_image(src)
     except ImageInputError as e:
-        raise ValueError(f"{role} image: {e}") from None
+        raise ValueError(f"{label or role + ' image'}: {e}") from None
     info = {"kind": "image", "size": list(img.size), "sha256": image_fingerprint(img)}
     if isinstance(src, (str, os.PathLike)):
         info["path"] = str(src)
@@ -63,15 +78,19 @@ def _load_input(src, role: str):
 class _Plan:
     """Everything a render is asked for, checked, before any frame is rendered."""
 
-    pairs: list[tuple[float, float]]
+    pairs: list[tuple[float, float]]  # (theta, alpha) per frame; on a path, the segment's local ones
     thetas: list[float]
     alphas: list[float]
     grid: bool
     seed: int
-    inputs: dict  # role -> (image or embedding, description)
+    inputs: dict  # the manifest's "inputs": role -> description
     request: dict  # what the user asked for, as pinned in the manifest's settings
     sampling: dict  # the sampling overrides that are not None
     chunk: int
+    render: Callable[[list[int], dict], list]  # (frame indices, generate options) -> their Frames
+    values: dict  # pinned in the settings beside the request (a sweep: its thetas and alphas)
+    path: dict | None = None  # a path's layout (`paths.PathPlan.describe`), for the manifest
+    keys: list[str] | None = None  # per frame: frames of equal keys are equal, rendered once
 
 
 def check_request(source, target, thetas, alphas, seed, *, grid: bool = False, fps=DEFAULT_FPS,
@@ -92,15 +111,24 @@ def check_request(source, target, thetas, alphas, seed, *, grid: bool = False, f
     return theta_values, alpha_values, pairs, inputs
 
 
-def _plan(pipe, source, target, thetas, alphas, seed, grid: bool, max_batch, sampling: dict) -> _Plan:
+def _check_sampling(sampling: dict, caller: str) -> None:
     unknown = set(sampling) - set(SAMPLING_OPTIONS)
     if unknown:
-        raise TypeError(f"render_sequence got unknown option(s) {', '.join(sorted(unknown))}")
+        raise TypeError(f"{caller} got unknown option(s) {', '.join(sorted(unknown))}")
+
+
+def _chunk_and_overrides(pipe, max_batch, sampling: dict) -> tuple[int, dict]:
+    """Frames per chunk, and the sampling overrides that are not None (preview aside)."""
+    chunk = max_batch if max_batch is not None else pipe.max_batch
+    return chunk, {k: v for k, v in sampling.items() if v is not None and k != "preview"}
+
+
+def _plan(pipe, source, target, thetas, alphas, seed, grid: bool, max_batch, sampling: dict) -> _Plan:
+    _check_sampling(sampling, "render_sequence")
     theta_values, alpha_values, pairs, inputs = check_request(source, target, thetas, alphas, seed,
                                                               grid=grid, max_batch=max_batch)
     seed = check_seed(seed)
-    chunk = max_batch if max_batch is not None else pipe.max_batch
-    overrides = {k: v for k, v in sampling.items() if v is not None and k != "preview"}
+    chunk, overrides = _chunk_and_overrides(pipe, max_batch, sampling)
     request = {
         "model": mf.model_id(pipe.model),
         "source": inputs["source"][1]["sha256"], "target": inputs["target"][1]["sha256"],
@@ -108,8 +136,16 @@ def _plan(pipe, source, target, thetas, alphas, seed, grid: bool, max_batch, sam
         "preview": bool(sampling.get("preview", False)),
         "reference": None if pipe.reference is None else pipe.reference.space,
     }
+    (src, _), (tgt, _) = inputs["source"], inputs["target"]
+
+    def render(idxs: list[int], options: dict) -> list:
+        return pipe.generate(src, tgt, [pairs[i][0] for i in idxs], [pairs[i][1] for i in idxs], seed,
+                             **options)
+
     return _Plan(pairs=pairs, thetas=theta_values, alphas=alpha_values, grid=bool(grid), seed=seed,
-                 inputs=inputs, request=request, sampling=overrides, chunk=chunk)
+                 inputs={role: desc for role, (_, desc) in inputs.items()}, request=request,
+                 sampling=overrides, chunk=chunk, render=render,
+                 values={"thetas": theta_values, "alphas": alpha_values})
 
 
 def _settings(pipe, plan: _Plan) -> tuple[dict, object]:
@@ -122,8 +158,7 @@ def _settings(pipe, plan: _Plan) -> tuple[dict, object]:
         "format": MANIFEST_FORMAT,
         "kind": pipe.kind,
         "dtype": info["dtype"],
-        "thetas": plan.thetas,
-        "alphas": plan.alphas,
+        **plan.values,
         "steps": eff.steps,
         "super_res_steps": eff.super_res_steps,
         "guidance_scale": eff.guidance_scale,
@@ -174,6 +209,7 @@ class _Run:
     t_start: float = field(default_factory=time.perf_counter)
     render_seconds: float = 0.0
     frames_rendered: int = 0
+    frames_denoised: int = 0  # distinct embeddings denoised (equal frames are rendered once)
     frames_reused: int = field(init=False)
     outputs_meta: dict = field(init=False)
 
@@ -186,15 +222,16 @@ class _Run:
         n = len(self.plan.pairs)
         done = [self.entries[i] for i in sorted(self.entries)]
         run = {"started": self.started, "frames_rendered": self.frames_rendered,
-               "frames_reused": self.frames_reused,
+               "frames_denoised": self.frames_denoised, "frames_reused": self.frames_reused,
                "device": self.info["device"], "host": socket.gethostname(), **_process_info(),
                "seconds": round(time.perf_counter() - self.t_start, 3)}
         return {
             "format": MANIFEST_FORMAT, "status": status, "fingerprint": mf.fingerprint(self.settings),
             "model": self.plan.request["model"], "pipeline": self.info, "settings": self.settings,
-            "inputs": {role: desc for role, (_, desc) in self.plan.inputs.items()},
+            "inputs": self.plan.inputs,
             "grid": self.plan.grid,
             "shape": [len(self.plan.thetas), len(self.plan.alphas)] if self.plan.grid else [n],
+            **({} if self.plan.path is None else {"path": self.plan.path}),
             "frame_count": n, "frames_done": len(done), "frames": done,
             "outputs": self.outputs_meta, "versions": mf.library_versions(),
             "timings": {"render_seconds": round(self.render_seconds, 3),
@@ -233,28 +270,56 @@ def _render_missing(pipe, run: _Run, eff) -> Iterator[RenderProgress]:
     """Render the frames not done yet, chunk by chunk; each chunk lands on disk as it finishes."""
     plan = run.plan
     n = len(plan.pairs)
-    todo = [i for i in range(n) if i not in run.entries]
-    (src, _), (tgt, _) = plan.inputs["source"], plan.inputs["target"]
     fingerprint = mf.fingerprint(run.settings)
-    for start in range(0, len(todo), plan.chunk):
-        idxs = todo[start:start + plan.chunk]
+    options = dict(preview=eff.preview, steps=eff.steps, super_res_steps=eff.super_res_steps,
+                   guidance_scale=eff.guidance_scale, noise_level=eff.noise_level,
+                   resolution=eff.resolution, max_batch=plan.chunk)
+    for idxs in _chunks(plan, run.entries):
         t0 = time.perf_counter()
-        frames = pipe.generate(src, tgt, [plan.pairs[i][0] for i in idxs], [plan.pairs[i][1] for i in idxs],
-                               plan.seed, preview=eff.preview, steps=eff.steps,
-                               super_res_steps=eff.super_res_steps, guidance_scale=eff.guidance_scale,
-                               noise_level=eff.noise_level, resolution=eff.resolution, max_batch=plan.chunk)
+        frames = plan.render(idxs, options)
         run.render_seconds += time.perf_counter() - t0
+        run.frames_denoised += len({_key(f.embedding) for f in frames})
         for i, frame in zip(idxs, frames, strict=True):
             name = f"{FRAMES_DIR}/{i:04d}.png"
-            data = mf.png_bytes(frame.image, {"theta": frame.theta, "alpha": frame.alpha,
+            data = mf.png_bytes(frame.image, {"theta": frame.theta, "alpha": frame.alpha, **frame.place(),
                                               "seed": plan.seed, "fingerprint": fingerprint})
             run.out.write(name, data)
-            run.entries[i] = {"index": i, "file": name, **frame.readouts(),
+            run.entries[i] = {"index": i, "file": name, **frame.place(), **frame.readouts(),
                               "width": frame.image.width, "height": frame.image.height,
                               "sha256": hashlib.sha256(data).hexdigest()}
             run.frames_rendered += 1
         run.save("partial")
         yield RenderProgress(len(run.entries), n, [run.entries[i] for i in sorted(run.entries)], run.out.path)
+
+
+def _key(embedding) -> str:
+    """A digest of a float32 embedding: the engine denoises equal ones once (one noise path)."""
+    return hashlib.sha1(embedding.numpy().tobytes()).hexdigest()
+
+
+def _chunks(plan: _Plan, done: dict[int, dict]) -> Iterator[list[int]]:
+    """The frames not done yet, in chunks of at most ``plan.chunk`` distinct frames.
+
+    Frames of equal keys (equal embeddings) go into one chunk, so each is denoised once
+    in the whole render, however far apart they sit.
+    """
+    todo = [i for i in range(len(plan.pairs)) if i not in done]
+    groups: dict[object, list[int]] = {}
+    for i in todo:
+        groups.setdefault(i if plan.keys is None else plan.keys[i], []).append(i)
+    members = list(groups.values())
+    for start in range(0, len(members), plan.chunk):
+        yield sorted(i for group in members[start:start + plan.chunk] for i in group)
+
+
+def _last_manifest(events: Iterator[RenderProgress], progress: Callable[[int, int], None] | None) -> dict:
+    """Run a render to its end, reporting progress after each chunk; its manifest."""
+    for event in events:
+        if event.manifest is not None:
+            return event.manifest
+        if progress is not None:
+            progress(event.done, event.total)
+    raise AssertionError("the render ended without its manifest")
 
 
 def render_sequence(pipe, source, target, thetas, alphas, seed: int, out_dir, *,
@@ -264,12 +329,8 @@ def render_sequence(pipe, source, target, thetas, alphas, seed: int, out_dir, *,
     The arguments are `iter_render_sequence`'s; ``progress`` is called as
     progress(frames_done, frames_total) after each chunk.
     """
-    for event in iter_render_sequence(pipe, source, target, thetas, alphas, seed, out_dir, **options):
-        if event.manifest is not None:
-            return event.manifest
-        if progress is not None:
-            progress(event.done, event.total)
-    raise AssertionError("iter_render_sequence ended without its manifest")
+    return _last_manifest(iter_render_sequence(pipe, source, target, thetas, alphas, seed, out_dir,
+                                               **options), progress)
 
 
 def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_dir, *,
@@ -297,9 +358,107 @@ def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_di
         sampling: preview, steps, super_res_steps, guidance_scale, noise_level, resolution
             (default: the model preset's).
     """
-    # 1. Everything that can be checked before touching the output folder
     plan = _plan(pipe, source, target, thetas, alphas, seed, grid, max_batch, sampling)
-    ask = OutputRequest(contact=contact, plot=plot, gif=gif, mp4=mp4, zip=zip, fps=check_fps(fps))
+    yield from _render(pipe, plan, out_dir, OutputRequest(contact=contact, plot=plot, gif=gif, mp4=mp4,
+                                                          zip=zip, fps=check_fps(fps)))
+
+
+# -- paths through keyframes -------------------------------------------------------------------
+def check_path_request(keyframes, frames, alphas, seed, *, loop: bool = False, spacing: str = "uniform",
+                       fps=DEFAULT_FPS, max_batch=None, max_frames: int = MAX_COUNT
+                       ) -> tuple[int, list[float], list[tuple]]:
+    """Check what a path render needs no model for; refuse clearly.
+
+    Keyframes (2 or more, each readable: a bad one is named by its position), the frame
+    count (None: `paths.default_frames`), alphas (one, or one per segment), seed, fps.
+    Returns (frames, alpha values, (image or embedding, description) per keyframe). The
+    CLI calls it before loading a model.
+    """
+    if isinstance(keyframes, (str, bytes, os.PathLike)):
+        raise SpecError("keyframes must be a list of images (2 or more), not one "
+                        f"{type(keyframes).__name__}")
+    keyframes = list(keyframes)
+    count = len(keyframes)
+    frames = paths.default_frames(count, loop) if frames is None else frames
+    frames = paths.check_path(count, frames, loop, spacing, max_frames)
+    alpha_values = as_values(alphas, "alpha")
+    check_range([], alpha_values)
+    paths.segment_alphas(alpha_values, paths.segment_count(count, loop))
+    check_seed(seed)
+    check_fps(fps)
+    if max_batch is not None:
+        check_max_batch(max_batch)
+    loaded = [_load_input(src, "keyframe", f"keyframe {i + 1} of {count}") for i, src in enumerate(keyframes)]
+    return frames, alpha_values, loaded
+
+
+def _path_plan(pipe, keyframes, frames, alphas, seed, loop: bool, spacing: str, ease: bool, max_batch,
+               sampling: dict) -> _Plan:
+    _check_sampling(sampling, "render_path")
+    frames, alpha_values, loaded = check_path_request(keyframes, frames, alphas, seed, loop=loop,
+                                                      spacing=spacing, max_batch=max_batch)
+    seed = check_seed(seed)
+    chunk, overrides = _chunk_and_overrides(pipe, max_batch, sampling)
+    images = [image for image, _ in loaded]
+    path = pipe.plan_path(images, frames, alpha_values, loop=bool(loop), spacing=spacing, ease=bool(ease))
+    points = path.points
+    request = {
+        "model": mf.model_id(pipe.model), "keyframes": [desc["sha256"] for _, desc in loaded],
+        "loop": bool(loop), "spacing": spacing, "ease": bool(ease), "alphas": path.alphas,
+        "frame_count": len(points), "frames": [[p.segment, p.theta, p.alpha] for p in points], "seed": seed,
+        "preview": bool(sampling.get("preview", False)),
+        "reference": None if pipe.reference is None else pipe.reference.space,
+    }
+
+    def render(idxs: list[int], options: dict) -> list:
+        return pipe.generate_path_points(images, [points[i] for i in idxs], seed, **options)
+
+    keys = [_key(e) for e in pipe.path_embeddings(pipe.encode_keyframes(images), points)]
+    return _Plan(pairs=[(p.theta, p.alpha) for p in points], thetas=[p.theta for p in points],
+                 alphas=[p.alpha for p in points], grid=False, seed=seed,
+                 inputs={"keyframes": [desc for _, desc in loaded]}, request=request, sampling=overrides,
+                 chunk=chunk, render=render, values={}, path=path.describe(), keys=keys)
+
+
+def render_path(pipe, keyframes, out_dir, *, progress: Callable[[int, int], None] | None = None,
+                **options) -> dict:
+    """Render a path through keyframes into ``out_dir`` (resuming what is there); return the manifest.
+
+    The arguments are `iter_render_path`'s; ``progress`` is called as
+    progress(frames_done, frames_total) after each chunk.
+    """
+    return _last_manifest(iter_render_path(pipe, keyframes, out_dir, **options), progress)
+
+
+def iter_render_path(pipe, keyframes, out_dir, *, frames: int | None = None, alphas=0.0, seed: int = 0,
+                     loop: bool = False, spacing: str = "uniform", ease: bool = False,
+                     gif: bool = False, mp4: bool = False, zip: bool = False, fps: float = DEFAULT_FPS,
+                     contact: bool = True, plot: bool = True, max_batch: int | None = None,
+                     **sampling) -> Iterator[RenderProgress]:
+    """Render a path through keyframes into ``out_dir``, yielding a `RenderProgress` after each chunk.
+
+    The files, resume, refusals and events are those of `iter_render_sequence`; the
+    manifest also has "path" (`paths.PathPlan.describe`: keyframes, segments, loop,
+    spacing, ease, alphas and angles per segment, the frame of each keyframe), and each
+    frame entry its "segment" and "keyframe", with theta and alpha the segment's local
+    ones. Frames equal across segments (a keyframe, a hold, a segment walked back) are
+    denoised once in the whole render.
+
+    Args:
+        pipe: a loaded `VSLERPPipeline`.
+        keyframes: 2 or more images (path, bytes, PIL, array) or raw embeddings, in order.
+        frames, alphas, seed, loop, spacing, ease: as in `VSLERPPipeline.generate_path`
+            (alphas: one value, one per segment, or a SPEC).
+        gif, mp4, zip, fps, contact, plot, max_batch, sampling: as in `iter_render_sequence`.
+    """
+    plan = _path_plan(pipe, keyframes, frames, alphas, seed, loop, spacing, ease, max_batch, sampling)
+    yield from _render(pipe, plan, out_dir, OutputRequest(contact=contact, plot=plot, gif=gif, mp4=mp4,
+                                                          zip=zip, fps=check_fps(fps)))
+
+
+def _render(pipe, plan: _Plan, out_dir, ask: OutputRequest) -> Iterator[RenderProgress]:
+    """Render a checked plan into ``out_dir`` (resuming what is there), chunk by chunk."""
+    # 1. What the folder holds: the same request, or refused
     out_dir = Path(out_dir)
     old = mf.read_manifest(out_dir)
     mf.refuse_if_changed(old, {**plan.request, **plan.sampling}, out_dir,

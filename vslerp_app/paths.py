@@ -1,0 +1,212 @@
+"""Paths through keyframes: which segment and which local theta every frame of a path gets.
+
+A path runs through K >= 2 keyframes. Segment k is a vSLERP (Eq. 12) from keyframe k to
+keyframe k + 1 with its own alpha; an open path has S = K - 1 segments, a loop adds the
+segment from the last keyframe back to the first (S = K). A path of N frames spends
+T = N - 1 steps (open: both ends are frames) or T = N steps (loop: the first frame is not
+repeated at the end, so the video repeats without a seam) over its segments:
+
+- "uniform": keyframe k is frame round(k T / S) (halves up), so when S divides T every
+  segment has T / S steps (3 keyframes, 5 frames: A, A-B, B, B-C, C; a loop of 3, 6
+  frames: A, A-B, B, B-C, C, C-A) and otherwise segments differ by one step at most;
+- "angle": steps are allotted in proportion to each segment's angle on its vSLERP arc, the
+  angle between v_k - alpha m and v_{k+1} - alpha m (largest remainders, so every segment
+  is within one step of proportional): the motion has one speed along the whole path. A
+  hold (equal neighbouring keyframes, angle 0) gets no steps.
+
+Within a segment of n steps the frames sit at theta = j / n (j = 0 .. n - 1, plus theta 1
+for an open path's last frame), eased in and out when asked (smoothstep 3t^2 - 2t^3).
+Everything here is pure: numbers in, numbers out (the angles come from
+`vslerp_app.geometry.arc_angle`).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from vslerp_app import specs
+
+__all__ = ["FRAMES_PER_SEGMENT", "MIN_KEYFRAMES", "SPACINGS", "PathPlan", "PathPoint", "angle_steps",
+           "check_path", "default_frames", "ease_in_out", "plan_path", "segment_alphas",
+           "segment_count", "uniform_steps"]
+
+SPACINGS = ("uniform", "angle")
+MIN_KEYFRAMES = 2
+FRAMES_PER_SEGMENT = 8  # the default: 8 frames a segment (an open path adds its last frame)
+
+
+@dataclass(frozen=True)
+class PathPoint:
+    """One frame of a path.
+
+    Attributes:
+        index: the frame's number on the path.
+        segment: segment k runs from keyframe k to keyframe (k + 1) % K (counted from 0).
+        theta: the local theta within the segment, in [0, 1] (eased when asked).
+        alpha: the segment's alpha.
+        keyframe: the keyframe this frame shows exactly (theta 0, or 1 at an open end), else None.
+    """
+
+    index: int
+    segment: int
+    theta: float
+    alpha: float
+    keyframe: int | None = None
+
+
+@dataclass
+class PathPlan:
+    """Where every frame of a path sits.
+
+    Attributes:
+        keyframes: K, the number of keyframes.
+        loop, spacing, ease: as asked.
+        alphas: one alpha per segment.
+        angles: each segment's angle on its vSLERP arc, radians (None when not measured).
+        steps: the steps (frame intervals) allotted to each segment; they sum to N - 1 (open) or N (loop).
+        keyframe_frames: the frame showing each keyframe (equal keyframes of a hold may share one).
+        points: one `PathPoint` per frame, in order.
+    """
+
+    keyframes: int
+    loop: bool
+    spacing: str
+    ease: bool
+    alphas: list[float]
+    angles: list[float] | None
+    steps: list[int]
+    keyframe_frames: list[int]
+    points: list[PathPoint]
+
+    @property
+    def frames(self) -> int:
+        return len(self.points)
+
+    def describe(self) -> dict:
+        """The path's settings and layout as a JSON-ready dict (for manifests and APIs)."""
+        return {"keyframes": self.keyframes, "segments": len(self.alphas), "frames": self.frames,
+                "loop": self.loop, "spacing": self.spacing, "ease": self.ease, "alphas": self.alphas,
+                "angles": self.angles, "steps": self.steps, "keyframe_frames": self.keyframe_frames}
+
+
+def segment_count(keyframes: int, loop: bool) -> int:
+    """S: K - 1 segments for an open path, K for a loop."""
+    return keyframes if loop else keyframes - 1
+
+
+def default_frames(keyframes: int, loop: bool) -> int:
+    """FRAMES_PER_SEGMENT frames a segment, plus the last frame of an open path."""
+    segments = segment_count(keyframes, loop)
+    return FRAMES_PER_SEGMENT * segments + (0 if loop else 1)
+
+
+def check_path(keyframes: int, frames: int, loop: bool = False, spacing: str = "uniform",
+               max_frames: int = specs.MAX_COUNT) -> int:
+    """The frame count, if K keyframes, N frames, loop and spacing make a path; else SpecError."""
+    if keyframes < MIN_KEYFRAMES:
+        raise specs.SpecError(f"a path needs at least {MIN_KEYFRAMES} keyframes, got {keyframes}")
+    if spacing not in SPACINGS:
+        raise specs.SpecError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)):
+        raise specs.SpecError(f"frames must be a whole number, got {frames!r}")
+    # Every keyframe gets its own frame: one per segment, plus the last one of an open path.
+    least = segment_count(keyframes, loop) + (0 if loop else 1)
+    if frames < least:
+        kind = "a loop" if loop else "an open path"
+        raise specs.SpecError(f"{kind} through {keyframes} keyframes needs at least {least} frames "
+                              f"(one for each keyframe), got {frames}")
+    if frames > max_frames:
+        raise specs.SpecError(f"frames must be at most {max_frames}, got {frames}")
+    return int(frames)
+
+
+def segment_alphas(alphas: Sequence[float], segments: int) -> list[float]:
+    """One alpha per segment: a single value for all, or exactly one per segment."""
+    alphas = [float(a) for a in alphas]
+    if len(alphas) == 1:
+        return alphas * segments
+    if len(alphas) != segments:
+        raise specs.SpecError(f"alpha has {len(alphas)} values for a path of {segments} segments: "
+                              "give one value for all, or one per segment")
+    return alphas
+
+
+def uniform_steps(total: int, segments: int) -> list[int]:
+    """Steps per segment when keyframe k sits at step round(k total / segments), halves up."""
+    marks = [(2 * k * total + segments) // (2 * segments) for k in range(segments + 1)]
+    return [b - a for a, b in zip(marks, marks[1:], strict=False)]
+
+
+def angle_steps(total: int, angles: Sequence[float]) -> list[int]:
+    """Steps per segment in proportion to its angle, each within one of proportional.
+
+    Largest remainders: every segment gets floor(quota), and the steps left go to the
+    largest fractional parts, segments that would get none going first (so a short
+    segment is not skipped when a step is to spare). All angles 0 (every keyframe the
+    same): uniform.
+    """
+    angles = [float(a) for a in angles]
+    if any(not a >= 0 for a in angles):
+        raise ValueError(f"angles must be >= 0, got {angles}")
+    whole = sum(angles)
+    if whole <= 0:
+        return uniform_steps(total, len(angles))
+    quotas = [total * a / whole for a in angles]
+    steps = [int(q) for q in quotas]
+    spare = total - sum(steps)
+    order = sorted(range(len(angles)),
+                   key=lambda k: (not (steps[k] == 0 and angles[k] > 0), -(quotas[k] - steps[k]), k))
+    for k in order[:spare]:
+        steps[k] += 1
+    return steps
+
+
+def ease_in_out(t: float) -> float:
+    """Smoothstep 3t^2 - 2t^3: slow out of a keyframe, slow into the next; 0 and 1 stay exact."""
+    return t * t * (3.0 - 2.0 * t)
+
+
+def plan_path(keyframes: int, frames: int, alphas: Sequence[float] = (0.0,), *, loop: bool = False,
+              spacing: str = "uniform", ease: bool = False,
+              angles: Sequence[float] | None = None) -> PathPlan:
+    """Where each of ``frames`` frames of a path through ``keyframes`` keyframes sits.
+
+    ``alphas`` is one value or one per segment; ``angles`` (one per segment, radians) is
+    needed for spacing="angle" and recorded when given.
+    """
+    check_path(keyframes, frames, loop, spacing)
+    segments = segment_count(keyframes, loop)
+    alphas = segment_alphas(alphas, segments)
+    if angles is not None and len(angles) != segments:
+        raise ValueError(f"{len(angles)} angles for {segments} segments")
+    total = frames if loop else frames - 1
+    if spacing == "angle":
+        if angles is None:
+            raise ValueError('spacing="angle" needs the angles of the segments')
+        steps = angle_steps(total, angles)
+    else:
+        steps = uniform_steps(total, segments)
+    marks = [sum(steps[:k]) for k in range(segments + 1)]
+    points = [_point(f, marks, steps, alphas, ease) for f in range(frames)]
+    if not loop:  # the last frame closes the last segment
+        points[-1] = PathPoint(frames - 1, segments - 1, 1.0, alphas[-1], keyframes - 1)
+    keyframe_frames = [marks[k] % frames if loop else marks[k] for k in range(keyframes)]
+    return PathPlan(keyframes=keyframes, loop=loop, spacing=spacing, ease=ease, alphas=alphas,
+                    angles=None if angles is None else [float(a) for a in angles], steps=steps,
+                    keyframe_frames=keyframe_frames, points=points)
+
+
+def _point(frame: int, marks: list[int], steps: list[int], alphas: list[float], ease: bool) -> PathPoint:
+    """Frame ``frame`` in the segment whose steps hold it (a segment of no steps holds none)."""
+    # The last mark at or before the frame; a segment of no steps ends where it starts, so
+    # the last such mark always opens a segment with steps.
+    segment = min(bisect.bisect_right(marks, frame) - 1, len(steps) - 1)
+    j = frame - marks[segment]
+    theta = j / steps[segment]
+    if ease:
+        theta = ease_in_out(theta)
+    return PathPoint(frame, segment, theta, alphas[segment], segment if j == 0 else None)
