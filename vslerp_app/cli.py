@@ -105,14 +105,18 @@ def _stats_reference(args) -> int:
 
 
 def _cmd_render(args) -> int:
-    """`vslerp render`: one sequence, or many from --jobs (split over accelerate processes)."""
+    """`vslerp render`: one sequence, one path, or many from --jobs (split over accelerate processes)."""
     try:
+        _check_path_options(args)
         if args.jobs is not None:
             return _render_jobs(args)
-        missing = [f"--{k}" for k in ("source", "target", "theta") if getattr(args, k) is None]
-        if missing:
-            raise CLIError(f"missing {', '.join(missing)} (or give --jobs FILE)")
-        m = _render_one(args)
+        if args.keyframes is not None:
+            m = _render_path(args)
+        else:
+            missing = [f"--{k}" for k in ("source", "target", "theta") if getattr(args, k) is None]
+            if missing:
+                raise CLIError(f"missing {', '.join(missing)} (or give --keyframes, or --jobs FILE)")
+            m = _render_one(args)
     except Exception as e:
         if args.debug:
             raise
@@ -136,26 +140,64 @@ def _load_kwargs(args) -> dict:
                 reference_stats=args.reference_stats)
 
 
-def _render_one(args) -> dict:
+def _progress(done: int, total: int) -> None:
+    print(f"render: {done}/{total} frames", file=sys.stderr, flush=True)
+
+
+def _load_for_render(args):
+    """The model, once the output folder is known to be writable."""
     from pathlib import Path
 
     from vslerp_app import load_pipeline
-    from vslerp_app.render import check_request, prepare_output, render_sequence
+    from vslerp_app.render import prepare_output
+
+    prepare_output(Path(args.out))
+    return load_pipeline(args.model, device=args.device, max_batch=args.max_batch or 8, **_load_kwargs(args))
+
+
+def _render_one(args) -> dict:
+    from vslerp_app.render import check_request, render_sequence
 
     alpha = args.alpha if args.alpha is not None else "0"
     # Refuse bad values, unreadable images and an unwritable folder before loading the model.
     check_request(args.source, args.target, args.theta, alpha, args.seed, grid=args.grid,
                   fps=args.fps, max_batch=args.max_batch)
-    prepare_output(Path(args.out))
-    pipe = load_pipeline(args.model, device=args.device, max_batch=args.max_batch or 8,
-                         **_load_kwargs(args))
-
-    def progress(done: int, total: int) -> None:
-        print(f"render: {done}/{total} frames", file=sys.stderr, flush=True)
-
+    pipe = _load_for_render(args)
     return render_sequence(pipe, args.source, args.target, args.theta, alpha, args.seed, args.out,
-                           grid=args.grid, max_batch=args.max_batch, progress=progress,
+                           grid=args.grid, max_batch=args.max_batch, progress=_progress,
                            **_render_options(args))
+
+
+_PATH_OPTIONS = ("loop", "frames", "spacing", "ease")
+
+
+def _check_path_options(args) -> None:
+    """--keyframes goes with the path options and without a pair's; the path options need it."""
+    if args.keyframes is None:
+        given = [f"--{k}" for k in _PATH_OPTIONS if getattr(args, k) not in (None, False)]
+        if given and args.jobs is not None:
+            raise CLIError(f"--jobs takes the path options from the jobs file; drop {', '.join(given)}")
+        if given:
+            raise CLIError(f"{', '.join(given)} shape a path: give --keyframes A B ... too")
+        return
+    given = [f"--{k}" for k in ("source", "target", "theta", "jobs") if getattr(args, k) is not None]
+    given += ["--grid"] if args.grid else []
+    if given:
+        raise CLIError(f"--keyframes renders a path through its images; drop {', '.join(given)}")
+
+
+def _render_path(args) -> dict:
+    """`vslerp render --keyframes A B C ...`: a path through keyframes."""
+    from vslerp_app.render import check_path_request, render_path
+
+    alpha = args.alpha if args.alpha is not None else "0"
+    spacing = args.spacing or "uniform"
+    check_path_request(args.keyframes, args.frames, alpha, args.seed, loop=args.loop, spacing=spacing,
+                       fps=args.fps, max_batch=args.max_batch)
+    pipe = _load_for_render(args)
+    return render_path(pipe, args.keyframes, args.out, frames=args.frames, alphas=alpha, seed=args.seed,
+                       loop=args.loop, spacing=spacing, ease=args.ease, max_batch=args.max_batch,
+                       progress=_progress, **_render_options(args))
 
 
 def _render_jobs(args) -> int:
@@ -229,7 +271,8 @@ def _add_stats(sub) -> None:
 def _add_render(sub) -> None:
     """`vslerp render`."""
     p = sub.add_parser(
-        "render", help="render a vSLERP frame sequence (or many, with --jobs) to a folder",
+        "render", help="render a vSLERP frame sequence, a path through keyframes (or many, with "
+                       "--jobs) to a folder",
         description="SPEC is a number (0.5), a comma list (0,0.25,1) or start:stop:count "
                     "(0:1:5, both ends included). theta and alpha pair up as a sweep (equal "
                     "lengths, or one single value) or, with --grid, as a grid (theta major). "
@@ -244,9 +287,24 @@ def _add_render(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (resumed if it holds this render)")
     p.add_argument("--jobs", metavar="FILE",
                    help="JSON lines, one sequence per line: {\"source\", \"target\", \"theta\", "
-                        "\"alpha\", \"seed\", \"name\", \"grid\"}; output in OUT/<name or index>; "
-                        "split over processes under accelerate launch / torchrun")
+                        "\"alpha\", \"seed\", \"name\", \"grid\"}, or a path: {\"keyframes\": [...], "
+                        "\"frames\", \"loop\", \"spacing\", \"ease\", \"alpha\", ...}; output in "
+                        "OUT/<name or index>; split over processes under accelerate launch / torchrun")
     p.add_argument("--grid", action="store_true", help="every theta with every alpha")
+    path = p.add_argument_group(
+        "paths through keyframes",
+        "--keyframes A B C renders a path A -> B -> C instead of a source -> target sequence; "
+        "--alpha is one value or one per segment. An open path over S segments includes both "
+        "ends: uniform spacing puts keyframe k at frame k(N-1)/S (rounded, halves up); a loop "
+        "does not repeat its first frame: keyframe k is frame kN/S.")
+    path.add_argument("--keyframes", nargs="+", metavar="IMAGE", help="2 or more images, in order")
+    path.add_argument("--loop", action="store_true", help="go back from the last keyframe to the first")
+    path.add_argument("--frames", type=int, metavar="N",
+                      help="the path's frame count (default: 8 a segment, +1 for an open path's end)")
+    path.add_argument("--spacing", choices=["uniform", "angle"],
+                      help="uniform: the same frames per segment (default); angle: frames in proportion "
+                           "to each segment's angle on its vSLERP arc (one speed throughout)")
+    path.add_argument("--ease", action="store_true", help="ease in and out of every keyframe")
     p.add_argument("--preview", action="store_true", help="preview quality (fast, small)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
     p.add_argument("--super-res-steps", type=int, help="Karlo super-resolution steps")

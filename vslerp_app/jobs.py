@@ -1,8 +1,10 @@
 """Many sequences from a jobs file, split over processes (`vslerp render --jobs FILE`).
 
 A jobs file has one JSON object per line: {"source", "target", "theta", "alpha", "seed",
-"name", "grid"}. `run_jobs` renders each into out_dir/<name> with `render_sequence`, split
-over processes with accelerate's `PartialState.split_between_processes`
+"name", "grid"}, or a path through keyframes: {"keyframes": [...], "frames", "loop",
+"spacing", "ease", "alpha", "seed", "name"} (`render_path`). `run_jobs` renders each into
+out_dir/<name> with `render_sequence` (or `render_path`), split over processes with
+accelerate's `PartialState.split_between_processes`
 (`accelerate launch -m vslerp_app render --jobs ...`; on CPU,
 `torchrun --nproc_per_node N -m vslerp_app render --jobs ...`); each process loads the
 model once on its own device. The main process writes out_dir/jobs.json.
@@ -19,9 +21,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from vslerp_app import paths
 from vslerp_app.files import OutputDir, RenderError, describe_os_error
 from vslerp_app.manifest import MANIFEST_NAME, now
-from vslerp_app.render import render_sequence
+from vslerp_app.render import render_path, render_sequence
 from vslerp_app.specs import SpecError, as_values, check_range, check_seed, combine
 
 __all__ = ["JOBS_SUMMARY_NAME", "Job", "read_jobs", "run_jobs"]
@@ -42,9 +45,11 @@ class Job:
     seed: int
     grid: bool
     line: int
+    path: dict | None = None  # a path job: {"keyframes", "frames", "loop", "spacing", "ease"}
 
 
 _JOB_KEYS = {"source", "target", "theta", "alpha", "seed", "name", "grid"}
+_PATH_JOB_KEYS = {"keyframes", "frames", "loop", "spacing", "ease", "alpha", "seed", "name"}
 
 
 def read_jobs(path: str | os.PathLike, default_seed: int = 0, default_grid: bool = False) -> list[Job]:
@@ -71,11 +76,11 @@ def read_jobs(path: str | os.PathLike, default_seed: int = 0, default_grid: bool
             raise RenderError(f"{where}: not valid JSON ({e.msg})") from None
         if not isinstance(obj, dict):
             raise RenderError(f"{where}: each line must be a JSON object")
-        unknown = set(obj) - _JOB_KEYS
+        unknown = set(obj) - (_PATH_JOB_KEYS if "keyframes" in obj else _JOB_KEYS)
         if unknown:
             raise RenderError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
                               f"known: {', '.join(sorted(_JOB_KEYS))}")
-        for key in ("source", "target", "theta"):
+        for key in () if "keyframes" in obj else ("source", "target", "theta"):
             if key not in obj:
                 raise RenderError(f"{where}: missing {key!r}")
         index = len(jobs)
@@ -86,6 +91,9 @@ def read_jobs(path: str | os.PathLike, default_seed: int = 0, default_grid: bool
         if name in names:
             raise RenderError(f"{where}: name {name!r} is already used by job {names[name]}")
         names[name] = index
+        if "keyframes" in obj:
+            jobs.append(_path_job(obj, where, path.parent, index, name, default_seed, lineno))
+            continue
         images = {}
         for key in ("source", "target"):
             value = obj[key]
@@ -114,6 +122,35 @@ def read_jobs(path: str | os.PathLike, default_seed: int = 0, default_grid: bool
     if not jobs:
         raise RenderError(f"jobs file {path} has no jobs")
     return jobs
+
+
+def _path_job(obj: dict, where: str, folder: Path, index: int, name: str, default_seed: int,
+              lineno: int) -> Job:
+    """A jobs line with "keyframes": a path through them (`render_path`), checked."""
+    keyframes = obj["keyframes"]
+    if not isinstance(keyframes, list) or not all(isinstance(k, str) for k in keyframes):
+        raise RenderError(f"{where}: keyframes must be a list of image paths")
+    images = []
+    for i, value in enumerate(keyframes):
+        p = Path(value).expanduser()
+        p = p if p.is_absolute() else folder / p
+        if not p.is_file():
+            raise RenderError(f"{where}: keyframe {i + 1} of {len(keyframes)} {value!r} does not exist "
+                              f"(looked for {p})")
+        images.append(str(p))
+    options = {"keyframes": images, "frames": obj.get("frames"), "loop": obj.get("loop", False),
+               "spacing": obj.get("spacing", "uniform"), "ease": obj.get("ease", False)}
+    for key in ("loop", "ease"):
+        if not isinstance(options[key], bool):
+            raise RenderError(f"{where}: {key} must be true or false")
+    try:
+        paths.check_values(len(images), options["frames"], obj.get("alpha", 0.0), loop=options["loop"],
+                           spacing=options["spacing"])
+        seed = check_seed(obj.get("seed", default_seed))
+    except SpecError as e:
+        raise RenderError(f"{where}: {e}") from None
+    return Job(index=index, name=name, source=None, target=None, theta=None, alpha=obj.get("alpha", 0.0),
+               seed=seed, grid=False, line=lineno, path=options)
 
 
 def run_jobs(model, jobs_file, out_dir, *, device=None, dtype=None, stats=None, offload: bool = False,
@@ -157,8 +194,13 @@ def run_jobs(model, jobs_file, out_dir, *, device=None, dtype=None, stats=None, 
             job_dir = out_dir / job.name
             t0 = time.perf_counter()
             try:
-                m = render_sequence(pipe, job.source, job.target, job.theta, job.alpha, job.seed,
-                                    job_dir, grid=job.grid, max_batch=max_batch, **render_kwargs)
+                if job.path is not None:
+                    options = {k: v for k, v in job.path.items() if k != "keyframes"}
+                    m = render_path(pipe, job.path["keyframes"], job_dir, alphas=job.alpha, seed=job.seed,
+                                    max_batch=max_batch, **options, **render_kwargs)
+                else:
+                    m = render_sequence(pipe, job.source, job.target, job.theta, job.alpha, job.seed,
+                                        job_dir, grid=job.grid, max_batch=max_batch, **render_kwargs)
             except Exception as e:
                 msg = " ".join(str(e).split())
                 log(f"{tag} job {job.index} ({job.name}, line {job.line}) failed: {msg}".strip())

@@ -31,7 +31,7 @@ import numpy as np
 from vslerp_app import specs
 
 __all__ = ["FRAMES_PER_SEGMENT", "MIN_KEYFRAMES", "SPACINGS", "PathPlan", "PathPoint", "angle_steps",
-           "check_path", "default_frames", "ease_in_out", "plan_path", "segment_alphas",
+           "check_path", "check_values", "default_frames", "ease_in_out", "plan_path", "segment_alphas",
            "segment_count", "uniform_steps"]
 
 SPACINGS = ("uniform", "angle")
@@ -124,14 +124,30 @@ def check_path(keyframes: int, frames: int, loop: bool = False, spacing: str = "
     return int(frames)
 
 
+def check_values(keyframes: int, frames: int | None, alphas, *, loop: bool = False,
+                 spacing: str = "uniform", max_frames: int = specs.MAX_COUNT) -> tuple[int, list[float]]:
+    """(frame count, one alpha per segment) of a path request, or SpecError naming the problem.
+
+    ``frames`` None is `default_frames`; ``alphas`` a SPEC, a number or a list: one value,
+    or one per segment, each within the alpha range.
+    """
+    frames = default_frames(keyframes, loop) if frames is None else frames
+    frames = check_path(keyframes, frames, loop, spacing, max_frames)
+    values = specs.as_values(alphas, "alpha")
+    for alpha in values:
+        specs.check_alpha(alpha)
+    return frames, segment_alphas(values, segment_count(keyframes, loop))
+
+
 def segment_alphas(alphas: Sequence[float], segments: int) -> list[float]:
     """One alpha per segment: a single value for all, or exactly one per segment."""
     alphas = [float(a) for a in alphas]
     if len(alphas) == 1:
         return alphas * segments
     if len(alphas) != segments:
-        raise specs.SpecError(f"alpha has {len(alphas)} values for a path of {segments} segments: "
-                              "give one value for all, or one per segment")
+        raise specs.SpecError(f"alpha has {len(alphas)} values for a path of {segments} "
+                              f"segment{'' if segments == 1 else 's'}: give one value for all, or one "
+                              "per segment")
     return alphas
 
 

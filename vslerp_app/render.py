@@ -371,7 +371,7 @@ def check_path_request(keyframes, frames, alphas, seed, *, loop: bool = False, s
 
     Keyframes (2 or more, each readable: a bad one is named by its position), the frame
     count (None: `paths.default_frames`), alphas (one, or one per segment), seed, fps.
-    Returns (frames, alpha values, (image or embedding, description) per keyframe). The
+    Returns (frames, one alpha per segment, (image or embedding, description) per keyframe). The
     CLI calls it before loading a model.
     """
     if isinstance(keyframes, (str, bytes, os.PathLike)):
@@ -379,11 +379,8 @@ def check_path_request(keyframes, frames, alphas, seed, *, loop: bool = False, s
                         f"{type(keyframes).__name__}")
     keyframes = list(keyframes)
     count = len(keyframes)
-    frames = paths.default_frames(count, loop) if frames is None else frames
-    frames = paths.check_path(count, frames, loop, spacing, max_frames)
-    alpha_values = as_values(alphas, "alpha")
-    check_range([], alpha_values)
-    paths.segment_alphas(alpha_values, paths.segment_count(count, loop))
+    frames, alpha_values = paths.check_values(count, frames, alphas, loop=loop, spacing=spacing,
+                                              max_frames=max_frames)
     check_seed(seed)
     check_fps(fps)
     if max_batch is not None:

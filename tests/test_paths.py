@@ -1,0 +1,453 @@
+"""Paths through keyframes: the plan (pure), the engine, files on disk, the command line, jobs.
+
+The plan is checked against the numbering the README states (open paths include both ends;
+a loop does not repeat its first frame), uneven counts, the angle allotment (within one
+frame of proportional) and easing. On the tiny Karlo fixture: frame counts, keyframe frames
+equal to the keyframe rendered alone at theta 0, each equal frame denoised once, the
+manifest, resume after a stop and after a SIGKILL, refusals one line at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageSequence
+
+from pipelines.fixtures import fixture_images
+from vslerp_app import geometry, load_pipeline, paths
+from vslerp_app.jobs import read_jobs
+from vslerp_app.render import RenderError, check_path_request, iter_render_path, render_path
+from vslerp_app.specs import SpecError
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = dict(preview=True, steps=2)  # Karlo's 32 px decoder alone, 2 steps: a path in seconds
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+       "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+
+
+def _layout(plan: paths.PathPlan) -> list[tuple[int, float]]:
+    return [(p.segment, p.theta) for p in plan.points]
+
+
+# -- the plan, pure ----------------------------------------------------------------------------
+def test_the_issue_examples_open_and_loop():
+    # 3 keyframes, 5 frames: A, A-B, B, B-C, C
+    plan = paths.plan_path(3, 5)
+    assert _layout(plan) == [(0, 0.0), (0, 0.5), (1, 0.0), (1, 0.5), (1, 1.0)]
+    assert [p.keyframe for p in plan.points] == [0, None, 1, None, 2]
+    assert plan.keyframe_frames == [0, 2, 4]
+    # 3 keyframes, a loop of 6: A, A-B, B, B-C, C, C-A (the first frame is not repeated)
+    plan = paths.plan_path(3, 6, loop=True)
+    assert _layout(plan) == [(0, 0.0), (0, 0.5), (1, 0.0), (1, 0.5), (2, 0.0), (2, 0.5)]
+    assert [p.keyframe for p in plan.points] == [0, None, 1, None, 2, None]
+    assert plan.keyframe_frames == [0, 2, 4]
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_uniform_numbering_for_every_count(loop):
+    """Keyframe k is frame round(k T / S), halves up (T = N - 1 open, N loop); every frame's theta
+    is its distance from the keyframe before it over the segment's steps."""
+    for keyframes in range(2, 7):
+        segments = keyframes if loop else keyframes - 1
+        for frames in range(segments + (0 if loop else 1), 40):
+            plan = paths.plan_path(keyframes, frames, loop=loop)
+            total = frames if loop else frames - 1
+            assert plan.frames == frames == len(plan.points)
+            assert [p.index for p in plan.points] == list(range(frames))
+            expected = [math.floor(Fraction(k * total, segments) + Fraction(1, 2)) for k in range(keyframes)]
+            assert plan.keyframe_frames == [e % frames if loop else e for e in expected]
+            assert sum(plan.steps) == total and max(plan.steps) - min(plan.steps) <= 1
+            if total % segments == 0:
+                assert plan.steps == [total // segments] * segments
+            for p in plan.points:
+                start = expected[p.segment]
+                assert p.theta == (p.index - start) / plan.steps[p.segment]
+                assert (p.keyframe is not None) == (p.theta in (0.0, 1.0))
+            if loop:  # seamless: the last frame is not a copy of the first
+                assert plan.points[-1].theta < 1 and plan.points[-1].segment == segments - 1
+            else:
+                assert (plan.points[-1].segment, plan.points[-1].theta) == (segments - 1, 1.0)
+
+
+def test_uneven_counts_round_half_up_and_differ_by_one_step():
+    # 3 keyframes, 6 frames: 5 steps over 2 segments; B at round(2.5) = frame 3
+    plan = paths.plan_path(3, 6)
+    assert plan.steps == [3, 2] and plan.keyframe_frames == [0, 3, 5]
+    assert _layout(plan) == [(0, 0.0), (0, 1 / 3), (0, 2 / 3), (1, 0.0), (1, 0.5), (1, 1.0)]
+    # a loop of 3 keyframes, 7 frames: B at round(7/3) = 2, C at round(14/3) = 5
+    plan = paths.plan_path(3, 7, loop=True)
+    assert plan.steps == [2, 3, 2] and plan.keyframe_frames == [0, 2, 5]
+
+
+def test_angle_spacing_is_within_one_frame_of_proportional():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        segments = int(rng.integers(1, 9))
+        angles = rng.uniform(0, 3, segments) * (rng.uniform(size=segments) > 0.2)
+        total = int(rng.integers(segments, 200))
+        steps = paths.angle_steps(total, angles)
+        assert sum(steps) == total
+        if angles.sum() > 0:
+            proportional = total * angles / angles.sum()
+            assert np.all(np.abs(np.array(steps) - proportional) < 1 + 1e-9), (angles, total, steps)
+            assert all(s == 0 for s, a in zip(steps, angles, strict=True) if a == 0)  # a hold takes no time
+
+
+def test_angle_spacing_gives_a_short_segment_a_spare_step_and_falls_back_to_uniform():
+    # quotas 2.4, 0.3, 0.3: floors 2, 0, 0; the spare step goes to a segment that would get none
+    assert paths.angle_steps(3, [8, 1, 1]) == [2, 1, 0]
+    assert paths.angle_steps(6, [0, 0, 0]) == [2, 2, 2]  # every keyframe the same
+    plan = paths.plan_path(4, 9, spacing="angle", angles=[1.0, 0.0, 2.0])
+    assert plan.steps == [3, 0, 5] and plan.keyframe_frames == [0, 3, 3, 8]
+    assert [p.segment for p in plan.points] == [0, 0, 0, 2, 2, 2, 2, 2, 2]
+
+
+def test_ease_in_out():
+    ts = np.linspace(0, 1, 101)
+    eased = [paths.ease_in_out(t) for t in ts]
+    assert eased[0] == 0.0 and eased[-1] == 1.0 and paths.ease_in_out(0.5) == 0.5
+    assert np.all(np.diff(eased) > 0)
+    assert np.allclose(eased, 1 - np.array(eased[::-1]), atol=1e-15)
+    assert paths.ease_in_out(0.1) < 0.1 and paths.ease_in_out(0.9) > 0.9  # slow near the keyframes
+    plan = paths.plan_path(2, 5, ease=True)
+    assert [p.theta for p in plan.points] == [0.0, paths.ease_in_out(0.25), 0.5, paths.ease_in_out(0.75), 1.0]
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: paths.plan_path(1, 5), "at least 2 keyframes, got 1"),
+    (lambda: paths.plan_path(3, 2), "an open path through 3 keyframes needs at least 3 frames"),
+    (lambda: paths.plan_path(3, 2, loop=True), "a loop through 3 keyframes needs at least 3 frames"),
+    (lambda: paths.plan_path(3, 5, spacing="speed"), "spacing must be one of uniform, angle"),
+    (lambda: paths.plan_path(3, 5.0), "frames must be a whole number"),
+    (lambda: paths.plan_path(3, 5, [0, 1, 2]), "alpha has 3 values for a path of 2 segments"),
+    (lambda: paths.check_values(3, 97, 0, max_frames=96), "frames must be at most 96, got 97"),
+    (lambda: paths.check_values(3, None, "0,11"), "alpha must be in"),
+])
+def test_refusals_name_the_problem(call, words):
+    with pytest.raises(SpecError) as info:
+        call()
+    assert words in str(info.value)
+
+
+def test_check_values_defaults_and_alphas_per_segment():
+    assert paths.check_values(3, None, 1.5) == (17, [1.5, 1.5])
+    assert paths.check_values(3, None, "0,2", loop=False) == (17, [0.0, 2.0])
+    assert paths.check_values(3, None, "0:2:3", loop=True) == (24, [0.0, 1.0, 2.0])
+
+
+def test_arc_angle_against_float64_arccos():
+    gen = torch.Generator().manual_seed(0)
+    v0, v1, m = (torch.randn(5, 16, generator=gen, dtype=torch.float64) for _ in range(3))
+    m = m[0]
+    alphas = torch.tensor([0.0, 0.5, 1.0, -2.0, 3.0], dtype=torch.float64)
+    got = geometry.arc_angle(v0, v1, alphas, m)
+    for i, a in enumerate(alphas):
+        p0, p1 = v0[i] - a * m, v1[i] - a * m
+        expected = math.acos(float(p0 @ p1 / (p0.norm() * p1.norm())))
+        assert float(got[i]) == pytest.approx(expected, rel=1e-12)
+        assert float(geometry.arc_angle(v0[i].float(), v1[i].float(), float(a), m.float())) == \
+            pytest.approx(expected, rel=1e-5)
+    assert float(geometry.arc_angle(v0[0], v0[0])) == 0.0
+    assert float(geometry.arc_angle(v0[0], -v0[0])) == pytest.approx(math.pi)
+    with pytest.raises(ValueError, match="needs the image-modality mean"):
+        geometry.arc_angle(v0[0], v1[0], 1.0, None)
+
+
+# -- the engine on the tiny fixture --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pipe(karlo_dir):
+    return load_pipeline(karlo_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def keyframes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("path-keyframes")
+    out = []
+    for name, img in zip("abc", fixture_images(3, seed=11), strict=True):
+        img.save(root / f"{name}.png")
+        out.append(root / f"{name}.png")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return out
+
+
+def _denoised_rows(pipe, monkeypatch) -> list[int]:
+    """Spy on the runner: the number of embeddings denoised by each call."""
+    rows: list[int] = []
+    real = pipe.runner.render
+
+    def spy(embeddings, *args, **kwargs):
+        rows.append(embeddings.shape[0])
+        return real(embeddings, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.runner, "render", spy)
+    return rows
+
+
+def _px(image) -> np.ndarray:
+    return np.asarray(image).astype(np.int16)
+
+
+def _close(a, b) -> None:
+    """Equal up to float noise, as in tests/test_render.py: a frame alone matches its row in a
+    batch to ~1e-6, but on the random-weight fixture a pixel on the edge of a clamp in
+    super-resolution may differ by a few levels: one uint8 step everywhere, a few on 3 pixels."""
+    diff = np.abs(_px(a) - _px(b))
+    assert (diff > 1).sum() <= 3 and diff.max() <= 8
+
+
+def test_generate_path_frame_counts_and_places(pipe, keyframes, monkeypatch):
+    rows = _denoised_rows(pipe, monkeypatch)
+    frames = pipe.generate_path(keyframes, frames=5, alphas=[1.0, -0.5], seed=3, **FAST)
+    assert [(f.segment, f.theta, f.alpha, f.keyframe) for f in frames] == [
+        (0, 0.0, 1.0, 0), (0, 0.5, 1.0, None), (1, 0.0, -0.5, 1), (1, 0.5, -0.5, None), (1, 1.0, -0.5, 2)]
+    assert rows == [5] and all(f.seed == 3 for f in frames)
+    loop = pipe.generate_path(keyframes, frames=6, alphas=1.0, seed=3, loop=True, **FAST)
+    assert [(f.segment, f.theta, f.keyframe) for f in loop] == [
+        (0, 0.0, 0), (0, 0.5, None), (1, 0.0, 1), (1, 0.5, None), (2, 0.0, 2), (2, 0.5, None)]
+    assert loop[0].place() == {"segment": 0, "keyframe": 0}
+    # the loop's last frame is on its way back to A, not a copy of A
+    assert not torch.equal(loop[-1].embedding, loop[0].embedding)
+    # default: 8 frames a segment, plus the last frame of an open path
+    assert len(pipe.plan_path(keyframes).points) == 17
+    assert len(pipe.plan_path(keyframes, loop=True).points) == 24
+
+
+def test_keyframe_frames_equal_the_keyframe_rendered_alone_at_theta_0(pipe, keyframes):
+    frames = pipe.generate_path(keyframes, frames=7, alphas=[1.5, -1.0, 0.5], seed=5, loop=True,
+                                steps=2, super_res_steps=2)
+    shown = {f.keyframe: f for f in frames if f.keyframe is not None}
+    assert sorted(shown) == [0, 1, 2]
+    for k, image in enumerate(keyframes):
+        (alone,) = pipe.generate(image, image, 0.0, 0.0, seed=5, steps=2, super_res_steps=2)
+        torch.testing.assert_close(shown[k].embedding, pipe.encode(image), rtol=0, atol=0)
+        _close(shown[k].image, alone.image)
+    # the same keyframe closing one segment or opening the next is one frame
+    open_path = pipe.generate_path(keyframes, frames=3, seed=5, steps=2, super_res_steps=2)
+    _close(open_path[1].image, shown[1].image)
+    _close(open_path[2].image, shown[2].image)
+
+
+def test_equal_frames_are_denoised_once(pipe, keyframes, monkeypatch):
+    a, b, _ = keyframes
+    rows = _denoised_rows(pipe, monkeypatch)
+    # A hold (B, B): the frames of segment 1 and keyframe 2 are all B.
+    frames = pipe.generate_path([a, b, b], frames=7, seed=2, **FAST)
+    assert rows == [4]
+    for f in frames[3:]:
+        assert np.array_equal(_px(f.image), _px(frames[3].image))
+    # A loop there and back: the way back passes the frames of the way there.
+    rows.clear()
+    pingpong = pipe.generate_path([a, b], frames=8, alphas=1.0, seed=2, loop=True, **FAST)
+    assert rows == [5]
+    for j in range(1, 4):
+        assert np.array_equal(_px(pingpong[j].image), _px(pingpong[8 - j].image))
+
+
+def test_angle_spacing_follows_the_measured_angles(pipe, keyframes):
+    a, b, c = keyframes
+    alphas = [1.0, -1.0, 2.0]
+    plan = pipe.plan_path([a, b, a, c], frames=31, alphas=alphas, spacing="angle")
+    m = pipe.stats.mean.double()
+    v = [pipe.encode(x).double() for x in (a, b, a, c)]
+    for k, alpha in enumerate(alphas):  # the angle between v_k - alpha m and v_{k+1} - alpha m
+        p0, p1 = v[k] - alpha * m, v[k + 1] - alpha * m
+        assert plan.angles[k] == pytest.approx(math.acos(float(p0 @ p1 / (p0.norm() * p1.norm()))), rel=1e-9)
+    proportional = 30 * np.array(plan.angles) / sum(plan.angles)
+    assert sum(plan.steps) == 30 and np.all(np.abs(np.array(plan.steps) - proportional) < 1)
+    uniform = pipe.plan_path([a, b, a, c], frames=31, alphas=alphas)
+    assert uniform.steps == [10, 10, 10] and uniform.angles == plan.angles
+
+
+def test_keyframe_refusals(pipe, keyframes):
+    a, b, c = keyframes
+    broken = a.parent / "broken.png"
+    with pytest.raises(SpecError, match="at least 2 keyframes, got 1"):
+        pipe.generate_path([a], frames=3)
+    with pytest.raises(SpecError, match=r"keyframe 2 of 3: 'broken.png' is (truncated|not an image)"):
+        pipe.generate_path([a, broken, c], frames=3)
+    with pytest.raises(SpecError, match="keyframe 3 of 3: 'missing.png' does not exist"):
+        pipe.generate_path([a, b, a.parent / "missing.png"], frames=3)
+    with pytest.raises(SpecError, match="keyframe 1 of 2: embedding has 5 values"):
+        pipe.generate_path([torch.zeros(5), b], frames=3)
+    with pytest.raises(SpecError, match="theta must be in"):
+        pipe.generate_path_points([a, b], [paths.PathPoint(0, 0, 1.5, 0.0)])
+    # raw embeddings work as keyframes, PIL images too
+    frames = pipe.generate_path([pipe.encode(a), Image.open(b)], frames=2, seed=1, **FAST)
+    assert [f.keyframe for f in frames] == [0, 1]
+
+
+# -- files: render_path ------------------------------------------------------------------------------
+def _mtimes(out: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in sorted((out / "frames").glob("*.png"))}
+
+
+def test_render_path_files_and_manifest(pipe, keyframes, tmp_path):
+    out = tmp_path / "loop"
+    m = render_path(pipe, keyframes, out, frames=6, alphas="1,0,-1", seed=4, loop=True, ease=True,
+                    gif=True, max_batch=2, **FAST)
+    assert m["status"] == "complete" and m["frame_count"] == 6 == len(m["frames"])
+    assert m["path"] == {"keyframes": 3, "segments": 3, "frames": 6, "loop": True, "spacing": "uniform",
+                         "ease": True, "alphas": [1.0, 0.0, -1.0], "angles": m["path"]["angles"],
+                         "steps": [2, 2, 2], "keyframe_frames": [0, 2, 4]}
+    assert [(e["index"], e["segment"], e["keyframe"], e["theta"], e["alpha"]) for e in m["frames"]] == [
+        (0, 0, 0, 0.0, 1.0), (1, 0, None, 0.5, 1.0), (2, 1, 1, 0.0, 0.0), (3, 1, None, 0.5, 0.0),
+        (4, 2, 2, 0.0, -1.0), (5, 2, None, 0.5, -1.0)]
+    s = m["settings"]
+    assert (s["loop"], s["spacing"], s["ease"], s["seed"]) == (True, "uniform", True, 4)
+    assert s["alphas"] == [1, 0, -1]
+    assert s["keyframes"] == [d["sha256"] for d in m["inputs"]["keyframes"]]
+    assert m["runs"][0]["frames_rendered"] == 6 and m["runs"][0]["frames_denoised"] == 6
+    gif = Image.open(out / "sequence.gif")
+    assert sum(1 for _ in ImageSequence.Iterator(gif)) == 6
+    assert (out / "contact_sheet.png").is_file() and (out / "conformity.png").is_file()
+    # the same frames as the engine's, and a re-run keeps every one of them
+    frames = pipe.generate_path(keyframes, frames=6, alphas=[1, 0, -1], seed=4, loop=True, ease=True, **FAST)
+    for entry, frame in zip(m["frames"], frames, strict=True):
+        _close(Image.open(out / entry["file"]), frame.image)
+        assert entry["frame_conformity"] == pytest.approx(frame.frame_conformity, abs=1e-5)
+    before = _mtimes(out)
+    again = render_path(pipe, keyframes, out, frames=6, alphas="1,0,-1", seed=4, loop=True, ease=True,
+                        gif=True, max_batch=2, **FAST)
+    assert again["runs"][-1]["frames_rendered"] == 0 and _mtimes(out) == before
+    assert again["fingerprint"] == m["fingerprint"]
+
+
+def test_equal_frames_are_rendered_once_across_chunks(pipe, keyframes, tmp_path, monkeypatch):
+    a, b, c = keyframes
+    rows = _denoised_rows(pipe, monkeypatch)
+    m = render_path(pipe, [a, b, b, c], tmp_path / "hold", frames=10, seed=1, max_batch=2, **FAST)
+    # 9 steps over 3 segments: A, ., ., B, B, B, B, ., ., C: B four times, in different chunks
+    assert m["runs"][0]["frames_denoised"] == 7 == sum(rows) and max(rows) <= 2
+    pixels = [np.asarray(Image.open(tmp_path / "hold" / e["file"])).tobytes() for e in m["frames"]]
+    assert len({pixels[i] for i in (3, 4, 5, 6)}) == 1 and len(set(pixels)) == 7
+
+
+def test_a_stopped_path_render_resumes_and_changes_are_refused(pipe, keyframes, tmp_path):
+    out = tmp_path / "stopped"
+    args = dict(frames=5, alphas=0.5, seed=8, spacing="angle", max_batch=2, **FAST)
+    events = iter_render_path(pipe, keyframes, out, **args)
+    first = next(events)
+    assert (first.done, first.total) == (2, 5)
+    events.close()
+    assert json.loads((out / "manifest.json").read_text())["status"] == "partial"
+    before = _mtimes(out)
+    seen = [(e.done, e.manifest is not None) for e in iter_render_path(pipe, keyframes, out, **args)]
+    assert seen == [(4, False), (5, False), (5, True)]
+    assert {k: v for k, v in _mtimes(out).items() if k in before} == before
+    for change, words in [(dict(loop=True), "loop false -> true"), (dict(seed=9), "seed 8 -> 9"),
+                          (dict(alphas=1.0), "alphas"), (dict(frames=6), "frame_count 5 -> 6"),
+                          (dict(ease=True), "ease false -> true")]:
+        with pytest.raises(RenderError, match=words):
+            render_path(pipe, keyframes, out, **{**args, **change})
+    with pytest.raises(RenderError, match="keyframes"):
+        render_path(pipe, keyframes[::-1], out, **args)
+
+
+def test_check_path_request_before_any_model(keyframes):
+    a, b, c = keyframes
+    frames, alphas, loaded = check_path_request([a, b, c], None, "0,1", 3)
+    assert frames == 17 and alphas == [0.0, 1.0] and [d["kind"] for _, d in loaded] == ["image"] * 3
+    with pytest.raises(ValueError, match="keyframe 2 of 3: 'broken.png'"):
+        check_path_request([a, a.parent / "broken.png", c], 5, 0, 3)
+    with pytest.raises(SpecError, match="a list of images"):
+        check_path_request(str(a), 5, 0, 3)
+    with pytest.raises(SpecError, match="fps"):
+        check_path_request([a, b], 5, 0, 3, fps=0)
+
+
+# -- jobs --------------------------------------------------------------------------------------------
+def test_jobs_lines_may_hold_keyframes(keyframes, tmp_path):
+    a, b, c = (p.name for p in keyframes)
+    path = keyframes[0].parent / "jobs.jsonl"
+    lines = [{"keyframes": [a, b, c], "frames": 6, "loop": True, "alpha": "0,1,2", "name": "loop"},
+             {"source": a, "target": b, "theta": "0:1:3"}]
+    path.write_text("\n".join(json.dumps(line) for line in lines))
+    jobs = read_jobs(path, default_seed=7)
+    assert jobs[0].path == {"keyframes": [str(keyframes[0].parent / n) for n in (a, b, c)], "frames": 6,
+                            "loop": True, "spacing": "uniform", "ease": False}
+    assert (jobs[0].seed, jobs[0].alpha, jobs[1].path) == (7, "0,1,2", None)
+    cases = [({"keyframes": [a]}, "at least 2 keyframes"),
+             ({"keyframes": [a, "nope.png"]}, "keyframe 2 of 2 'nope.png' does not exist"),
+             ({"keyframes": a}, "keyframes must be a list of image paths"),
+             ({"keyframes": [a, b], "theta": 0.5}, "unknown key"),
+             ({"keyframes": [a, b, c], "alpha": "0,1,2"}, "alpha has 3 values for a path of 2 segments"),
+             ({"keyframes": [a, b], "loop": "yes"}, "loop must be true or false")]
+    for line, words in cases:
+        path.write_text(json.dumps(line))
+        with pytest.raises(RenderError, match=words):
+            read_jobs(path)
+
+
+# -- the command line ------------------------------------------------------------------------------
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "vslerp_app", "render", *map(str, args)]
+
+
+def _run(cmd, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout, env=ENV)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--keyframes", "a.png"], "a path needs at least 2 keyframes, got 1"),
+    (["--keyframes", "a.png", "broken.png", "c.png"], "keyframe 2 of 3: 'broken.png'"),
+    (["--keyframes", "a.png", "b.png", "c.png", "--frames", "2"], "needs at least 3 frames"),
+    (["--keyframes", "a.png", "b.png", "--alpha", "0,1"], "alpha has 2 values for a path of 1 segment:"),
+    (["--keyframes", "a.png", "b.png", "--source", "a.png"], "drop --source"),
+    (["--keyframes", "a.png", "b.png", "--grid"], "drop --grid"),
+    (["--source", "a.png", "--target", "b.png", "--theta", "0", "--loop"], "--loop shape a path"),
+])
+def test_cli_refusals_are_one_line(karlo_dir, keyframes, tmp_path, args, words):
+    folder = keyframes[0].parent
+    args = [folder / a if a.endswith(".png") else a for a in args]
+    proc = _run(_cli("--model", karlo_dir, "--out", tmp_path / "o", *args))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip()
+    assert line.startswith("vslerp render: error: ") and len(line.splitlines()) == 1
+    assert words in proc.stderr
+    assert not (tmp_path / "o" / "frames").exists() or not list((tmp_path / "o" / "frames").iterdir())
+
+
+def test_cli_loop_killed_midway_resumes(karlo_dir, keyframes, tmp_path):
+    out = tmp_path / "killed"
+    cmd = _cli("--model", karlo_dir, "--keyframes", *keyframes, "--loop", "--frames", "6", "--alpha", "0.5",
+               "--seed", "3", "--out", out, "--max-batch", "1", "--gif", "--preview", "--steps", "2")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if json.loads((out / "manifest.json").read_text())["frames_done"] >= 1:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        assert proc.poll() is None, "the render finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "partial" and 1 <= manifest["frames_done"] < 6
+    done_before = {e["file"] for e in manifest["frames"]}
+    for name in done_before:
+        Image.open(out / name).load()
+
+    proc = _run(cmd)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 6 frames" in proc.stdout and "sequence.gif" in proc.stdout
+    final = json.loads((out / "manifest.json").read_text())
+    assert final["status"] == "complete" and final["runs"][-1]["frames_reused"] >= len(done_before)
+    assert final["runs"][-1]["frames_rendered"] == 6 - final["runs"][-1]["frames_reused"]
+    assert [e["segment"] for e in final["frames"]] == [0, 0, 1, 1, 2, 2]
+    assert sum(1 for _ in ImageSequence.Iterator(Image.open(out / "sequence.gif"))) == 6
