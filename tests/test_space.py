@@ -258,8 +258,9 @@ def running_space(app_file: str, hf_home: Path, work: Path):
                             f"{log_path.read_text()[-3000:]}")
             time.sleep(0.5)
 
-        def records():
-            return [json.loads(line) for line in gpu_log.read_text().splitlines()]
+        def records():  # none yet when spaces.GPU was never used
+            lines = gpu_log.read_text().splitlines() if gpu_log.exists() else []
+            return [json.loads(line) for line in lines]
 
         yield SimpleNamespace(url=url, log=log_path, config=config, records=records, hf_home=hf_home)
     finally:
