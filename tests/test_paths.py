@@ -451,3 +451,32 @@ def test_cli_loop_killed_midway_resumes(karlo_dir, keyframes, tmp_path):
     assert final["runs"][-1]["frames_rendered"] == 6 - final["runs"][-1]["frames_reused"]
     assert [e["segment"] for e in final["frames"]] == [0, 0, 1, 1, 2, 2]
     assert sum(1 for _ in ImageSequence.Iterator(Image.open(out / "sequence.gif"))) == 6
+
+
+def _readme_path_commands() -> list[list[str]]:
+    """The `vslerp render --keyframes` command lines of the README's path section, as written."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Paths through keyframes", 1)[1].split("\n## ", 1)[0]
+    commands, current = [], ""
+    for line in section.splitlines():
+        if line.startswith("    vslerp render") or current:
+            current += " " + line.strip().split("  #")[0].rstrip("\\").strip()
+            if not line.rstrip().endswith("\\"):
+                commands.append(current.split())
+                current = ""
+    return commands
+
+
+def test_the_readme_path_commands_run(karlo_dir, keyframes, tmp_path):
+    commands = _readme_path_commands()
+    assert len(commands) == 2 and all("--keyframes" in c for c in commands)
+    for name, source in zip(("cat.png", "dog.png", "car.png"), keyframes, strict=True):
+        (tmp_path / name).write_bytes(source.read_bytes())
+    for words in commands:
+        words[words.index("--model") + 1] = str(karlo_dir)  # the tiny fixture in place of the download
+        proc = subprocess.run([sys.executable, "-m", "vslerp_app", *words[1:], "--preview", "--steps", "2"],
+                              capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        manifest = json.loads((tmp_path / words[words.index("--out") + 1] / "manifest.json").read_text())
+        assert manifest["frame_count"] == int(words[words.index("--frames") + 1])
+        assert (tmp_path / words[words.index("--out") + 1] / "sequence.gif").is_file()
