@@ -457,3 +457,59 @@ class Studio:
         files = sequence_outputs(manifest, out_dir)
         return (files["gallery"], files["plot"], files["mp4"], files["gif"], files["zip"],
                 {"source": src, "target": tgt})
+
+
+# -- paths through keyframes: the strip and the captions ---------------------------------------
+MAX_KEYFRAMES = 8  # the keyframe strip holds up to 8 images
+
+
+def strip_paths(value) -> list[str]:
+    """The keyframe strip's images in order, from a Gallery value [(path, caption), ...] or paths."""
+    return [str(item[0] if isinstance(item, (tuple, list)) else item) for item in value or []]
+
+
+def keyframe_strip(paths) -> list[tuple[str, str]]:
+    """The strip's Gallery value: each image captioned with its place on the path."""
+    return [(str(p), f"keyframe {i + 1}") for i, p in enumerate(paths)]
+
+
+def add_keyframes(value, new_paths, max_keyframes: int = MAX_KEYFRAMES) -> list[tuple[str, str]]:
+    """The strip with ``new_paths`` added at its end, or RequestError when they do not fit."""
+    paths, new = strip_paths(value), [str(p) for p in new_paths or []]
+    if len(paths) + len(new) > max_keyframes:
+        room = max_keyframes - len(paths)
+        raise RequestError(f"A path has at most {max_keyframes} keyframes: the strip has {len(paths)}, "
+                           f"so {room} more {'fits' if room == 1 else 'fit'}; remove one first.")
+    return keyframe_strip(paths + new)
+
+
+def _selected_keyframe(index, count: int) -> int:
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
+        raise RequestError("Select a keyframe first: click it in the strip.")
+    return index
+
+
+def move_keyframe(value, index, step: int) -> tuple[list[tuple[str, str]], int]:
+    """The strip with the selected keyframe moved ``step`` places (-1 earlier, +1 later); its new index."""
+    paths = strip_paths(value)
+    index = _selected_keyframe(index, len(paths))
+    to = min(max(index + step, 0), len(paths) - 1)
+    paths.insert(to, paths.pop(index))
+    return keyframe_strip(paths), to
+
+
+def remove_keyframe(value, index) -> list[tuple[str, str]]:
+    """The strip without the selected keyframe."""
+    paths = strip_paths(value)
+    del paths[_selected_keyframe(index, len(paths))]
+    return keyframe_strip(paths)
+
+
+def path_caption(entry: dict, keyframes: int) -> str:
+    """Gallery caption of a path frame: the keyframe it shows or its segment (numbered from 1 as
+    in the strip), the segment's local theta and alpha, and the frame's conformity."""
+    k = entry["segment"]
+    where = (f"key {entry['keyframe'] + 1}" if entry.get("keyframe") is not None
+             else f"{k + 1}→{(k + 1) % keyframes + 1}")
+    c = "" if entry.get("frame_conformity") is None else f" C={entry['frame_conformity']:.3f}"
+    return f"{where} θ={entry['theta']:.2f} α={entry['alpha']:.2f}{c}"
