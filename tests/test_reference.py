@@ -146,7 +146,7 @@ def test_python_stats_and_report_equal_recomputation_from_embeddings(python_run,
     report = json.loads(paths["report_json"].read_text())
     assert report["space"] == SPEC
 
-    emb = torch.cat([encoder.encode([load_image(p, max_side=512)]) for p in find_images(image_dir)])
+    emb = torch.cat([encoder.encode([load_image(p)]) for p in find_images(image_dir)])
     text_emb = encoder.encode_text(CAPTIONS)
     for modality, e in (("image", emb), ("text", text_emb)):
         want, got = _fit(e.numpy()), report["modalities"][modality]

@@ -292,7 +292,10 @@ def test_text_modality_and_mean_only_round_trip(tmp_path):
     only_mean = ModalityStats.from_mean(torch.from_numpy(x.mean(0)), model_id="m")
     back = ModalityStats.load(only_mean.save(tmp_path / "m.safetensors"))
     assert back.mean_unit is None and back.n is None and back.pearson is None
-    assert back.conformity_kind == "estimated" and torch.equal(back.mean, only_mean.mean)
+    assert back.conformity_kind == "cosine" and torch.equal(back.mean, only_mean.mean)
+    assert back.conformity_label == "cosine to the image mean (Eq. 11 uncalibrated)"
+    assert back.conformity_percentile(0.5) is None and back.readouts(torch.from_numpy(x[0]))[
+        "conformity_percentile"] is None
 
 
 def test_failed_save_keeps_the_old_file_and_leaves_no_temporary(small_stats, tmp_path, monkeypatch):
@@ -422,13 +425,19 @@ def test_not_a_stats_file_and_missing_file_raise(tmp_path):
     _expect_error(tmp_path, "no such")  # a directory is not a stats file
 
 
-def test_from_mean_falls_back_to_the_estimate():
+def test_from_mean_falls_back_to_the_cosine_and_says_so():
     x = shell_population(200, 32, seed=9)
     mean = torch.from_numpy(x.mean(0))
     only_mean = ModalityStats.from_mean(mean, encoder="ViT-H/14")
-    assert only_mean.conformity_kind == "estimated" and not only_mean.has_exact_conformity
+    # A mean alone gives cos(m, v): not an estimate of conformity until a and b are fitted.
+    assert only_mean.conformity_kind == "cosine" and not only_mean.has_exact_conformity
     assert not only_mean.calibrated and (only_mean.a, only_mean.b) == (1.0, 0.0)
-    assert "estimated conformity" in only_mean.describe()
+    assert "cosine to the image mean (Eq. 11 uncalibrated)" in only_mean.describe()
+    assert "estimated conformity" not in only_mean.describe()
+    # With a fitted a, b (and no mean_unit) it is the Eq. 11 estimate.
+    fitted = ModalityStats(mean=mean, a=1.461, b=0.002, pearson=0.9998)
+    assert fitted.conformity_kind == "estimated"
+    assert fitted.conformity_label == "estimated conformity (Eq. 11)"
     v = torch.from_numpy(x[:10])
     torch.testing.assert_close(only_mean.conformity(v), only_mean.estimated_conformity(v))
     expected = unit(x[:10].astype(np.float64)) @ unit(x.astype(np.float64).mean(0))

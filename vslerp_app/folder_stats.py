@@ -43,7 +43,7 @@ def _batches(paths: list[Path], batch_size: int, skipped: list) -> Iterator[list
     batch = []
     for path in paths:
         try:
-            batch.append(load_image(path, max_side=512))
+            batch.append(load_image(path))  # the one preparation (images.MAX_SIDE)
         except ImageInputError as e:
             skipped.append((str(path), str(e)))
             continue
