@@ -396,6 +396,10 @@ def report_png(rows: list[dict], folders: Sequence[str], stats: ModalityStats, c
             _draw_panel(axes[i][j], data, quantiles[key], key, stats.n)
             if len(group) > 1:
                 axes[i][j].set_title(_comparison_title(comparisons, key), fontsize=8)
+            else:
+                vs = data[group[0]]
+                axes[i][j].set_title(f"{Path(group[0]).name or group[0]}: mean {np.mean(vs):.4g}, "
+                                     f"median {np.median(vs):.4g}", fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -409,7 +413,7 @@ def _comparison_title(comparisons: list[dict], key: str) -> str:
         if c.get(key):
             parts.append(f"{Path(c['a']).name} vs {Path(c['b']).name}: KS D={c[key]['ks_statistic']:.2f}, "
                          f"W1={c[key]['wasserstein_1']:.3g}")
-    return "all folders; " + "; ".join(parts)
+    return "; ".join(parts) or "all folders"
 
 
 # -- the whole run ---------------------------------------------------------------------------
@@ -461,9 +465,11 @@ def score_folders(encoder, stats: ModalityStats, folders: Sequence[str | os.Path
 def _write_files(out_dir: OutputDir, rows, folders, stats, comparisons, space, sheet_count) -> dict:
     """scores.csv, report.png and one contact sheet per folder; their names by role."""
     out_dir.write("scores.csv", _csv_bytes(rows))
-    title = f"{space}: {stats.conformity_label}; grey: the stats' own images ({stats.describe()})"
+    title = (f"{space}: {stats.conformity_label}\ngrey: the stats' own {stats.n} images; "
+             "lines: mean (solid), median (dotted)")
     if not stats.has_population:
-        title = f"{space}: {stats.conformity_label}; these stats carry no population distribution"
+        title = (f"{space}: {stats.conformity_label}\nthese stats carry no population distribution; "
+                 "lines: mean (solid), median (dotted)")
     out_dir.write("report.png", report_png(rows, folders, stats, comparisons, title))
     files = {"csv": "scores.csv", "report": "report.png", "sheets": {}}
     taken: set = set()
