@@ -228,10 +228,10 @@ def test_readout_of_embeddings_and_stats_checks(python_run, encoder, tmp_path):
     images = fixture_images(3, seed=9)
     emb = encoder.encode(images)
     assert readout.readouts(images) == readout.readouts_of_embeddings(emb)
-    # mean-only stats: conformity falls back to Eq. 11, no likelihood
+    # mean-only stats: conformity falls back to the cosine to the mean (Eq. 11 uncalibrated), no likelihood
     mean_only = ModalityStats.from_mean(readout.stats.mean, encoder=SPEC)
     r = ReferenceReadout(encoder, mean_only).readouts(images[:1])[0]
-    assert r["conformity_kind"] == "estimated" and r["frame_log_likelihood"] is None
+    assert r["conformity_kind"] == "cosine" and r["frame_log_likelihood"] is None
     assert r["frame_conformity"] == r["estimated_conformity"]
     # stats of another dimension are refused, naming both
     wrong = tmp_path / "wrong.safetensors"

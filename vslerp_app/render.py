@@ -366,8 +366,9 @@ def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_di
 
     # 5. Derived outputs (rebuilt when frames changed, missing, or asked anew), then the manifest
     done = [run.entries[i] for i in range(len(plan.pairs))]
-    kind = run.info["stats"]["conformity_kind"] if run.info.get("stats") else "no"
-    title = f"{Path(plan.request['model']).name} ({pipe.kind}), seed {plan.seed}, {kind} conformity"
+    stats_info = run.info.get("stats") or {}
+    label = stats_info.get("conformity_label") or f"{stats_info.get('conformity_kind', 'no')} conformity"
+    title = f"{Path(plan.request['model']).name} ({pipe.kind}), seed {plan.seed}, {label}"
     manifest = write_outputs(run.out, done, run.outputs_meta, ask, changed=run.frames_rendered > 0,
                              columns=len(plan.alphas) if plan.grid else min(len(done), 8),
                              plot_args=(plan.thetas, plan.alphas, plan.grid, title),
