@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import zipfile
@@ -63,6 +64,16 @@ def test_a_flat_curve_gives_alpha_zero_and_a_tangent_is_reached():
     assert aim_alpha(flat, 0.9) == (0.0, 0.7, False)
     alpha, achieved, reachable = aim_alpha(curve_of(lambda a: 0.8 - (a - 0.5) ** 2), 0.8)
     assert reachable and alpha == pytest.approx(0.5, abs=1e-4) and achieved == pytest.approx(0.8, abs=1e-9)
+
+
+def test_readme_aiming_snippets_compile():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Aiming at a conformity", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2 and "alpha_for_conformity" in blocks[0] and "target_conformity" in blocks[1]
+    for block in blocks:
+        compile(block, "README snippet", "exec")
+    assert "--conformity 0.8" in section
 
 
 # -- the engine on the fixture ----------------------------------------------------------------

@@ -12,8 +12,10 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +25,8 @@ from pipelines.fixtures import fixture_images
 from vslerp_app import load_pipeline
 from vslerp_app.score import CACHE_NAME, ks_statistic, score_folders, wasserstein_1
 from vslerp_app.stats import ModalityStats, StatsError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -200,23 +204,32 @@ def test_stats_without_a_population_give_no_percentiles(pipe, folders, tmp_path)
 
 
 # -- the command line -------------------------------------------------------------------------
-def vslerp(*args, env=None):
+def vslerp(*args, env=None, cwd=None):
     return subprocess.run([sys.executable, "-m", "vslerp_app", *map(str, args)], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, **(env or {})})
+                          text=True, timeout=600, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
-def test_cli_score_two_folders(karlo_dir, folders, tmp_path):
-    out = tmp_path / "report"
-    result = vslerp("score", "--model", karlo_dir, "--images", folders[0], "--images", folders[1],
-                    "--out", out, "--batch-size", 16, "--sheet", 4)
+def readme_fixture_command() -> list[str]:
+    """The README's own `vslerp score` line for the tiny fixture (the one behind its picture)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8").split("## Scoring folders", 1)[1]
+    (command,) = re.findall(r"`(vslerp score --model tiny-karlo[^`]*)`", text, re.S)
+    return command.split()
+
+
+def test_cli_score_two_folders_as_the_readme_runs_it(karlo_dir, folders, tmp_path):
+    for name, target in (("tiny-karlo", karlo_dir), ("fields", folders[0]), ("blobs", folders[1])):
+        (tmp_path / name).symlink_to(target)
+    command = readme_fixture_command()
+    assert command[:2] == ["vslerp", "score"]
+    result = vslerp(*command[1:], "--batch-size", 16, "--sheet", 4, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert f"{folders[0]}: 40 images (1 unreadable skipped)" in result.stdout
-    assert f"{folders[0]} vs {folders[1]}: conformity KS D=" in result.stdout
+    assert "fields: 40 images (1 unreadable skipped)" in result.stdout
+    assert "fields vs blobs: conformity KS D=" in result.stdout
     assert "scored 60 images (60 encoded, 0 from an earlier run, 1 unreadable skipped)" in result.stdout
+    out = tmp_path / "report"
     assert {p.name for p in out.iterdir()} >= {"scores.csv", "scores.json", "report.png",
                                                "fields.conformal.png", "blobs.conformal.png"}
-    again = vslerp("score", "--model", karlo_dir, "--images", folders[0], "--images", folders[1],
-                   "--out", out)
+    again = vslerp(*command[1:], cwd=tmp_path)
     assert again.returncode == 0 and "(0 encoded, 60 from an earlier run" in again.stdout
     missing = vslerp("score", "--model", karlo_dir, "--images", tmp_path / "nope", "--out", out)
     assert missing.returncode == 2 and "not a directory of images" in missing.stderr

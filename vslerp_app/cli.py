@@ -71,7 +71,9 @@ def _cmd_stats(args) -> int:
     s = result.stats
     print(f"wrote {path}: {s.dim}-d stats of {result.encoded} images "
           f"({len(result.skipped)} unreadable skipped), a={s.a:.4f} b={s.b:.4f} "
-          f"pearson={s.pearson if s.pearson is None else round(s.pearson, 5)}")
+          f"pearson={s.pearson if s.pearson is None else round(s.pearson, 5)}; the population's scale: "
+          f"{len(s.conformity_quantiles)} quantiles of member conformity"
+          + ("" if s.log_likelihood_quantiles is None else " and log-likelihood"))
     for name, reason in result.skipped[:10]:
         print(f"  skipped {name}: {reason}", file=sys.stderr)
     return 0
