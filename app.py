@@ -297,18 +297,6 @@ def _handlers(studio: ui.Studio) -> SimpleNamespace:
                                super_res_steps, preview_steps, guidance_scale, max_batch, fps,
                                target_conformity, progress=None if spaces is not None else report)
 
-    def aim(source, target, theta, target_conformity, session):
-        return studio.aim(session, source, target, theta, target_conformity)
-
-    def aimed(quality_wanted):  # a frame at the aimed alpha (the slider may round what it shows)
-        def handler(*inputs):
-            *request, session, target_conformity = inputs
-            if quality_wanted == "full" and request[5] == "preview":
-                return gr.skip(), gr.skip(), gr.skip()
-            request[5] = quality_wanted
-            return studio.frame(session, *request, target_conformity)
-        return handler
-
     def check_upload(image, role: str):
         """Decode an upload at once, so a broken file is reported when it arrives."""
         if image is not None:
@@ -320,8 +308,7 @@ def _handlers(studio: ui.Studio) -> SimpleNamespace:
     return SimpleNamespace(**{name: plain_errors(fn) for name, fn in {
         "check_frame": check_frame, "render_frame": render_frame, "slider_preview": slider("preview"),
         "slider_full": slider("full"), "check_sequence": check_sequence, "render_sweep": render_sweep,
-        "check_upload": check_upload, "aim": aim, "aimed_preview": aimed("preview"),
-        "aimed_full": aimed("full")}.items()})
+        "check_upload": check_upload}.items()})
 
 
 def _swap_inputs(source, target, session):
@@ -376,19 +363,40 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
         [c.gallery, c.plot, c.video, c.gif_file, c.zip_file, session],
         api_name="sequence", concurrency_id=GPU_QUEUE).success(
         _gallery_columns, [c.sweep, c.theta_frames, c.alpha_frames], c.gallery, queue=False, **private)
-    _wire_aim(h, c, session, frame_inputs, frame_outputs)
+    _wire_aim(studio, c, session, frame_inputs, frame_outputs)
 
 
-def _wire_aim(h: SimpleNamespace, c: SimpleNamespace, session, frame_inputs, frame_outputs) -> None:
+def _aim_handlers(studio: ui.Studio) -> SimpleNamespace:
+    """Aim (alpha for the target conformity), then a frame rendered at the aimed alpha: the
+    frame aims again rather than read the slider, which may round what it shows."""
+
+    def aim(source, target, theta, target_conformity, session):
+        return studio.aim(session, source, target, theta, target_conformity)
+
+    def aimed(quality_wanted):
+        def handler(*inputs):
+            *request, session, target_conformity = inputs
+            if quality_wanted == "full" and request[5] == "preview":
+                return gr.skip(), gr.skip(), gr.skip()
+            request[5] = quality_wanted
+            return studio.frame(session, *request, target_conformity)
+        return handler
+
+    return SimpleNamespace(aim=plain_errors(aim), preview=plain_errors(aimed("preview")),
+                           full=plain_errors(aimed("full")))
+
+
+def _wire_aim(studio: ui.Studio, c: SimpleNamespace, session, frame_inputs, frame_outputs) -> None:
     """Aim: the alpha slider moves to the aimed alpha, then the frame renders (preview, then full)."""
+    h = _aim_handlers(studio)
     private = {"api_visibility": "private"}
     named_range(c.target_conformity, "target conformity")
     named_range(c.api_target_conformity, "target_conformity")
     c.aim_button.click(h.aim, [c.source, c.target, c.theta, c.target_conformity, session],
                        [c.alpha, c.aim_note, session], concurrency_id=GPU_QUEUE, **private).success(
-        h.aimed_preview, [*frame_inputs, session, c.target_conformity], frame_outputs,
+        h.preview, [*frame_inputs, session, c.target_conformity], frame_outputs,
         show_progress="minimal", concurrency_id=GPU_QUEUE, **private).success(
-        h.aimed_full, [*frame_inputs, session, c.target_conformity], frame_outputs,
+        h.full, [*frame_inputs, session, c.target_conformity], frame_outputs,
         show_progress="minimal", concurrency_id=GPU_QUEUE, **private)
 
 

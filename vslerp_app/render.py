@@ -311,9 +311,8 @@ def render_sequence(pipe, source, target, thetas, alphas, seed: int, out_dir, *,
 
 def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_dir, *,
                          grid: bool = False, gif: bool = False, mp4: bool = False, zip: bool = False,
-                         fps: float = DEFAULT_FPS, contact: bool = True, plot: bool = True,
-                         max_batch: int | None = None, conformity=None,
-                         **sampling) -> Iterator[RenderProgress]:
+                         fps: float = DEFAULT_FPS, contact: bool = True, plot: bool = True, conformity=None,
+                         max_batch: int | None = None, **sampling) -> Iterator[RenderProgress]:
     """Render one vSLERP sequence into ``out_dir``, yielding a `RenderProgress` after each chunk.
 
     The last event carries the manifest. Closing the generator early (a Stop button) stops
@@ -332,11 +331,8 @@ def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_di
         contact, plot: write contact_sheet.png / conformity.png.
         max_batch: frames per generate call, i.e. per chunk written to disk (default: the
             pipeline's).
-        conformity: aim instead of sweeping alpha: wanted conformity value(s) (a SPEC, a
-            number or a list) paired with thetas as a sweep; each frame's alpha is the one
-            nearest 0 giving that conformity (`VSLERPPipeline.alpha_for_conformity`), and its
-            manifest entry has "aim": {"wanted", "achieved", "alpha", "reachable"}. Pass
-            alphas=None.
+        conformity: with alphas=None, wanted conformities paired with thetas (a sweep); each
+            alpha is `VSLERPPipeline.alpha_for_conformity`'s, each entry gets its "aim".
         sampling: preview, steps, super_res_steps, guidance_scale, noise_level, resolution
             (default: the model preset's).
     """
@@ -366,8 +362,7 @@ def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_di
 
     # 5. Derived outputs (rebuilt when frames changed, missing, or asked anew), then the manifest
     done = [run.entries[i] for i in range(len(plan.pairs))]
-    stats_info = run.info.get("stats") or {}
-    label = stats_info.get("conformity_label") or f"{stats_info.get('conformity_kind', 'no')} conformity"
+    label = (run.info.get("stats") or {}).get("conformity_label", "no conformity")
     title = f"{Path(plan.request['model']).name} ({pipe.kind}), seed {plan.seed}, {label}"
     manifest = write_outputs(run.out, done, run.outputs_meta, ask, changed=run.frames_rendered > 0,
                              columns=len(plan.alphas) if plan.grid else min(len(done), 8),
