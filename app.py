@@ -63,6 +63,16 @@ def gpu(duration: int):
     return spaces.GPU(duration=duration)
 
 
+def on_zero_gpu() -> bool:
+    """Whether `spaces.GPU` really hands the work to a ZeroGPU worker process.
+
+    `spaces` is installed on other Spaces too (and in our tests), where its decorator
+    does nothing: only ZeroGPU (SPACES_ZERO_GPU, read by `spaces` itself) changes how
+    the decorated functions run.
+    """
+    return spaces is not None and bool(spaces.config.Config.zero_gpu)
+
+
 # -- Gradio's side of errors -----------------------------------------------------------
 def plain_errors(fn):
     """Every failure reaches the user as a gr.Error with a plain message, never a traceback."""
@@ -295,7 +305,9 @@ def _handlers(studio: ui.Studio) -> SimpleNamespace:
         return studio.sequence(session, source, target, sweep, theta, alpha, theta_start, theta_stop,
                                theta_frames, alpha_start, alpha_stop, alpha_frames, seed, quality, steps,
                                super_res_steps, preview_steps, guidance_scale, max_batch, fps,
-                               target_conformity, progress=None if spaces is not None else report)
+                               target_conformity,
+                               # ZeroGPU pickles the arguments to its worker: a closure cannot go.
+                               progress=None if on_zero_gpu() else report)
 
     def check_upload(image, role: str):
         """Decode an upload at once, so a broken file is reported when it arrives."""
