@@ -379,11 +379,12 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
 
 
 def _aim_handlers(studio: ui.Studio) -> SimpleNamespace:
-    """Aim (alpha for the target conformity), then a frame rendered at the aimed alpha: the
-    frame aims again rather than read the slider, which may round what it shows."""
+    """Aim: a frame rendered at the alpha giving the target conformity (found inside the frame's
+    GPU call), then the slider set to that alpha, then the full frame."""
 
-    def aim(source, target, theta, target_conformity, session):
-        return studio.aim(session, source, target, theta, target_conformity)
+    def check(*inputs):
+        *request, _session, target_conformity = inputs
+        studio.aim_request(*request, target_conformity)
 
     def aimed(quality_wanted):
         def handler(*inputs):
@@ -394,22 +395,25 @@ def _aim_handlers(studio: ui.Studio) -> SimpleNamespace:
             return studio.frame(session, *request, target_conformity)
         return handler
 
-    return SimpleNamespace(aim=plain_errors(aim), preview=plain_errors(aimed("preview")),
-                           full=plain_errors(aimed("full")))
+    return SimpleNamespace(check=plain_errors(check), preview=plain_errors(aimed("preview")),
+                           full=plain_errors(aimed("full")), show=plain_errors(ui.aimed_alpha))
 
 
 def _wire_aim(studio: ui.Studio, c: SimpleNamespace, session, frame_inputs, frame_outputs) -> None:
-    """Aim: the alpha slider moves to the aimed alpha, then the frame renders (preview, then full)."""
+    """Aim: the frame renders at the aimed alpha (preview), the alpha slider moves there, then the
+    full frame follows."""
     h = _aim_handlers(studio)
     private = {"api_visibility": "private"}
     named_range(c.target_conformity, "target conformity")
     named_range(c.api_target_conformity, "target_conformity")
-    c.aim_button.click(h.aim, [c.source, c.target, c.theta, c.target_conformity, session],
-                       [c.alpha, c.aim_note, session], concurrency_id=GPU_QUEUE, **private).success(
-        h.preview, [*frame_inputs, session, c.target_conformity], frame_outputs,
-        show_progress="minimal", concurrency_id=GPU_QUEUE, **private).success(
-        h.full, [*frame_inputs, session, c.target_conformity], frame_outputs,
-        show_progress="minimal", concurrency_id=GPU_QUEUE, **private)
+    inputs = [*frame_inputs, session, c.target_conformity]
+    on_gpu = {"show_progress": "minimal", "concurrency_id": GPU_QUEUE, **private}
+    # Queued (cheap, its own queue): an unqueued event's gr.Error never reaches the page.
+    c.aim_button.click(h.check, inputs, None, concurrency_limit=4, concurrency_id="check-aim",
+                       show_progress="hidden", **private).success(
+        h.preview, inputs, frame_outputs, **on_gpu).success(
+        h.show, c.readouts, [c.alpha, c.aim_note], queue=False, **private).success(
+        h.full, inputs, frame_outputs, **on_gpu)
 
 
 def build_demo(pipe, config: ui.StudioConfig | None = None) -> gr.Blocks:

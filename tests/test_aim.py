@@ -285,6 +285,8 @@ def test_the_aim_button_sets_alpha_and_renders_at_it(pipe, app):
         page.locator("#aim").click()
         page.locator("#aim-note").get_by_text("Aimed at conformity").wait_for()
         page.locator("#readout").get_by_text("Aimed at conformity").wait_for()
+        readout = page.locator("#readout")
+        sync_api.expect(readout).not_to_contain_text("(preview)", timeout=TIMEOUT_MS)  # then the full frame
         shown = float(page.locator("#alpha input[type=number]").input_value())
         assert shown == pytest.approx(expected.alpha, abs=0.01)
         assert "Exact conformity (Eq. 10)" in page.locator("#readout").inner_text()

@@ -35,6 +35,7 @@ __all__ = [
     "SWEEP_MODES",
     "InputEntry",
     "aim_markdown",
+    "aimed_alpha",
     "StudioConfig",
     "RequestError",
     "check_request",
@@ -315,6 +316,14 @@ def aim_markdown(aim: dict) -> str:
             f"at alpha = {aim['alpha']:.4f}.")
 
 
+def aimed_alpha(readouts: dict | None) -> tuple[float, str]:
+    """(alpha, sentence) of a frame rendered at an aimed alpha, for the slider and the note."""
+    aim = (readouts or {}).get("aim")
+    if not aim:
+        raise RequestError("This frame was not aimed at a conformity.")
+    return aim["alpha"], aim_markdown(aim)
+
+
 def wanted_conformity(pipe, value) -> float | None:
     """The target conformity of a request: None (not aiming), or a finite number with stats."""
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -440,7 +449,6 @@ class Studio:
         self.config = config or StudioConfig()
         self.run_frame = gpu(60)(self._run_frame)
         self.run_sequence = gpu(240)(self._run_sequence)
-        self.run_aim = gpu(30)(self._run_aim)
 
     # -- model work --------------------------------------------------------------------
     def _embed_pair(self, source, target, session: dict):
@@ -459,11 +467,6 @@ class Studio:
         if aim is not None:
             frames[0].aim = aim.as_dict()
         return frames[0], src, tgt
-
-    def _run_aim(self, source, target, session: dict, theta, wanted):
-        """Embed the inputs and find the alpha for a wanted conformity (no denoising)."""
-        src, tgt = self._embed_pair(source, target, session)
-        return self.pipe.alpha_for_conformity(src.embedding, tgt.embedding, theta, wanted), src, tgt
 
     def _run_sequence(self, source, target, session: dict, thetas, alphas, grid, seed, kwargs, fps,
                       out_dir, progress=None):
@@ -494,18 +497,13 @@ class Studio:
             kwargs["target_conformity"] = wanted
         return pairs, seed, kwargs
 
-    def aim(self, session, source, target, theta, target_conformity):
-        """The alpha for a wanted conformity at theta: (alpha, a sentence, new session)."""
-        wanted = wanted_conformity(self.pipe, target_conformity)
-        if wanted is None:
+    def aim_request(self, *request):
+        """The gate of the app's Aim button: a conformity typed in, and a frame request the
+        engine takes. ``request`` as frame_request, target_conformity last. The alpha itself
+        is found where the frame renders (`frame`), so the model runs in one GPU call."""
+        if wanted_conformity(self.pipe, request[-1]) is None:
             raise RequestError("Type the conformity to aim at first (e.g. 0.8).")
-        for role, image in (("source", source), ("target", target)):
-            if image is None:
-                raise RequestError(f"Add a {role} image first (upload, paste or webcam), or click an "
-                                   "example.")
-        session = session if isinstance(session, dict) else {}
-        result, src, tgt = self.run_aim(source, target, session, _float(theta, "theta"), wanted)
-        return result.alpha, aim_markdown(result.as_dict()), {"source": src, "target": tgt}
+        return self.frame_request(*request)
 
     def sequence_request(self, source, target, sweep, theta, alpha, theta_start, theta_stop,
                          theta_frames, alpha_start, alpha_stop, alpha_frames, seed, quality, steps,
