@@ -199,8 +199,11 @@ def _render_jobs(args) -> int:
 
 def _cmd_score(args) -> int:
     """`vslerp score`: conformity and likelihood of every image, on the stats population's scale."""
+    from vslerp_app.folder_stats import find_images
     from vslerp_app.score import score_folders
 
+    for folder in args.images:  # refuse a wrong folder before loading a model
+        find_images(folder)
     if args.reference is not None:
         from vslerp_app.reference import ReferenceReadout
 
