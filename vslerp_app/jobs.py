@@ -194,13 +194,7 @@ def run_jobs(model, jobs_file, out_dir, *, device=None, dtype=None, stats=None, 
             job_dir = out_dir / job.name
             t0 = time.perf_counter()
             try:
-                if job.path is not None:
-                    options = {k: v for k, v in job.path.items() if k != "keyframes"}
-                    m = render_path(pipe, job.path["keyframes"], job_dir, alphas=job.alpha, seed=job.seed,
-                                    max_batch=max_batch, **options, **render_kwargs)
-                else:
-                    m = render_sequence(pipe, job.source, job.target, job.theta, job.alpha, job.seed,
-                                        job_dir, grid=job.grid, max_batch=max_batch, **render_kwargs)
+                m = _render_job(pipe, job, job_dir, max_batch, render_kwargs)
             except Exception as e:
                 msg = " ".join(str(e).split())
                 log(f"{tag} job {job.index} ({job.name}, line {job.line}) failed: {msg}".strip())
@@ -224,6 +218,16 @@ def run_jobs(model, jobs_file, out_dir, *, device=None, dtype=None, stats=None, 
         with contextlib.suppress(Exception):
             state.destroy_process_group()
     return result
+
+
+def _render_job(pipe, job: Job, job_dir: Path, max_batch, render_kwargs: dict) -> dict:
+    """One job's render (a sequence, or a path through keyframes); its manifest."""
+    if job.path is not None:
+        options = {k: v for k, v in job.path.items() if k != "keyframes"}
+        return render_path(pipe, job.path["keyframes"], job_dir, alphas=job.alpha, seed=job.seed,
+                           max_batch=max_batch, **options, **render_kwargs)
+    return render_sequence(pipe, job.source, job.target, job.theta, job.alpha, job.seed, job_dir,
+                           grid=job.grid, max_batch=max_batch, **render_kwargs)
 
 
 def _jobs_summary(jobs: list[Job], out_dir: Path, jobs_file: Path, model) -> dict:

@@ -47,9 +47,9 @@ from vslerp_app.specs import (
     combine,
 )
 
-__all__ = ["FRAMES_DIR", "MANIFEST_NAME", "RenderError", "RenderProgress", "check_path_request",
-           "check_request", "iter_render_path", "iter_render_sequence", "prepare_output", "render_path",
-           "render_sequence"]
+__all__ = ["FRAMES_DIR", "MANIFEST_NAME", "RenderError", "RenderProgress", "check_conformity_request",
+           "check_path_request", "check_request", "iter_render_path", "iter_render_sequence",
+           "prepare_output", "render_path", "render_sequence"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,14 +83,18 @@ class _Plan:
     alphas: list[float]
     grid: bool
     seed: int
-    inputs: dict  # the manifest's "inputs": role -> description
+    inputs: dict  # role -> (image or embedding, description); a path: "keyframes" -> (images, descriptions)
     request: dict  # what the user asked for, as pinned in the manifest's settings
     sampling: dict  # the sampling overrides that are not None
     chunk: int
-    render: Callable[[list[int], dict], list]  # (frame indices, generate options) -> their Frames
-    values: dict  # pinned in the settings beside the request (a sweep: its thetas and alphas)
+    render: Callable[[list[int], dict], list] | None = None  # (frame indices, generate options) -> Frames
     path: dict | None = None  # a path's layout (`paths.PathPlan.describe`), for the manifest
     keys: list[str] | None = None  # per frame: frames of equal keys are equal, rendered once
+    aims: list | None = None  # per frame, the engine's AimResult when alpha was aimed at a conformity
+
+    def values(self) -> dict:
+        """The values pinned in the settings beside the request: a sweep's thetas and alphas."""
+        return {} if self.path is not None else {"thetas": self.thetas, "alphas": self.alphas}
 
 
 def check_request(source, target, thetas, alphas, seed, *, grid: bool = False, fps=DEFAULT_FPS,
@@ -123,8 +127,11 @@ def _chunk_and_overrides(pipe, max_batch, sampling: dict) -> tuple[int, dict]:
     return chunk, {k: v for k, v in sampling.items() if v is not None and k != "preview"}
 
 
-def _plan(pipe, source, target, thetas, alphas, seed, grid: bool, max_batch, sampling: dict) -> _Plan:
+def _plan(pipe, source, target, thetas, alphas, seed, grid: bool, max_batch, sampling: dict,
+          conformity=None) -> _Plan:
     _check_sampling(sampling, "render_sequence")
+    if conformity is not None:
+        return _aimed_plan(pipe, source, target, thetas, alphas, seed, grid, max_batch, sampling, conformity)
     theta_values, alpha_values, pairs, inputs = check_request(source, target, thetas, alphas, seed,
                                                               grid=grid, max_batch=max_batch)
     seed = check_seed(seed)
@@ -136,16 +143,38 @@ def _plan(pipe, source, target, thetas, alphas, seed, grid: bool, max_batch, sam
         "preview": bool(sampling.get("preview", False)),
         "reference": None if pipe.reference is None else pipe.reference.space,
     }
+    plan = _Plan(pairs=pairs, thetas=theta_values, alphas=alpha_values, grid=bool(grid), seed=seed,
+                 inputs=inputs, request=request, sampling=overrides, chunk=chunk)
     (src, _), (tgt, _) = inputs["source"], inputs["target"]
 
-    def render(idxs: list[int], options: dict) -> list:
-        return pipe.generate(src, tgt, [pairs[i][0] for i in idxs], [pairs[i][1] for i in idxs], seed,
-                             **options)
+    def render(idxs: list[int], options: dict) -> list:  # reads plan.pairs when called (aiming sets them)
+        return pipe.generate(src, tgt, [plan.pairs[i][0] for i in idxs], [plan.pairs[i][1] for i in idxs],
+                             seed, **options)
 
-    return _Plan(pairs=pairs, thetas=theta_values, alphas=alpha_values, grid=bool(grid), seed=seed,
-                 inputs={role: desc for role, (_, desc) in inputs.items()}, request=request,
-                 sampling=overrides, chunk=chunk, render=render,
-                 values={"thetas": theta_values, "alphas": alpha_values})
+    plan.render = render
+    return plan
+
+
+def check_conformity_request(alphas, conformity, grid: bool) -> list[float]:
+    """The wanted conformity values of an aimed render (finite numbers), or SpecError."""
+    if alphas is not None:
+        raise SpecError("give alphas or a conformity to aim at, not both (--alpha or --conformity)")
+    if grid:
+        raise SpecError("a conformity is aimed at per theta: it pairs with theta as a sweep, not --grid")
+    return as_values(conformity, "conformity")
+
+
+def _aimed_plan(pipe, source, target, thetas, alphas, seed, grid, max_batch, sampling, conformity) -> _Plan:
+    """The plan of a render whose alphas are chosen for wanted conformities (one per theta)."""
+    wanted = check_conformity_request(alphas, conformity, grid)
+    plan = _plan(pipe, source, target, thetas, 0.0, seed, False, max_batch, sampling)
+    targets = combine(plan.thetas, wanted, False)
+    (src, _), (tgt, _) = plan.inputs["source"], plan.inputs["target"]
+    aims = pipe.alphas_for_conformity(src, tgt, [t for t, _ in targets], [c for _, c in targets])
+    plan.pairs = [(a.theta, a.alpha) for a in aims]
+    plan.thetas, plan.alphas, plan.aims = [a.theta for a in aims], [a.alpha for a in aims], aims
+    plan.request.update(frames=[list(p) for p in plan.pairs], conformity=wanted)
+    return plan
 
 
 def _settings(pipe, plan: _Plan) -> tuple[dict, object]:
@@ -158,7 +187,7 @@ def _settings(pipe, plan: _Plan) -> tuple[dict, object]:
         "format": MANIFEST_FORMAT,
         "kind": pipe.kind,
         "dtype": info["dtype"],
-        **plan.values,
+        **plan.values(),
         "steps": eff.steps,
         "super_res_steps": eff.super_res_steps,
         "guidance_scale": eff.guidance_scale,
@@ -228,7 +257,7 @@ class _Run:
         return {
             "format": MANIFEST_FORMAT, "status": status, "fingerprint": mf.fingerprint(self.settings),
             "model": self.plan.request["model"], "pipeline": self.info, "settings": self.settings,
-            "inputs": self.plan.inputs,
+            "inputs": {role: desc for role, (_, desc) in self.plan.inputs.items()},
             "grid": self.plan.grid,
             "shape": [len(self.plan.thetas), len(self.plan.alphas)] if self.plan.grid else [n],
             **({} if self.plan.path is None else {"path": self.plan.path}),
@@ -280,6 +309,8 @@ def _render_missing(pipe, run: _Run, eff) -> Iterator[RenderProgress]:
         run.render_seconds += time.perf_counter() - t0
         run.frames_denoised += len({_key(f.embedding) for f in frames})
         for i, frame in zip(idxs, frames, strict=True):
+            if plan.aims is not None:
+                frame.aim = plan.aims[i].as_dict()
             name = f"{FRAMES_DIR}/{i:04d}.png"
             data = mf.png_bytes(frame.image, {"theta": frame.theta, "alpha": frame.alpha, **frame.place(),
                                               "seed": plan.seed, "fingerprint": fingerprint})
@@ -335,7 +366,7 @@ def render_sequence(pipe, source, target, thetas, alphas, seed: int, out_dir, *,
 
 def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_dir, *,
                          grid: bool = False, gif: bool = False, mp4: bool = False, zip: bool = False,
-                         fps: float = DEFAULT_FPS, contact: bool = True, plot: bool = True,
+                         fps: float = DEFAULT_FPS, contact: bool = True, plot: bool = True, conformity=None,
                          max_batch: int | None = None, **sampling) -> Iterator[RenderProgress]:
     """Render one vSLERP sequence into ``out_dir``, yielding a `RenderProgress` after each chunk.
 
@@ -355,10 +386,12 @@ def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_di
         contact, plot: write contact_sheet.png / conformity.png.
         max_batch: frames per generate call, i.e. per chunk written to disk (default: the
             pipeline's).
+        conformity: with alphas=None, wanted conformities paired with thetas (a sweep); each
+            alpha is `VSLERPPipeline.alpha_for_conformity`'s, each entry gets its "aim".
         sampling: preview, steps, super_res_steps, guidance_scale, noise_level, resolution
             (default: the model preset's).
     """
-    plan = _plan(pipe, source, target, thetas, alphas, seed, grid, max_batch, sampling)
+    plan = _plan(pipe, source, target, thetas, alphas, seed, grid, max_batch, sampling, conformity)
     yield from _render(pipe, plan, out_dir, OutputRequest(contact=contact, plot=plot, gif=gif, mp4=mp4,
                                                           zip=zip, fps=check_fps(fps)))
 
@@ -413,8 +446,8 @@ def _path_plan(pipe, keyframes, frames, alphas, seed, loop: bool, spacing: str, 
     keys = [_key(e) for e in pipe.path_embeddings(pipe.encode_keyframes(images), points)]
     return _Plan(pairs=[(p.theta, p.alpha) for p in points], thetas=[p.theta for p in points],
                  alphas=[p.alpha for p in points], grid=False, seed=seed,
-                 inputs={"keyframes": [desc for _, desc in loaded]}, request=request, sampling=overrides,
-                 chunk=chunk, render=render, values={}, path=path.describe(), keys=keys)
+                 inputs={"keyframes": (images, [desc for _, desc in loaded])}, request=request,
+                 sampling=overrides, chunk=chunk, render=render, path=path.describe(), keys=keys)
 
 
 def render_path(pipe, keyframes, out_dir, *, progress: Callable[[int, int], None] | None = None,
@@ -479,8 +512,8 @@ def _render(pipe, plan: _Plan, out_dir, ask: OutputRequest) -> Iterator[RenderPr
 
     # 5. Derived outputs (rebuilt when frames changed, missing, or asked anew), then the manifest
     done = [run.entries[i] for i in range(len(plan.pairs))]
-    kind = run.info["stats"]["conformity_kind"] if run.info.get("stats") else "no"
-    title = f"{Path(plan.request['model']).name} ({pipe.kind}), seed {plan.seed}, {kind} conformity"
+    label = (run.info.get("stats") or {}).get("conformity_label", "no conformity")
+    title = f"{Path(plan.request['model']).name} ({pipe.kind}), seed {plan.seed}, {label}"
     manifest = write_outputs(run.out, done, run.outputs_meta, ask, changed=run.frames_rendered > 0,
                              columns=len(plan.alphas) if plan.grid else min(len(done), 8),
                              plot_args=(plan.thetas, plan.alphas, plan.grid, title),
