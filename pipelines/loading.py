@@ -25,6 +25,7 @@ import importlib
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from pipelines.presets import KIND_DEFAULTS, PRESETS, ModelPreset, get_preset
 __all__ = [
     "SUPPORTED_PIPELINES",
     "LoadedModel",
+    "HubUnreachableError",
     "ModelLoadError",
     "PipelineDirectoryError",
     "carried_mean",
@@ -69,6 +71,10 @@ _DTYPES = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat
 
 class ModelLoadError(RuntimeError):
     """The model could not be found, downloaded or loaded; the message says what to do."""
+
+
+class HubUnreachableError(ModelLoadError):
+    """A preset is not in the local hub cache and the hub cannot be reached (or refused)."""
 
 
 class PipelineDirectoryError(ValueError):
@@ -246,6 +252,31 @@ def hub_snapshot(hub_id: str) -> Path | None:
         return None
 
 
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def _probe_hub() -> None:
+    """Refuse within seconds when the hub cannot be reached (huggingface_hub retries for ~25 s).
+
+    A TCP connection to the endpoint's host; skipped behind a proxy, which may be the only
+    way out.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy",
+                                                                     "HTTP_PROXY", "http_proxy")):
+        return
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        raise HubUnreachableError(f"cannot reach the Hugging Face hub at {constants.ENDPOINT} "
+                                  f"({e.strerror or type(e).__name__})") from None
+
+
 def _download(hub_id: str) -> Path:
     """Download a hub repository's diffusers files (not its single-file checkpoints)."""
     from huggingface_hub import HfApi, snapshot_download
@@ -253,6 +284,7 @@ def _download(hub_id: str) -> Path:
     local = hub_snapshot(hub_id)  # offline use, a Space's preload_from_hub
     if local is not None:
         return local
+    _probe_hub()
     try:
         files = HfApi().list_repo_files(hub_id)
         # Prefer safetensors; skip the original single-file .ckpt and duplicate formats.
@@ -261,7 +293,7 @@ def _download(hub_id: str) -> Path:
             ignore.append("*.bin")
         return Path(snapshot_download(hub_id, ignore_patterns=ignore))
     except Exception as e:
-        raise ModelLoadError(
+        raise HubUnreachableError(
             f"could not download {hub_id} from the Hugging Face hub ({type(e).__name__}: {e}). "
             "Check the network (or HF_HUB_OFFLINE), or pass a local directory in the hub "
             "layout as the model") from None
