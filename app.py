@@ -44,6 +44,8 @@ logger = logging.getLogger("vslerp_studio")
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES_DIR = HERE / "examples"
+# On ZeroGPU the model runs in another process: a progress callback cannot reach the page from there.
+ON_ZERO_GPU = spaces is not None and os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
 GPU_QUEUE = "gpu"  # every event that runs the model shares this concurrency id: one GPU job at a time
 CHECK_QUEUE = "check"  # the pre-checks: header reads only, never a decode
 
@@ -357,7 +359,7 @@ def _handlers(studio: ui.Studio) -> SimpleNamespace:
 
         return studio.frame(session, source, target, theta, alpha, seed, quality, steps, super_res_steps,
                             preview_steps, guidance_scale, max_batch,
-                            on_step=None if spaces is not None else on_step)
+                            on_step=None if ON_ZERO_GPU else on_step)
 
     def slider(quality_wanted):
         def handler(*inputs):
@@ -472,7 +474,8 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
         h.render_sweep_page, [*sequence_inputs, session], sequence_outputs, show_progress="hidden",
         **gpu, **private)
     # Stop closes the render after the batch in progress; its files are removed, the frames shown stay.
-    c.stop_button.click(None, None, None, cancels=[sequence], queue=False, **private)
+    c.stop_button.click(lambda: gr.Gallery(label="Frames (stopped)"), None, c.gallery, cancels=[sequence],
+                        queue=False, **private)
     # The API's /sequence: the same render with plain outputs (no trigger on the page).
     gr.on([], h.render_sweep, [*sequence_inputs, session], sequence_outputs, api_name="sequence", **gpu)
 

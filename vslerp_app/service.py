@@ -590,7 +590,7 @@ class SequenceUpdate:
     @property
     def status(self) -> str:
         if self.files is not None:
-            return f"{self.total} frames"
+            return f"all {self.total}"
         return f"frame {self.done} of {self.total}"
 
 
@@ -607,6 +607,7 @@ class Studio:
         self.pipe = pipe
         self.config = config or StudioConfig()
         self.frames = FrameCache(self.config.frame_cache_mb * 2**20)
+        self.work_root = WORK_ROOT  # each sequence's folder lives here while it renders
         self.run_frame = gpu(60)(self._run_frame)
         self.run_sequence = gpu(240)(self._run_sequence)
 
@@ -707,8 +708,8 @@ class Studio:
         """
         thetas, alphas, grid, seed, kwargs, fps = self.sequence_request(*request)
         session = session if isinstance(session, dict) else {}
-        cleanup_workdirs()
-        out_dir = new_workdir()
+        cleanup_workdirs(self.work_root)
+        out_dir = new_workdir(self.work_root)
         total = len(sweep_pairs(thetas, alphas, grid))
         events = self.run_sequence(request[0], request[1], session, thetas, alphas, grid, seed, kwargs,
                                    fps, out_dir)
