@@ -343,8 +343,8 @@ def _name_the_numbers(c: SimpleNamespace) -> None:
     named_range(c.guidance, "guidance_scale")
 
 
-def _handlers(studio: ui.Studio) -> SimpleNamespace:
-    """The event functions, each turning any failure into a plain gr.Error."""
+def _frame_handlers(studio: ui.Studio) -> dict:
+    """The one-frame events: the pre-check, /preview, the sliders' preview and full frame."""
 
     def check_frame(*request):  # the gate before the GPU queue: refuse at once what would fail
         studio.frame_request(*request)
@@ -370,6 +370,13 @@ def _handlers(studio: ui.Studio) -> SimpleNamespace:
             request[5] = quality_wanted
             return studio.frame(session, *request)
         return handler
+
+    return {"check_frame": check_frame, "render_frame": render_frame, "slider_preview": slider("preview"),
+            "slider_full": slider("full")}
+
+
+def _sequence_handlers(studio: ui.Studio) -> dict:
+    """The sequence events: the pre-check, /sequence (plain outputs) and the page's own stream."""
 
     def check_sequence(*request):
         studio.sequence_request(*request)
@@ -399,20 +406,24 @@ def _handlers(studio: ui.Studio) -> SimpleNamespace:
         for gallery, *files, session, status in render_sweep(*request):
             yield (gr.Gallery(gallery, label=f"Frames: {status}", columns=columns), *files, session)
 
-    render_sweep_api = functools.wraps(render_sweep)(render_sweep_api)  # the API names its parameters
+    return {"check_sequence": check_sequence,
+            "render_sweep": functools.wraps(render_sweep)(render_sweep_api),  # the API names its parameters
+            "render_sweep_page": render_sweep_page}
 
-    def check_upload(image, role: str):
-        """Decode an upload at once, so a broken file is reported when it arrives."""
-        if image is not None:
-            try:
-                load_image(image)
-            except ImageInputError as e:
-                raise gr.Error(f"The {role} {e.problem}.", print_exception=False) from None
 
-    return SimpleNamespace(**{name: plain_errors(fn) for name, fn in {
-        "check_frame": check_frame, "render_frame": render_frame, "slider_preview": slider("preview"),
-        "slider_full": slider("full"), "check_sequence": check_sequence, "render_sweep": render_sweep_api,
-        "render_sweep_page": render_sweep_page, "check_upload": check_upload}.items()})
+def _check_upload(image, role: str):
+    """Decode an upload at once, so a broken file is reported when it arrives."""
+    if image is not None:
+        try:
+            load_image(image)
+        except ImageInputError as e:
+            raise gr.Error(f"The {role} {e.problem}.", print_exception=False) from None
+
+
+def _handlers(studio: ui.Studio) -> SimpleNamespace:
+    """The event functions, each turning any failure into a plain gr.Error."""
+    handlers = {**_frame_handlers(studio), **_sequence_handlers(studio), "check_upload": _check_upload}
+    return SimpleNamespace(**{name: plain_errors(fn) for name, fn in handlers.items()})
 
 
 def _swap_inputs(source, target, session):
