@@ -44,8 +44,6 @@ logger = logging.getLogger("vslerp_studio")
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES_DIR = HERE / "examples"
-# On ZeroGPU the model runs in another process: a progress callback cannot reach the page from there.
-ON_ZERO_GPU = spaces is not None and os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
 GPU_QUEUE = "gpu"  # every event that runs the model shares this concurrency id: one GPU job at a time
 CHECK_QUEUE = "check"  # the pre-checks: header reads only, never a decode
 
@@ -84,6 +82,16 @@ def gpu(duration: int):
     if spaces is None:
         return lambda fn: fn
     return spaces.GPU(duration=duration)
+
+
+def on_zero_gpu() -> bool:
+    """Whether `spaces.GPU` really hands the work to a ZeroGPU worker process.
+
+    `spaces` is installed on other Spaces too (and in our tests), where its decorator
+    does nothing: only ZeroGPU (SPACES_ZERO_GPU, read by `spaces` itself) changes how
+    the decorated functions run.
+    """
+    return spaces is not None and bool(spaces.config.Config.zero_gpu)
 
 
 # -- Gradio's side of errors -----------------------------------------------------------
@@ -359,7 +367,8 @@ def _frame_handlers(studio: ui.Studio) -> dict:
 
         return studio.frame(session, source, target, theta, alpha, seed, quality, steps, super_res_steps,
                             preview_steps, guidance_scale, max_batch,
-                            on_step=None if ON_ZERO_GPU else on_step)
+                            # ZeroGPU pickles the arguments to its worker: a closure cannot go.
+                            on_step=None if on_zero_gpu() else on_step)
 
     def slider(quality_wanted):
         def handler(*inputs):
@@ -381,33 +390,38 @@ def _sequence_handlers(studio: ui.Studio) -> dict:
     def check_sequence(*request):
         studio.sequence_request(*request)
 
-    def render_sweep(source, target, sweep, theta, alpha, theta_start, theta_stop, theta_frames,
-                     alpha_start, alpha_stop, alpha_frames, seed, quality, steps, super_res_steps,
-                     preview_steps, guidance_scale, max_batch, fps, session):
-        """/sequence: a sweep of theta, alpha or both: gallery, plot, MP4, GIF and ZIP.
-
-        Streamed: the gallery grows batch by batch; the files come with the last update.
-        """
-        for update in studio.sequence(session, source, target, sweep, theta, alpha, theta_start, theta_stop,
-                                      theta_frames, alpha_start, alpha_stop, alpha_frames, seed, quality,
-                                      steps, super_res_steps, preview_steps, guidance_scale, max_batch, fps):
+    def updates(*request):
+        """(outputs of /sequence, "frame k of N") after each batch; the files with the last."""
+        source, target, *rest, session = request
+        for update in studio.sequence(session, source, target, *rest):
             files = update.files or {}
             yield (update.gallery, files.get("plot"), files.get("mp4"), files.get("gif"), files.get("zip"),
-                   update.session, update.status)
+                   update.session), update
 
-    def render_sweep_api(*request):
-        for *outputs, _status in render_sweep(*request):
-            yield tuple(outputs)
+    def render_sweep(source, target, sweep, theta, alpha, theta_start, theta_stop, theta_frames,
+                     alpha_start, alpha_stop, alpha_frames, seed, quality, steps, super_res_steps,
+                     preview_steps, guidance_scale, max_batch, fps, session,
+                     progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+        """/sequence: a sweep of theta, alpha or both: gallery, plot, MP4, GIF and ZIP.
+
+        Streamed: the gallery grows batch by batch (its progress in frames); the files come
+        with the last update.
+        """
+        for outputs, update in updates(source, target, sweep, theta, alpha, theta_start, theta_stop,
+                                       theta_frames, alpha_start, alpha_stop, alpha_frames, seed, quality,
+                                       steps, super_res_steps, preview_steps, guidance_scale, max_batch,
+                                       fps, session):
+            progress((update.done, update.total), desc="Rendering frames", unit="frames")
+            yield outputs
 
     def render_sweep_page(*request):
-        """The page's sequence: as /sequence, with "frame k of N" in the gallery's label."""
+        """The page's sequence: as /sequence, with one readout "frame k of N" in the gallery's label."""
         sweep, theta_frames, alpha_frames = request[2], request[7], request[10]
         columns = _gallery_columns(sweep, theta_frames, alpha_frames)
-        for gallery, *files, session, status in render_sweep(*request):
-            yield (gr.Gallery(gallery, label=f"Frames: {status}", columns=columns), *files, session)
+        for (gallery, *files, session), update in updates(*request):
+            yield (gr.Gallery(gallery, label=f"Frames: {update.status}", columns=columns), *files, session)
 
-    return {"check_sequence": check_sequence,
-            "render_sweep": functools.wraps(render_sweep)(render_sweep_api),  # the API names its parameters
+    return {"check_sequence": check_sequence, "render_sweep": render_sweep,
             "render_sweep_page": render_sweep_page}
 
 
