@@ -363,7 +363,7 @@ def _frame_handlers(studio: ui.Studio) -> dict:
                      progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
         """/preview: one frame at (theta, alpha), its image and readouts."""
         def on_step(step, total):
-            progress((step, total), desc="denoising step", unit="steps")
+            progress((step, total), desc="denoising", unit="steps")
 
         return studio.frame(session, source, target, theta, alpha, seed, quality, steps, super_res_steps,
                             preview_steps, guidance_scale, max_batch,

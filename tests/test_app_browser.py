@@ -30,6 +30,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 60_000
+expect.set_options(timeout=TIMEOUT_MS)  # renders share two cores with other work: wait as a person would
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,13 @@ def test_upload_slide_generate_sequence_and_download_the_gif(app, browser, tmp_p
     expect(readout).to_contain_text("alpha = 2.000")
     expect(readout).not_to_contain_text("(preview)")
 
-    # Generate with another seed: the full frame, its denoising shown while it renders.
+    # Generate: the full frame, its denoising steps counted while it renders.
+    _set_number(page, "seed", 6)
+    _set_number(page, "steps", 30)
+    page.locator("#generate").click()
+    expect(page.locator("#frame-out")).to_contain_text(re.compile(r"\d+/32 steps .*denoising"))
+    expect(readout).to_contain_text("alpha = 2.000, seed 6")
+    _set_number(page, "steps", 2)
     _set_number(page, "seed", 7)
     page.locator("#generate").click()
     expect(readout).to_contain_text("alpha = 2.000, seed 7")
