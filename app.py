@@ -170,11 +170,13 @@ def checked_image(role: str, max_bytes: int, **kwargs) -> gr.Image:
     return image
 
 
-async def _bounded_download(url: str, cache_dir: Path, max_bytes: int, role: str) -> str:
+async def _bounded_download(url: str, cache_dir: Path, max_bytes: int, role: str, transport=None) -> str:
     """Download an image URL to the cache, refusing non-public hosts and files over max_bytes.
 
     Gradio's own download (safehttpx) reads the whole response into memory; this one
-    streams it to disk and stops at ``max_bytes``, with the refusal an upload gets.
+    streams it to disk and stops at ``max_bytes``, with the refusal an upload gets. The
+    host must resolve to a public address (safehttpx's check, pinned for the request)
+    unless a ``transport`` is given.
     """
     import httpx
     import safehttpx
@@ -182,17 +184,19 @@ async def _bounded_download(url: str, cache_dir: Path, max_bytes: int, role: str
     def refuse(problem: str) -> gr.Error:
         return gr.Error(f"The {role} {problem}.", print_exception=False)
 
-    try:
-        verified_ip = await safehttpx.async_validate_url(httpx.URL(url).host)
-    except Exception:
-        raise refuse("could not be downloaded: its host cannot be reached or is not public") from None
+    if transport is None:
+        try:
+            verified_ip = await safehttpx.async_validate_url(httpx.URL(url).host)
+            transport = safehttpx.AsyncSecureTransport(verified_ip)
+        except Exception:
+            raise refuse("could not be downloaded: its host cannot be reached or is not public") from None
     folder = cache_dir / hashlib.sha256(url.encode()).hexdigest()[:32]
     folder.mkdir(parents=True, exist_ok=True)
     path, received = folder / "download", 0
     too_large = f"is too large; files up to {max_bytes / 2**20:g} MB are accepted"
     try:
-        async with httpx.AsyncClient(transport=safehttpx.AsyncSecureTransport(verified_ip),
-                                     timeout=30) as client, client.stream("GET", url) as r:
+        async with httpx.AsyncClient(transport=transport, timeout=30) as client, \
+                client.stream("GET", url) as r:
             if r.status_code != 200:
                 raise refuse(f"could not be downloaded (the server answered {r.status_code})")
             if int(r.headers.get("content-length") or 0) > max_bytes:
@@ -391,7 +395,7 @@ def _sequence_handlers(studio: ui.Studio) -> dict:
         studio.sequence_request(*request)
 
     def updates(*request):
-        """(outputs of /sequence, "frame k of N") after each batch; the files with the last."""
+        """(outputs of /sequence, its SequenceUpdate) after each batch; the files with the last."""
         source, target, *rest, session = request
         for update in studio.sequence(session, source, target, *rest):
             files = update.files or {}

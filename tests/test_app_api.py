@@ -771,3 +771,44 @@ def test_the_runners_step_hook_counts_each_batch_in_its_own_thread(pipe):
     assert seen == [(i, 5) for i in range(1, 6)] * 2
     pipe.generate(str(SOURCE), str(TARGET), 0.5, 1.0, seed=1, preview=True, steps=2)  # no hook: nothing
     assert len(seen) == 10
+
+
+def test_a_url_download_stops_at_the_size_limit(tmp_path, monkeypatch):
+    """The app's bounded download against a real local HTTP server (the public-host check,
+    which refuses 127.0.0.1, is replaced by a plain transport): a small image arrives whole,
+    a file over the limit is refused and nothing of it is kept."""
+    import asyncio
+    import functools
+    import http.server
+    import threading
+
+    import gradio as gr
+    import httpx
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    import app
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "cat.jpg").write_bytes(SOURCE.read_bytes())
+    (site / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(3 * 2**20))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def download(name: str) -> str:
+        return asyncio.run(app._bounded_download(f"{base}/{name}", tmp_path / "cache", 2**20, "source image",
+                                                 transport=httpx.AsyncHTTPTransport()))
+
+    try:
+        assert Path(download("cat.jpg")).read_bytes() == SOURCE.read_bytes()
+        with pytest.raises(gr.Error) as err:
+            download("huge.png")
+        assert err.value.message == "The source image is too large; files up to 1 MB are accepted."
+        with pytest.raises(gr.Error, match="the server answered 404"):
+            download("missing.png")
+        kept = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+        assert [p.read_bytes() for p in kept] == [SOURCE.read_bytes()]
+    finally:
+        server.shutdown()
