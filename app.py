@@ -259,6 +259,7 @@ def _input_column(pipe, c: SimpleNamespace) -> None:
                         label="alpha (centre of rotation along the image mean)",
                         info=None if has_stats else "no statistics for this model: only 0 works",
                         elem_id="alpha")
+    _aim_controls(has_stats, c)
     with gr.Row():
         c.seed = gr.Number(value=42, precision=0, minimum=0, label="seed", elem_id="seed")
         c.random_seed_button = gr.Button("New seed", size="sm", scale=0, elem_id="random-seed")
@@ -288,6 +289,20 @@ def _input_column(pipe, c: SimpleNamespace) -> None:
         label="Examples: a click renders one (public-domain photos from scikit-image; examples/LICENSES.md)",
         cache_examples=False,
     )
+
+
+def _aim_controls(has_stats: bool, c: SimpleNamespace) -> None:
+    """A target conformity beside alpha: *Aim* sets alpha to the one nearest 0 that gives it."""
+    with gr.Row(equal_height=True):
+        c.target_conformity = gr.Number(
+            None, label="target conformity", interactive=has_stats, scale=3,
+            info="Aim sets alpha to give the frame's embedding this conformity" if has_stats
+            else "needs statistics for this model", elem_id="target_conformity")
+        c.aim_button = gr.Button("Aim alpha", size="sm", scale=1, interactive=has_stats, elem_id="aim")
+    c.aim_note = gr.Markdown("", elem_id="aim-note")
+    # The API's target_conformity of /preview and /sequence (None: not aiming). The page's own
+    # Generate and Render buttons leave it empty: there, Aim sets the alpha slider instead.
+    c.api_target_conformity = gr.Number(None, visible=False, label="target_conformity")
 
 
 def _frame_column(c: SimpleNamespace) -> None:
@@ -363,14 +378,15 @@ def _frame_handlers(studio: ui.Studio) -> dict:
 
     # The public endpoints spell out their parameters: Gradio names the API's after them.
     def render_frame(source, target, theta, alpha, seed, quality, steps, super_res_steps,
-                     preview_steps, guidance_scale, max_batch, session,
+                     preview_steps, guidance_scale, max_batch, session, target_conformity=None,
                      progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
-        """/preview: one frame at (theta, alpha), its image and readouts."""
+        """/preview: one frame at (theta, alpha), its image and readouts; with a
+        target_conformity, at the alpha giving it (readouts["aim"]: wanted, achieved)."""
         def on_step(step, total):
             progress((step, total), desc="denoising", unit="steps")
 
         return studio.frame(session, source, target, theta, alpha, seed, quality, steps, super_res_steps,
-                            preview_steps, guidance_scale, max_batch,
+                            preview_steps, guidance_scale, max_batch, target_conformity,
                             # ZeroGPU pickles the arguments to its worker: a closure cannot go.
                             on_step=None if on_zero_gpu() else on_step)
 
@@ -394,36 +410,37 @@ def _sequence_handlers(studio: ui.Studio) -> dict:
     def check_sequence(*request):
         studio.sequence_request(*request)
 
-    def updates(*request):
+    def updates(request, session, target_conformity=None):
         """(outputs of /sequence, its SequenceUpdate) after each batch; the files with the last."""
-        source, target, *rest, session = request
-        for update in studio.sequence(session, source, target, *rest):
+        for update in studio.sequence(session, *request, target_conformity):
             files = update.files or {}
             yield (update.gallery, files.get("plot"), files.get("mp4"), files.get("gif"), files.get("zip"),
                    update.session), update
 
     def render_sweep(source, target, sweep, theta, alpha, theta_start, theta_stop, theta_frames,
                      alpha_start, alpha_stop, alpha_frames, seed, quality, steps, super_res_steps,
-                     preview_steps, guidance_scale, max_batch, fps, session,
+                     preview_steps, guidance_scale, max_batch, fps, session, target_conformity=None,
                      progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
-        """/sequence: a sweep of theta, alpha or both: gallery, plot, MP4, GIF and ZIP.
+        """/sequence: a sweep of theta, alpha or both: gallery, plot, MP4, GIF and ZIP; with a
+        target_conformity (theta sweep), every frame's alpha gives it.
 
         Streamed: the gallery grows batch by batch (its progress in frames); the files come
         with the last update.
         """
-        for outputs, update in updates(source, target, sweep, theta, alpha, theta_start, theta_stop,
-                                       theta_frames, alpha_start, alpha_stop, alpha_frames, seed, quality,
-                                       steps, super_res_steps, preview_steps, guidance_scale, max_batch,
-                                       fps, session):
+        request = (source, target, sweep, theta, alpha, theta_start, theta_stop, theta_frames, alpha_start,
+                   alpha_stop, alpha_frames, seed, quality, steps, super_res_steps, preview_steps,
+                   guidance_scale, max_batch, fps)
+        for outputs, update in updates(request, session, target_conformity):
             progress((update.done, update.total), desc="Rendering frames", unit="frames")
             yield outputs
 
-    def render_sweep_page(*request):
+    def render_sweep_page(*inputs):
         """The page's sequence: as /sequence, with one readout "frame k of N" in the gallery's label."""
+        *request, session = inputs
         sweep, theta_frames, alpha_frames = request[2], request[7], request[10]
         columns = _gallery_columns(sweep, theta_frames, alpha_frames)
-        for (gallery, *files, session), update in updates(*request):
-            yield (gr.Gallery(gallery, label=f"Frames: {update.status}", columns=columns), *files, session)
+        for (gallery, *files, entries), update in updates(request, session):
+            yield (gr.Gallery(gallery, label=f"Frames: {update.status}", columns=columns), *files, entries)
 
     return {"check_sequence": check_sequence, "render_sweep": render_sweep,
             "render_sweep_page": render_sweep_page}
@@ -483,7 +500,8 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
                    concurrency_id="check-upload", show_progress="minimal", **private)
     checked = c.generate_button.click(h.check_frame, frame_inputs, None, **check)
     checked.success(None, js=SCROLL_TO_FRAME, **private)
-    checked.success(h.render_frame, [*frame_inputs, session], frame_outputs, api_name="preview", **gpu)
+    checked.success(h.render_frame, [*frame_inputs, session, c.api_target_conformity], frame_outputs,
+                    api_name="preview", **gpu)
     slider_inputs = [*frame_inputs, session]
     for slider in (c.theta, c.alpha):
         slider.release(h.slider_preview, slider_inputs, frame_outputs, trigger_mode="always_last",
@@ -505,8 +523,50 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
     # Stop closes the render after the batch in progress; its files are removed, the frames shown stay.
     c.stop_button.click(lambda: gr.Gallery(label="Frames (stopped)"), None, c.gallery, cancels=[sequence],
                         queue=False, **private)
-    # The API's /sequence: the same render with plain outputs (no trigger on the page).
-    gr.on([], h.render_sweep, [*sequence_inputs, session], sequence_outputs, api_name="sequence", **gpu)
+    # The API's /sequence: the same render with plain outputs (no trigger on the page); the API's
+    # target_conformity (hidden on the page, where Aim sets the alpha slider instead) comes last.
+    gr.on([], h.render_sweep, [*sequence_inputs, session, c.api_target_conformity], sequence_outputs,
+          api_name="sequence", **gpu)
+    _wire_aim(studio, c, session, frame_inputs, frame_outputs)
+
+
+
+def _aim_handlers(studio: ui.Studio) -> SimpleNamespace:
+    """Aim: a frame rendered at the alpha giving the target conformity (found inside the frame's
+    GPU call), then the slider set to that alpha, then the full frame."""
+
+    def check(*inputs):
+        *request, _session, target_conformity = inputs
+        studio.aim_request(*request, target_conformity)
+
+    def aimed(quality_wanted):
+        def handler(*inputs):
+            *request, session, target_conformity = inputs
+            if quality_wanted == "full" and request[5] == "preview":
+                return gr.skip(), gr.skip(), gr.skip()
+            request[5] = quality_wanted
+            return studio.frame(session, *request, target_conformity)
+        return handler
+
+    return SimpleNamespace(check=plain_errors(check), preview=plain_errors(aimed("preview")),
+                           full=plain_errors(aimed("full")), show=plain_errors(ui.aimed_alpha))
+
+
+def _wire_aim(studio: ui.Studio, c: SimpleNamespace, session, frame_inputs, frame_outputs) -> None:
+    """Aim: the frame renders at the aimed alpha (preview), the alpha slider moves there, then the
+    full frame follows."""
+    h = _aim_handlers(studio)
+    private = {"api_visibility": "private"}
+    named_range(c.target_conformity, "target conformity")
+    named_range(c.api_target_conformity, "target_conformity")
+    inputs = [*frame_inputs, session, c.target_conformity]
+    on_gpu = {"show_progress": "minimal", "concurrency_id": GPU_QUEUE, **private}
+    # Queued (cheap, its own queue): an unqueued event's gr.Error never reaches the page.
+    c.aim_button.click(h.check, inputs, None, concurrency_limit=4, concurrency_id="check-aim",
+                       show_progress="hidden", **private).success(
+        h.preview, inputs, frame_outputs, **on_gpu).success(
+        h.show, c.readouts, [c.alpha, c.aim_note], queue=False, **private).success(
+        h.full, inputs, frame_outputs, **on_gpu)
 
 
 # -- serving: bounds on what one client may ask ---------------------------------------------

@@ -745,11 +745,12 @@ def test_readouts_say_what_conformity_and_likelihood_mean():
     assert "higher is more typical" in text and "higher is more likely" in text
     assert "**0.620**, between the source and the target (0.580 and 0.650)" in text
     assert "**-500.0**, below both the source and the target" in text
-    assert "percentile" not in text
+    assert "reference images' scale" not in text  # no population in these stats
     with_population = readouts_markdown({**r, "frame_conformity_percentile": 53.2,
                                          "frame_log_likelihood_percentile": 1.0, "conformity_kind": "cosine"})
-    assert "the 53rd percentile of the reference images" in with_population
-    assert "the 1st percentile" in with_population and "Eq. 11 uncalibrated" in with_population
+    assert "the frame is more typical than 53%" in with_population
+    assert "more likely than 1% of those images" in with_population
+    assert "Cosine to the image mean (Eq. 11 uncalibrated)" in with_population
     cached = readouts_markdown({**r, "cached": True})
     assert "From the frame cache" in cached
     # Keys another version may not send are simply left out.

@@ -1,7 +1,9 @@
 """Image-modality stats of an encoder over a folder of images (`vslerp stats`).
 
 Streams: images are read, encoded and folded into a `StatsAccumulator` one batch at a
-time, so memory does not grow with the number of images (MS-COCO val is 5k, 100k+ works).
+time, so memory does not grow with the number of images (MS-COCO val is 5k, 100k+ works);
+the embeddings wait in a temporary file for the population's scale (stats/README.md).
+Images are prepared as for generation (`vslerp_app.images.MAX_SIDE`).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def _batches(paths: list[Path], batch_size: int, skipped: list) -> Iterator[list
     batch = []
     for path in paths:
         try:
-            batch.append(load_image(path, max_side=512))
+            batch.append(load_image(path))  # the one preparation (images.MAX_SIDE)
         except ImageInputError as e:
             skipped.append((str(path), str(e)))
             continue

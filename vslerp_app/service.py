@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from pipelines import GenerationError
+from vslerp_app.engine import AIM_ALPHA_RANGE
 from vslerp_app.files import RenderError
 from vslerp_app.images import (
     ImageHeader,
@@ -46,6 +47,7 @@ from vslerp_app.images import (
 from vslerp_app.outputs import DEFAULT_FPS
 from vslerp_app.render import iter_render_sequence
 from vslerp_app.specs import combine, linspace
+from vslerp_app.stats import CONFORMITY_LABELS
 
 __all__ = [
     "DEFAULT_FPS",
@@ -55,6 +57,8 @@ __all__ = [
     "InputEntry",
     "SequenceUpdate",
     "Studio",
+    "aim_markdown",
+    "aimed_alpha",
     "StudioConfig",
     "RequestError",
     "check_input_image",
@@ -72,6 +76,7 @@ __all__ = [
     "sweep_pairs",
     "sweep_values",
     "user_message",
+    "wanted_conformity",
     "new_workdir",
     "cleanup_workdirs",
 ]
@@ -210,7 +215,8 @@ def embed_input(pipe, path, role: str, cached: InputEntry | None = None) -> Inpu
 def embedding_readouts(pipe, emb: torch.Tensor) -> dict:
     """Conformity (and likelihood) of one raw embedding; None values without stats."""
     if pipe.stats is None:
-        return {"conformity": None, "conformity_kind": None, "log_likelihood": None}
+        return {"conformity": None, "conformity_kind": None, "conformity_label": None, "log_likelihood": None,
+                "conformity_percentile": None, "log_likelihood_percentile": None}
     return pipe.stats.readouts(emb)
 
 
@@ -342,19 +348,6 @@ def _num(v, digits=3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
-CONFORMITY_KINDS = {
-    "exact": "exact, Eq. 10",
-    "estimated": "estimated, Eq. 11",
-    "cosine": "cosine to the image mean, Eq. 11 uncalibrated",
-}
-
-
-def _ordinal(p: float) -> str:
-    n = int(round(p))
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
-
-
 def _placed(value, source, target, digits: int) -> str:
     """The frame's value placed against the source's and the target's."""
     if value is None:
@@ -372,15 +365,10 @@ def _placed(value, source, target, digits: int) -> str:
     return f"{text}, {where} ({_num(source, digits)} and {_num(target, digits)})"
 
 
-def _percentile_note(p) -> str:
-    return "" if p is None else f"; the {_ordinal(p)} percentile of the reference images"
-
-
 def _readout_line(r: dict, key: str, digits: int) -> str:
-    """The frame's value of ``key``, placed between source and target, with its percentile."""
+    """The frame's value of ``key``, placed between the source's and the target's."""
     src, tgt = r.get("source") or {}, r.get("target") or {}
-    return (_placed(r.get(f"frame_{key}"), src.get(key), tgt.get(key), digits)
-            + _percentile_note(r.get(f"frame_{key}_percentile")))
+    return _placed(r.get(f"frame_{key}"), src.get(key), tgt.get(key), digits)
 
 
 def readouts_markdown(r: dict | None, stats_note: str = "") -> str:
@@ -393,18 +381,21 @@ def readouts_markdown(r: dict | None, stats_note: str = "") -> str:
     if kind is None:
         return (f"{head}. Conformity is not available: no image-modality statistics for this "
                 f"model ({stats_note or 'none found'}).")
+    label = r.get("conformity_label") or CONFORMITY_LABELS.get(kind, kind)
     lines = [
         head,
-        f"**Conformity** ({CONFORMITY_KINDS.get(kind, kind)}): how typical an image is, its mean "
-        f"cosine similarity to the reference images; higher is more typical, lower more unusual. "
-        f"This frame: {_readout_line(r, 'conformity', 3)}. "
+        f"**{label[:1].upper()}{label[1:]}**: how typical an image is among the reference images; "
+        f"higher is more typical, lower more unusual. This frame: {_readout_line(r, 'conformity', 3)}. "
         f"The interpolated embedding it was made from: {_num(r.get('conformity'))}.",
     ]
+    lines += _percentile_lines(r)
     if r.get("frame_log_likelihood") is not None:
         lines.append(
-            "**Likelihood** (whitened CLIP, log, up to a constant): how probable the image is under "
-            "the reference images' Gaussian; higher is more likely. "
+            "**Whitened log-likelihood** (up to a constant): how probable the image is under the "
+            "reference images' Gaussian; higher is more likely. "
             f"This frame: {_readout_line(r, 'log_likelihood', 1)}.")
+    if r.get("aim"):
+        lines.append(aim_markdown(r["aim"]))
     ref = r.get("reference")
     if ref:
         line = (f"Reference space `{ref.get('space')}`: frame conformity "
@@ -416,6 +407,54 @@ def readouts_markdown(r: dict | None, stats_note: str = "") -> str:
         lines.append(("From the frame cache (rendered earlier in " if r.get("cached") else "Rendered in ")
                      + f"{r['seconds']:.2f} s{')' if r.get('cached') else ''}.")
     return "  \n".join(lines)
+
+
+def _percentile_lines(r: dict) -> list[str]:
+    """The population's scale, when the stats carry it: "more typical than 73% of ..."."""
+    lines = []
+    c, f = r.get("conformity_percentile"), r.get("frame_conformity_percentile")
+    if c is not None or f is not None:
+        parts = [f"the frame is more typical than {f:.0f}%" if f is not None else None,
+                 f"its embedding than {c:.0f}%" if c is not None else None]
+        lines.append("On the reference images' scale: " + ", ".join(p for p in parts if p)
+                     + " of the images the statistics were computed from.")
+    ll = r.get("frame_log_likelihood_percentile")
+    if ll is not None:
+        lines.append(f"The frame is more likely than {ll:.0f}% of those images (whitened CLIP).")
+    return lines
+
+
+def aim_markdown(aim: dict) -> str:
+    """One sentence on an aimed alpha: the wanted conformity, the achieved one, and whether reached."""
+    if aim.get("reachable"):
+        return (f"Aimed at conformity {aim['wanted']:.4f}: alpha = {aim['alpha']:.4f} gives "
+                f"{aim['achieved']:.4f}.")
+    return (f"Conformity {aim['wanted']:.4f} is out of reach for alpha in "
+            f"[{AIM_ALPHA_RANGE[0]:g}, {AIM_ALPHA_RANGE[1]:g}] here; the closest is {aim['achieved']:.4f}, "
+            f"at alpha = {aim['alpha']:.4f}.")
+
+
+def aimed_alpha(readouts: dict | None) -> tuple[float, str]:
+    """(alpha, sentence) of a frame rendered at an aimed alpha, for the slider and the note."""
+    aim = (readouts or {}).get("aim")
+    if not aim:
+        raise RequestError("This frame was not aimed at a conformity.")
+    return aim["alpha"], aim_markdown(aim)
+
+
+def wanted_conformity(pipe, value) -> float | None:
+    """The target conformity of a request: None (not aiming), or a finite number with stats."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        raise RequestError(f"target_conformity must be a number, got {value!r}")
+    wanted = _float(value, "target_conformity")
+    if not math.isfinite(wanted):
+        raise RequestError(f"target_conformity must be a finite number, got {value!r}")
+    if pipe.stats is None:
+        raise RequestError(f"aiming at a conformity needs image statistics for this model, and there are "
+                           f"none ({pipe.stats_note}); leave target_conformity empty")
+    return wanted
 
 
 def frame_caption(entry: dict) -> str:
@@ -616,14 +655,22 @@ class Studio:
         return (embed_input(self.pipe, source, "source image", session.get("source")),
                 embed_input(self.pipe, target, "target image", session.get("target")))
 
-    def _run_frame(self, source, target, session: dict, theta, alpha, seed, kwargs, on_step=None):
-        """Embed the inputs (reusing this session's entries) and render one frame.
+    def _run_frame(self, source, target, session: dict, theta, alpha, seed, kwargs, wanted=None,
+                   on_step=None):
+        """Embed the inputs (reusing this session's entries) and render one frame; with
+        ``wanted``, at the alpha that gives that conformity (instead of ``alpha``).
 
         ``on_step(step, total)`` runs after each denoising step.
         """
         src, tgt = self._embed_pair(source, target, session)
+        aim = None
+        if wanted is not None:
+            aim = self.pipe.alpha_for_conformity(src.embedding, tgt.embedding, theta, wanted)
+            alpha = aim.alpha
         with self.pipe.runner.on_step(on_step) if on_step is not None else nullcontext():
             frames = self.pipe.generate(src.embedding, tgt.embedding, [theta], [alpha], seed, **kwargs)
+        if aim is not None:
+            frames[0].aim = aim.as_dict()
         return frames[0], src, tgt
 
     def _run_sequence(self, source, target, session: dict, thetas, alphas, grid, seed, kwargs, fps,
@@ -645,31 +692,61 @@ class Studio:
 
     # -- requests ----------------------------------------------------------------------
     def frame_request(self, source, target, theta, alpha, seed, quality, steps, super_res_steps,
-                      preview_steps, guidance_scale, max_batch):
-        """(pairs, seed, generate kwargs) of a one-frame request, or RequestError."""
+                      preview_steps, guidance_scale, max_batch, target_conformity=None):
+        """(pairs, seed, generate kwargs) of a one-frame request, or RequestError.
+
+        With a ``target_conformity`` the alpha is aimed at it when the frame is rendered:
+        kwargs then hold it under "target_conformity" (`frame` takes it out).
+        """
         kwargs = generate_kwargs(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch)
         pairs = [(_float(theta, "theta"), _float(alpha, "alpha"))]
+        wanted = wanted_conformity(self.pipe, target_conformity)
+        if wanted is not None:
+            pairs = [(pairs[0][0], 0.0)]  # the alpha given is replaced by the aimed one
         seed = check_request(self.pipe, source, target, pairs, seed, kwargs)
+        if wanted is not None:
+            kwargs["target_conformity"] = wanted
         return pairs, seed, kwargs
+
+    def aim_request(self, *request):
+        """The gate of the app's Aim button: a conformity typed in, and a frame request the
+        engine takes. ``request`` as frame_request, target_conformity last. The alpha itself
+        is found where the frame renders (`frame`), so the model runs in one GPU call."""
+        if wanted_conformity(self.pipe, request[-1]) is None:
+            raise RequestError("Type the conformity to aim at first (e.g. 0.8).")
+        return self.frame_request(*request)
 
     def sequence_request(self, source, target, sweep, theta, alpha, theta_start, theta_stop,
                          theta_frames, alpha_start, alpha_stop, alpha_frames, seed, quality, steps,
-                         super_res_steps, preview_steps, guidance_scale, max_batch, fps):
-        """(thetas, alphas, grid, seed, generate kwargs, fps) of a sequence request, or RequestError."""
+                         super_res_steps, preview_steps, guidance_scale, max_batch, fps,
+                         target_conformity=None):
+        """(thetas, alphas, grid, seed, generate kwargs, fps) of a sequence request, or RequestError.
+
+        With a ``target_conformity`` (a theta sweep only) every frame's alpha is aimed at it:
+        alphas is None and kwargs hold "conformity" for `render_sequence`.
+        """
         kwargs = generate_kwargs(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch)
+        wanted = wanted_conformity(self.pipe, target_conformity)
+        if wanted is not None and sweep != "theta":
+            raise RequestError(f"target_conformity sets each frame's alpha, so it goes with sweep='theta', "
+                               f"not {sweep!r}")
         thetas, alphas, grid = sweep_values(
-            sweep, _float(theta, "theta"), _float(alpha, "alpha"), _float(theta_start, "theta_start"),
-            _float(theta_stop, "theta_stop"), theta_frames, _float(alpha_start, "alpha_start"),
-            _float(alpha_stop, "alpha_stop"), alpha_frames)
+            sweep, _float(theta, "theta"), 0.0 if wanted is not None else _float(alpha, "alpha"),
+            _float(theta_start, "theta_start"), _float(theta_stop, "theta_stop"), theta_frames,
+            _float(alpha_start, "alpha_start"), _float(alpha_stop, "alpha_stop"), alpha_frames)
         seed = check_request(self.pipe, source, target, sweep_pairs(thetas, alphas, grid), seed, kwargs,
                              max_frames=self.config.max_sequence_frames)
+        if wanted is not None:
+            alphas, kwargs["conformity"] = None, wanted
         return thetas, alphas, grid, seed, kwargs, _float(fps, "fps")
 
-    def frame_key(self, source, target, theta: float, alpha: float, seed: int, kwargs: dict) -> tuple:
-        """What decides a frame's pixels: the inputs' content, theta, alpha, seed, settings."""
+    def frame_key(self, source, target, theta: float, alpha: float, seed: int, kwargs: dict,
+                  wanted: float | None = None) -> tuple:
+        """What decides a frame's pixels: the inputs' content, theta, alpha (or the conformity
+        it is aimed at), seed, settings."""
         overrides = {k: kwargs.get(k) for k in ("steps", "super_res_steps", "guidance_scale")}
         settings = self.pipe.settings_for(kwargs.get("preview", False), **overrides)
-        return (file_key(source), file_key(target), theta, alpha, seed,
+        return (file_key(source), file_key(target), theta, alpha, wanted, seed,
                 tuple(sorted(dataclasses.asdict(settings).items())))
 
     # -- whole requests ----------------------------------------------------------------
@@ -681,9 +758,10 @@ class Studio:
         denoising steps of a frame that is rendered.
         """
         pairs, seed, kwargs = self.frame_request(*request)
+        wanted = kwargs.pop("target_conformity", None)
         session = session if isinstance(session, dict) else {}
         try:
-            key = self.frame_key(request[0], request[1], *pairs[0], seed, kwargs)
+            key = self.frame_key(request[0], request[1], *pairs[0], seed, kwargs, wanted)
         except OSError:
             key = None  # an unreadable path: the render below says what is wrong with it
         hit = self.frames.get(key) if key is not None else None
@@ -691,7 +769,8 @@ class Studio:
             image, readouts = hit
             return image, {**readouts, "cached": True}, session
         start = time.perf_counter()
-        frame, src, tgt = self.run_frame(request[0], request[1], session, *pairs[0], seed, kwargs, on_step)
+        frame, src, tgt = self.run_frame(request[0], request[1], session, *pairs[0], seed, kwargs, wanted,
+                                         on_step)
         readouts = frame_readouts(frame, src, tgt, self.pipe.model, time.perf_counter() - start)
         readouts["cached"] = False
         if key is not None:
@@ -710,7 +789,7 @@ class Studio:
         session = session if isinstance(session, dict) else {}
         cleanup_workdirs(self.work_root)
         out_dir = new_workdir(self.work_root)
-        total = len(sweep_pairs(thetas, alphas, grid))
+        total = len(thetas) if alphas is None else len(sweep_pairs(thetas, alphas, grid))  # None: aimed
         events = self.run_sequence(request[0], request[1], session, thetas, alphas, grid, seed, kwargs,
                                    fps, out_dir)
         try:
