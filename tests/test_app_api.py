@@ -511,7 +511,7 @@ def _uploaded(app, path: Path) -> dict:
 def test_paths_and_urls_in_an_api_call_are_refused_in_plain_words(app, source, message):
     target = _uploaded(app, TARGET)
     event, data = _call(app, "preview", [{**source, "meta": {"_type": "gradio.FileData"}}, target,
-                                         0.5, 1.0, 42, "preview", 2, 2, 2, 1.0, 8])
+                                         0.5, 1.0, 42, "preview", 2, 2, 2, 1.0, 8, None])
     assert event == "error" and message in data["error"], data
 
 
@@ -732,7 +732,8 @@ def test_frame_keys_differ_for_other_inputs_and_settings(pipe, tmp_path):
     for other in [(str(TARGET), str(TARGET), 0.5, 1.0, 1, {"steps": 2}),
                   (str(SOURCE), str(TARGET), 0.5, 1.0, 2, {"steps": 2}),
                   (str(SOURCE), str(TARGET), 0.5, 1.0, 1, {"steps": 3}),
-                  (str(SOURCE), str(TARGET), 0.5, 1.0, 1, {"preview": True, "steps": 2})]:
+                  (str(SOURCE), str(TARGET), 0.5, 1.0, 1, {"preview": True, "steps": 2}),
+                  (str(SOURCE), str(TARGET), 0.5, 1.0, 1, {"preview": False, "steps": 2}, 0.8)]:  # aimed
         assert studio.frame_key(*other) != key
 
 
