@@ -280,7 +280,7 @@ def test_on_a_phone_the_frame_comes_into_view_and_the_gallery_fits(app, browser)
     page.locator("#generate").click()
     frame = page.locator("#frame-out img")
     frame.wait_for()
-    expect(page.locator("#readout")).to_contain_text("Conformity")
+    expect(page.locator("#readout")).to_contain_text("conformity (Eq. 10)")
     box = frame.bounding_box()
     assert box["y"] >= -1 and box["y"] + box["height"] <= 844 + 1, box  # the new frame is in view
     page.screenshot(path=str(ARTIFACTS / "app-phone-frame.png"))

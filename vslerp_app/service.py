@@ -388,12 +388,12 @@ def readouts_markdown(r: dict | None, stats_note: str = "") -> str:
         f"higher is more typical, lower more unusual. This frame: {_readout_line(r, 'conformity', 3)}. "
         f"The interpolated embedding it was made from: {_num(r.get('conformity'))}.",
     ]
-    lines += _percentile_lines(r)
     if r.get("frame_log_likelihood") is not None:
         lines.append(
             "**Whitened log-likelihood** (up to a constant): how probable the image is under the "
             "reference images' Gaussian; higher is more likely. "
             f"This frame: {_readout_line(r, 'log_likelihood', 1)}.")
+    lines += _percentile_lines(r)  # both on the reference images' scale, when the stats carry it
     if r.get("aim"):
         lines.append(aim_markdown(r["aim"]))
     ref = r.get("reference")
