@@ -32,7 +32,7 @@ from vslerp_app import manifest as mf
 from vslerp_app.files import OutputDir, RenderError, describe_os_error, remove_partials
 from vslerp_app.images import ImageInputError, image_fingerprint, load_image
 from vslerp_app.manifest import FRAMES_DIR, MANIFEST_FORMAT, MANIFEST_NAME
-from vslerp_app.outputs import DEFAULT_FPS, OutputRequest, write_outputs
+from vslerp_app.outputs import DEFAULT_FPS, OutputRequest, drop_missing_outputs, write_outputs
 from vslerp_app.specs import as_values, check_fps, check_max_batch, check_range, check_seed, combine
 
 __all__ = ["FRAMES_DIR", "MANIFEST_NAME", "RenderError", "RenderProgress", "check_request",
@@ -180,6 +180,7 @@ class _Run:
     def __post_init__(self):
         self.frames_reused = len(self.entries)
         self.outputs_meta = dict((self.old or {}).get("outputs", {}))
+        drop_missing_outputs(self.outputs_meta, self.out.path)
 
     def manifest(self, status: str) -> dict:
         old = self.old or {}
@@ -313,6 +314,7 @@ def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_di
                           "--out directory, or delete this one to start over")
 
     # 3. The output folder, and the frames already done there
+    _input_readouts(pipe, plan)
     prepare_output(out_dir)
     run = _Run(out=OutputDir(out_dir), plan=plan, settings=settings, info=pipe.info(), old=old,
                entries=_valid_entries(old, out_dir, len(plan.pairs)))
@@ -327,9 +329,17 @@ def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_di
     title = f"{Path(plan.request['model']).name} ({pipe.kind}), seed {plan.seed}, {kind} conformity"
     manifest = write_outputs(run.out, done, run.outputs_meta, ask, changed=run.frames_rendered > 0,
                              columns=len(plan.alphas) if plan.grid else min(len(done), 8),
-                             plot_args=(plan.thetas, plan.alphas, plan.grid, title),
+                             plot_args=(plan.thetas, plan.alphas, plan.grid, title,
+                                        {role: desc["readouts"] for role, (_, desc) in plan.inputs.items()}),
                              save_manifest=lambda: run.save("complete"))
     yield RenderProgress(len(done), len(done), done, out_dir, manifest)
+
+
+def _input_readouts(pipe, plan: _Plan) -> None:
+    """The source's and target's own readouts, kept with their description in the manifest's
+    ``inputs`` (the conformity plot marks them); None without stats."""
+    for value, desc in plan.inputs.values():
+        desc["readouts"] = None if pipe.stats is None else pipe.stats.readouts(pipe.encode(value))
 
 
 def _process_info() -> dict:
