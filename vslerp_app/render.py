@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vslerp_app import manifest as mf
-from vslerp_app.files import OutputDir, RenderError, describe_os_error, remove_partials
+from vslerp_app.files import OutputDir, RenderError, describe_os_error, output_path, remove_partials
 from vslerp_app.images import ImageInputError, image_fingerprint, load_image
 from vslerp_app.manifest import FRAMES_DIR, MANIFEST_FORMAT, MANIFEST_NAME
 from vslerp_app.outputs import DEFAULT_FPS, OutputRequest, drop_missing_outputs, write_outputs
@@ -301,7 +301,7 @@ def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_di
     # 1. Everything that can be checked before touching the output folder
     plan = _plan(pipe, source, target, thetas, alphas, seed, grid, max_batch, sampling)
     ask = OutputRequest(contact=contact, plot=plot, gif=gif, mp4=mp4, zip=zip, fps=check_fps(fps))
-    out_dir = Path(out_dir)
+    out_dir = output_path(out_dir)
     old = mf.read_manifest(out_dir)
     mf.refuse_if_changed(old, {**plan.request, **plan.sampling}, out_dir,
                          keys=list(plan.request) + list(plan.sampling))
