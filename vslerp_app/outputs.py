@@ -23,8 +23,8 @@ from vslerp_app.files import OutputDir, RenderError
 from vslerp_app.manifest import FRAMES_DIR, MANIFEST_NAME
 
 __all__ = ["CONTACT_SHEET_NAME", "DEFAULT_FPS", "GIF_NAME", "MP4_NAME", "OutputRequest", "PLOT_NAME",
-           "ZIP_NAME", "contact_sheet", "conformity_plot", "drop_missing_outputs", "write_outputs",
-           "write_video"]
+           "ZIP_NAME", "contact_sheet", "conformity_figure", "conformity_plot", "drop_missing_outputs",
+           "write_outputs", "write_video"]
 
 CONTACT_SHEET_NAME = "contact_sheet.png"
 PLOT_NAME = "conformity.png"
@@ -103,21 +103,19 @@ _LIKELIHOOD = _Metric("log_likelihood", "frame_log_likelihood", "log_likelihood"
 _REFERENCE_STYLE = {"source": dict(color="#d62728", ls=":"), "target": dict(color="#1f77b4", ls="-.")}
 
 
-def conformity_plot(entries: list[dict], thetas: list[float], alphas: list[float], grid: bool,
-                    title: str, references: dict | None = None) -> bytes | None:
-    """PNG bytes of the readouts of a render; None without conformity readouts.
+def conformity_figure(entries: list[dict], thetas: list[float], alphas: list[float], grid: bool,
+                      title: str, references: dict | None = None):
+    """The readouts of a render as a matplotlib Figure; None without conformity readouts.
 
     A sweep: conformity (and likelihood) of each frame's embedding and of the frame itself
     (re-encoded) along theta, along alpha, or frame by frame when both change. A grid: heat
-    maps of conformity over the (theta, alpha) plane with a colour bar, and conformity
+    maps of conformity over the (theta, alpha) plane with a colour bar, and each readout
     against theta with one line per alpha, coloured by alpha. ``references`` maps "source"
     and "target" to the inputs' own readouts (`ModalityStats.readouts`); they are marked on
     every panel (labelled lines; on a heat map's colour bar).
     """
     if all(e.get("conformity") is None for e in entries):
         return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     metrics = [_CONFORMITY]
     if any(e.get("frame_log_likelihood") is not None for e in entries):
         metrics.append(_LIKELIHOOD)
@@ -127,6 +125,17 @@ def conformity_plot(entries: list[dict], thetas: list[float], alphas: list[float
     else:
         fig = _sweep_figure(entries, metrics, refs)
     fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def conformity_plot(entries: list[dict], thetas: list[float], alphas: list[float], grid: bool,
+                    title: str, references: dict | None = None) -> bytes | None:
+    """`conformity_figure` as PNG bytes (None without conformity readouts)."""
+    fig = conformity_figure(entries, thetas, alphas, grid, title, references)
+    if fig is None:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
