@@ -25,7 +25,10 @@ from pipelines.fixtures import fixture_images
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--steps", "2", "--super-res-steps", "2"]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-       "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+       "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
+       # One OpenMP thread: the tiny model gains nothing from two, and on a busy machine spinning
+       # OpenMP threads wait on each other (torchrun sets the same for its processes).
+       "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="session")
