@@ -35,7 +35,8 @@ ENV HOME=/home/user \
     GRADIO_ANALYTICS_ENABLED=False
 WORKDIR /home/user/app
 
-# Dependencies first: this layer is rebuilt only when requirements.txt changes.
+# Dependencies first: this layer is rebuilt only when requirements.txt changes. The same file
+# a Space and `pip install -e .` install (tests/test_space.py checks the parsed instructions).
 RUN python3 -m venv "$VIRTUAL_ENV"
 COPY --chown=1000:1000 requirements.txt ./
 RUN pip install -r requirements.txt

@@ -63,6 +63,16 @@ def gpu(duration: int):
     return spaces.GPU(duration=duration)
 
 
+def on_zero_gpu() -> bool:
+    """Whether `spaces.GPU` really hands the work to a ZeroGPU worker process.
+
+    `spaces` is installed on other Spaces too (and in our tests), where its decorator
+    does nothing: only ZeroGPU (SPACES_ZERO_GPU, read by `spaces` itself) changes how
+    the decorated functions run.
+    """
+    return spaces is not None and bool(spaces.config.Config.zero_gpu)
+
+
 # -- Gradio's side of errors -----------------------------------------------------------
 def plain_errors(fn):
     """Every failure reaches the user as a gr.Error with a plain message, never a traceback."""
@@ -150,6 +160,7 @@ def _input_column(pipe, c: SimpleNamespace) -> None:
                         label="alpha (centre of rotation along the image mean)",
                         info=None if has_stats else "no statistics for this model: only 0 works",
                         elem_id="alpha")
+    _aim_controls(has_stats, c)
     with gr.Row():
         c.seed = gr.Number(value=42, precision=0, minimum=0, label="seed", elem_id="seed")
         c.random_seed_button = gr.Button("New seed", size="sm", scale=0, elem_id="random-seed")
@@ -179,6 +190,20 @@ def _input_column(pipe, c: SimpleNamespace) -> None:
         label="Examples (public-domain photos from scikit-image; see examples/LICENSES.md)",
         cache_examples=False,
     )
+
+
+def _aim_controls(has_stats: bool, c: SimpleNamespace) -> None:
+    """A target conformity beside alpha: *Aim* sets alpha to the one nearest 0 that gives it."""
+    with gr.Row(equal_height=True):
+        c.target_conformity = gr.Number(
+            None, label="target conformity", interactive=has_stats, scale=3,
+            info="Aim sets alpha to give the frame's embedding this conformity" if has_stats
+            else "needs statistics for this model", elem_id="target_conformity")
+        c.aim_button = gr.Button("Aim alpha", size="sm", scale=1, interactive=has_stats, elem_id="aim")
+    c.aim_note = gr.Markdown("", elem_id="aim-note")
+    # The API's target_conformity of /preview and /sequence (None: not aiming). The page's own
+    # Generate and Render buttons leave it empty: there, Aim sets the alpha slider instead.
+    c.api_target_conformity = gr.Number(None, visible=False, label="target_conformity")
 
 
 def _frame_column(c: SimpleNamespace) -> None:
@@ -247,10 +272,11 @@ def _handlers(studio: ui.Studio) -> SimpleNamespace:
 
     # The public endpoints spell out their parameters: Gradio names the API's after them.
     def render_frame(source, target, theta, alpha, seed, quality, steps, super_res_steps,
-                     preview_steps, guidance_scale, max_batch, session):
-        """/preview: one frame at (theta, alpha), its image and readouts."""
+                     preview_steps, guidance_scale, max_batch, session, target_conformity=None):
+        """/preview: one frame at (theta, alpha), its image and readouts; with a
+        target_conformity, at the alpha giving it (readouts["aim"]: wanted, achieved)."""
         return studio.frame(session, source, target, theta, alpha, seed, quality, steps,
-                            super_res_steps, preview_steps, guidance_scale, max_batch)
+                            super_res_steps, preview_steps, guidance_scale, max_batch, target_conformity)
 
     def slider(quality_wanted):
         def handler(*inputs):
@@ -267,9 +293,10 @@ def _handlers(studio: ui.Studio) -> SimpleNamespace:
 
     def render_sweep(source, target, sweep, theta, alpha, theta_start, theta_stop, theta_frames,
                      alpha_start, alpha_stop, alpha_frames, seed, quality, steps, super_res_steps,
-                     preview_steps, guidance_scale, max_batch, fps, session,
+                     preview_steps, guidance_scale, max_batch, fps, session, target_conformity=None,
                      progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
-        """/sequence: a sweep of theta, alpha or both: gallery, plot, MP4, GIF and ZIP."""
+        """/sequence: a sweep of theta, alpha or both: gallery, plot, MP4, GIF and ZIP; with a
+        target_conformity (theta sweep), every frame's alpha gives it."""
         progress(0, desc="Rendering frames")
 
         def report(done, total):
@@ -278,7 +305,9 @@ def _handlers(studio: ui.Studio) -> SimpleNamespace:
         return studio.sequence(session, source, target, sweep, theta, alpha, theta_start, theta_stop,
                                theta_frames, alpha_start, alpha_stop, alpha_frames, seed, quality, steps,
                                super_res_steps, preview_steps, guidance_scale, max_batch, fps,
-                               progress=None if spaces is not None else report)
+                               target_conformity,
+                               # ZeroGPU pickles the arguments to its worker: a closure cannot go.
+                               progress=None if on_zero_gpu() else report)
 
     def check_upload(image, role: str):
         """Decode an upload at once, so a broken file is reported when it arrives."""
@@ -328,7 +357,7 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
         box.upload(functools.partial(h.check_upload, role=role), box, None, concurrency_limit=4,
                    concurrency_id="check-upload", show_progress="minimal", **private)
     c.generate_button.click(h.check_frame, frame_inputs, None, queue=False, **private).success(
-        h.render_frame, [*frame_inputs, session], frame_outputs, api_name="preview",
+        h.render_frame, [*frame_inputs, session, c.api_target_conformity], frame_outputs, api_name="preview",
         concurrency_id=GPU_QUEUE)
     for slider in (c.theta, c.alpha):
         slider.release(h.slider_preview, [*frame_inputs, session], frame_outputs, trigger_mode="always_last",
@@ -342,10 +371,49 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
     c.readouts.change(lambda r: ui.readouts_markdown(r, studio.pipe.stats_note), c.readouts, c.readout,
                       queue=False, **private)
     c.sequence_button.click(h.check_sequence, sequence_inputs, None, queue=False, **private).success(
-        h.render_sweep, [*sequence_inputs, session], [c.gallery, c.plot, c.video, c.gif_file, c.zip_file,
-                                                       session],
+        h.render_sweep, [*sequence_inputs, session, c.api_target_conformity],
+        [c.gallery, c.plot, c.video, c.gif_file, c.zip_file, session],
         api_name="sequence", concurrency_id=GPU_QUEUE).success(
         _gallery_columns, [c.sweep, c.theta_frames, c.alpha_frames], c.gallery, queue=False, **private)
+    _wire_aim(studio, c, session, frame_inputs, frame_outputs)
+
+
+def _aim_handlers(studio: ui.Studio) -> SimpleNamespace:
+    """Aim: a frame rendered at the alpha giving the target conformity (found inside the frame's
+    GPU call), then the slider set to that alpha, then the full frame."""
+
+    def check(*inputs):
+        *request, _session, target_conformity = inputs
+        studio.aim_request(*request, target_conformity)
+
+    def aimed(quality_wanted):
+        def handler(*inputs):
+            *request, session, target_conformity = inputs
+            if quality_wanted == "full" and request[5] == "preview":
+                return gr.skip(), gr.skip(), gr.skip()
+            request[5] = quality_wanted
+            return studio.frame(session, *request, target_conformity)
+        return handler
+
+    return SimpleNamespace(check=plain_errors(check), preview=plain_errors(aimed("preview")),
+                           full=plain_errors(aimed("full")), show=plain_errors(ui.aimed_alpha))
+
+
+def _wire_aim(studio: ui.Studio, c: SimpleNamespace, session, frame_inputs, frame_outputs) -> None:
+    """Aim: the frame renders at the aimed alpha (preview), the alpha slider moves there, then the
+    full frame follows."""
+    h = _aim_handlers(studio)
+    private = {"api_visibility": "private"}
+    named_range(c.target_conformity, "target conformity")
+    named_range(c.api_target_conformity, "target_conformity")
+    inputs = [*frame_inputs, session, c.target_conformity]
+    on_gpu = {"show_progress": "minimal", "concurrency_id": GPU_QUEUE, **private}
+    # Queued (cheap, its own queue): an unqueued event's gr.Error never reaches the page.
+    c.aim_button.click(h.check, inputs, None, concurrency_limit=4, concurrency_id="check-aim",
+                       show_progress="hidden", **private).success(
+        h.preview, inputs, frame_outputs, **on_gpu).success(
+        h.show, c.readouts, [c.alpha, c.aim_note], queue=False, **private).success(
+        h.full, inputs, frame_outputs, **on_gpu)
 
 
 def build_demo(pipe, config: ui.StudioConfig | None = None) -> gr.Blocks:

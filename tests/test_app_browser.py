@@ -88,7 +88,7 @@ def test_upload_slide_generate_sequence_and_download_the_gif(app, browser, tmp_p
     _drag_slider(page, "theta", 0.3)
     page.locator("#frame-out img").wait_for()
     readout = page.locator("#readout")
-    sync_api.expect(readout).to_contain_text("Conformity (exact, Eq. 10)")
+    sync_api.expect(readout).to_contain_text("Exact conformity (Eq. 10)")
     sync_api.expect(readout).not_to_contain_text("(preview)", timeout=TIMEOUT_MS)  # the full frame followed
     theta = float(page.locator("#theta input[type=number]").input_value())
     assert abs(theta - 0.3) < 0.05, theta  # the drag moved it from 0.5

@@ -176,11 +176,12 @@ def test_without_stats_alpha_is_refused_with_directions_and_slerp_works(dirs, im
 
 
 def test_stats_lookup_order_explicit_then_model_dir_then_embedded(dirs, images, tmp_path):
-    # The mean the model carries (Stable unCLIP-small's image_normalizer): estimate only.
+    # The mean the model carries (Stable unCLIP-small's image_normalizer): the cosine to it only.
     embedded = load_pipeline(dirs["stable-embedded"])
-    assert embedded.stats is not None and embedded.stats.conformity_kind == "estimated"
+    assert embedded.stats is not None and embedded.stats.conformity_kind == "cosine"
     (frame,) = embedded.generate(*images, 0.5, 1.0, seed=0, **FAST["stable-unclip"])
-    assert frame.conformity_kind == "estimated" and frame.log_likelihood is None
+    assert frame.conformity_kind == "cosine" and frame.log_likelihood is None
+    assert frame.conformity_label == "cosine to the image mean (Eq. 11 uncalibrated)"
     # An all-zero mean (the -h checkpoint) is no stats at all.
     assert load_pipeline(dirs["stable-zeros"]).stats is None
     # The model dir's vslerp-stats file wins over the embedded mean; an explicit file wins over both.

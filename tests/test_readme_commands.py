@@ -7,8 +7,15 @@ a reader has and our machines do not are stood in for, without touching the comm
 - the model: `karlo` is a random-weight Karlo written as the real repository's snapshot in a
   hub cache (HF_HUB_CACHE), so `--model karlo` and the app's default load it unchanged. It is
   smaller than the other tests' fixture, so the preset's 25 + 7 steps take a moment on a CPU.
-- the images: cat.png, dog.png, car.png and coco/val2017/ are fixture images written under
-  those names in the working directory; examples/ (the app's client script) is the checkout's.
+- the reference space: open_clip's `ViT-B-32/openai` is random ViT-B-32 weights in the same
+  hub cache, under the repository open_clip downloads it from, and its stats file is made with
+  stats/README.md's command, as a reader would before scoring in that space;
+- the images: cat.png, dog.png, car.png, coco/val2017/, photos/, generated/, unclip-frames/ are
+  fixture images written under those names in the working directory; examples/ (the app's
+  client script) is the checkout's.
+
+Python blocks run as a reader's session would: each with the imports of the blocks before it;
+the gradio_client blocks together, as one script, against the running app.
 
 Subprocesses run with one OpenMP thread (see `reader`). Commands that need a GPU or never
 end have a documented way: `python app.py` is started on a free port (GRADIO_SERVER_PORT,
@@ -114,6 +121,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+REFERENCE = "open_clip:ViT-B-32/openai"
+
+
+def _cache_snapshot(cache: Path, repo_id: str) -> Path:
+    """An empty snapshot folder of ``repo_id`` in a hub cache (its refs/main pointing at it)."""
+    revision = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    return repo / "snapshots" / revision
+
+
+def _reference_weights(cache: Path) -> None:
+    """Random ViT-B-32 weights where open_clip looks for `ViT-B-32/openai` (fp16: half the disk)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    hub_id = open_clip.get_pretrained_cfg("ViT-B-32", "openai")["hf_hub"].strip("/")
+    snapshot = _cache_snapshot(cache, hub_id)
+    snapshot.mkdir(parents=True)
+    model = open_clip.create_model("ViT-B-32", pretrained=None, force_quick_gelu=True)
+    save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()},
+              str(snapshot / "open_clip_model.safetensors"))
+
+
 @pytest.fixture(scope="module")
 def reader(tmp_path_factory):
     """A working directory with the README's images, and the environment of a reader whose hub
@@ -122,18 +154,17 @@ def reader(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("readme")
     cache = root / "hub-cache"
-    revision = "0" * 40
-    repo = cache / f"models--{get_preset('karlo').hub_id.replace('/', '--')}"
-    write_fixture("karlo", repo / "snapshots" / revision, config=_small_karlo_config())
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
+    write_fixture("karlo", _cache_snapshot(cache, get_preset("karlo").hub_id), config=_small_karlo_config())
+    _reference_weights(cache)
     work = root / "work"
-    (work / "coco" / "val2017").mkdir(parents=True)
-    pictures = fixture_images(43, seed=21, size=96)
-    for name, img in zip(("cat.png", "dog.png", "car.png"), pictures, strict=False):
-        img.save(work / name)
-    for i, img in enumerate(pictures[3:]):
-        img.save(work / "coco" / "val2017" / f"{i:012d}.jpg")
+    work.mkdir()
+    pictures = iter(fixture_images(55, seed=21, size=96))
+    for name in ("cat.png", "dog.png", "car.png"):
+        next(pictures).save(work / name)
+    for folder, count in (("coco/val2017", 40), ("photos", 4), ("generated", 4), ("unclip-frames", 4)):
+        (work / folder).mkdir(parents=True)
+        for i in range(count):
+            next(pictures).save(work / folder / f"{i:012d}.jpg")
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
            "VSLERP_STATS_DIR": str(work / "stats"), "GRADIO_TEMP_DIR": str(root / "gradio"),
            "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SERVER_PORT": str(_free_port()),
@@ -141,6 +172,9 @@ def reader(tmp_path_factory):
            # Tiny models gain nothing from threads, and on a machine busy with other work
            # OpenMP's spinning threads wait on each other (8 frames: 0.7 s with one, 29 s with two).
            "OMP_NUM_THREADS": "1"}
+    # stats/README.md's command for the reference space's stats (without captions).
+    _run(_executable(["vslerp", "stats", "--reference", REFERENCE, "--images", "coco/val2017", "--out",
+                      "stats/open_clip-ViT-B-32-openai-coco-val2017.safetensors"]), work, env)
     return {"work": work, "env": env}
 
 
@@ -183,6 +217,10 @@ def check_promises(argv: list[str], cwd: Path, stdout: str) -> str:
     elif args.command == "stats":
         stats = ModalityStats.load(cwd / args.out)
         assert stats.n == 40 and stats.whitening is not None and "pearson=" in stdout
+    elif args.command == "score":
+        scores = json.loads((cwd / args.out / "scores.json").read_text())
+        assert {"scores.csv", "report.png"} <= {p.name for p in (cwd / args.out).iterdir()}
+        assert len(scores["folders"]) == len(args.images) == 2, scores.keys()
     elif args.command == "render" and args.jobs:
         summary = json.loads((cwd / args.out / "jobs.json").read_text())
         assert summary["jobs"] and {j["status"] for j in summary["jobs"]} == {"complete"}
@@ -210,8 +248,8 @@ def run_bench(argv: list[str], env: dict) -> str:
     return "bench --real"
 
 
-def run_app(argv: list[str], env: dict, client_scripts: list[str], log: Path) -> str:
-    """Start the app, wait until it answers, run the README's client script(s) against it, stop it."""
+def run_app(argv: list[str], env: dict, client_script: str, log: Path) -> str:
+    """Start the app, wait until it answers, run the README's client script against it, stop it."""
     port = env["GRADIO_SERVER_PORT"]
     with open(log, "w") as out:
         server = subprocess.Popen(_executable(argv), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -227,9 +265,8 @@ def run_app(argv: list[str], env: dict, client_scripts: list[str], log: Path) ->
                     break
             except OSError:
                 time.sleep(1)
-        for script in client_scripts:
-            script = script.replace("http://127.0.0.1:7860/", f"http://127.0.0.1:{port}/")
-            _run([sys.executable, "-c", script], ROOT, env)
+        script = client_script.replace("http://127.0.0.1:7860/", f"http://127.0.0.1:{port}/")
+        _run([sys.executable, "-c", script], ROOT, env)
     finally:
         os.killpg(server.pid, signal.SIGINT)
         try:
@@ -253,26 +290,28 @@ def test_the_readme_has_the_commands_this_test_knows():
 def test_every_readme_command_runs_as_written(reader):
     work, env = reader["work"], reader["env"]
     steps = readme_steps()
-    clients = [src for kind, src in steps if kind == "python" and "gradio_client" in src]
-    done, skipped = [], []
+    client = [src for kind, src in steps if kind == "python" and "client." in src]
+    assert "from gradio_client import" in client[0]
+    done, skipped, imports = [], [], []
     for kind, item in steps:
         if kind == "jobs":  # the jobs file the next commands read
             (work / "jobs.jsonl").write_text(item)
-        elif kind == "python" and "gradio_client" not in item:
-            _run([sys.executable, "-c", item], work, env)
+        elif kind == "python" and item not in client:
+            _run([sys.executable, "-c", "\n".join(imports + [item])], work, env)
+            imports += [line for line in item.splitlines() if line.startswith(("import ", "from "))]
             done.append("python block")
         elif kind == "command" and item[0] in NOT_RUN_HERE:
             skipped.append(item[0])
         elif kind == "command" and item[:2] == ["python", "app.py"]:
-            done.append(run_app(item, env, clients, work.parent / "app.log"))
+            done.append(run_app(item, env, "\n".join(client), work.parent / "app.log"))
         elif kind == "command" and item[:2] == ["python", "bench/run.py"]:
             done.append(run_bench(item, env))
         elif kind == "command":
             proc = _run(_executable(item), work, env)
             assert "Traceback" not in proc.stderr and "deprecated" not in proc.stderr
             done.append(check_promises(item, work, proc.stdout))
-    assert {"app", "models", "fixture", "stats", "render", "render --grid", "render --jobs", "bench --real",
-            "python block"} <= set(done), done
+    assert {"app", "models", "fixture", "stats", "score", "render", "render --grid", "render --jobs",
+            "bench --real", "python block"} <= set(done), done
     assert set(skipped) <= set(NOT_RUN_HERE)
     # The Python block's frames, and the stats file the Command line section wrote (then used).
     frames = [f"frame-{t:.2f}.png" for t in (0, 0.25, 0.5, 0.75, 1)]

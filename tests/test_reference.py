@@ -146,7 +146,7 @@ def test_python_stats_and_report_equal_recomputation_from_embeddings(python_run,
     report = json.loads(paths["report_json"].read_text())
     assert report["space"] == SPEC
 
-    emb = torch.cat([encoder.encode([load_image(p, max_side=512)]) for p in find_images(image_dir)])
+    emb = torch.cat([encoder.encode([load_image(p)]) for p in find_images(image_dir)])
     text_emb = encoder.encode_text(CAPTIONS)
     for modality, e in (("image", emb), ("text", text_emb)):
         want, got = _fit(e.numpy()), report["modalities"][modality]
@@ -228,10 +228,10 @@ def test_readout_of_embeddings_and_stats_checks(python_run, encoder, tmp_path):
     images = fixture_images(3, seed=9)
     emb = encoder.encode(images)
     assert readout.readouts(images) == readout.readouts_of_embeddings(emb)
-    # mean-only stats: conformity falls back to Eq. 11, no likelihood
+    # mean-only stats: conformity falls back to the cosine to the mean (Eq. 11 uncalibrated), no likelihood
     mean_only = ModalityStats.from_mean(readout.stats.mean, encoder=SPEC)
     r = ReferenceReadout(encoder, mean_only).readouts(images[:1])[0]
-    assert r["conformity_kind"] == "estimated" and r["frame_log_likelihood"] is None
+    assert r["conformity_kind"] == "cosine" and r["frame_log_likelihood"] is None
     assert r["frame_conformity"] == r["estimated_conformity"]
     # stats of another dimension are refused, naming both
     wrong = tmp_path / "wrong.safetensors"

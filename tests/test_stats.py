@@ -18,13 +18,15 @@ import tracemalloc
 import weakref
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from vslerp_app import geometry
 from vslerp_app.geometry import member_conformity
-from vslerp_app.stats import FORMAT, ModalityStats, StatsAccumulator, StatsError, compute_stats
+from vslerp_app.stats import FORMAT, ModalityStats, StatsAccumulator, StatsError, compute_stats, percentile_in
 
 MEAN_TO_SPREAD = 0.94
 
@@ -292,7 +294,10 @@ def test_text_modality_and_mean_only_round_trip(tmp_path):
     only_mean = ModalityStats.from_mean(torch.from_numpy(x.mean(0)), model_id="m")
     back = ModalityStats.load(only_mean.save(tmp_path / "m.safetensors"))
     assert back.mean_unit is None and back.n is None and back.pearson is None
-    assert back.conformity_kind == "estimated" and torch.equal(back.mean, only_mean.mean)
+    assert back.conformity_kind == "cosine" and torch.equal(back.mean, only_mean.mean)
+    assert back.conformity_label == "cosine to the image mean (Eq. 11 uncalibrated)"
+    assert back.conformity_percentile(0.5) is None and back.readouts(torch.from_numpy(x[0]))[
+        "conformity_percentile"] is None
 
 
 def test_failed_save_keeps_the_old_file_and_leaves_no_temporary(small_stats, tmp_path, monkeypatch):
@@ -422,13 +427,19 @@ def test_not_a_stats_file_and_missing_file_raise(tmp_path):
     _expect_error(tmp_path, "no such")  # a directory is not a stats file
 
 
-def test_from_mean_falls_back_to_the_estimate():
+def test_from_mean_falls_back_to_the_cosine_and_says_so():
     x = shell_population(200, 32, seed=9)
     mean = torch.from_numpy(x.mean(0))
     only_mean = ModalityStats.from_mean(mean, encoder="ViT-H/14")
-    assert only_mean.conformity_kind == "estimated" and not only_mean.has_exact_conformity
+    # A mean alone gives cos(m, v): not an estimate of conformity until a and b are fitted.
+    assert only_mean.conformity_kind == "cosine" and not only_mean.has_exact_conformity
     assert not only_mean.calibrated and (only_mean.a, only_mean.b) == (1.0, 0.0)
-    assert "estimated conformity" in only_mean.describe()
+    assert "cosine to the image mean (Eq. 11 uncalibrated)" in only_mean.describe()
+    assert "estimated conformity" not in only_mean.describe()
+    # With a fitted a, b (and no mean_unit) it is the Eq. 11 estimate.
+    fitted = ModalityStats(mean=mean, a=1.461, b=0.002, pearson=0.9998)
+    assert fitted.conformity_kind == "estimated"
+    assert fitted.conformity_label == "estimated conformity (Eq. 11)"
     v = torch.from_numpy(x[:10])
     torch.testing.assert_close(only_mean.conformity(v), only_mean.estimated_conformity(v))
     expected = unit(x[:10].astype(np.float64)) @ unit(x.astype(np.float64).mean(0))
@@ -444,3 +455,167 @@ def test_from_mean_falls_back_to_the_estimate():
         ModalityStats.from_mean(torch.zeros(32))
     with pytest.raises(StatsError, match="finite"):
         ModalityStats.from_mean(torch.full((32,), float("nan")))
+
+
+# --------------------------------------------------------------------------- the population's scale
+def brute_force_log_likelihood(x32: np.ndarray, mean32: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """-1/2 ||W (v - m)||^2 in float64 numpy."""
+    z = (x32.astype(np.float64) - mean32.astype(np.float64)) @ w.astype(np.float64).T
+    return -0.5 * (z * z).sum(1)
+
+
+def test_population_quantiles_are_the_members_own_values_self_excluded():
+    x = shell_population(900, 24, seed=31)
+    stats = compute_stats(torch.from_numpy(x), encoder="synthetic")
+    c, _, _ = brute_force(x)  # Eq. 10 of each member against the other 899
+    q = np.linspace(0, 1, 101)
+    assert stats.conformity_quantiles.shape == (101,) and stats.conformity_quantiles.dtype == torch.float64
+    # Brute force uses float64 means; the stats' float32 mean_unit costs ~1e-8.
+    np.testing.assert_allclose(stats.conformity_quantiles.numpy(), np.quantile(c, q), rtol=0, atol=1e-7)
+    ll = brute_force_log_likelihood(x, stats.mean.numpy(), stats.whitening.numpy())
+    np.testing.assert_allclose(stats.log_likelihood_quantiles.numpy(), np.quantile(ll, q), rtol=1e-12)
+    # Not the conformity of a new vector (which would include itself): that is biased up.
+    c_incl = unit(x.astype(np.float64)) @ stats.mean_unit.double().numpy()
+    assert np.quantile(c_incl, 0.5) - np.quantile(c, 0.5) > 1e-5
+
+
+def test_population_quantiles_stream_like_the_rest():
+    x = shell_population(500, 16, seed=32)
+    full = compute_stats(torch.from_numpy(x))
+    streamed = compute_stats(iter(torch.from_numpy(b) for b in np.array_split(x, 13)))
+    torch.testing.assert_close(streamed.conformity_quantiles, full.conformity_quantiles, rtol=0, atol=1e-12)
+    torch.testing.assert_close(streamed.log_likelihood_quantiles, full.log_likelihood_quantiles,
+                               rtol=1e-9, atol=0)
+    # Fewer embeddings than dimensions: no whitening, so conformity quantiles only.
+    few = compute_stats(torch.from_numpy(x[:10]))
+    assert few.conformity_quantiles is not None and few.log_likelihood_quantiles is None
+    assert few.readouts(torch.from_numpy(x[0]))["log_likelihood_percentile"] is None
+
+
+def test_percentiles_are_in_0_100_monotone_and_rank_the_members():
+    x = shell_population(2001, 16, seed=33)
+    stats = compute_stats(torch.from_numpy(x))
+    c, _, _ = brute_force(x)
+    lo, hi = float(stats.conformity_quantiles[0]), float(stats.conformity_quantiles[-1])
+    grid = np.linspace(lo - 0.05, hi + 0.05, 4001)
+    pct = np.array([stats.conformity_percentile(v) for v in grid])
+    assert pct.min() == 0.0 and pct.max() == 100.0
+    assert np.all((pct >= 0) & (pct <= 100)) and np.all(np.diff(pct) >= 0)
+    assert stats.conformity_percentile(np.median(c)) == pytest.approx(50.0, abs=0.01)
+    # A member's percentile is the share of members below it (to the 1% grid's resolution).
+    order = np.argsort(c)
+    for rank in (100, 700, 1500, 1900):
+        v = c[order[rank]]
+        assert stats.conformity_percentile(v) == pytest.approx(100 * rank / 2000, abs=0.6)
+    assert stats.conformity_percentile(float("nan")) is None
+
+
+def test_percentile_in_handles_ties_and_the_ends():
+    q = torch.tensor([0.0, 1.0, 1.0, 1.0, 2.0], dtype=torch.float64)  # 4 steps of 25%
+    assert percentile_in(-1, q) == 0.0 and percentile_in(3, q) == 100.0
+    assert percentile_in(0.0, q) == 0.0 and percentile_in(2.0, q) == 100.0
+    assert percentile_in(1.0, q) == 50.0  # the middle of the run of equal quantiles
+    assert percentile_in(0.5, q) == 12.5 and percentile_in(1.5, q) == 87.5
+    values = np.linspace(-0.5, 2.5, 301)
+    assert np.all(np.diff([percentile_in(v, q) for v in values]) >= 0)
+    assert percentile_in(None, q) is None
+
+
+def test_stats_file_with_and_without_the_distribution(tmp_path):
+    x = shell_population(300, 16, seed=34)
+    with_scale = compute_stats(torch.from_numpy(x), encoder="synthetic")
+    loaded = ModalityStats.load(with_scale.save(tmp_path / "with.safetensors"), expected_dim=16)
+    for name in ("conformity_quantiles", "log_likelihood_quantiles", "whitening"):
+        assert torch.equal(getattr(loaded, name), getattr(with_scale, name)), name
+    assert loaded.whitening.dtype == torch.float64 and loaded.has_population
+    assert "percentiles" in loaded.describe()
+    r = loaded.readouts(torch.from_numpy(x[7]))
+    assert 0 <= r["conformity_percentile"] <= 100 and 0 <= r["log_likelihood_percentile"] <= 100
+    assert r["conformity_label"] == "exact conformity (Eq. 10)"
+
+    # A file as written before the population's scale: float32 tensors, no quantiles.
+    old = ModalityStats(mean=with_scale.mean, mean_unit=with_scale.mean_unit, n=300, a=with_scale.a,
+                        b=with_scale.b, whitening=with_scale.whitening.float(), pearson=with_scale.pearson,
+                        provenance={"encoder": "synthetic"})
+    path = old.save(tmp_path / "old.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        assert set(f.keys()) == {"mean", "mean_unit", "whitening"}
+        assert f.get_tensor("whitening").dtype == torch.float32
+    back = ModalityStats.load(path)
+    assert not back.has_population and back.conformity_quantiles is None
+    r_old = back.readouts(torch.from_numpy(x[7]))
+    assert r_old["conformity_percentile"] is None and r_old["log_likelihood_percentile"] is None
+    assert r_old["conformity"] == pytest.approx(r["conformity"], abs=1e-12)
+    assert r_old["log_likelihood"] == pytest.approx(r["log_likelihood"], rel=1e-5)
+    # population=False writes such a file too.
+    assert compute_stats(torch.from_numpy(x), population=False).conformity_quantiles is None
+
+
+def test_out_of_order_quantiles_are_refused(tmp_path):
+    x = shell_population(100, 8, seed=35)
+    s = compute_stats(torch.from_numpy(x))
+    with pytest.raises(StatsError, match="non-decreasing"):
+        ModalityStats(mean=s.mean, conformity_quantiles=s.conformity_quantiles.flip(0))
+    with pytest.raises(StatsError, match="non-finite"):
+        ModalityStats(mean=s.mean, log_likelihood_quantiles=torch.tensor([0.0, float("inf")]))
+
+
+def test_log_likelihood_is_float64_against_numpy_on_an_ill_conditioned_covariance():
+    """Covariance condition number 1e10: float64 arithmetic to 1e-9 relative, float32 not."""
+    rng = np.random.default_rng(36)
+    d, n = 24, 400
+    rotation, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    scales = np.logspace(0, -5, d)  # standard deviations over 5 decades: variances over 10
+    x = ((rng.normal(size=(n, d)) * scales) @ rotation.T + 3.0).astype(np.float32)
+    stats = compute_stats(torch.from_numpy(x))
+    evals = np.linalg.eigvalsh(np.cov(x.astype(np.float64), rowvar=False))
+    assert evals.max() / evals.min() > 1e9
+    queries = x[:20]
+    ref = brute_force_log_likelihood(queries, stats.mean.numpy(), stats.whitening.numpy())
+    ours = stats.log_likelihood(torch.from_numpy(queries))
+    assert ours.dtype == torch.float64
+    np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-9)
+    for i in range(3):  # one vector at a time, as readouts do
+        one = stats.readouts(torch.from_numpy(queries[i]))["log_likelihood"]
+        assert one == pytest.approx(ref[i], rel=1e-9)
+    as_float32 = geometry.whitened_log_likelihood(*(torch.from_numpy(a).float() for a in
+                                                    (queries, stats.mean.numpy(), stats.whitening.numpy())))
+    assert np.max(np.abs(as_float32.double().numpy() / ref - 1)) > 1e-7  # the test can tell
+
+
+def test_fixture_likelihood_matches_a_float64_numpy_reference(karlo_dir):
+    """The tiny Karlo fixture's stats, its encoder's embeddings: 1e-9 relative."""
+    from pipelines.fixtures import fixture_images
+    from vslerp_app import load_pipeline
+
+    pipe = load_pipeline(karlo_dir)
+    stats = pipe.stats
+    emb = pipe.encoder.encode(fixture_images(12, seed=41))
+    ref = brute_force_log_likelihood(emb.numpy(), stats.mean.numpy(), stats.whitening.double().numpy())
+    for i in range(len(emb)):
+        assert stats.readouts(emb[i])["log_likelihood"] == pytest.approx(ref[i], rel=1e-9, abs=0)
+
+
+def test_folder_stats_prepares_images_as_generation_does(karlo_dir, tmp_path):
+    """One image preparation (images.MAX_SIDE): stats of a folder of large photos are the stats
+    of the embeddings the engine computes for the same files."""
+    from vslerp_app import load_pipeline
+    from vslerp_app.folder_stats import folder_stats
+    from vslerp_app.images import MAX_SIDE
+
+    pipe = load_pipeline(karlo_dir)
+    rng = np.random.default_rng(42)
+    paths = []
+    for i in range(6):  # larger than MAX_SIDE, full of detail, so any other downscale shows
+        arr = rng.integers(0, 256, size=(1300 + 20 * i, 1500, 3), dtype=np.uint8)
+        paths.append(tmp_path / "big" / f"{i}.png")
+        paths[-1].parent.mkdir(exist_ok=True)
+        PIL.Image.fromarray(arr).save(paths[-1])
+    result = folder_stats(pipe.encoder, tmp_path / "big", batch_size=4)
+    engine = torch.stack([pipe.encode(p) for p in paths]).double()
+    torch.testing.assert_close(result.stats.mean.double(), engine.mean(0), rtol=1e-6, atol=1e-6)
+    assert MAX_SIDE == 1024
+    # The quantiles of member conformity are those of the engine's embeddings.
+    c = geometry.member_conformity(engine, result.stats.mean_unit.double(), 6)
+    np.testing.assert_allclose(result.stats.conformity_quantiles.numpy(),
+                               np.quantile(c.numpy(), np.linspace(0, 1, 101)), atol=1e-6)

@@ -1,4 +1,4 @@
-"""The `vslerp` command line: models, fixture, render, stats.
+"""The `vslerp` command line: models, fixture, render, stats, score.
 
 Each subcommand parses its arguments here and hands over to the package that does the
 work. Errors a user can fix print one line and exit non-zero; --debug shows tracebacks.
@@ -52,12 +52,12 @@ def _cmd_models(args) -> int:
         steps = f"{p['steps']} + {p['super_res_steps']} super-res" if p["super_res_steps"] else p["steps"]
         where = p["local_snapshot"] or "not downloaded yet (the first load downloads it)"
         if p["stats_present"]:
-            stats = p["stats_path"]
+            stats = f"{p['stats_path']} ({p['conformity_label']})"
         elif p["mean_source"]:
-            stats = "the mean in {}/{} (estimated readouts; exact ones need {})".format(
-                *p["mean_source"], p["stats_path"])
+            stats = "the mean in {}/{}: {}; exact conformity needs {}".format(
+                *p["mean_source"], p["conformity_label"], p["stats_path"])
         else:
-            stats = f"the mean the model carries, if any (exact readouts need {p['stats_path']})"
+            stats = f"{p['conformity_label']}; exact conformity needs {p['stats_path']}"
         print(f"{p['name']}{' (default)' if p['default'] else ''}: {p['description']}\n"
               f"  hub:     {p['hub_id']}: {where}\n"
               f"  encoder: {p['encoder']} ({p['embedding_dim']}-d)\n"
@@ -101,6 +101,8 @@ def _cmd_stats(args) -> int:
     else:
         print(f"  a={s.a:.4f} b={s.b:.4f} pearson={s.pearson:.5f}")
     print(f"  whitening: {'yes (log-likelihood readout)' if s.whitening is not None else 'none'}")
+    print(f"  the population's scale: {len(s.conformity_quantiles)} quantiles of member conformity"
+          + ("" if s.log_likelihood_quantiles is None else " and log-likelihood"))
     print(_FIT_EXPLANATION)
     _print_skipped_and_warnings(result)
     return 0
@@ -176,12 +178,16 @@ def _render_one(args) -> dict:
     from pathlib import Path
 
     from vslerp_app import load_pipeline
-    from vslerp_app.render import check_request, prepare_output, render_sequence
+    from vslerp_app.render import check_conformity_request, check_request, prepare_output, render_sequence
 
     alpha = args.alpha if args.alpha is not None else "0"
+    aim = {}
+    if args.conformity is not None:  # alphas are chosen once the model (and its stats) is loaded
+        check_conformity_request(args.alpha, args.conformity, args.grid)
+        alpha, aim = None, {"conformity": args.conformity}
     # Refuse bad values, unreadable images and an unwritable folder before loading the model.
-    check_request(args.source, args.target, args.theta, alpha, args.seed, grid=args.grid,
-                  fps=args.fps, max_batch=args.max_batch)
+    check_request(args.source, args.target, args.theta, alpha if alpha is not None else "0", args.seed,
+                  grid=args.grid, fps=args.fps, max_batch=args.max_batch)
     prepare_output(Path(args.out))
     pipe = load_pipeline(args.model, device=args.device, max_batch=args.max_batch or 8,
                          **_load_kwargs(args))
@@ -189,15 +195,30 @@ def _render_one(args) -> dict:
     def progress(done: int, total: int) -> None:
         print(f"render: {done}/{total} frames", file=sys.stderr, flush=True)
 
-    return render_sequence(pipe, args.source, args.target, args.theta, alpha, args.seed, args.out,
-                           grid=args.grid, max_batch=args.max_batch, progress=progress,
-                           **_render_options(args))
+    manifest = render_sequence(pipe, args.source, args.target, args.theta, alpha, args.seed, args.out,
+                               grid=args.grid, max_batch=args.max_batch, progress=progress,
+                               **aim, **_render_options(args))
+    _report_aims(manifest)
+    return manifest
+
+
+def _report_aims(manifest: dict) -> None:
+    """One line per frame whose wanted conformity is out of reach, and a count of the rest."""
+    aims = [(f["theta"], f["aim"]) for f in manifest["frames"] if f.get("aim")]
+    if not aims:
+        return
+    missed = [(theta, a) for theta, a in aims if not a["reachable"]]
+    print(f"aimed at a conformity: {len(aims) - len(missed)} of {len(aims)} frames reach it", file=sys.stderr)
+    for theta, a in missed:
+        print(f"  theta {theta:g}: conformity {a['wanted']:g} is out of reach; closest "
+              f"{a['achieved']:.4f} at alpha {a['alpha']:.4f}", file=sys.stderr)
 
 
 def _render_jobs(args) -> int:
     from vslerp_app.jobs import run_jobs
 
-    given = [f"--{k}" for k in ("source", "target", "theta", "alpha") if getattr(args, k) is not None]
+    given = [f"--{k}" for k in ("source", "target", "theta", "alpha", "conformity")
+             if getattr(args, k) is not None]
     if given:
         raise CLIError(f"--jobs takes source, target, theta and alpha from the jobs file; "
                        f"drop {', '.join(given)}")
@@ -210,6 +231,51 @@ def _render_jobs(args) -> int:
               f"failed, {counts['refused']} refused; {result['num_processes']} process(es)); "
               f"see {os.path.join(args.out, 'jobs.json')}")
     return 1 if result["failed"] else 0
+
+
+def _cmd_score(args) -> int:
+    """`vslerp score`: conformity and likelihood of every image, on the stats population's scale."""
+    from vslerp_app.folder_stats import find_images
+    from vslerp_app.score import score_folders
+
+    for folder in args.images:  # refuse a wrong folder before loading a model
+        find_images(folder)
+    if args.reference is not None:
+        from vslerp_app.reference import ReferenceReadout
+
+        readout = ReferenceReadout.load(args.reference, stats=args.stats, device=args.device)
+        encoder, stats, space = readout.encoder, readout.stats, readout.space
+    else:
+        from vslerp_app import load_pipeline
+
+        pipe = load_pipeline(args.model, device=args.device, stats=args.stats)
+        if pipe.stats is None:
+            raise CLIError(f"no image statistics for {args.model} ({pipe.stats_note}); compute them "
+                           f"with `vslerp stats --model {args.model} --images DIR --out FILE` and pass "
+                           "--stats FILE")
+        encoder, stats, space = pipe.encoder, pipe.stats, f"{args.model} ({pipe.encoder.name})"
+    report = score_folders(encoder, stats, args.images, args.out, space=space, batch_size=args.batch_size,
+                           sheet_count=args.sheet)
+    for f in report.folders:
+        c = f["conformity"] or {}
+        pct = f["conformity_percentile"]
+        typical = "" if pct is None else f", median percentile {pct['median']:.0f}"
+        print(f"{f['folder']}: {f['count']} images ({f['skipped']} unreadable skipped), conformity mean "
+              f"{c.get('mean', float('nan')):.4f} median {c.get('median', float('nan')):.4f}{typical}")
+    for pair in report.comparisons:
+        d = pair["conformity"]
+        if d:
+            print(f"{pair['a']} vs {pair['b']}: conformity KS D={d['ks_statistic']:.3f} "
+                  f"(p={d['ks_pvalue']:.2g}), Wasserstein-1={d['wasserstein_1']:.4g}")
+    if not stats.has_population:
+        print("note: these stats carry no population distribution, so no percentiles "
+              "(recompute them with `vslerp stats`)", file=sys.stderr)
+    print(f"scored {len(report.rows)} images ({report.encoded} encoded, {report.reused} from an earlier run, "
+          f"{len(report.skipped)} unreadable skipped) in {stats.conformity_label}; wrote {args.out}/: "
+          f"scores.csv, scores.json, report.png, " + ", ".join(report.files["sheets"].values()))
+    for name, reason in report.skipped[:10]:
+        print(f"  skipped {name}: {reason}", file=sys.stderr)
+    return 0
 
 
 def _version() -> str:
@@ -339,7 +405,14 @@ def _add_render(sub) -> None:
     p.add_argument("--source", help="source image (theta = 0)")
     p.add_argument("--target", help="target image (theta = 1)")
     _spec_argument(p, "--theta", help="theta values in [0, 1]")
-    _spec_argument(p, "--alpha", help="alpha values (default 0: plain SLERP; the paper's demo: -1:3:16)")
+    which_alpha = p.add_mutually_exclusive_group()
+    _spec_argument(which_alpha, "--alpha",
+                   help="alpha values (default 0: plain SLERP; the paper's demo: -1:3:16)")
+    _spec_argument(which_alpha, "--conformity",
+                   help="instead of --alpha: the conformity wanted for each frame's embedding "
+                        "(one value, or a SPEC paired with --theta); each alpha is the one "
+                        "nearest 0 in [-3, 3] giving it, or the closest value if none does; "
+                        "the manifest gives the wanted and the achieved value")
     p.add_argument("--seed", type=int, default=0, help="noise path shared by every frame (default 0)")
     p.add_argument("--out", required=True, type=_folder,
                    help="output folder (resumed if it holds this render)")
@@ -380,6 +453,33 @@ def _add_common(p, default=None) -> None:
                    help="show the libraries' warnings and loading progress bars, and info logs")
 
 
+def _add_score(sub) -> None:
+    """`vslerp score`."""
+    p = sub.add_parser(
+        "score", help="conformity and likelihood of every image in folders, with percentiles in the "
+                      "stats' population, and a report comparing the folders",
+        description="Writes OUT/scores.csv, scores.json, report.png and <folder>.conformal.png (the most "
+                    "and least conformal images). Re-running resumes: images already scored (same "
+                    "path, size and time) are not encoded again.")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", default=DEFAULT_MODEL,
+                       help="preset name or local pipeline directory whose encoder scores (default: "
+                            "%(default)s)")
+    which.add_argument("--reference", metavar="SPEC",
+                       help="score in an open_clip reference space instead, open_clip:MODEL/PRETRAINED")
+    p.add_argument("--images", required=True, action="append", metavar="DIR",
+                   help="folder of images (recursive); repeat to compare folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--stats", metavar="FILE",
+                   help="stats file of the encoder (default: the model's, or the reference space's "
+                        "registered file)")
+    p.add_argument("--batch-size", type=int, default=32, help="images encoded at once (default 32)")
+    p.add_argument("--sheet", type=int, default=8,
+                   help="images in each half (most, least conformal) of a folder's contact sheet")
+    p.add_argument("--device", help="cuda, cpu, ... (default: CUDA if available)")
+    p.set_defaults(func=_cmd_score)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vslerp", description="vSLERP Studio on the command line: edit an image by moving "
@@ -388,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for add in (_add_models, _add_fixture, _add_stats, _add_render):
+    for add in (_add_models, _add_fixture, _add_stats, _add_render, _add_score):
         add(sub)
     for p in sub.choices.values():  # after the subcommand too; SUPPRESS keeps a flag given before it
         _add_common(p, default=argparse.SUPPRESS)

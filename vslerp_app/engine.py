@@ -9,6 +9,7 @@ Build one with `vslerp_app.load_pipeline`.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,9 +22,16 @@ from vslerp_app import geometry, specs
 from vslerp_app.images import image_fingerprint, load_image
 from vslerp_app.stats import ModalityStats
 
-__all__ = ["Frame", "VSLERPPipeline"]
+__all__ = ["AIM_ALPHA_RANGE", "AimResult", "Frame", "VSLERPPipeline", "aim_alpha"]
 
 _EMBEDDING_CACHE_SIZE = 64
+# Where `VSLERPPipeline.alpha_for_conformity` looks for alpha unless told: the app's slider.
+AIM_ALPHA_RANGE = (-3.0, 3.0)
+# Samples of the conformity curve over the alpha range before brackets are refined: a step
+# of 0.005 over [-3, 3]; two crossings closer than that could be missed.
+_AIM_SAMPLES = 1201
+# A refined |C(alpha) - wanted| at most this small counts as reached (a tangent touch).
+_AIM_TOUCH = 1e-9
 
 
 @dataclass
@@ -36,7 +44,8 @@ class Frame:
         seed: the seed of its noise path.
         conformity: conformity of the interpolated embedding (None without stats).
         frame_conformity: conformity of the generated frame, re-encoded (None without stats).
-        conformity_kind: "exact" (Eq. 10) or "estimated" (Eq. 11), None without stats.
+        conformity_kind: "exact" (Eq. 10), "estimated" (Eq. 11, fitted a, b) or "cosine" (mean-only
+            stats: cos(m, v), Eq. 11 uncalibrated); None without stats.
         log_likelihood, frame_log_likelihood: whitened-CLIP log-likelihood (up to a
             constant) of the embedding and of the re-encoded frame, None without whitening.
         preview: True for a preview-quality frame.
@@ -45,6 +54,12 @@ class Frame:
         reference: readouts of the frame in a reference CLIP space (open_clip), when the
             pipeline has one: {"space", "frame_conformity", "conformity_kind",
             "frame_log_likelihood"}.
+        conformity_label: what the conformity readout is, in words (`stats.CONFORMITY_LABELS`).
+        conformity_percentile, log_likelihood_percentile: where the embedding's values sit
+            in the stats' population, in percent (None without the population's scale).
+        frame_conformity_percentile, frame_log_likelihood_percentile: the same for the frame.
+        aim: {"wanted", "achieved", "alpha", "reachable"} when alpha was chosen for a wanted
+            conformity (`VSLERPPipeline.alpha_for_conformity`), else None.
     """
 
     image: PIL.Image.Image
@@ -60,10 +75,16 @@ class Frame:
     embedding: torch.Tensor | None = None
     frame_embedding: torch.Tensor | None = None
     reference: dict | None = None
+    conformity_label: str | None = None
+    conformity_percentile: float | None = None
+    log_likelihood_percentile: float | None = None
+    frame_conformity_percentile: float | None = None
+    frame_log_likelihood_percentile: float | None = None
+    aim: dict | None = None
 
     def readouts(self) -> dict:
         """The numbers of this frame as a JSON-ready dict (for manifests and APIs)."""
-        return {
+        out = {
             "theta": self.theta,
             "alpha": self.alpha,
             "seed": self.seed,
@@ -71,10 +92,114 @@ class Frame:
             "conformity": self.conformity,
             "frame_conformity": self.frame_conformity,
             "conformity_kind": self.conformity_kind,
+            "conformity_label": self.conformity_label,
             "log_likelihood": self.log_likelihood,
             "frame_log_likelihood": self.frame_log_likelihood,
+            "conformity_percentile": self.conformity_percentile,
+            "log_likelihood_percentile": self.log_likelihood_percentile,
+            "frame_conformity_percentile": self.frame_conformity_percentile,
+            "frame_log_likelihood_percentile": self.frame_log_likelihood_percentile,
             "reference": self.reference,
         }
+        if self.aim is not None:
+            out["aim"] = dict(self.aim)
+        return out
+
+
+@dataclass(frozen=True)
+class AimResult:
+    """The alpha chosen for a wanted conformity at one theta (no denoising involved).
+
+    Attributes:
+        theta: where on the path.
+        wanted: the conformity asked for.
+        achieved: the conformity of the Eq. 12 embedding at ``alpha`` (equal to ``wanted``
+            to ~1e-12 when reachable; the closest value the alpha range allows otherwise).
+        alpha: the alpha nearest 0 that achieves it.
+        reachable: whether ``wanted`` is reached within the alpha range.
+        alpha_range: the range searched.
+    """
+
+    theta: float
+    wanted: float
+    achieved: float
+    alpha: float
+    reachable: bool
+    alpha_range: tuple[float, float] = AIM_ALPHA_RANGE
+
+    def as_dict(self) -> dict:
+        """{"wanted", "achieved", "alpha", "reachable"}: what manifests and the API report."""
+        return {"wanted": self.wanted, "achieved": self.achieved, "alpha": self.alpha,
+                "reachable": self.reachable}
+
+
+def _bisect(g: Callable[[torch.Tensor], torch.Tensor], lo: float, hi: float, g_lo: float) -> float:
+    """A root of g in [lo, hi], where g(lo) and g(hi) differ in sign; to float64 resolution."""
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        g_mid = float(g(torch.tensor([mid], dtype=torch.float64))[0])
+        if g_mid == 0:
+            return mid
+        if (g_mid < 0) == (g_lo < 0):
+            lo, g_lo = mid, g_mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def _golden_min(h: Callable[[torch.Tensor], torch.Tensor], lo: float, hi: float) -> float:
+    """The minimiser of a unimodal h on [lo, hi] by golden-section search (float64)."""
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    for _ in range(120):
+        if b - a <= 1e-13 * max(1.0, abs(a) + abs(b)):
+            break
+        c, d = b - ratio * (b - a), a + ratio * (b - a)
+        hc, hd = (float(v) for v in h(torch.tensor([c, d], dtype=torch.float64)))
+        if hc <= hd:
+            b = d
+        else:
+            a = c
+    candidates = torch.tensor([lo, 0.5 * (a + b), hi], dtype=torch.float64)
+    return float(candidates[int(torch.argmin(h(candidates)))])
+
+
+def aim_alpha(curve: Callable[[torch.Tensor], torch.Tensor], wanted: float,
+              alpha_range: tuple[float, float] = AIM_ALPHA_RANGE,
+              samples: int = _AIM_SAMPLES) -> tuple[float, float, bool]:
+    """(alpha, achieved, reachable): the alpha nearest 0 in ``alpha_range`` with curve(alpha)
+    = wanted, or, if none, the one (nearest 0) whose value is closest to it.
+
+    ``curve`` maps a float64 tensor of alphas to their values. The curve is sampled densely
+    (0 included), every sign change of curve - wanted is bisected to float64 resolution, and
+    without one the closest sample is refined by golden-section search.
+    """
+    lo, hi = alpha_range
+    grid = torch.linspace(lo, hi, samples, dtype=torch.float64)
+    if lo <= 0 <= hi:
+        grid = torch.unique(torch.cat([grid, torch.zeros(1, dtype=torch.float64)]))  # sorted
+
+    def g(a: torch.Tensor) -> torch.Tensor:
+        return curve(a) - wanted
+
+    values = g(grid)
+    roots = [float(grid[i]) for i in torch.nonzero(values == 0).flatten().tolist()]
+    crossing = torch.nonzero(values[:-1] * values[1:] < 0).flatten().tolist()
+    roots += [_bisect(g, float(grid[i]), float(grid[i + 1]), float(values[i])) for i in crossing]
+    if roots:
+        alpha = min(roots, key=lambda r: (abs(r), r))
+        return alpha, float(curve(torch.tensor([alpha], dtype=torch.float64))[0]), True
+    gap = values.abs()
+    near = torch.nonzero(gap <= gap.min() * (1 + 1e-12)).flatten()
+    i = int(near[torch.argmin(grid[near].abs())])
+    alpha = _golden_min(lambda a: g(a).abs(), float(grid[max(i - 1, 0)]),
+                        float(grid[min(i + 1, len(grid) - 1)]))
+    if abs(float(g(torch.tensor([alpha], dtype=torch.float64))[0])) >= float(gap[i]):
+        alpha = float(grid[i])  # the refinement found nothing closer (a flat curve): keep the sample
+    achieved = float(curve(torch.tensor([alpha], dtype=torch.float64))[0])
+    return alpha, achieved, abs(achieved - wanted) <= _AIM_TOUCH
 
 
 def _as_list(values, name: str) -> list[float] | None:
@@ -102,6 +227,18 @@ def pair_up(thetas, alphas) -> list[tuple[float, float]]:
         raise specs.SpecError(f"thetas ({len(t_list)} values) and alphas ({len(a_list)} values) "
                               "must have equal length, or one of them be a scalar")
     return list(zip(t_list, a_list, strict=True))
+
+
+def _check_alpha_range(alpha_range) -> tuple[float, float]:
+    try:
+        lo, hi = (float(a) for a in alpha_range)
+    except (TypeError, ValueError):
+        raise specs.SpecError(f"alpha_range must be two numbers (low, high), got {alpha_range!r}") from None
+    specs.check_alpha(lo)
+    specs.check_alpha(hi)
+    if not lo < hi:
+        raise specs.SpecError(f"alpha_range must have low < high, got ({lo:g}, {hi:g})")
+    return lo, hi
 
 
 class VSLERPPipeline:
@@ -159,7 +296,9 @@ class VSLERPPipeline:
             "stats": None if self.stats is None else {
                 "describe": self.stats.describe(),
                 "conformity_kind": self.stats.conformity_kind,
+                "conformity_label": self.stats.conformity_label,
                 "likelihood": self.stats.whitening is not None,
+                "percentiles": self.stats.has_population,
                 "provenance": self.stats.provenance,
                 "checksum": self.stats.checksum(),
             },
@@ -219,6 +358,51 @@ class VSLERPPipeline:
         a = torch.tensor([p[1] for p in pairs], dtype=torch.float64)
         mean = None if self.stats is None else self.stats.mean.double()
         return pairs, geometry.vslerp(v_source.double(), v_target.double(), t, a, mean).float()
+
+    # -- aiming at a conformity ----------------------------------------------------------
+    def alpha_for_conformity(self, source, target, theta: float, conformity: float,
+                             alpha_range: tuple[float, float] | None = None) -> AimResult:
+        """The alpha whose Eq. 12 embedding at ``theta`` has conformity ``conformity``.
+
+        The embedding alone decides (no denoising): the conformity readout of this
+        pipeline's stats (exact Eq. 10, or its Eq. 11 estimate / cosine to the mean) along
+        alpha is sampled over ``alpha_range`` (default `AIM_ALPHA_RANGE`, the app's slider),
+        sign changes are bisected in float64. Several alphas: the one nearest 0. None: the
+        alpha giving the closest value, with ``reachable`` False.
+
+        Args:
+            source, target: images (path, bytes, PIL, array) or raw embeddings.
+            theta: position from source (0) to target (1).
+            conformity: the wanted conformity.
+            alpha_range: (low, high) to search.
+        """
+        return self.alphas_for_conformity(source, target, [theta], [conformity], alpha_range)[0]
+
+    def alphas_for_conformity(self, source, target, thetas, conformities,
+                              alpha_range: tuple[float, float] | None = None) -> list[AimResult]:
+        """`alpha_for_conformity` for each (theta, conformity) pair (paired as in `generate`)."""
+        if self.stats is None:
+            raise specs.SpecError(
+                f"aiming at a conformity needs this model's image statistics, and none were found "
+                f"({self.stats_note}); compute them with `vslerp stats --model {self.model} "
+                "--images DIR --out FILE` and pass stats=FILE (--stats FILE)")
+        alpha_range = _check_alpha_range(AIM_ALPHA_RANGE if alpha_range is None else alpha_range)
+        pairs = pair_up(thetas, conformities)
+        v0, v1 = self.encode(source).double(), self.encode(target).double()
+        mean = self.stats.mean.double()
+        results = []
+        for theta, wanted in pairs:
+            specs.check_theta(theta)
+            if not math.isfinite(wanted):
+                raise specs.SpecError(f"conformity must be a finite number, got {wanted}")
+
+            def curve(alphas: torch.Tensor, theta=theta) -> torch.Tensor:
+                return self.stats.conformity(geometry.vslerp(v0, v1, theta, alphas, mean))
+
+            alpha, achieved, reachable = aim_alpha(curve, wanted, alpha_range)
+            results.append(AimResult(theta=theta, wanted=wanted, achieved=achieved, alpha=alpha,
+                                     reachable=reachable, alpha_range=alpha_range))
+        return results
 
     def generate(self, source, target, thetas, alphas=0.0, seed: int = 0, *,
                  preview: bool = False, steps: int | None = None,
@@ -282,7 +466,12 @@ class VSLERPPipeline:
         if self.stats is not None:
             of_embedding, of_frame = self.stats.readouts(emb), self.stats.readouts(frame_emb)
             frame.conformity_kind = of_embedding["conformity_kind"]
+            frame.conformity_label = of_embedding["conformity_label"]
             frame.conformity, frame.frame_conformity = of_embedding["conformity"], of_frame["conformity"]
             frame.log_likelihood = of_embedding["log_likelihood"]
             frame.frame_log_likelihood = of_frame["log_likelihood"]
+            frame.conformity_percentile = of_embedding["conformity_percentile"]
+            frame.log_likelihood_percentile = of_embedding["log_likelihood_percentile"]
+            frame.frame_conformity_percentile = of_frame["conformity_percentile"]
+            frame.frame_log_likelihood_percentile = of_frame["log_likelihood_percentile"]
         return frame

@@ -1,9 +1,11 @@
 """Image-modality stats of an encoder over a folder of images (`vslerp stats`).
 
 Streams: images are read, encoded and folded into a `StatsAccumulator` one batch at a
-time, so memory does not grow with the number of images (MS-COCO val is 5k, 100k+ works).
-Too few images for the embedding dimension gets a warning (`too_few_images`): the whitening
-behind the likelihood readout needs more images than dimensions.
+time, so memory does not grow with the number of images (MS-COCO val is 5k, 100k+ works);
+the embeddings wait in a temporary file for the population's scale (stats/README.md).
+Images are prepared as for generation (`vslerp_app.images.MAX_SIDE`). Too few images for the
+embedding dimension gets a warning (`too_few_images`): the whitening behind the likelihood
+readout needs more images than dimensions.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def _batches(paths: list[Path], batch_size: int, skipped: list) -> Iterator[list
     batch = []
     for path in paths:
         try:
-            batch.append(load_image(path, max_side=512))
+            batch.append(load_image(path))  # the one preparation (images.MAX_SIDE)
         except ImageInputError as e:
             skipped.append((str(path), str(e)))
             continue

@@ -33,7 +33,12 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-__all__ = ["MAX_PIXELS", "ImageInputError", "image_fingerprint", "load_image"]
+__all__ = ["MAX_PIXELS", "MAX_SIDE", "ImageInputError", "image_fingerprint", "load_image"]
+
+#: The one image preparation: every image that is encoded (generation inputs, `vslerp
+#: stats`, `vslerp score`, the app's uploads) is loaded with this longer-side limit, so the
+#: same photo gets the same embedding on every path.
+MAX_SIDE = 1024
 
 #: Largest accepted image, in pixels (width * height). 10000x10000 is accepted; one
 #: pixel more is refused before decoding as a possible decompression bomb.
@@ -73,7 +78,7 @@ def load_image(
     src: Any,
     *,
     name: str | None = None,
-    max_side: int | None = 1024,
+    max_side: int | None = MAX_SIDE,
 ) -> Image.Image:
     """Load ``src`` as a fully decoded RGB image, or raise :class:`ImageInputError`.
 

@@ -16,7 +16,7 @@ from pipelines import DEFAULT_MODEL, LoadedModel, UnclipRunner, carried_mean, ge
 from pipelines import load_model as _load_model
 from vslerp_app.engine import VSLERPPipeline
 from vslerp_app.registry import preset_stats_path
-from vslerp_app.stats import STATS_FILENAME, ModalityStats, StatsError
+from vslerp_app.stats import CONFORMITY_LABELS, STATS_FILENAME, ModalityStats, StatsError
 
 __all__ = ["load_pipeline", "preset_status", "resolve_stats"]
 
@@ -24,14 +24,29 @@ logger = logging.getLogger(__name__)
 
 
 def preset_status(name: str) -> dict:
-    """A preset's settings and where it stands here: its hub snapshot and its stats file."""
+    """A preset's settings and where it stands here: its hub snapshot, its stats file, and what
+    its conformity readout is (``conformity_kind``, ``conformity_label``, ``percentiles``)."""
     preset = get_preset(name)
     local = hub_snapshot(preset.hub_id)
     stats_path = preset_stats_path(name)
+    present = stats_path is not None and stats_path.is_file()
+    # Without its stats file a preset reads out the cosine to the mean its preset names (Eq. 11
+    # uncalibrated); whether a model carries a mean of its own is known only once loaded.
+    kind, percentiles = ("cosine" if preset.mean_source else None), False
+    label = CONFORMITY_LABELS["cosine"] + ("" if preset.mean_source else ", if the model carries a mean")
+    if present:
+        try:
+            stats = ModalityStats.load(stats_path, expected_dim=preset.embedding_dim)
+            kind, percentiles = stats.conformity_kind, stats.has_population
+            label = stats.conformity_label
+        except StatsError as e:
+            logger.warning("unusable stats file: %s", e)
+            present = False
     return {**asdict(preset), "default": name == DEFAULT_MODEL,
             "local_snapshot": None if local is None else str(local),
             "stats_path": None if stats_path is None else str(stats_path),
-            "stats_present": stats_path is not None and stats_path.is_file()}
+            "stats_present": present, "conformity_kind": kind,
+            "conformity_label": label, "percentiles": percentiles}
 
 
 def _carried_stats(loaded: LoadedModel) -> tuple[ModalityStats | None, str]:

@@ -54,10 +54,13 @@ class ReferenceReadout:
         space: the spec (``open_clip:MODEL/PRETRAINED``).
         frame_conformity: conformity of the image's raw embedding against the stats'
             image set (Eq. 10, exact when the stats carry ``mean_unit``; else Eq. 11).
-        conformity_kind: "exact" or "estimated".
+        conformity_kind: "exact", "estimated" or "cosine" (mean-only stats), and
+            conformity_label, the same in words.
         estimated_conformity: Eq. 11, a cos(m, v) + b, always (comparable with the paper).
         frame_log_likelihood: whitened-CLIP log-likelihood up to a constant, None when the
             stats have no whitening matrix.
+        frame_conformity_percentile, frame_log_likelihood_percentile: where the image sits
+            among the stats' own images, in percent (None without their distribution).
     """
 
     def __init__(self, encoder: OpenClipEncoder, stats: ModalityStats, *, batch_size: int = 16):
@@ -126,8 +129,12 @@ class ReferenceReadout:
         return [{"space": self.space,
                  "frame_conformity": float(conf[i]),
                  "conformity_kind": s.conformity_kind,
+                 "conformity_label": s.conformity_label,
                  "estimated_conformity": float(est[i]),
-                 "frame_log_likelihood": None if ll is None else float(ll[i])}
+                 "frame_log_likelihood": None if ll is None else float(ll[i]),
+                 "frame_conformity_percentile": s.conformity_percentile(float(conf[i])),
+                 "frame_log_likelihood_percentile": s.log_likelihood_percentile(
+                     None if ll is None else float(ll[i]))}
                 for i in range(emb.shape[0])]
 
     def info(self) -> dict:

@@ -33,9 +33,18 @@ from vslerp_app.files import OutputDir, RenderError, describe_os_error, output_p
 from vslerp_app.images import ImageInputError, image_fingerprint, load_image
 from vslerp_app.manifest import FRAMES_DIR, MANIFEST_FORMAT, MANIFEST_NAME
 from vslerp_app.outputs import DEFAULT_FPS, OutputRequest, drop_missing_outputs, write_outputs
-from vslerp_app.specs import as_values, check_fps, check_max_batch, check_range, check_seed, combine
+from vslerp_app.specs import (
+    SpecError,
+    as_values,
+    check_fps,
+    check_max_batch,
+    check_range,
+    check_seed,
+    combine,
+)
 
-__all__ = ["FRAMES_DIR", "MANIFEST_NAME", "RenderError", "RenderProgress", "check_request",
+__all__ = ["FRAMES_DIR", "MANIFEST_NAME", "RenderError", "RenderProgress", "check_conformity_request",
+           "check_request",
            "iter_render_sequence", "prepare_output", "render_sequence"]
 
 logger = logging.getLogger(__name__)
@@ -72,6 +81,7 @@ class _Plan:
     request: dict  # what the user asked for, as pinned in the manifest's settings
     sampling: dict  # the sampling overrides that are not None
     chunk: int
+    aims: list | None = None  # per frame, the engine's AimResult when alpha was aimed at a conformity
 
 
 def check_request(source, target, thetas, alphas, seed, *, grid: bool = False, fps=DEFAULT_FPS,
@@ -92,10 +102,13 @@ def check_request(source, target, thetas, alphas, seed, *, grid: bool = False, f
     return theta_values, alpha_values, pairs, inputs
 
 
-def _plan(pipe, source, target, thetas, alphas, seed, grid: bool, max_batch, sampling: dict) -> _Plan:
+def _plan(pipe, source, target, thetas, alphas, seed, grid: bool, max_batch, sampling: dict,
+          conformity=None) -> _Plan:
     unknown = set(sampling) - set(SAMPLING_OPTIONS)
     if unknown:
         raise TypeError(f"render_sequence got unknown option(s) {', '.join(sorted(unknown))}")
+    if conformity is not None:
+        return _aimed_plan(pipe, source, target, thetas, alphas, seed, grid, max_batch, sampling, conformity)
     theta_values, alpha_values, pairs, inputs = check_request(source, target, thetas, alphas, seed,
                                                               grid=grid, max_batch=max_batch)
     seed = check_seed(seed)
@@ -110,6 +123,28 @@ def _plan(pipe, source, target, thetas, alphas, seed, grid: bool, max_batch, sam
     }
     return _Plan(pairs=pairs, thetas=theta_values, alphas=alpha_values, grid=bool(grid), seed=seed,
                  inputs=inputs, request=request, sampling=overrides, chunk=chunk)
+
+
+def check_conformity_request(alphas, conformity, grid: bool) -> list[float]:
+    """The wanted conformity values of an aimed render (finite numbers), or SpecError."""
+    if alphas is not None:
+        raise SpecError("give alphas or a conformity to aim at, not both (--alpha or --conformity)")
+    if grid:
+        raise SpecError("a conformity is aimed at per theta: it pairs with theta as a sweep, not --grid")
+    return as_values(conformity, "conformity")
+
+
+def _aimed_plan(pipe, source, target, thetas, alphas, seed, grid, max_batch, sampling, conformity) -> _Plan:
+    """The plan of a render whose alphas are chosen for wanted conformities (one per theta)."""
+    wanted = check_conformity_request(alphas, conformity, grid)
+    plan = _plan(pipe, source, target, thetas, 0.0, seed, False, max_batch, sampling)
+    targets = combine(plan.thetas, wanted, False)
+    (src, _), (tgt, _) = plan.inputs["source"], plan.inputs["target"]
+    aims = pipe.alphas_for_conformity(src, tgt, [t for t, _ in targets], [c for _, c in targets])
+    plan.pairs = [(a.theta, a.alpha) for a in aims]
+    plan.thetas, plan.alphas, plan.aims = [a.theta for a in aims], [a.alpha for a in aims], aims
+    plan.request.update(frames=[list(p) for p in plan.pairs], conformity=wanted)
+    return plan
 
 
 def _settings(pipe, plan: _Plan) -> tuple[dict, object]:
@@ -246,6 +281,8 @@ def _render_missing(pipe, run: _Run, eff) -> Iterator[RenderProgress]:
                                noise_level=eff.noise_level, resolution=eff.resolution, max_batch=plan.chunk)
         run.render_seconds += time.perf_counter() - t0
         for i, frame in zip(idxs, frames, strict=True):
+            if plan.aims is not None:
+                frame.aim = plan.aims[i].as_dict()
             name = f"{FRAMES_DIR}/{i:04d}.png"
             data = mf.png_bytes(frame.image, {"theta": frame.theta, "alpha": frame.alpha,
                                               "seed": plan.seed, "fingerprint": fingerprint})
@@ -275,7 +312,7 @@ def render_sequence(pipe, source, target, thetas, alphas, seed: int, out_dir, *,
 
 def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_dir, *,
                          grid: bool = False, gif: bool = False, mp4: bool = False, zip: bool = False,
-                         fps: float = DEFAULT_FPS, contact: bool = True, plot: bool = True,
+                         fps: float = DEFAULT_FPS, contact: bool = True, plot: bool = True, conformity=None,
                          max_batch: int | None = None, **sampling) -> Iterator[RenderProgress]:
     """Render one vSLERP sequence into ``out_dir``, yielding a `RenderProgress` after each chunk.
 
@@ -295,11 +332,13 @@ def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_di
         contact, plot: write contact_sheet.png / conformity.png.
         max_batch: frames per generate call, i.e. per chunk written to disk (default: the
             pipeline's).
+        conformity: with alphas=None, wanted conformities paired with thetas (a sweep); each
+            alpha is `VSLERPPipeline.alpha_for_conformity`'s, each entry gets its "aim".
         sampling: preview, steps, super_res_steps, guidance_scale, noise_level, resolution
             (default: the model preset's).
     """
     # 1. Everything that can be checked before touching the output folder
-    plan = _plan(pipe, source, target, thetas, alphas, seed, grid, max_batch, sampling)
+    plan = _plan(pipe, source, target, thetas, alphas, seed, grid, max_batch, sampling, conformity)
     ask = OutputRequest(contact=contact, plot=plot, gif=gif, mp4=mp4, zip=zip, fps=check_fps(fps))
     out_dir = output_path(out_dir)
     old = mf.read_manifest(out_dir)
@@ -325,8 +364,8 @@ def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_di
 
     # 5. Derived outputs (rebuilt when frames changed, missing, or asked anew), then the manifest
     done = [run.entries[i] for i in range(len(plan.pairs))]
-    kind = run.info["stats"]["conformity_kind"] if run.info.get("stats") else "no"
-    title = f"{Path(plan.request['model']).name} ({pipe.kind}), seed {plan.seed}, {kind} conformity"
+    label = (run.info.get("stats") or {}).get("conformity_label", "no conformity")
+    title = f"{Path(plan.request['model']).name} ({pipe.kind}), seed {plan.seed}, {label}"
     manifest = write_outputs(run.out, done, run.outputs_meta, ask, changed=run.frames_rendered > 0,
                              columns=len(plan.alphas) if plan.grid else min(len(done), 8),
                              plot_args=(plan.thetas, plan.alphas, plan.grid, title,

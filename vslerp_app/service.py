@@ -24,14 +24,18 @@ import numpy as np
 import torch
 
 from pipelines import GenerationError
+from vslerp_app.engine import AIM_ALPHA_RANGE
 from vslerp_app.files import RenderError
 from vslerp_app.images import ImageInputError, image_fingerprint, load_image
 from vslerp_app.specs import combine, linspace
+from vslerp_app.stats import CONFORMITY_LABELS
 
 __all__ = [
     "MAX_SEQUENCE_FRAMES",
     "SWEEP_MODES",
     "InputEntry",
+    "aim_markdown",
+    "aimed_alpha",
     "StudioConfig",
     "RequestError",
     "check_request",
@@ -46,6 +50,7 @@ __all__ = [
     "sweep_pairs",
     "sweep_values",
     "user_message",
+    "wanted_conformity",
     "new_workdir",
     "cleanup_workdirs",
 ]
@@ -115,7 +120,8 @@ def embed_input(pipe, path, role: str, cached: InputEntry | None = None) -> Inpu
 def embedding_readouts(pipe, emb: torch.Tensor) -> dict:
     """Conformity (and likelihood) of one raw embedding; None values without stats."""
     if pipe.stats is None:
-        return {"conformity": None, "conformity_kind": None, "log_likelihood": None}
+        return {"conformity": None, "conformity_kind": None, "conformity_label": None, "log_likelihood": None,
+                "conformity_percentile": None, "log_likelihood_percentile": None}
     return pipe.stats.readouts(emb)
 
 
@@ -257,18 +263,22 @@ def readouts_markdown(r: dict | None, stats_note: str = "") -> str:
     if kind is None:
         return (f"{head}. Conformity is not available: no image-modality statistics for this "
                 f"model ({stats_note or 'none found'}).")
-    label = "exact, Eq. 10" if kind == "exact" else "estimated, Eq. 11"
+    label = r.get("conformity_label") or CONFORMITY_LABELS.get(kind, kind)
+    source, target = r.get("source") or {}, r.get("target") or {}
     lines = [
         head,
-        f"Conformity ({label}): interpolated embedding **{_num(r['conformity'])}**, "
-        f"generated frame **{_num(r['frame_conformity'])}**; "
-        f"source {_num(r['source']['conformity'])}, target {_num(r['target']['conformity'])}.",
+        f"{label[:1].upper()}{label[1:]}: interpolated embedding **{_num(r.get('conformity'))}**, "
+        f"generated frame **{_num(r.get('frame_conformity'))}**; "
+        f"source {_num(source.get('conformity'))}, target {_num(target.get('conformity'))}.",
     ]
+    lines += _percentile_lines(r)
     if r.get("frame_log_likelihood") is not None:
         lines.append(f"Whitened log-likelihood (up to a constant): embedding "
-                     f"{_num(r['log_likelihood'], 1)}, frame {_num(r['frame_log_likelihood'], 1)}; "
-                     f"source {_num(r['source']['log_likelihood'], 1)}, "
-                     f"target {_num(r['target']['log_likelihood'], 1)}.")
+                     f"{_num(r.get('log_likelihood'), 1)}, frame {_num(r['frame_log_likelihood'], 1)}; "
+                     f"source {_num(source.get('log_likelihood'), 1)}, "
+                     f"target {_num(target.get('log_likelihood'), 1)}.")
+    if r.get("aim"):
+        lines.append(aim_markdown(r["aim"]))
     ref = r.get("reference")
     if ref:
         line = (f"Reference space `{ref.get('space')}`: frame conformity "
@@ -279,6 +289,54 @@ def readouts_markdown(r: dict | None, stats_note: str = "") -> str:
     if r.get("seconds") is not None:
         lines.append(f"Rendered in {r['seconds']:.2f} s.")
     return "  \n".join(lines)
+
+
+def _percentile_lines(r: dict) -> list[str]:
+    """The population's scale, when the stats carry it: "more typical than 73% of ..."."""
+    lines = []
+    c, f = r.get("conformity_percentile"), r.get("frame_conformity_percentile")
+    if c is not None or f is not None:
+        parts = [f"the frame is more typical than {f:.0f}%" if f is not None else None,
+                 f"its embedding than {c:.0f}%" if c is not None else None]
+        lines.append("On the reference images' scale: " + ", ".join(p for p in parts if p)
+                     + " of the images the statistics were computed from.")
+    ll = r.get("frame_log_likelihood_percentile")
+    if ll is not None:
+        lines.append(f"The frame is more likely than {ll:.0f}% of those images (whitened CLIP).")
+    return lines
+
+
+def aim_markdown(aim: dict) -> str:
+    """One sentence on an aimed alpha: the wanted conformity, the achieved one, and whether reached."""
+    if aim.get("reachable"):
+        return (f"Aimed at conformity {aim['wanted']:.4f}: alpha = {aim['alpha']:.4f} gives "
+                f"{aim['achieved']:.4f}.")
+    return (f"Conformity {aim['wanted']:.4f} is out of reach for alpha in "
+            f"[{AIM_ALPHA_RANGE[0]:g}, {AIM_ALPHA_RANGE[1]:g}] here; the closest is {aim['achieved']:.4f}, "
+            f"at alpha = {aim['alpha']:.4f}.")
+
+
+def aimed_alpha(readouts: dict | None) -> tuple[float, str]:
+    """(alpha, sentence) of a frame rendered at an aimed alpha, for the slider and the note."""
+    aim = (readouts or {}).get("aim")
+    if not aim:
+        raise RequestError("This frame was not aimed at a conformity.")
+    return aim["alpha"], aim_markdown(aim)
+
+
+def wanted_conformity(pipe, value) -> float | None:
+    """The target conformity of a request: None (not aiming), or a finite number with stats."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        raise RequestError(f"target_conformity must be a number, got {value!r}")
+    wanted = _float(value, "target_conformity")
+    if not math.isfinite(wanted):
+        raise RequestError(f"target_conformity must be a finite number, got {value!r}")
+    if pipe.stats is None:
+        raise RequestError(f"aiming at a conformity needs image statistics for this model, and there are "
+                           f"none ({pipe.stats_note}); leave target_conformity empty")
+    return wanted
 
 
 def frame_caption(entry: dict) -> str:
@@ -397,10 +455,17 @@ class Studio:
         return (embed_input(self.pipe, source, "source image", session.get("source")),
                 embed_input(self.pipe, target, "target image", session.get("target")))
 
-    def _run_frame(self, source, target, session: dict, theta, alpha, seed, kwargs):
-        """Embed the inputs (reusing this session's entries) and render one frame."""
+    def _run_frame(self, source, target, session: dict, theta, alpha, seed, kwargs, wanted=None):
+        """Embed the inputs (reusing this session's entries) and render one frame; with
+        ``wanted``, at the alpha that gives that conformity (instead of ``alpha``)."""
         src, tgt = self._embed_pair(source, target, session)
+        aim = None
+        if wanted is not None:
+            aim = self.pipe.alpha_for_conformity(src.embedding, tgt.embedding, theta, wanted)
+            alpha = aim.alpha
         frames = self.pipe.generate(src.embedding, tgt.embedding, [theta], [alpha], seed, **kwargs)
+        if aim is not None:
+            frames[0].aim = aim.as_dict()
         return frames[0], src, tgt
 
     def _run_sequence(self, source, target, session: dict, thetas, alphas, grid, seed, kwargs, fps,
@@ -416,33 +481,62 @@ class Studio:
 
     # -- requests ----------------------------------------------------------------------
     def frame_request(self, source, target, theta, alpha, seed, quality, steps, super_res_steps,
-                      preview_steps, guidance_scale, max_batch):
-        """(pairs, seed, generate kwargs) of a one-frame request, or RequestError."""
+                      preview_steps, guidance_scale, max_batch, target_conformity=None):
+        """(pairs, seed, generate kwargs) of a one-frame request, or RequestError.
+
+        With a ``target_conformity`` the alpha is aimed at it when the frame is rendered:
+        kwargs then hold it under "target_conformity" (`frame` takes it out).
+        """
         kwargs = generate_kwargs(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch)
         pairs = [(_float(theta, "theta"), _float(alpha, "alpha"))]
+        wanted = wanted_conformity(self.pipe, target_conformity)
+        if wanted is not None:
+            pairs = [(pairs[0][0], 0.0)]  # the alpha given is replaced by the aimed one
         seed = check_request(self.pipe, source, target, pairs, seed, kwargs)
+        if wanted is not None:
+            kwargs["target_conformity"] = wanted
         return pairs, seed, kwargs
+
+    def aim_request(self, *request):
+        """The gate of the app's Aim button: a conformity typed in, and a frame request the
+        engine takes. ``request`` as frame_request, target_conformity last. The alpha itself
+        is found where the frame renders (`frame`), so the model runs in one GPU call."""
+        if wanted_conformity(self.pipe, request[-1]) is None:
+            raise RequestError("Type the conformity to aim at first (e.g. 0.8).")
+        return self.frame_request(*request)
 
     def sequence_request(self, source, target, sweep, theta, alpha, theta_start, theta_stop,
                          theta_frames, alpha_start, alpha_stop, alpha_frames, seed, quality, steps,
-                         super_res_steps, preview_steps, guidance_scale, max_batch, fps):
-        """(thetas, alphas, grid, seed, generate kwargs, fps) of a sequence request, or RequestError."""
+                         super_res_steps, preview_steps, guidance_scale, max_batch, fps,
+                         target_conformity=None):
+        """(thetas, alphas, grid, seed, generate kwargs, fps) of a sequence request, or RequestError.
+
+        With a ``target_conformity`` (a theta sweep only) every frame's alpha is aimed at it:
+        alphas is None and kwargs hold "conformity" for `render_sequence`.
+        """
         kwargs = generate_kwargs(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch)
+        wanted = wanted_conformity(self.pipe, target_conformity)
+        if wanted is not None and sweep != "theta":
+            raise RequestError(f"target_conformity sets each frame's alpha, so it goes with sweep='theta', "
+                               f"not {sweep!r}")
         thetas, alphas, grid = sweep_values(
-            sweep, _float(theta, "theta"), _float(alpha, "alpha"), _float(theta_start, "theta_start"),
-            _float(theta_stop, "theta_stop"), theta_frames, _float(alpha_start, "alpha_start"),
-            _float(alpha_stop, "alpha_stop"), alpha_frames)
+            sweep, _float(theta, "theta"), 0.0 if wanted is not None else _float(alpha, "alpha"),
+            _float(theta_start, "theta_start"), _float(theta_stop, "theta_stop"), theta_frames,
+            _float(alpha_start, "alpha_start"), _float(alpha_stop, "alpha_stop"), alpha_frames)
         seed = check_request(self.pipe, source, target, sweep_pairs(thetas, alphas, grid), seed, kwargs,
                              max_frames=self.config.max_sequence_frames)
+        if wanted is not None:
+            alphas, kwargs["conformity"] = None, wanted
         return thetas, alphas, grid, seed, kwargs, _float(fps, "fps")
 
     # -- whole requests ----------------------------------------------------------------
     def frame(self, session, *request):
         """One frame at (theta, alpha): (image, readouts, new session). ``request`` as frame_request."""
         pairs, seed, kwargs = self.frame_request(*request)
+        wanted = kwargs.pop("target_conformity", None)
         session = session if isinstance(session, dict) else {}
         start = time.perf_counter()
-        frame, src, tgt = self.run_frame(request[0], request[1], session, *pairs[0], seed, kwargs)
+        frame, src, tgt = self.run_frame(request[0], request[1], session, *pairs[0], seed, kwargs, wanted)
         readouts = frame_readouts(frame, src, tgt, self.pipe.model, time.perf_counter() - start)
         return frame.image, readouts, {"source": src, "target": tgt}
 

@@ -1,9 +1,12 @@
 """Image-modality statistics of one encoder: compute (streaming), save, load, validate.
 
 A stats file is a safetensors file with tensors ``mean`` (raw mean, Eq. 12's m),
-optionally ``mean_unit`` (mean of unit-normalised embeddings, exact Eq. 10) and
-``whitening`` (W = Sigma^-1/2, whitened-CLIP likelihood), and string metadata: the
-fitted a, b of Eq. 11, n, provenance and a sha256 checksum of everything.
+optionally ``mean_unit`` (mean of unit-normalised embeddings, exact Eq. 10),
+``whitening`` (W = Sigma^-1/2, whitened-CLIP likelihood, float64) and the population's
+scale: ``conformity_quantiles`` and ``log_likelihood_quantiles`` (101 quantiles of the
+members' own values, float64), and string metadata: the fitted a, b of Eq. 11, n,
+provenance and a sha256 checksum of everything. Files without the quantiles (written
+before them, or mean-only) load and give no percentiles.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata as _metadata
@@ -22,11 +26,23 @@ import torch
 
 from vslerp_app import geometry
 
-__all__ = ["ModalityStats", "StatsAccumulator", "StatsError", "compute_stats"]
+__all__ = ["CONFORMITY_LABELS", "POPULATION_QUANTILES", "ModalityStats", "StatsAccumulator", "StatsError",
+           "compute_stats", "percentile_in"]
 
 FORMAT = "vslerp-stats/1"
 STATS_FILENAME = "vslerp-stats.safetensors"
-_TENSOR_NAMES = ("mean", "mean_unit", "whitening")
+_QUANTILE_NAMES = ("conformity_quantiles", "log_likelihood_quantiles")
+_TENSOR_NAMES = ("mean", "mean_unit", "whitening", *_QUANTILE_NAMES)
+# Quantiles of the members' conformity and log-likelihood kept in a stats file: p = 0, 1%, ..., 100%.
+POPULATION_QUANTILES = 101
+# What each kind of conformity readout is, in words a UI, a manifest and the API show.
+CONFORMITY_LABELS = {
+    "exact": "exact conformity (Eq. 10)",
+    "estimated": "estimated conformity (Eq. 11)",
+    "cosine": "cosine to the image mean (Eq. 11 uncalibrated)",
+}
+# Rows of spilled member embeddings read back at a time when the statistics are finalised.
+_MEMBER_CHUNK = 4096
 # A variance of cos(m, v) below this fraction of its mean square is float64 rounding.
 _NO_SPREAD = 1e-10
 # Eigenvalues of the covariance below this fraction of the largest are treated as noise
@@ -63,6 +79,10 @@ class ModalityStats:
         pearson: Pearson correlation of C and C_hat over the set (None if not fitted).
         modality: "image" or "text".
         provenance: where the numbers come from (encoder, model id, data set, ...).
+        conformity_quantiles: the population's scale: quantiles at p = 0, 1/(Q-1), ..., 1
+            of the members' conformity (Eq. 10, each member against the others), shape
+            (Q,), float64; None when unknown (older files, mean-only stats).
+        log_likelihood_quantiles: the same for the members' whitened log-likelihood.
     """
 
     mean: torch.Tensor
@@ -74,6 +94,8 @@ class ModalityStats:
     pearson: float | None = None
     modality: str = "image"
     provenance: dict[str, str] = field(default_factory=dict)
+    conformity_quantiles: torch.Tensor | None = None
+    log_likelihood_quantiles: torch.Tensor | None = None
 
     def __post_init__(self):
         self.validate()
@@ -94,29 +116,65 @@ class ModalityStats:
 
     @property
     def conformity_kind(self) -> str:
-        return "exact" if self.has_exact_conformity else "estimated"
+        """"exact" (Eq. 10), "estimated" (Eq. 11 with a fitted a, b) or "cosine" (mean only)."""
+        if self.has_exact_conformity:
+            return "exact"
+        return "estimated" if self.calibrated else "cosine"
+
+    @property
+    def conformity_label(self) -> str:
+        """What the conformity readout is, in words (`CONFORMITY_LABELS`)."""
+        return CONFORMITY_LABELS[self.conformity_kind]
+
+    @property
+    def has_population(self) -> bool:
+        """True when the file carries the members' conformity distribution (percentiles)."""
+        return self.conformity_quantiles is not None
 
     def conformity(self, v: torch.Tensor) -> torch.Tensor:
-        """Conformity of v against the set: exact (Eq. 10) if mean_unit is known, else Eq. 11."""
+        """Conformity of v against the set, in float64: exact (Eq. 10) with mean_unit, else Eq. 11."""
         if self.mean_unit is None:
             return self.estimated_conformity(v)
-        return geometry.conformity(v, self.mean_unit.to(v.device))
+        return geometry.conformity(_f64(v), self.mean_unit.to(v.device, torch.float64))
 
     def estimated_conformity(self, v: torch.Tensor) -> torch.Tensor:
-        """Eq. 11: a cos(m, v) + b."""
-        return geometry.estimated_conformity(v, self.mean, self.a, self.b)
+        """Eq. 11: a cos(m, v) + b, in float64."""
+        return geometry.estimated_conformity(_f64(v), self.mean.to(v.device, torch.float64), self.a, self.b)
 
     def log_likelihood(self, v: torch.Tensor) -> torch.Tensor | None:
-        """Whitened-CLIP log-likelihood up to a constant, or None without a whitening matrix."""
+        """Whitened-CLIP log-likelihood up to a constant, in float64; None without a whitening matrix.
+
+        float64 because Sigma is often nearly singular (condition numbers near 1e10):
+        float32 arithmetic loses ~5e-5 of the value there.
+        """
         if self.whitening is None:
             return None
-        return geometry.whitened_log_likelihood(v, self.mean, self.whitening)
+        return geometry.whitened_log_likelihood(_f64(v), self.mean.to(v.device, torch.float64),
+                                                self.whitening.to(v.device, torch.float64))
+
+    def conformity_percentile(self, value) -> float | None:
+        """Percent of the stats' members less conformal than ``value`` (None without the scale)."""
+        return None if self.conformity_quantiles is None else percentile_in(value, self.conformity_quantiles)
+
+    def log_likelihood_percentile(self, value) -> float | None:
+        """Percent of the members with a lower log-likelihood than ``value`` (None without it)."""
+        if self.log_likelihood_quantiles is None or value is None:
+            return None
+        return percentile_in(value, self.log_likelihood_quantiles)
 
     def readouts(self, v: torch.Tensor) -> dict:
-        """Conformity (with its kind) and log-likelihood (None without whitening) of one vector."""
+        """Conformity (its kind, label and percentile) and log-likelihood (and its percentile) of v.
+
+        Percentiles are None when the stats carry no population distribution; the
+        log-likelihood is None without whitening.
+        """
         ll = self.log_likelihood(v)
-        return {"conformity": float(self.conformity(v)), "conformity_kind": self.conformity_kind,
-                "log_likelihood": None if ll is None else float(ll)}
+        c = float(self.conformity(v))
+        ll = None if ll is None else float(ll)
+        return {"conformity": c, "conformity_kind": self.conformity_kind,
+                "conformity_label": self.conformity_label, "log_likelihood": ll,
+                "conformity_percentile": self.conformity_percentile(c),
+                "log_likelihood_percentile": self.log_likelihood_percentile(ll)}
 
     def describe(self) -> str:
         """One line for a UI or a log."""
@@ -126,9 +184,11 @@ class ModalityStats:
             parts.append(f"n={self.n}")
         if p.get("dataset"):
             parts.append(p["dataset"])
-        parts.append("exact conformity" if self.has_exact_conformity else "estimated conformity")
+        parts.append(self.conformity_label)
         if self.whitening is not None:
             parts.append("likelihood")
+        if self.has_population:
+            parts.append("percentiles")
         if p.get("source"):
             parts.append(f"from {p['source']}")
         return ", ".join(parts)
@@ -162,6 +222,16 @@ class ModalityStats:
                 fail(f"whitening has shape {tuple(self.whitening.shape)}, expected ({d}, {d})")
             if not torch.isfinite(self.whitening).all():
                 fail("whitening has non-finite values")
+        for name in _QUANTILE_NAMES:
+            q = getattr(self, name)
+            if q is None:
+                continue
+            if not isinstance(q, torch.Tensor) or q.ndim != 1 or q.shape[0] < 2:
+                fail(f"{name} must be a 1-D tensor of at least 2 quantiles, got {getattr(q, 'shape', q)}")
+            if not torch.isfinite(q).all():
+                fail(f"{name} has non-finite values")
+            if bool((q[1:] < q[:-1]).any()):
+                fail(f"{name} must be non-decreasing (quantiles in order)")
         if self.n is not None and self.n < 2:
             fail(f"n must be at least 2, got {self.n}")
         for name in ("a", "b"):
@@ -172,12 +242,18 @@ class ModalityStats:
 
     # -- persistence -----------------------------------------------------------------
     def _tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {"mean": self.mean}
+        """The tensors as stored: mean and mean_unit float32; W as computed (float64 since the
+        population's scale came in, float32 in older files); the quantiles float64."""
+        tensors = {"mean": self.mean.to(torch.float32)}
         if self.mean_unit is not None:
-            tensors["mean_unit"] = self.mean_unit
+            tensors["mean_unit"] = self.mean_unit.to(torch.float32)
         if self.whitening is not None:
-            tensors["whitening"] = self.whitening
-        return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+            w = self.whitening
+            tensors["whitening"] = w if w.dtype == torch.float64 else w.to(torch.float32)
+        for name in _QUANTILE_NAMES:
+            if getattr(self, name) is not None:
+                tensors[name] = getattr(self, name).to(torch.float64)
+        return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
     def _scalars(self) -> dict[str, str]:
         return {
@@ -242,6 +318,8 @@ class ModalityStats:
                 mean=tensors["mean"].float(),
                 mean_unit=tensors.get("mean_unit"),
                 whitening=tensors.get("whitening"),
+                conformity_quantiles=tensors.get("conformity_quantiles"),
+                log_likelihood_quantiles=tensors.get("log_likelihood_quantiles"),
                 n=int(meta["n"]) if meta.get("n") else None,
                 a=float(meta["a"]),
                 b=float(meta["b"]),
@@ -266,6 +344,48 @@ class ModalityStats:
                    provenance={k: str(v) for k, v in provenance.items()})
 
 
+def _f64(v) -> torch.Tensor:
+    return torch.as_tensor(v).to(torch.float64)
+
+
+def percentile_in(value, quantiles) -> float | None:
+    """Percent of a population below ``value``, read off its quantiles (the inverse of their
+    piecewise-linear interpolation); in [0, 100], non-decreasing in value; None for None/NaN.
+
+    ``quantiles`` are at p = 0, 1/(Q-1), ..., 1. Below the smallest: 0; above the largest:
+    100; on a run of equal quantiles (a tie): the middle of the run.
+    """
+    if value is None:
+        return None
+    x = float(value)
+    if math.isnan(x):
+        return None
+    q = torch.as_tensor(quantiles, dtype=torch.float64)
+    k = q.shape[0] - 1
+    lo = int(torch.searchsorted(q, torch.tensor([x], dtype=torch.float64), right=False)[0])
+    hi = int(torch.searchsorted(q, torch.tensor([x], dtype=torch.float64), right=True)[0]) - 1
+    if hi >= lo:  # x equals quantiles lo..hi
+        rank = (lo + hi) / 2
+    elif lo == 0:
+        rank = 0.0
+    elif lo > k:
+        rank = float(k)
+    else:  # q[hi] < x < q[lo], lo = hi + 1
+        rank = hi + (x - float(q[hi])) / (float(q[lo]) - float(q[hi]))
+    return 100.0 * rank / k
+
+
+def quantiles_of(values: torch.Tensor, count: int = POPULATION_QUANTILES) -> torch.Tensor:
+    """``count`` quantiles at p = 0, 1/(count-1), ..., 1 (linear interpolation between order
+    statistics, numpy's default), float64; torch.sort, so no size limit."""
+    x = torch.sort(values.to(torch.float64).flatten()).values
+    h = torch.linspace(0, 1, count, dtype=torch.float64) * (x.shape[0] - 1)
+    lo = h.floor().long().clamp(max=x.shape[0] - 1)
+    hi = (lo + 1).clamp(max=x.shape[0] - 1)
+    out = x[lo] + (h - lo) * (x[hi] - x[lo])
+    return out.cummax(0).values  # rounding never unorders them
+
+
 class StatsAccumulator:
     """Streaming sums over batches of raw embeddings; memory O(d^2), whatever the count.
 
@@ -273,14 +393,21 @@ class StatsAccumulator:
     covariance (merged per batch with Chan's parallel update), the sum of unit vectors
     and their second moment, from which the Eq. 11 least-squares fit of exact
     conformity on cos(m, v) over the whole set is closed-form.
+
+    The population's scale (each member's conformity and log-likelihood, whose quantiles
+    the stats keep) needs the final mean_unit, m and W, known only at the end: with
+    ``population=True`` every embedding is also written, as float32, to an anonymous
+    temporary file (4 d bytes each: 15 MB for 5k embeddings at d = 768), read back in
+    chunks by `finalize`; memory then holds two float64 values per member.
     """
 
-    def __init__(self):
+    def __init__(self, population: bool = True):
         self.n = 0
         self.mean = None  # float64 running mean of v
         self.m2 = None  # float64 sum of (v - mean)(v - mean)^T
         self.unit_sum = None  # float64 sum of v/|v|
         self.unit_outer = None  # float64 sum of (v/|v|)(v/|v|)^T
+        self._spill = tempfile.TemporaryFile(prefix="vslerp-members-") if population else None
 
     def update(self, embeddings: torch.Tensor) -> None:
         x = torch.as_tensor(embeddings).detach().to("cpu", torch.float64)
@@ -314,6 +441,9 @@ class StatsAccumulator:
         self.unit_sum += unit.sum(0)
         self.unit_outer += unit.T @ unit
         self.n = n
+        if self._spill is not None:
+            self._spill.seek(0, os.SEEK_END)
+            self._spill.write(memoryview(x.to(torch.float32).contiguous().numpy()))
 
     def finalize(self, whitening: bool | None = None, modality: str = "image",
                  **provenance) -> ModalityStats:
@@ -331,9 +461,37 @@ class StatsAccumulator:
             "library_versions": json.dumps(_library_versions(), sort_keys=True),
         }
         prov.update({k: str(v) for k, v in provenance.items() if v is not None})
-        return ModalityStats(mean=self.mean.float(), mean_unit=mean_unit.float(), n=n,
-                             a=a, b=b, whitening=None if w is None else w.float(),
-                             pearson=pearson, modality=modality, provenance=prov)
+        stats = ModalityStats(mean=self.mean.float(), mean_unit=mean_unit.float(), n=n, a=a, b=b,
+                              whitening=w, pearson=pearson, modality=modality, provenance=prov)
+        if self._spill is not None:
+            conformity, log_likelihood = self.member_values(stats)
+            stats.conformity_quantiles = quantiles_of(conformity)
+            stats.log_likelihood_quantiles = None if log_likelihood is None else quantiles_of(log_likelihood)
+            stats.validate()
+        return stats
+
+    def member_values(self, stats: ModalityStats) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each member's conformity (Eq. 10, itself excluded) and whitened log-likelihood
+        under ``stats`` (as stored: float32 m and mean_unit, W), float64, in the order fed."""
+        if self._spill is None:
+            raise StatsError("this accumulator keeps no members (population=False)")
+        n, d = self.n, stats.dim
+        conformity = torch.empty(n, dtype=torch.float64)
+        log_likelihood = None if stats.whitening is None else torch.empty(n, dtype=torch.float64)
+        mean_unit = stats.mean_unit.double()
+        chunk = torch.empty(_MEMBER_CHUNK, d, dtype=torch.float32)
+        self._spill.seek(0)
+        done = 0
+        while done < n:
+            rows = min(_MEMBER_CHUNK, n - done)
+            view = chunk[:rows]
+            if self._spill.readinto(memoryview(view.numpy()).cast("B")) != rows * d * 4:
+                raise StatsError("the temporary file of member embeddings was cut short")
+            conformity[done:done + rows] = geometry.member_conformity(view.double(), mean_unit, n)
+            if log_likelihood is not None:
+                log_likelihood[done:done + rows] = stats.log_likelihood(view)
+            done += rows
+        return conformity, log_likelihood
 
     def _fit_estimate(self, mean_unit: torch.Tensor) -> tuple[float, float, float | None]:
         """Least squares C = a cos(m, v) + b over the set (Eq. 11), C the member conformity.
@@ -371,13 +529,14 @@ def _inverse_sqrt(cov: torch.Tensor) -> torch.Tensor:
 
 def compute_stats(embeddings: torch.Tensor | Iterable[torch.Tensor], *,
                   whitening: bool | None = None, modality: str = "image",
-                  batch_size: int = 4096, **provenance) -> ModalityStats:
+                  batch_size: int = 4096, population: bool = True, **provenance) -> ModalityStats:
     """Statistics of raw embeddings: an (N, d) tensor or an iterable of (B, d) batches.
 
     Keyword arguments other than the options become provenance (encoder=..., model_id=...,
-    dataset=...). whitening=None computes W = Sigma^-1/2 only when N > d.
+    dataset=...). whitening=None computes W = Sigma^-1/2 only when N > d. population=True
+    also records the members' conformity and log-likelihood quantiles (percentiles).
     """
-    acc = StatsAccumulator()
+    acc = StatsAccumulator(population=population)
     if isinstance(embeddings, torch.Tensor):
         embeddings = embeddings.split(batch_size) if embeddings.ndim == 2 else [embeddings]
     for batch in embeddings:
