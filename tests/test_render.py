@@ -466,9 +466,12 @@ def test_grid_plot_is_a_heat_map_and_one_line_per_alpha_coloured_by_alpha(n_alph
 @pytest.mark.parametrize("thetas, alphas, xlabel", [
     ([0.0, 0.5, 1.0], [1.0], "theta (alpha 1)"),
     ([0.5], [-1.0, 0.0, 1.0, 2.0, 3.0], "alpha (theta 0.5)"),
+    ([0.2, 0.5, 0.8], [0.3, -0.1, 0.7], "theta (alpha changes along the path)"),  # paired, or aimed
+    ([0.2, 0.8, 0.5], [0.3, -0.1, 0.7], "frame (theta and alpha change together)"),
 ])
 def test_sweep_plots_mark_the_source_and_target(thetas, alphas, xlabel):
-    pairs = [(t, a) for t in thetas for a in alphas]
+    paired = len(thetas) == len(alphas) > 1
+    pairs = list(zip(thetas, alphas, strict=True)) if paired else [(t, a) for t in thetas for a in alphas]
     entries = [{"index": i, "theta": t, "alpha": a, "conformity": 0.8 + 0.1 * t, "frame_conformity": 0.85,
                 "log_likelihood": None, "frame_log_likelihood": None} for i, (t, a) in enumerate(pairs)]
     refs = {"source": {"conformity": 0.8, "log_likelihood": None},

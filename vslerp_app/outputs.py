@@ -155,16 +155,18 @@ def _reference_lines(ax, refs: dict, key: str) -> None:
 
 
 def _sweep_axis(entries: list[dict]) -> tuple[list[float], str, list[str] | None]:
-    """(x of each frame, x label, tick labels or None): theta or alpha if only it changes."""
+    """(x of each frame, x label, tick labels or None): theta or alpha if only it changes; theta
+    when both change along a path of distinct thetas (an aimed render); else the frame index."""
     thetas, alphas = [e["theta"] for e in entries], [e["alpha"] for e in entries]
     if len(set(alphas)) == 1 and len(set(thetas)) > 1:
         return thetas, f"theta (alpha {alphas[0]:g})", None
     if len(set(thetas)) == 1 and len(set(alphas)) > 1:
         return alphas, f"alpha (theta {thetas[0]:g})", None
-    xs = [float(e["index"]) for e in entries]
     ticks = ([f"θ {t:.3g}\nα {a:.3g}" for t, a in zip(thetas, alphas, strict=True)]
-             if len(xs) <= 12 else None)
-    return xs, "frame (theta and alpha change together)", ticks
+             if len(entries) <= 12 else None)
+    if len(set(thetas)) == len(thetas) and thetas in (sorted(thetas), sorted(thetas, reverse=True)):
+        return thetas, "theta (alpha changes along the path)", ticks
+    return [float(e["index"]) for e in entries], "frame (theta and alpha change together)", ticks
 
 
 def _sweep_figure(entries: list[dict], metrics: list[_Metric], refs: dict):
@@ -178,6 +180,9 @@ def _sweep_figure(entries: list[dict], metrics: list[_Metric], refs: dict):
                 label="embedding (Eq. 12)")
         ax.plot(xs, _values(entries, metric.frame), "--s", color="#ff7f0e", markersize=3,
                 label="frame, re-encoded")
+        aims = [e.get("aim") if isinstance(e.get("aim"), dict) else {} for e in entries]
+        if metric is _CONFORMITY and any(aims):  # an aimed render: the conformity asked for
+            ax.plot(xs, _values(aims, "wanted"), "x", color="#2ca02c", markersize=7, label="wanted (aimed)")
         _reference_lines(ax, refs, metric.reference)
         ax.set_ylabel(metric.label)
         ax.grid(True, alpha=0.3)

@@ -353,7 +353,7 @@ def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_di
                           "--out directory, or delete this one to start over")
 
     # 3. The output folder, and the frames already done there
-    _input_readouts(pipe, plan)
+    references = _input_readouts(pipe, plan)
     prepare_output(out_dir)
     run = _Run(out=OutputDir(out_dir), plan=plan, settings=settings, info=pipe.info(), old=old,
                entries=_valid_entries(old, out_dir, len(plan.pairs)))
@@ -368,17 +368,17 @@ def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_di
     title = f"{Path(plan.request['model']).name} ({pipe.kind}), seed {plan.seed}, {label}"
     manifest = write_outputs(run.out, done, run.outputs_meta, ask, changed=run.frames_rendered > 0,
                              columns=len(plan.alphas) if plan.grid else min(len(done), 8),
-                             plot_args=(plan.thetas, plan.alphas, plan.grid, title,
-                                        {role: desc["readouts"] for role, (_, desc) in plan.inputs.items()}),
+                             plot_args=(plan.thetas, plan.alphas, plan.grid, title, references),
                              save_manifest=lambda: run.save("complete"))
     yield RenderProgress(len(done), len(done), done, out_dir, manifest)
 
 
-def _input_readouts(pipe, plan: _Plan) -> None:
-    """The source's and target's own readouts, kept with their description in the manifest's
-    ``inputs`` (the conformity plot marks them); None without stats."""
+def _input_readouts(pipe, plan: _Plan) -> dict:
+    """The source's and target's own readouts (None without stats), by role; kept with their
+    description in the manifest's ``inputs``; the conformity plot marks them."""
     for value, desc in plan.inputs.values():
         desc["readouts"] = None if pipe.stats is None else pipe.stats.readouts(pipe.encode(value))
+    return {role: desc["readouts"] for role, (_, desc) in plan.inputs.items()}
 
 
 def _process_info() -> dict:
