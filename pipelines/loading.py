@@ -17,10 +17,16 @@ is loaded with that class's ``from_pretrained(path, subfolder=name)`` and put in
 `carried_mean` reads the mean of the image embeddings a model carries (Stable unCLIP's
 ``image_normalizer.mean``, an unCLIP prior's ``clip_mean``) straight from the weights file,
 or from the repository its preset names.
+
+Start-up is quiet: `library_output` silences diffusers' and transformers' warnings and
+progress bars while a model loads (the deprecation warning for the Karlo pipeline, which we
+load on purpose, and the "Loading weights" bars); `set_verbose(True)` (`vslerp --verbose`)
+lets them through. Errors always show.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -41,12 +47,14 @@ __all__ = [
     "PipelineDirectoryError",
     "carried_mean",
     "hub_snapshot",
+    "library_output",
     "load_diffusers_pipeline",
     "load_model",
     "pick_device_dtype",
     "read_embedded_mean",
     "read_model_index",
     "resolve_model_path",
+    "set_verbose",
 ]
 
 logger = logging.getLogger(__name__)
@@ -109,6 +117,43 @@ class LoadedModel:
     @property
     def encoder_name(self) -> str:
         return self.preset.encoder if self.from_preset else f"image encoder of {self.model}"
+
+
+# -- what the libraries print -------------------------------------------------------------
+_verbose = False
+
+
+def set_verbose(verbose: bool) -> None:
+    """Show (True) or hide (False, the default) the libraries' warnings and bars in `library_output`."""
+    global _verbose
+    _verbose = bool(verbose)
+
+
+@contextlib.contextmanager
+def library_output():
+    """Inside: diffusers' and transformers' warnings and progress bars off, unless `set_verbose(True)`.
+
+    Errors still show. Used around loading (and writing) a model, whose every start would
+    otherwise print diffusers' deprecation warning for UnCLIPImageVariationPipeline and a
+    "Loading weights" bar per component.
+    """
+    if _verbose:
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled())
+             for lib in (diffusers_logging, transformers_logging)]
+    for lib, _, _ in saved:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, level, bars in saved:
+            lib.set_verbosity(level)
+            (lib.enable_progress_bar if bars else lib.disable_progress_bar)()
 
 
 # -- model_index.json ----------------------------------------------------------------------
@@ -356,7 +401,8 @@ def load_model(model: str | os.PathLike, device=None, dtype=None, *,
         raise ModelLoadError(str(e)) from None
     _check_precision(kind, device, dtype)
     _check_components(model_dir, index)
-    pipe = load_diffusers_pipeline(model_dir, torch_dtype=dtype, index=index)
+    with library_output():
+        pipe = load_diffusers_pipeline(model_dir, torch_dtype=dtype, index=index)
     if offload and device.type != "cuda":
         logger.warning("offload applies to CUDA devices only; the model runs on %s without it", device)
         offload = False

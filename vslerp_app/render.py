@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vslerp_app import manifest as mf
-from vslerp_app.files import OutputDir, RenderError, describe_os_error, remove_partials
+from vslerp_app.files import OutputDir, RenderError, describe_os_error, output_path, remove_partials
 from vslerp_app.images import ImageInputError, image_fingerprint, load_image
 from vslerp_app.manifest import FRAMES_DIR, MANIFEST_FORMAT, MANIFEST_NAME
-from vslerp_app.outputs import DEFAULT_FPS, OutputRequest, write_outputs
+from vslerp_app.outputs import DEFAULT_FPS, OutputRequest, drop_missing_outputs, write_outputs
 from vslerp_app.specs import (
     SpecError,
     as_values,
@@ -215,6 +215,7 @@ class _Run:
     def __post_init__(self):
         self.frames_reused = len(self.entries)
         self.outputs_meta = dict((self.old or {}).get("outputs", {}))
+        drop_missing_outputs(self.outputs_meta, self.out.path)
 
     def manifest(self, status: str) -> dict:
         old = self.old or {}
@@ -339,7 +340,7 @@ def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_di
     # 1. Everything that can be checked before touching the output folder
     plan = _plan(pipe, source, target, thetas, alphas, seed, grid, max_batch, sampling, conformity)
     ask = OutputRequest(contact=contact, plot=plot, gif=gif, mp4=mp4, zip=zip, fps=check_fps(fps))
-    out_dir = Path(out_dir)
+    out_dir = output_path(out_dir)
     old = mf.read_manifest(out_dir)
     mf.refuse_if_changed(old, {**plan.request, **plan.sampling}, out_dir,
                          keys=list(plan.request) + list(plan.sampling))
@@ -352,6 +353,7 @@ def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_di
                           "--out directory, or delete this one to start over")
 
     # 3. The output folder, and the frames already done there
+    references = _input_readouts(pipe, plan)
     prepare_output(out_dir)
     run = _Run(out=OutputDir(out_dir), plan=plan, settings=settings, info=pipe.info(), old=old,
                entries=_valid_entries(old, out_dir, len(plan.pairs)))
@@ -366,9 +368,17 @@ def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_di
     title = f"{Path(plan.request['model']).name} ({pipe.kind}), seed {plan.seed}, {label}"
     manifest = write_outputs(run.out, done, run.outputs_meta, ask, changed=run.frames_rendered > 0,
                              columns=len(plan.alphas) if plan.grid else min(len(done), 8),
-                             plot_args=(plan.thetas, plan.alphas, plan.grid, title),
+                             plot_args=(plan.thetas, plan.alphas, plan.grid, title, references),
                              save_manifest=lambda: run.save("complete"))
     yield RenderProgress(len(done), len(done), done, out_dir, manifest)
+
+
+def _input_readouts(pipe, plan: _Plan) -> dict:
+    """The source's and target's own readouts (None without stats), by role; kept with their
+    description in the manifest's ``inputs``; the conformity plot marks them."""
+    for value, desc in plan.inputs.values():
+        desc["readouts"] = None if pipe.stats is None else pipe.stats.readouts(pipe.encode(value))
+    return {role: desc["readouts"] for role, (_, desc) in plan.inputs.items()}
 
 
 def _process_info() -> dict:
