@@ -177,8 +177,6 @@ def test_sequence_returns_gallery_plot_gif_mp4_and_zip(client):
     assert manifest["settings"]["seed"] == 3 and manifest["settings"]["steps"] == 2
 
 
-@pytest.mark.xfail(strict=True, reason="the ZIP holds the GIF, MP4 and plot once issue 13's outputs.py is "
-                   "merged; drop this mark then")
 def test_the_zip_holds_what_the_page_says(client):
     """The page: "The ZIP holds the frames and manifest.json ..., with the GIF, MP4 and plot"."""
     from vslerp_app.outputs import GIF_NAME, MP4_NAME, PLOT_NAME
