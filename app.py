@@ -22,6 +22,8 @@ except ImportError:  # everywhere else: the decorator is a no-op
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
+import hashlib  # noqa: E402
+import inspect  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
@@ -31,8 +33,9 @@ from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 import gradio as gr  # noqa: E402
+from gradio.exceptions import InvalidPathError  # noqa: E402
 
-from pipelines import DEFAULT_MODEL  # noqa: E402
+from pipelines import DEFAULT_MODEL, HubUnreachableError  # noqa: E402
 from vslerp_app import load_pipeline  # noqa: E402
 from vslerp_app import service as ui  # noqa: E402
 from vslerp_app.images import ImageInputError, load_image  # noqa: E402
@@ -42,11 +45,29 @@ logger = logging.getLogger("vslerp_studio")
 HERE = Path(__file__).resolve().parent
 EXAMPLES_DIR = HERE / "examples"
 GPU_QUEUE = "gpu"  # every event that runs the model shares this concurrency id: one GPU job at a time
+CHECK_QUEUE = "check"  # the pre-checks: header reads only, never a decode
 
 CSS = """
 #frame-out img { object-fit: contain; }
 #readout { min-height: 5em; }
+/* Phones: a gallery of two columns whose captions fit under each frame. */
+@media (max-width: 640px) {
+  #gallery .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+  #gallery .caption-label { white-space: normal; overflow-wrap: anywhere; max-width: 100%; }
+}
 """
+
+# After Generate, the frame comes into view (on a phone it sits below the inputs).
+SCROLL_TO_FRAME = """() => {
+  const frame = document.getElementById("frame-out");
+  const box = frame && frame.getBoundingClientRect();
+  if (box && (box.top < 0 || box.bottom > window.innerHeight)) frame.scrollIntoView({block: "start"});
+}"""
+
+OFFLINE_HINT = """Without the hub, try the studio on a tiny random-weight model (its frames are noise):
+    vslerp fixture karlo /tmp/tiny-karlo
+    python app.py --model /tmp/tiny-karlo
+or pass a downloaded copy of the model: python app.py --model DIR"""
 
 EXAMPLES = [  # source, target, theta, alpha: alpha about the ellipsoid centre (paper: -2..2)
     ("chelsea.jpg", "astronaut.jpg", 0.5, 1.0, "cat -> astronaut, half way, alpha 1"),
@@ -74,48 +95,125 @@ def on_zero_gpu() -> bool:
 
 
 # -- Gradio's side of errors -----------------------------------------------------------
+def _plain(e: BaseException) -> gr.Error:
+    return e if isinstance(e, gr.Error) else gr.Error(ui.user_message(e), print_exception=False)
+
+
 def plain_errors(fn):
-    """Every failure reaches the user as a gr.Error with a plain message, never a traceback."""
+    """Every failure reaches the user as a gr.Error with a plain message, never a traceback.
+
+    Generator functions (streamed events) stay generator functions, as Gradio requires.
+    """
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def streamed(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as e:
+                raise _plain(e) from None
+        return streamed
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
         except Exception as e:
-            raise gr.Error(ui.user_message(e), print_exception=False) from None
+            raise _plain(e) from None
     return wrapper
 
 
-def checked_image(role: str, **kwargs) -> gr.Image:
-    """An image input whose unreadable uploads become a plain gr.Error.
+# -- every way an image arrives passes one gate -------------------------------------------
+_SUFFIXES = {"JPEG": "jpg", "MPO": "jpg", "TIFF": "tif", "JPEG2000": "jp2"}
 
-    The stock component opens the upload with Pillow while preprocessing; a text file or
-    a broken header fails there and the user sees a bare "Error". The instance's
-    preprocess is wrapped (a gr.Image subclass would make Gradio write a .pyi file
-    beside this one).
+
+def checked_image(role: str, max_bytes: int, **kwargs) -> gr.Image:
+    """An image input that checks what arrives before anything decodes it.
+
+    Uploads, pastes and webcam shots arrive as uploaded files; an API call may also send
+    an inline ``data:`` URL (which the stock component decodes and re-saves with Pillow
+    before any check of ours) or a URL (which Gradio downloads whole). The instance's
+    preprocess is replaced by `vslerp_app.service.check_input_image` (byte size, format
+    allow-list, pixel count from the header; an upload's messages) and it returns the
+    file's path, decoding nothing; URLs are downloaded with a byte cap
+    (`_bounded_download`). A gr.Image subclass would make Gradio write a .pyi file.
     """
     image = gr.Image(**kwargs)
-    stock = image.preprocess
+    stock_move = image.async_move_resource_to_block_cache
 
     def preprocess(payload):
+        if payload is None:
+            return None
+        url = payload.url if isinstance(payload.url, str) and payload.url.startswith("data:") else None
+        if url is None and not payload.path:
+            raise gr.Error(f"The {role} is missing: no file was sent.", print_exception=False)
         try:
-            return stock(payload)
-        except gr.Error:
-            raise
-        except Exception:
-            pass
-        try:
-            load_image(payload.path)
-        except ImageInputError as e:
-            raise gr.Error(f"The {role} {e.problem}.", print_exception=False) from None
-        except Exception:
-            pass
-        raise gr.Error(f"The {role} could not be read as an image; use PNG, JPEG or WebP.",
-                       print_exception=False)
+            inline = ui.check_input_image(url, payload.path, role, max_bytes)
+        except ui.RequestError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        if inline is None:
+            return str(payload.path)
+        data, header = inline
+        folder = Path(image.GRADIO_CACHE) / hashlib.sha256(data).hexdigest()[:32]
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"inline.{_SUFFIXES.get(header.format, header.format.lower())}"
+        if not path.is_file():
+            path.write_bytes(data)
+        return str(path)
+
+    async def move_to_cache(url_or_file_path):
+        if isinstance(url_or_file_path, str) and url_or_file_path.lower().startswith(("http://", "https://")):
+            return await _bounded_download(url_or_file_path, Path(image.GRADIO_CACHE), max_bytes, role)
+        return await stock_move(url_or_file_path)
 
     image.preprocess = preprocess
+    image.async_move_resource_to_block_cache = move_to_cache
     return image
+
+
+async def _bounded_download(url: str, cache_dir: Path, max_bytes: int, role: str, transport=None) -> str:
+    """Download an image URL to the cache, refusing non-public hosts and files over max_bytes.
+
+    Gradio's own download (safehttpx) reads the whole response into memory; this one
+    streams it to disk and stops at ``max_bytes``, with the refusal an upload gets. The
+    host must resolve to a public address (safehttpx's check, pinned for the request)
+    unless a ``transport`` is given.
+    """
+    import httpx
+    import safehttpx
+
+    def refuse(problem: str) -> gr.Error:
+        return gr.Error(f"The {role} {problem}.", print_exception=False)
+
+    if transport is None:
+        try:
+            verified_ip = await safehttpx.async_validate_url(httpx.URL(url).host)
+            transport = safehttpx.AsyncSecureTransport(verified_ip)
+        except Exception:
+            raise refuse("could not be downloaded: its host cannot be reached or is not public") from None
+    folder = cache_dir / hashlib.sha256(url.encode()).hexdigest()[:32]
+    folder.mkdir(parents=True, exist_ok=True)
+    path, received = folder / "download", 0
+    too_large = f"is too large; files up to {max_bytes / 2**20:g} MB are accepted"
+    try:
+        async with httpx.AsyncClient(transport=transport, timeout=30) as client, \
+                client.stream("GET", url) as r:
+            if r.status_code != 200:
+                raise refuse(f"could not be downloaded (the server answered {r.status_code})")
+            if int(r.headers.get("content-length") or 0) > max_bytes:
+                raise refuse(too_large)
+            with open(path, "wb") as f:
+                async for chunk in r.aiter_bytes():
+                    received += len(chunk)
+                    if received > max_bytes:
+                        raise refuse(too_large)
+                    f.write(chunk)
+    except gr.Error:
+        path.unlink(missing_ok=True)
+        raise
+    except httpx.HTTPError as e:
+        path.unlink(missing_ok=True)
+        raise refuse(f"could not be downloaded ({type(e).__name__})") from None
+    return str(path)
 
 
 def named_range(component, name: str):
@@ -150,9 +248,10 @@ def _input_column(pipe, c: SimpleNamespace) -> None:
     min_steps = pipe.runner.min_steps
     with gr.Row():
         sources = ["upload", "clipboard", "webcam"]
-        c.source = checked_image("source image", label="Source (theta = 0)", type="filepath",
+        max_bytes = c.config.max_file_bytes
+        c.source = checked_image("source image", max_bytes, label="Source (theta = 0)", type="filepath",
                                  image_mode=None, sources=sources, height=260, elem_id="source")
-        c.target = checked_image("target image", label="Target (theta = 1)", type="filepath",
+        c.target = checked_image("target image", max_bytes, label="Target (theta = 1)", type="filepath",
                                  image_mode=None, sources=sources, height=260, elem_id="target")
     c.swap_button = gr.Button("⇄ Swap source and target", size="sm", elem_id="swap")
     c.theta = gr.Slider(0, 1, value=0.5, step=0.01, label="theta (source -> target)", elem_id="theta")
@@ -182,12 +281,12 @@ def _input_column(pipe, c: SimpleNamespace) -> None:
                                    label="guidance scale (1 = off)", elem_id="guidance")
             c.max_batch = gr.Slider(1, 32, value=pipe.max_batch, step=1,
                                     label="batch limit (frames at once)", elem_id="max_batch")
-    gr.Examples(
+    c.examples = gr.Examples(
         examples=[[str(EXAMPLES_DIR / s), str(EXAMPLES_DIR / t), th, al if has_stats else 0.0]
                   for s, t, th, al, _ in EXAMPLES],
         inputs=[c.source, c.target, c.theta, c.alpha],
         example_labels=[label for *_, label in EXAMPLES],
-        label="Examples (public-domain photos from scikit-image; see examples/LICENSES.md)",
+        label="Examples: a click renders one (public-domain photos from scikit-image; examples/LICENSES.md)",
         cache_examples=False,
     )
 
@@ -222,7 +321,8 @@ def _sequence_panel(config: ui.StudioConfig, c: SimpleNamespace) -> None:
                                 ("alpha sweep (theta fixed)", "alpha"),
                                 ("grid (a row per theta, a column per alpha)", "grid")],
                                value="theta", label="sweep", elem_id="sweep")
-            c.fps = gr.Slider(0.5, 30, value=6, step=0.5, label="frames per second (GIF, MP4)", elem_id="fps")
+            c.fps = gr.Slider(0.5, 30, value=ui.DEFAULT_FPS, step=0.5, label="frames per second (GIF, MP4)",
+                              elem_id="fps")
         with gr.Row():
             c.theta_start = gr.Number(0.0, label="theta from", minimum=0, maximum=1, elem_id="theta_start")
             c.theta_stop = gr.Number(1.0, label="theta to", minimum=0, maximum=1, elem_id="theta_stop")
@@ -230,7 +330,10 @@ def _sequence_panel(config: ui.StudioConfig, c: SimpleNamespace) -> None:
             c.alpha_start = gr.Number(-1.0, label="alpha from", elem_id="alpha_start")
             c.alpha_stop = gr.Number(2.0, label="alpha to", elem_id="alpha_stop")
             c.alpha_frames = gr.Slider(1, 32, value=6, step=1, label="alpha frames", elem_id="alpha_frames")
-        c.sequence_button = gr.Button("Render sequence", variant="primary", elem_id="run-sequence")
+        with gr.Row():
+            c.sequence_button = gr.Button("Render sequence", variant="primary", scale=3,
+                                          elem_id="run-sequence")
+            c.stop_button = gr.Button("Stop", variant="stop", scale=1, elem_id="stop-sequence")
         c.gallery = gr.Gallery(label="Frames", columns=8, height="auto", format="png", elem_id="gallery")
         with gr.Row():
             c.plot = gr.Image(label="Conformity plot", type="filepath", interactive=False, height=360,
@@ -239,9 +342,12 @@ def _sequence_panel(config: ui.StudioConfig, c: SimpleNamespace) -> None:
         with gr.Row():
             c.gif_file = gr.File(label="GIF", interactive=False, height=110, elem_id="gif")
             c.zip_file = gr.File(label="ZIP", interactive=False, height=110, elem_id="zip")
-        gr.Markdown(f"Up to {config.max_sequence_frames} frames a sequence. The ZIP holds the frames "
-                    "and `manifest.json` (theta, alpha, seed and readouts of every frame; the model, "
-                    "its statistics and the settings), with the GIF, MP4 and plot.")
+        gr.Markdown(f"Up to {config.max_sequence_frames} frames a sequence; each batch appears as it is "
+                    "rendered, and *Stop* keeps the frames already shown. Captions: theta (θ), alpha (α) "
+                    "and the frame's conformity C (how typical it is; higher is more typical). The plot "
+                    "marks the source's and the target's conformity. The ZIP holds the frames and "
+                    "`manifest.json` (theta, alpha, seed and readouts of every frame; the model, its "
+                    "statistics and the settings), with the GIF, MP4 and plot.")
 
 
 def _model_panel(pipe) -> None:
@@ -264,19 +370,25 @@ def _name_the_numbers(c: SimpleNamespace) -> None:
     named_range(c.guidance, "guidance_scale")
 
 
-def _handlers(studio: ui.Studio) -> SimpleNamespace:
-    """The event functions, each turning any failure into a plain gr.Error."""
+def _frame_handlers(studio: ui.Studio) -> dict:
+    """The one-frame events: the pre-check, /preview, the sliders' preview and full frame."""
 
-    def check_frame(*request):  # the gate before the queue: refuse at once what would fail
+    def check_frame(*request):  # the gate before the GPU queue: refuse at once what would fail
         studio.frame_request(*request)
 
     # The public endpoints spell out their parameters: Gradio names the API's after them.
     def render_frame(source, target, theta, alpha, seed, quality, steps, super_res_steps,
-                     preview_steps, guidance_scale, max_batch, session, target_conformity=None):
+                     preview_steps, guidance_scale, max_batch, session, target_conformity=None,
+                     progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
         """/preview: one frame at (theta, alpha), its image and readouts; with a
         target_conformity, at the alpha giving it (readouts["aim"]: wanted, achieved)."""
-        return studio.frame(session, source, target, theta, alpha, seed, quality, steps,
-                            super_res_steps, preview_steps, guidance_scale, max_batch, target_conformity)
+        def on_step(step, total):
+            progress((step, total), desc="denoising", unit="steps")
+
+        return studio.frame(session, source, target, theta, alpha, seed, quality, steps, super_res_steps,
+                            preview_steps, guidance_scale, max_batch, target_conformity,
+                            # ZeroGPU pickles the arguments to its worker: a closure cannot go.
+                            on_step=None if on_zero_gpu() else on_step)
 
     def slider(quality_wanted):
         def handler(*inputs):
@@ -288,39 +400,65 @@ def _handlers(studio: ui.Studio) -> SimpleNamespace:
             return studio.frame(session, *request)
         return handler
 
+    return {"check_frame": check_frame, "render_frame": render_frame, "slider_preview": slider("preview"),
+            "slider_full": slider("full")}
+
+
+def _sequence_handlers(studio: ui.Studio) -> dict:
+    """The sequence events: the pre-check, /sequence (plain outputs) and the page's own stream."""
+
     def check_sequence(*request):
         studio.sequence_request(*request)
+
+    def updates(request, session, target_conformity=None):
+        """(outputs of /sequence, its SequenceUpdate) after each batch; the files with the last."""
+        for update in studio.sequence(session, *request, target_conformity):
+            files = update.files or {}
+            yield (update.gallery, files.get("plot"), files.get("mp4"), files.get("gif"), files.get("zip"),
+                   update.session), update
 
     def render_sweep(source, target, sweep, theta, alpha, theta_start, theta_stop, theta_frames,
                      alpha_start, alpha_stop, alpha_frames, seed, quality, steps, super_res_steps,
                      preview_steps, guidance_scale, max_batch, fps, session, target_conformity=None,
-                     progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
+                     progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
         """/sequence: a sweep of theta, alpha or both: gallery, plot, MP4, GIF and ZIP; with a
-        target_conformity (theta sweep), every frame's alpha gives it."""
-        progress(0, desc="Rendering frames")
+        target_conformity (theta sweep), every frame's alpha gives it.
 
-        def report(done, total):
-            progress((done, total), desc="Rendering frames", unit="frames")
+        Streamed: the gallery grows batch by batch (its progress in frames); the files come
+        with the last update.
+        """
+        request = (source, target, sweep, theta, alpha, theta_start, theta_stop, theta_frames, alpha_start,
+                   alpha_stop, alpha_frames, seed, quality, steps, super_res_steps, preview_steps,
+                   guidance_scale, max_batch, fps)
+        for outputs, update in updates(request, session, target_conformity):
+            progress((update.done, update.total), desc="Rendering frames", unit="frames")
+            yield outputs
 
-        return studio.sequence(session, source, target, sweep, theta, alpha, theta_start, theta_stop,
-                               theta_frames, alpha_start, alpha_stop, alpha_frames, seed, quality, steps,
-                               super_res_steps, preview_steps, guidance_scale, max_batch, fps,
-                               target_conformity,
-                               # ZeroGPU pickles the arguments to its worker: a closure cannot go.
-                               progress=None if on_zero_gpu() else report)
+    def render_sweep_page(*inputs):
+        """The page's sequence: as /sequence, with one readout "frame k of N" in the gallery's label."""
+        *request, session = inputs
+        sweep, theta_frames, alpha_frames = request[2], request[7], request[10]
+        columns = _gallery_columns(sweep, theta_frames, alpha_frames)
+        for (gallery, *files, entries), update in updates(request, session):
+            yield (gr.Gallery(gallery, label=f"Frames: {update.status}", columns=columns), *files, entries)
 
-    def check_upload(image, role: str):
-        """Decode an upload at once, so a broken file is reported when it arrives."""
-        if image is not None:
-            try:
-                load_image(image)
-            except ImageInputError as e:
-                raise gr.Error(f"The {role} {e.problem}.", print_exception=False) from None
+    return {"check_sequence": check_sequence, "render_sweep": render_sweep,
+            "render_sweep_page": render_sweep_page}
 
-    return SimpleNamespace(**{name: plain_errors(fn) for name, fn in {
-        "check_frame": check_frame, "render_frame": render_frame, "slider_preview": slider("preview"),
-        "slider_full": slider("full"), "check_sequence": check_sequence, "render_sweep": render_sweep,
-        "check_upload": check_upload}.items()})
+
+def _check_upload(image, role: str):
+    """Decode an upload at once, so a broken file is reported when it arrives."""
+    if image is not None:
+        try:
+            load_image(image)
+        except ImageInputError as e:
+            raise gr.Error(f"The {role} {e.problem}.", print_exception=False) from None
+
+
+def _handlers(studio: ui.Studio) -> SimpleNamespace:
+    """The event functions, each turning any failure into a plain gr.Error."""
+    handlers = {**_frame_handlers(studio), **_sequence_handlers(studio), "check_upload": _check_upload}
+    return SimpleNamespace(**{name: plain_errors(fn) for name, fn in handlers.items()})
 
 
 def _swap_inputs(source, target, session):
@@ -336,11 +474,11 @@ def _frame_as_source(frame):
     return frame
 
 
-def _gallery_columns(sweep, theta_frames, alpha_frames):
+def _gallery_columns(sweep, theta_frames, alpha_frames) -> int:
     """A grid shows one theta per row; a sweep up to 8 frames a row."""
     if sweep == "grid":
-        return gr.Gallery(columns=int(alpha_frames))
-    return gr.Gallery(columns=min(8, int(theta_frames if sweep == "theta" else alpha_frames)))
+        return int(alpha_frames)
+    return min(8, int(theta_frames if sweep == "theta" else alpha_frames))
 
 
 def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
@@ -352,30 +490,45 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
     sequence_inputs = [c.source, c.target, c.sweep, c.theta, c.alpha, c.theta_start, c.theta_stop,
                        c.theta_frames, c.alpha_start, c.alpha_stop, c.alpha_frames, c.seed, *settings, c.fps]
     private = {"api_visibility": "private"}
+    # Pre-checks are queued (an unqueued event's error never reaches this Gradio's page) in
+    # their own small group, so a refusal shows at once even while the GPU is busy.
+    check = {"concurrency_id": CHECK_QUEUE, "concurrency_limit": 2, "show_progress": "hidden", **private}
+    gpu = {"concurrency_id": GPU_QUEUE}
 
     for box, role in ((c.source, "source image"), (c.target, "target image")):
-        box.upload(functools.partial(h.check_upload, role=role), box, None, concurrency_limit=4,
+        box.upload(functools.partial(h.check_upload, role=role), box, None, concurrency_limit=1,
                    concurrency_id="check-upload", show_progress="minimal", **private)
-    c.generate_button.click(h.check_frame, frame_inputs, None, queue=False, **private).success(
-        h.render_frame, [*frame_inputs, session, c.api_target_conformity], frame_outputs, api_name="preview",
-        concurrency_id=GPU_QUEUE)
+    checked = c.generate_button.click(h.check_frame, frame_inputs, None, **check)
+    checked.success(None, js=SCROLL_TO_FRAME, **private)
+    checked.success(h.render_frame, [*frame_inputs, session, c.api_target_conformity], frame_outputs,
+                    api_name="preview", **gpu)
+    slider_inputs = [*frame_inputs, session]
     for slider in (c.theta, c.alpha):
-        slider.release(h.slider_preview, [*frame_inputs, session], frame_outputs, trigger_mode="always_last",
-                       show_progress="minimal", concurrency_id=GPU_QUEUE, **private).success(
-            h.slider_full, [*frame_inputs, session], frame_outputs, show_progress="minimal",
-            concurrency_id=GPU_QUEUE, **private)
-    c.swap_button.click(_swap_inputs, [c.source, c.target, session], [c.source, c.target, session],
-                        queue=False, **private)
+        slider.release(h.slider_preview, slider_inputs, frame_outputs, trigger_mode="always_last",
+                       show_progress="minimal", **gpu, **private).success(
+            h.slider_full, slider_inputs, frame_outputs, show_progress="minimal", **gpu, **private)
+    # An example fills the inputs (Gradio's own unqueued event), then renders like a slider.
+    example = c.examples.load_input_event.then(h.slider_preview, slider_inputs, frame_outputs,
+                                               **gpu, **private)
+    example.success(h.slider_full, slider_inputs, frame_outputs, show_progress="minimal", **gpu, **private)
+    c.swap_button.click(_swap_inputs, [c.source, c.target, session], [c.source, c.target, session], **check)
     c.random_seed_button.click(lambda: random.randrange(2**32), None, c.seed, queue=False, **private)
-    c.use_frame_button.click(_frame_as_source, c.frame, c.source, queue=False, **private)
+    c.use_frame_button.click(_frame_as_source, c.frame, c.source, **check)
     c.readouts.change(lambda r: ui.readouts_markdown(r, studio.pipe.stats_note), c.readouts, c.readout,
                       queue=False, **private)
-    c.sequence_button.click(h.check_sequence, sequence_inputs, None, queue=False, **private).success(
-        h.render_sweep, [*sequence_inputs, session, c.api_target_conformity],
-        [c.gallery, c.plot, c.video, c.gif_file, c.zip_file, session],
-        api_name="sequence", concurrency_id=GPU_QUEUE).success(
-        _gallery_columns, [c.sweep, c.theta_frames, c.alpha_frames], c.gallery, queue=False, **private)
+    sequence_outputs = [c.gallery, c.plot, c.video, c.gif_file, c.zip_file, session]
+    sequence = c.sequence_button.click(h.check_sequence, sequence_inputs, None, **check).success(
+        h.render_sweep_page, [*sequence_inputs, session], sequence_outputs, show_progress="hidden",
+        **gpu, **private)
+    # Stop closes the render after the batch in progress; its files are removed, the frames shown stay.
+    c.stop_button.click(lambda: gr.Gallery(label="Frames (stopped)"), None, c.gallery, cancels=[sequence],
+                        queue=False, **private)
+    # The API's /sequence: the same render with plain outputs (no trigger on the page); the API's
+    # target_conformity (hidden on the page, where Aim sets the alpha slider instead) comes last.
+    gr.on([], h.render_sweep, [*sequence_inputs, session, c.api_target_conformity], sequence_outputs,
+          api_name="sequence", **gpu)
     _wire_aim(studio, c, session, frame_inputs, frame_outputs)
+
 
 
 def _aim_handlers(studio: ui.Studio) -> SimpleNamespace:
@@ -416,21 +569,104 @@ def _wire_aim(studio: ui.Studio, c: SimpleNamespace, session, frame_inputs, fram
         h.full, inputs, frame_outputs, **on_gpu)
 
 
+# -- serving: bounds on what one client may ask ---------------------------------------------
+def _bound_each_session(demo: gr.Blocks, limit: int) -> None:
+    """One session (a browser tab, a gradio_client Client) may have at most ``limit`` requests
+    waiting, so one client cannot fill the queue and shut everyone else out.
+
+    Gradio bounds only the whole queue (`queue(max_size=...)`); the queue's push is wrapped
+    on this instance and refuses like a full queue.
+    """
+    queue = demo._queue
+    push = queue.push
+
+    async def bounded_push(body, request, username):
+        waiting = sum(event.session_hash == body.session_hash
+                      for group in queue.event_queue_per_concurrency_id.values() for event in group.queue)
+        if body.session_hash is not None and waiting >= limit:
+            message = f"You already have {waiting} requests waiting; wait for one to finish."
+            return False, message, "queue_full"
+        return await push(body, request, username)
+
+    queue.push = bounded_push
+
+
+def _plain_path_errors(demo: gr.Blocks) -> None:
+    """A path on the server in an API call is refused in plain words: Gradio refuses it before
+    any component sees it, and its refusal reaches the client as a bare "error: null"."""
+    stock = demo.preprocess_data
+
+    async def preprocess_data(block_fn, inputs, state, explicit_call=False):
+        try:
+            return await stock(block_fn, inputs, state, explicit_call)
+        except InvalidPathError:
+            raise gr.Error("Images must be uploaded (or sent inline as a data: URL); a path on the server "
+                           "is not accepted.", print_exception=False) from None
+
+    demo.preprocess_data = preprocess_data
+
+
+class RequestBodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is refused (413) before it is read.
+
+    Inline images come inside the JSON body of an API call; without a bound, a huge body
+    would be parsed into memory before any check. Uploads have Gradio's own limit.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].endswith("/upload"):
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            body = b'{"detail": "The request is too large."}'
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"application/json")]})
+            return await send({"type": "http.response.body", "body": body})
+        received = 0
+
+        async def bounded_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            return {"type": "http.disconnect"} if received > self.max_bytes else message
+
+        return await self.app(scope, bounded_receive, send)
+
+
+def launch_options(config: ui.StudioConfig) -> dict:
+    """`demo.launch` keyword arguments for a page built by `build_demo(pipe, config)`."""
+    from starlette.middleware import Middleware
+
+    # Two inline images in base64 (4/3 of their bytes) and the other parameters.
+    body_limit = 2 * (config.max_file_bytes * 4 // 3 + 4) + 2**20
+    return dict(
+        max_file_size=config.max_file_size,
+        allowed_paths=[],  # serve only uploads and what the app itself returns
+        show_error=False,  # gr.Error messages only; unexpected errors stay in the server log
+        css=CSS,
+        app_kwargs={"middleware": [Middleware(RequestBodyLimit, max_bytes=body_limit)]},
+    )
+
+
 def build_demo(pipe, config: ui.StudioConfig | None = None) -> gr.Blocks:
     """The studio's page around a loaded pipeline (`vslerp_app.load_pipeline`), queue set up.
 
-    Launch it with `demo.launch(max_file_size=config.max_file_size, css=CSS, ...)`, as `main` does.
+    Launch it with `demo.launch(**launch_options(config))`, as `main` does.
     """
     config = config or ui.StudioConfig()
     studio = ui.Studio(pipe, config, gpu=gpu)
-    c = SimpleNamespace()
+    c = SimpleNamespace(config=config)
     with gr.Blocks(title="vSLERP Studio", delete_cache=(1800, 3600), analytics_enabled=False) as demo:
         gr.Markdown(
             "# vSLERP Studio\n"
             "Edit an image by moving through CLIP's geometry: **theta** walks from the source (0) "
             "to the target (1); **alpha** moves the centre of rotation along the image-modality "
             "mean (0 is plain SLERP, 1 the ellipsoid centre; -2 to 2 works best). Each frame shows "
-            "its *conformity* (how typical it is), beside the source's and the target's. "
+            "its *conformity* (how typical it is among natural images; higher is more typical), "
+            "beside the source's and the target's. "
             "Levi & Gilboa, *The Double-Ellipsoid Geometry of CLIP*, ICML 2025."
         )
         session = gr.State({})
@@ -443,6 +679,8 @@ def build_demo(pipe, config: ui.StudioConfig | None = None) -> gr.Blocks:
         _model_panel(pipe)
         _wire(studio, c, session)
     demo.queue(default_concurrency_limit=1, max_size=config.queue_size)
+    _bound_each_session(demo, config.session_queue_size)
+    _plain_path_errors(demo)
     return demo
 
 
@@ -473,6 +711,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="largest upload (default: %(default)s)")
     p.add_argument("--queue-size", type=int, default=int(env("VSLERP_QUEUE_SIZE", "16")),
                    help="most requests waiting for the GPU (default: %(default)s)")
+    p.add_argument("--session-queue-size", type=int, default=int(env("VSLERP_SESSION_QUEUE_SIZE", "4")),
+                   help="most requests one browser tab or API client may have waiting (default: "
+                        "%(default)s)")
     p.add_argument("--max-sequence-frames", type=int,
                    default=int(env("VSLERP_MAX_SEQUENCE_FRAMES", str(ui.MAX_SEQUENCE_FRAMES))),
                    help="most frames one sequence request may render (default: %(default)s, the "
@@ -481,6 +722,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.max_sequence_frames < 1:
         p.error(f"--max-sequence-frames must be at least 1, got {args.max_sequence_frames}")
+    if args.session_queue_size < 1:
+        p.error(f"--session-queue-size must be at least 1, got {args.session_queue_size}")
     return args
 
 
@@ -492,19 +735,14 @@ def main(argv: list[str] | None = None) -> None:
         pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, stats=args.stats,
                              offload=args.offload, max_batch=args.max_batch, reference=args.reference,
                              reference_stats=args.reference_stats)
+    except HubUnreachableError as e:  # offline: say what works without the hub
+        raise SystemExit(f"vSLERP Studio: cannot load model {args.model!r}: {e}.\n{OFFLINE_HINT}") from None
     except Exception as e:  # one clear line, no traceback
         raise SystemExit(f"vSLERP Studio: cannot load model {args.model!r}: {e}") from None
     config = ui.StudioConfig(max_sequence_frames=args.max_sequence_frames, queue_size=args.queue_size,
-                             max_file_size=args.max_file_size)
-    build_demo(pipe, config).launch(
-        server_name=args.host,
-        server_port=args.port,
-        share=args.share,
-        max_file_size=config.max_file_size,
-        allowed_paths=[],  # serve only uploads and what the app itself returns
-        show_error=False,  # gr.Error messages only; unexpected errors stay in the server log
-        css=CSS,
-    )
+                             session_queue_size=args.session_queue_size, max_file_size=args.max_file_size)
+    build_demo(pipe, config).launch(server_name=args.host, server_port=args.port, share=args.share,
+                                    **launch_options(config))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Knows nothing of vSLERP, statistics or output files: `vslerp_app` builds on it.
 from pipelines.encoders import ClipImageEncoder
 from pipelines.loading import (
     SUPPORTED_PIPELINES,
+    HubUnreachableError,
     LoadedModel,
     ModelLoadError,
     PipelineDirectoryError,
@@ -22,6 +23,7 @@ __all__ = [
     "SUPPORTED_PIPELINES",
     "ClipImageEncoder",
     "GenerationError",
+    "HubUnreachableError",
     "LoadedModel",
     "ModelLoadError",
     "ModelPreset",

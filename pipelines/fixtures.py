@@ -333,6 +333,10 @@ def _save(kind: str, components: dict, directory: Path, tokenizer_dir: Path, dty
     if dtype is not None:
         pipe.to(dtype=dtype)
     pipe.save_pretrained(directory, safe_serialization=True)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for weights in directory.rglob("*.safetensors"):  # safetensors writes 0600: the usual mode instead
+        weights.chmod(0o666 & ~umask)
     # Keep the BPE source files beside tokenizer.json, as the real repositories do (and
     # so a transformers without the tokenizers backend can read them too).
     for name in ("vocab.json", "merges.txt"):

@@ -17,14 +17,21 @@ is loaded with that class's ``from_pretrained(path, subfolder=name)`` and put in
 `carried_mean` reads the mean of the image embeddings a model carries (Stable unCLIP's
 ``image_normalizer.mean``, an unCLIP prior's ``clip_mean``) straight from the weights file,
 or from the repository its preset names.
+
+Start-up is quiet: `library_output` silences diffusers' and transformers' warnings and
+progress bars while a model loads (the deprecation warning for the Karlo pipeline, which we
+load on purpose, and the "Loading weights" bars); `set_verbose(True)` (`vslerp --verbose`)
+lets them through. Errors always show.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,16 +42,19 @@ from pipelines.presets import KIND_DEFAULTS, PRESETS, ModelPreset, get_preset
 __all__ = [
     "SUPPORTED_PIPELINES",
     "LoadedModel",
+    "HubUnreachableError",
     "ModelLoadError",
     "PipelineDirectoryError",
     "carried_mean",
     "hub_snapshot",
+    "library_output",
     "load_diffusers_pipeline",
     "load_model",
     "pick_device_dtype",
     "read_embedded_mean",
     "read_model_index",
     "resolve_model_path",
+    "set_verbose",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,6 +79,10 @@ _DTYPES = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat
 
 class ModelLoadError(RuntimeError):
     """The model could not be found, downloaded or loaded; the message says what to do."""
+
+
+class HubUnreachableError(ModelLoadError):
+    """A preset is not in the local hub cache and the hub cannot be reached (or refused)."""
 
 
 class PipelineDirectoryError(ValueError):
@@ -103,6 +117,43 @@ class LoadedModel:
     @property
     def encoder_name(self) -> str:
         return self.preset.encoder if self.from_preset else f"image encoder of {self.model}"
+
+
+# -- what the libraries print -------------------------------------------------------------
+_verbose = False
+
+
+def set_verbose(verbose: bool) -> None:
+    """Show (True) or hide (False, the default) the libraries' warnings and bars in `library_output`."""
+    global _verbose
+    _verbose = bool(verbose)
+
+
+@contextlib.contextmanager
+def library_output():
+    """Inside: diffusers' and transformers' warnings and progress bars off, unless `set_verbose(True)`.
+
+    Errors still show. Used around loading (and writing) a model, whose every start would
+    otherwise print diffusers' deprecation warning for UnCLIPImageVariationPipeline and a
+    "Loading weights" bar per component.
+    """
+    if _verbose:
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled())
+             for lib in (diffusers_logging, transformers_logging)]
+    for lib, _, _ in saved:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, level, bars in saved:
+            lib.set_verbosity(level)
+            (lib.enable_progress_bar if bars else lib.disable_progress_bar)()
 
 
 # -- model_index.json ----------------------------------------------------------------------
@@ -246,6 +297,31 @@ def hub_snapshot(hub_id: str) -> Path | None:
         return None
 
 
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def _probe_hub() -> None:
+    """Refuse within seconds when the hub cannot be reached (huggingface_hub retries for ~25 s).
+
+    A TCP connection to the endpoint's host; skipped behind a proxy, which may be the only
+    way out.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy",
+                                                                     "HTTP_PROXY", "http_proxy")):
+        return
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        raise HubUnreachableError(f"cannot reach the Hugging Face hub at {constants.ENDPOINT} "
+                                  f"({e.strerror or type(e).__name__})") from None
+
+
 def _download(hub_id: str) -> Path:
     """Download a hub repository's diffusers files (not its single-file checkpoints)."""
     from huggingface_hub import HfApi, snapshot_download
@@ -253,6 +329,7 @@ def _download(hub_id: str) -> Path:
     local = hub_snapshot(hub_id)  # offline use, a Space's preload_from_hub
     if local is not None:
         return local
+    _probe_hub()
     try:
         files = HfApi().list_repo_files(hub_id)
         # Prefer safetensors; skip the original single-file .ckpt and duplicate formats.
@@ -261,7 +338,7 @@ def _download(hub_id: str) -> Path:
             ignore.append("*.bin")
         return Path(snapshot_download(hub_id, ignore_patterns=ignore))
     except Exception as e:
-        raise ModelLoadError(
+        raise HubUnreachableError(
             f"could not download {hub_id} from the Hugging Face hub ({type(e).__name__}: {e}). "
             "Check the network (or HF_HUB_OFFLINE), or pass a local directory in the hub "
             "layout as the model") from None
@@ -324,7 +401,8 @@ def load_model(model: str | os.PathLike, device=None, dtype=None, *,
         raise ModelLoadError(str(e)) from None
     _check_precision(kind, device, dtype)
     _check_components(model_dir, index)
-    pipe = load_diffusers_pipeline(model_dir, torch_dtype=dtype, index=index)
+    with library_output():
+        pipe = load_diffusers_pipeline(model_dir, torch_dtype=dtype, index=index)
     if offload and device.type != "cuda":
         logger.warning("offload applies to CUDA devices only; the model runs on %s without it", device)
         offload = False

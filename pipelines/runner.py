@@ -11,7 +11,10 @@ takes to turn embeddings into pixels reliably:
 - the NaN retry: non-finite pixels in half precision are rendered again in float32, and
   never returned;
 - the out-of-memory split: a batch that does not fit is halved for this call only;
-- the default settings of the preset, with sizes read off the loaded model.
+- the default settings of the preset, with sizes read off the loaded model;
+- a per-step hook (`UnclipRunner.on_step`): a plain callback after each denoising step,
+  for UIs that show a frame's progress (the stock Karlo pipeline takes no step callback,
+  so the hook watches the denoising networks' forward calls).
 
 Every call leaves the runner as it was: batch limits are per call, and the float32 retry
 puts the weights back in their dtype under a lock that serialises all model work.
@@ -19,10 +22,11 @@ puts the weights back in their dtype under a lock that serialises all model work
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +67,21 @@ class RenderSettings:
     preview: bool = False
 
 
+class _StepCounter:
+    """The steps of one render call in one thread, reported to a plain callback."""
+
+    def __init__(self, callback: Callable[[int, int], None]):
+        self.callback = callback
+        self.done, self.total = 0, 0
+
+    def start(self, total: int) -> None:
+        self.done, self.total = 0, total
+
+    def step(self) -> None:
+        self.done = min(self.done + 1, self.total)  # a float32 retry steps again: never past the end
+        self.callback(self.done, self.total)
+
+
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -82,6 +101,8 @@ class UnclipRunner:
                                         name=loaded.encoder_name)
         self.min_steps = 2 if loaded.kind == "karlo" else 1
         self._lock = threading.RLock()  # one model job at a time (and the dtype flip inside it)
+        self._step_counters: dict[int, _StepCounter] = {}  # thread id -> its on_step callback
+        self._step_hooks: list = []
 
     @property
     def pipe(self):
@@ -111,6 +132,45 @@ class UnclipRunner:
         """The preset's settings for this quality, with every override that is not None."""
         return dataclasses.replace(self.default_settings(preview),
                                    **{k: v for k, v in overrides.items() if v is not None})
+
+    # -- the step hook ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def on_step(self, callback: Callable[[int, int], None]) -> Iterator[None]:
+        """Within the block, ``callback(step, total)`` runs after each denoising step.
+
+        ``total`` is the steps of one batch (Karlo: decoder plus super-resolution steps; a
+        preview: the decoder's) and ``step`` counts from 1 for each batch. Only renders in
+        the calling thread report here, so two callers never see each other's steps.
+        """
+        self._install_step_hooks()
+        key = threading.get_ident()
+        self._step_counters[key] = _StepCounter(callback)
+        try:
+            yield
+        finally:
+            self._step_counters.pop(key, None)
+
+    def _denoisers(self) -> list[torch.nn.Module]:
+        names = ("decoder", "super_res_first", "super_res_last") if self.kind == "karlo" else ("unet",)
+        return [getattr(self.pipe, name) for name in names]
+
+    def _install_step_hooks(self) -> None:
+        # One forward call of a denoising network is one step (guidance batches both halves).
+        with self._lock:
+            if self._step_hooks:
+                return
+            for module in self._denoisers():
+                self._step_hooks.append(module.register_forward_hook(self._after_denoiser_call))
+
+    def _after_denoiser_call(self, module, args, output) -> None:
+        counter = self._step_counters.get(threading.get_ident())
+        if counter is not None:
+            counter.step()
+
+    def _steps_per_batch(self, settings: RenderSettings) -> int:
+        if self.kind == "karlo":
+            return settings.steps + (0 if settings.preview else settings.super_res_steps)
+        return settings.steps
 
     # -- rendering -----------------------------------------------------------------------
     def render(self, embeddings: torch.Tensor, seed: int, settings: RenderSettings, max_batch: int,
@@ -178,6 +238,9 @@ class UnclipRunner:
         """Float pixels in [0, 1] (NaN kept), shape (B, H, W, 3)."""
         emb = embeddings.to(self.loaded.device, dtype)
         generators = self.generators(emb.shape[0], seed)
+        counter = self._step_counters.get(threading.get_ident())
+        if counter is not None:
+            counter.start(self._steps_per_batch(settings))
         if self.kind == "karlo":
             if settings.preview:
                 return _karlo_decoder_only(self.pipe, emb, settings, generators)

@@ -7,20 +7,25 @@ server still serving afterwards, and the per-session embedding cache of the app'
 
 from __future__ import annotations
 
+import base64
+import concurrent.futures
 import contextlib
 import io
 import json
 import math
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -53,17 +58,23 @@ def write_tiny_karlo(directory: Path) -> Path:
 
 
 @contextlib.contextmanager
-def launched_app(model_dir: Path, work: Path, extra_env: dict | None = None):
-    """`python app.py --model model_dir --port P` in a subprocess; yields its url and log."""
+def launched_app(model_dir: Path, work: Path, extra_env: dict | None = None, *, args: tuple = (),
+                 prefix: tuple = ()):
+    """`python app.py --model model_dir --port P [args]` in a subprocess; yields its url and log.
+
+    The app's temporary files (its request folders: ``work/vslerp-studio``) live in ``work``;
+    ``prefix`` is a command line the app is started under (e.g. unshare).
+    """
     port = _free_port()
     work.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, GRADIO_TEMP_DIR=str(work / "gradio"), GRADIO_ANALYTICS_ENABLED="False",
-               HF_HUB_OFFLINE="1", TMPDIR=str(work), **(extra_env or {}))
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(work / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False",
+           "HF_HUB_OFFLINE": "1", "TMPDIR": str(work), "MPLCONFIGDIR": str(work / "mpl"), **(extra_env or {})}
     env.pop("GRADIO_SERVER_PORT", None)
     log_path = work / "app.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "app.py", "--model", str(model_dir), "--port", str(port), "--host", "127.0.0.1"],
+            [*prefix, sys.executable, "app.py", "--model", str(model_dir), "--port", str(port),
+             "--host", "127.0.0.1", *args],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -88,11 +99,6 @@ def launched_app(model_dir: Path, work: Path, extra_env: dict | None = None):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-@pytest.fixture(scope="module")
-def karlo_dir(tmp_path_factory):
-    return write_tiny_karlo(tmp_path_factory.mktemp("tiny-karlo"))
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +175,17 @@ def test_sequence_returns_gallery_plot_gif_mp4_and_zip(client):
     assert [f["theta"] for f in manifest["frames"]] == pytest.approx([0, 1 / 3, 2 / 3, 1], abs=1e-5)
     assert all(_finite_number(f["frame_conformity"]) for f in manifest["frames"])
     assert manifest["settings"]["seed"] == 3 and manifest["settings"]["steps"] == 2
+
+
+def test_the_zip_holds_what_the_page_says(client):
+    """The page: "The ZIP holds the frames and manifest.json ..., with the GIF, MP4 and plot"."""
+    from vslerp_app.outputs import GIF_NAME, MP4_NAME, PLOT_NAME
+
+    *_, zip_path = client.predict(source=handle_file(SOURCE), target=handle_file(TARGET), theta_frames=2,
+                                  quality="preview", api_name="/sequence", **FAST)
+    with zipfile.ZipFile(zip_path) as zf:
+        names = set(zf.namelist())
+    assert {"manifest.json", "frames/0000.png", "frames/0001.png", GIF_NAME, MP4_NAME, PLOT_NAME} <= names
 
 
 def test_grid_sequence_at_preview_quality(client):
@@ -360,3 +377,438 @@ def test_without_stats_the_app_refuses_alpha_in_plain_words_and_slerp_works(karl
     assert image.size == (64, 64) and readouts["conformity"] is None
     assert "Conformity is not available" in readouts_markdown(readouts, pipe.stats_note)
     assert set(session) == {"source", "target"}
+
+
+# -- every way an image arrives passes one gate ------------------------------------------------
+def _inline(data: bytes, mime: str = "image/png") -> dict:
+    """An image as an API call may send it inline: a data: URL in a FileData."""
+    url = f"data:{mime};base64," + base64.b64encode(data).decode()
+    return {"url": url, "meta": {"_type": "gradio.FileData"}}
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def _png_bomb(side: int, claimed: int | None = None) -> bytes:
+    """A valid all-black grayscale PNG of side x side (a 12000 x 12000 one is ~140 KB, 1.4 GB
+    decoded as RGB); with ``claimed``, the header claims claimed x claimed over one row."""
+    compressor, rows = zlib.compressobj(9), []
+    row = b"\x00" * (side + 1)
+    for _ in range(side if claimed is None else 1):
+        rows.append(compressor.compress(row))
+    rows.append(compressor.flush())
+    w = h = claimed or side
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + _png_chunk(b"IDAT", b"".join(rows)) + _png_chunk(b"IEND", b""))
+
+
+def _encoded(fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _nan_tiff() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.array([[0.0, 0.5, np.nan]], dtype=np.float32)).save(buf, "TIFF")
+    return buf.getvalue()
+
+
+HOSTILE = {  # what each must be refused with, whether uploaded or sent inline
+    "text": (lambda: b"these are my holiday notes, not a picture\n", "is not an image (it looks like text)"),
+    "eps": (lambda: b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "looks like PostScript/EPS"),
+    "sgi": (lambda: _encoded("SGI"), "the file format is not recognised"),
+    "pcx": (lambda: _encoded("PCX"), "the file format is not recognised"),
+    "bomb-12000": (lambda: _png_bomb(12000), "is too large (12000x12000 = 144,000,000 pixels)"),
+    "bomb-30000": (lambda: _png_bomb(8, claimed=30000), "is too large (900,000,000 pixels)"),
+    "nan-tiff": (_nan_tiff, "contains NaN or infinite values"),
+}
+
+
+def _refusal(client, source) -> str:
+    with pytest.raises(AppError) as err:
+        client.predict(source=source, target=handle_file(TARGET), theta=0.5, alpha=1.0,
+                       quality="preview", api_name="/preview", **FAST)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_a_hostile_image_is_refused_alike_uploaded_and_inline(client, tmp_path, kind):
+    make, expected = HOSTILE[kind]
+    data = make()
+    path = tmp_path / "image.png"
+    path.write_bytes(data)
+    uploaded, inline = _refusal(client, handle_file(path)), _refusal(client, _inline(data))
+    assert uploaded == inline and inline.startswith("The source image ") and expected in inline, inline
+    assert "/tmp" not in inline and "Traceback" not in inline
+
+
+def test_an_inline_image_over_the_size_limit_is_refused_as_an_upload_is(client):
+    big = b"\x89PNG\r\n\x1a\n" + os.urandom(27 * 2**20)  # the server's limit is 25 MB
+    message = _refusal(client, _inline(big))
+    assert message == "The source image is too large (27.0 MB); files up to 25 MB are accepted."
+
+
+def _peak_rss_reset(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # the kernel's peak-RSS counter starts again
+
+
+def _peak_rss(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) * 1024
+
+
+def test_inline_bombs_keep_the_servers_memory_bounded(app, client):
+    """A 140 KB PNG declaring 12000 x 12000 (1.4 GB decoded), alone and three at once."""
+    if not Path(f"/proc/{app.proc.pid}/clear_refs").exists():
+        pytest.skip("needs Linux's /proc/PID/clear_refs")
+    bomb = _inline(_png_bomb(12000))
+    _peak_rss_reset(app.proc.pid)
+    before = _peak_rss(app.proc.pid)
+    assert "144,000,000 pixels" in _refusal(client, bomb)
+    clients = [Client(app.url, verbose=False) for _ in range(3)]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        messages = list(pool.map(lambda c: _refusal(c, bomb), clients))
+    assert all("144,000,000 pixels" in m for m in messages)
+    grown = _peak_rss(app.proc.pid) - before
+    assert grown < 150 * 2**20, f"the server's peak memory grew by {grown / 2**20:.0f} MB"
+
+
+def _call(app, api_name: str, data: list) -> tuple[str, object]:
+    """A raw REST call (`POST /gradio_api/call/NAME`, then its event stream): (event, data)."""
+    import httpx
+
+    r = httpx.post(f"{app.url}gradio_api/call/{api_name}", json={"data": data}, timeout=30)
+    r.raise_for_status()
+    event = None
+    with httpx.stream("GET", f"{app.url}gradio_api/call/{api_name}/{r.json()['event_id']}", timeout=120) as s:
+        for line in s.iter_lines():
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: ") and event in ("complete", "error"):
+                return event, json.loads(line.removeprefix("data: "))
+    raise AssertionError("the event stream ended without a result")
+
+
+def _uploaded(app, path: Path) -> dict:
+    import httpx
+
+    with open(path, "rb") as f:
+        r = httpx.post(app.url + "gradio_api/upload", files={"files": (path.name, f, "image/jpeg")},
+                       timeout=30)
+    return {"path": r.json()[0], "meta": {"_type": "gradio.FileData"}}
+
+
+@pytest.mark.parametrize("source, message", [
+    ({"path": str(SOURCE)}, "a path on the server is not accepted"),
+    ({"path": "/etc/passwd"}, "a path on the server is not accepted"),
+    ({"path": "http://127.0.0.1:9/cat.png"}, "could not be downloaded: its host cannot be reached"),
+    ({"url": "data:image/png;base64,iVBORw0KGgo="}, "is truncated or corrupt"),
+])
+def test_paths_and_urls_in_an_api_call_are_refused_in_plain_words(app, source, message):
+    target = _uploaded(app, TARGET)
+    event, data = _call(app, "preview", [{**source, "meta": {"_type": "gradio.FileData"}}, target,
+                                         0.5, 1.0, 42, "preview", 2, 2, 2, 1.0, 8, None])
+    assert event == "error" and message in data["error"], data
+
+
+def test_a_request_body_over_the_limit_is_refused_before_it_is_read(app):
+    host, port = app.url.removeprefix("http://").rstrip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /gradio_api/queue/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 500000000\r\n\r\n{")
+        assert s.recv(64).startswith(b"HTTP/1.1 413")
+
+
+# -- what one client may ask -----------------------------------------------------------------
+def test_one_client_cannot_fill_the_queue(app, tmp_path):
+    """18 sequences from one client: four wait, the rest are refused, another client gets in."""
+    from gradio_client.utils import QueueError
+
+    greedy = Client(app.url, verbose=False, download_files=str(tmp_path))
+    jobs = [greedy.submit(source=handle_file(SOURCE), target=handle_file(TARGET), theta_frames=4,
+                          seed=i, api_name="/sequence", **FAST) for i in range(18)]
+    try:
+        deadline = time.monotonic() + 120
+        while sum(j.done() for j in jobs) < 13 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        refused = [j for j in jobs if j.done() and isinstance(j.exception(), QueueError)]
+        assert len(refused) >= 13, [j.status().code for j in jobs]
+        other = Client(app.url, verbose=False, download_files=str(tmp_path))
+        image, readouts = other.predict(source=handle_file(SOURCE), target=handle_file(TARGET), theta=0.5,
+                                        alpha=1.0, quality="preview", api_name="/preview", **FAST)
+        assert Path(image).is_file() and readouts["theta"] == 0.5
+    finally:
+        for j in jobs:
+            j.cancel()
+
+
+# -- streamed, stoppable, cached -----------------------------------------------------------------
+def _frames_of(outputs) -> list[int]:
+    return [len(o[0]) for o in outputs]
+
+
+def test_a_sequence_streams_batch_by_batch(client):
+    job = client.submit(source=handle_file(SOURCE), target=handle_file(TARGET), theta_frames=6, max_batch=2,
+                        api_name="/sequence", **FAST)
+    gallery, plot, mp4, gif, zip_path = job.result(timeout=300)
+    counts = _frames_of(job.outputs())
+    assert counts[0] == 0 and counts[-1] == 6 and len(gallery) == 6
+    assert {2, 4} <= set(counts), f"no partial gallery was streamed: {counts}"
+    assert all(o[1] is None for o in job.outputs()[:-1])  # the files come with the last update
+    assert Path(zip_path).is_file() and Path(plot).is_file()
+
+
+def test_a_cancelled_sequence_keeps_its_frames_and_leaves_nothing_on_disk(app, client):
+    job = client.submit(source=handle_file(SOURCE), target=handle_file(TARGET), theta_frames=24, max_batch=2,
+                        api_name="/sequence", **FAST)
+    deadline = time.monotonic() + 120
+    while not any(n >= 2 for n in _frames_of(job.outputs())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job.cancel()
+    deadline = time.monotonic() + 60
+    while job.status().code.name != "CANCELLED" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    shown = job.outputs()[-1][0]
+    assert 2 <= len(shown) < 24 and all(Path(item["image"]).is_file() for item in shown)
+    work = app.work / "vslerp-studio"
+    deadline = time.monotonic() + 60  # the batch in progress finishes, then the folder goes
+    while work.is_dir() and any(work.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not work.is_dir() or not any(work.iterdir())
+
+
+def test_the_same_frame_twice_comes_from_the_cache(client):
+    args = {"source": handle_file(SOURCE), "target": handle_file(TARGET), "theta": 0.4, "alpha": 1.0,
+            "seed": 11, "quality": "full", "api_name": "/preview", **FAST}
+    first_image, first = client.predict(**args)
+    again_image, again = client.predict(**args)
+    assert not first["cached"] and again["cached"]
+    assert Path(first_image).read_bytes() == Path(again_image).read_bytes()
+    # Another seed, or another input, is never served from the cache.
+    _, other_seed = client.predict(**{**args, "seed": 12})
+    other_image, other_input = client.predict(**{**args, "target": handle_file(EXAMPLES / "coffee.jpg")})
+    assert not other_seed["cached"] and not other_input["cached"]
+    assert Path(other_image).read_bytes() != Path(first_image).read_bytes()
+
+
+def test_a_frame_reports_its_denoising_steps(client):
+    job = client.submit(source=handle_file(SOURCE), target=handle_file(TARGET), theta=0.45, alpha=1.0,
+                        seed=99, steps=40, super_res_steps=2, api_name="/preview")
+    seen = set()
+    while not job.done():
+        progress = job.status().progress_data
+        if progress:
+            seen.update((p.unit, p.length) for p in progress)
+        time.sleep(0.02)
+    job.result()
+    assert ("steps", 42) in seen, seen
+
+
+# -- a full disk ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_disk_app(karlo_dir, tmp_path_factory):
+    """The app with its request folders on a 48 KB file system of its own (a tmpfs mounted in
+    a user and mount namespace, so no root is needed): four frames fit, the plot does not."""
+    work = tmp_path_factory.mktemp("small-disk")
+    tmp = work / "tmp"
+    tmp.mkdir()
+    prefix = ("unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+              'mount -t tmpfs -o size=48k tmpfs "$1" && shift && exec "$@"', "sh", str(tmp))
+    probe = subprocess.run([*prefix, "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {probe.stderr.decode().strip()}")
+    with launched_app(karlo_dir, work, extra_env={"TMPDIR": str(tmp)}, prefix=prefix) as running:
+        running.tmp = tmp
+        yield running
+
+
+def test_a_full_disk_is_refused_in_plain_words_and_its_folder_removed(small_disk_app, tmp_path):
+    c = Client(small_disk_app.url, verbose=False, download_files=str(tmp_path))
+    with pytest.raises(AppError) as err:
+        c.predict(source=handle_file(SOURCE), target=handle_file(TARGET), theta_frames=4, max_batch=2,
+                  api_name="/sequence", **FAST)
+    message = str(err.value)
+    assert message.startswith("The server ran out of disk space while writing this sequence")
+    assert "/tmp" not in message and "vslerp" not in message and "command" not in message
+    # The app's own view of its small file system (its mount namespace, through /proc): the
+    # failed request's folder is gone.
+    inside = Path(f"/proc/{small_disk_app.proc.pid}/root") / str(small_disk_app.tmp).lstrip("/")
+    assert inside.is_dir() and list((inside / "vslerp-studio").iterdir()) == []
+    # And the app keeps serving.
+    image, readouts = c.predict(source=handle_file(SOURCE), target=handle_file(TARGET), theta=0.5, alpha=1.0,
+                                quality="preview", api_name="/preview", **FAST)
+    assert Path(image).is_file()
+
+
+# -- offline -------------------------------------------------------------------------------------
+def test_without_the_hub_the_app_fails_at_once_naming_what_works_offline(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "GRADIO_SERVER_PORT")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://hub.invalid", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "app.py", "--port", str(_free_port())], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "cannot reach the Hugging Face hub at http://hub.invalid" in proc.stderr
+    assert "vslerp fixture karlo /tmp/tiny-karlo" in proc.stderr
+    assert "python app.py --model /tmp/tiny-karlo" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_unreachable_hub_is_given_up_within_seconds(monkeypatch, tmp_path):
+    """A hub whose name does not resolve, or whose port refuses, is given up at once instead
+    of after the hub client's retries (~25 s)."""
+    from huggingface_hub import constants
+
+    from pipelines import HubUnreachableError
+    from pipelines.loading import resolve_model_path
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for endpoint in (f"http://127.0.0.1:{_free_port()}", "http://hub.invalid"):
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        start = time.monotonic()
+        with pytest.raises(HubUnreachableError, match="cannot reach the Hugging Face hub"):
+            resolve_model_path("karlo")
+        assert time.monotonic() - start < 10
+
+
+# -- the service layer, in process ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pipe(karlo_dir):
+    from vslerp_app import load_pipeline
+
+    return load_pipeline(karlo_dir)
+
+
+def test_stopping_a_sequence_stops_within_one_batch_and_removes_its_folder(pipe, tmp_path):
+    from vslerp_app import service as ui
+
+    studio = ui.Studio(pipe)
+    studio.work_root = tmp_path / "work"
+    steps = []
+    request = (str(SOURCE), str(TARGET), "theta", 0.5, 1.0, 0.0, 1.0, 8, -1.0, 2.0, 6, 3, "full", 2, 2, 2,
+               1.0, 2, 4.0)
+    with pipe.runner.on_step(lambda step, total: steps.append(step)):
+        updates = studio.sequence({}, *request)
+        assert next(updates).status == "frame 0 of 8"
+        first = next(updates)
+        assert first.status == "frame 2 of 8" and len(first.gallery) == 2 and first.files is None
+        assert all(Path(path).is_file() for path, _ in first.gallery)
+        updates.close()  # a Stop
+    assert steps == [1, 2, 3, 4], "the work went on past the batch it stopped in"
+    assert list((tmp_path / "work").iterdir()) == []
+    # Run to the end: the files come with the last update, the folder goes with the generator.
+    short = (*request[:7], 3, *request[8:])
+    *_, last = studio.sequence({}, *short)
+    assert last.status == "all 3" and set(last.files) == {"gallery", "plot", "gif", "mp4", "zip"}
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_the_frame_cache_is_bounded_and_keyed_by_everything():
+    from vslerp_app import service as ui
+
+    cache = ui.FrameCache(max_bytes=3 * 64 * 64 * 3)
+    for i in range(5):
+        cache.put(("a", "b", i), Image.new("RGB", (64, 64)), {"i": i})
+    assert len(cache) == 3 and cache.bytes <= cache.max_bytes
+    assert cache.get(("a", "b", 0)) is None and cache.get(("a", "b", 4))[1] == {"i": 4}
+    cache.put(("huge",), Image.new("RGB", (512, 512)), {})  # larger than the whole cache: not kept
+    assert cache.get(("huge",)) is None and len(cache) == 3
+
+
+def test_frame_keys_differ_for_other_inputs_and_settings(pipe, tmp_path):
+    from vslerp_app import service as ui
+
+    studio = ui.Studio(pipe)
+    copy = tmp_path / "copy.jpg"
+    copy.write_bytes(SOURCE.read_bytes())
+    key = studio.frame_key(str(SOURCE), str(TARGET), 0.5, 1.0, 1, {"preview": False, "steps": 2})
+    assert key == studio.frame_key(str(copy), str(TARGET), 0.5, 1.0, 1, {"preview": False, "steps": 2,
+                                                                        "max_batch": 4})
+    for other in [(str(TARGET), str(TARGET), 0.5, 1.0, 1, {"steps": 2}),
+                  (str(SOURCE), str(TARGET), 0.5, 1.0, 2, {"steps": 2}),
+                  (str(SOURCE), str(TARGET), 0.5, 1.0, 1, {"steps": 3}),
+                  (str(SOURCE), str(TARGET), 0.5, 1.0, 1, {"preview": True, "steps": 2}),
+                  (str(SOURCE), str(TARGET), 0.5, 1.0, 1, {"preview": False, "steps": 2}, 0.8)]:  # aimed
+        assert studio.frame_key(*other) != key
+
+
+def test_readouts_say_what_conformity_and_likelihood_mean():
+    r = {"theta": 0.5, "alpha": 1.0, "seed": 3, "preview": False, "conformity_kind": "exact",
+         "conformity": 0.61, "frame_conformity": 0.62, "log_likelihood": -410.0,
+         "frame_log_likelihood": -500.0, "source": {"conformity": 0.58, "log_likelihood": -400.0},
+         "target": {"conformity": 0.65, "log_likelihood": -420.0}, "seconds": 1.5}
+    text = readouts_markdown(r)
+    assert "higher is more typical" in text and "higher is more likely" in text
+    assert "**0.620**, between the source and the target (0.580 and 0.650)" in text
+    assert "**-500.0**, below both the source and the target" in text
+    assert "reference images' scale" not in text  # no population in these stats
+    with_population = readouts_markdown({**r, "frame_conformity_percentile": 53.2,
+                                         "frame_log_likelihood_percentile": 1.0, "conformity_kind": "cosine"})
+    assert "the frame is more typical than 53%" in with_population
+    assert "more likely than 1% of those images" in with_population
+    assert "Cosine to the image mean (Eq. 11 uncalibrated)" in with_population
+    cached = readouts_markdown({**r, "cached": True})
+    assert "From the frame cache" in cached
+    # Keys another version may not send are simply left out.
+    minimal = {k: r[k] for k in ("theta", "alpha", "seed", "conformity_kind", "frame_conformity")}
+    assert "**0.620**" in readouts_markdown(minimal)
+
+
+def test_the_runners_step_hook_counts_each_batch_in_its_own_thread(pipe):
+    import threading
+
+    seen = []
+    other = threading.Thread(target=lambda: pipe.generate(str(SOURCE), str(TARGET), 0.3, 0.0, seed=1,
+                                                          preview=True, steps=3))
+    with pipe.runner.on_step(lambda step, total: seen.append((step, total))):
+        other.start()
+        other.join()  # renders in another thread do not report here
+        pipe.generate(str(SOURCE), str(TARGET), [0.2, 0.5, 0.8], 1.0, seed=1, steps=3, super_res_steps=2,
+                      max_batch=2)
+    assert seen == [(i, 5) for i in range(1, 6)] * 2
+    pipe.generate(str(SOURCE), str(TARGET), 0.5, 1.0, seed=1, preview=True, steps=2)  # no hook: nothing
+    assert len(seen) == 10
+
+
+def test_a_url_download_stops_at_the_size_limit(tmp_path, monkeypatch):
+    """The app's bounded download against a real local HTTP server (the public-host check,
+    which refuses 127.0.0.1, is replaced by a plain transport): a small image arrives whole,
+    a file over the limit is refused and nothing of it is kept."""
+    import asyncio
+    import functools
+    import http.server
+    import threading
+
+    import gradio as gr
+    import httpx
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    import app
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "cat.jpg").write_bytes(SOURCE.read_bytes())
+    (site / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(3 * 2**20))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def download(name: str) -> str:
+        return asyncio.run(app._bounded_download(f"{base}/{name}", tmp_path / "cache", 2**20, "source image",
+                                                 transport=httpx.AsyncHTTPTransport()))
+
+    try:
+        assert Path(download("cat.jpg")).read_bytes() == SOURCE.read_bytes()
+        with pytest.raises(gr.Error) as err:
+            download("huge.png")
+        assert err.value.message == "The source image is too large; files up to 1 MB are accepted."
+        with pytest.raises(gr.Error, match="the server answered 404"):
+            download("missing.png")
+        kept = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+        assert [p.read_bytes() for p in kept] == [SOURCE.read_bytes()]
+    finally:
+        server.shutdown()

@@ -1,8 +1,10 @@
 """The studio in a real browser: Debian's chromium driven by Playwright for Python.
 
 Upload both images, move a slider (release renders a preview, then the full frame), see the
-frame and its conformity, generate, run a short sequence and download its GIF, click an
-example, swap the images and draw a new seed. A screenshot of the page is kept under
+frame and its conformity explained, generate, run a short sequence and download its GIF,
+click an example (it renders), swap the images and draw a new seed; every refusal appears
+on the page; a sequence streams into the gallery and Stop stops it; on a phone the new
+frame comes into view and the gallery's captions fit. Screenshots are kept under
 test-artifacts/ (git-ignored).
 """
 
@@ -10,15 +12,17 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_app_api import SOURCE, TARGET, launched_app, write_tiny_karlo
+from test_app_api import SOURCE, TARGET, launched_app
 
 pytestmark = pytest.mark.browser
 
 sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -26,12 +30,12 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 60_000
+expect.set_options(timeout=TIMEOUT_MS)  # renders share two cores with other work: wait as a person would
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    model = write_tiny_karlo(tmp_path_factory.mktemp("tiny-karlo"))
-    with launched_app(model, tmp_path_factory.mktemp("app")) as running:
+def app(karlo_dir, tmp_path_factory):
+    with launched_app(karlo_dir, tmp_path_factory.mktemp("app")) as running:
         yield running
 
 
@@ -43,6 +47,16 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+def _open(browser, app, **context):
+    page = browser.new_page(**({"viewport": {"width": 1400, "height": 1000}} | context))
+    page.set_default_timeout(TIMEOUT_MS)
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.goto(app.url)
+    page.get_by_text("vSLERP Studio").first.wait_for()
+    return page
 
 
 def _set_number(page, elem_id: str, value) -> None:
@@ -64,54 +78,81 @@ def _drag_slider(page, elem_id: str, fraction: float) -> None:
     page.mouse.up()
 
 
-def test_upload_slide_generate_sequence_and_download_the_gif(app, browser, tmp_path):
-    ARTIFACTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-    page.set_default_timeout(TIMEOUT_MS)
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(app.url)
-    page.get_by_text("vSLERP Studio").first.wait_for()
-
-    # Both images.
-    page.locator("#source input[type=file]").set_input_files(str(SOURCE))
-    page.locator("#target input[type=file]").set_input_files(str(TARGET))
-    page.locator("#source img").wait_for()
+def _both_images(page, source=SOURCE, target=TARGET) -> None:
+    page.locator("#source input[type=file]").set_input_files(str(source))
+    page.locator("#target input[type=file]").set_input_files(str(target))
     page.locator("#target img").wait_for()
 
-    # Tiny step counts in the advanced settings (Karlo's scheduler needs two).
+
+def _fast_settings(page, max_batch: int | None = None) -> None:
+    """Tiny step counts in the advanced settings (Karlo's scheduler needs two)."""
     page.get_by_text("Advanced settings").click()
     for elem_id in ("steps", "super_res_steps", "preview_steps"):
         _set_number(page, elem_id, 2)
+    if max_batch is not None:
+        _set_number(page, "max_batch", max_batch)
 
-    # Release the theta slider: a preview, then the full frame with its conformity.
+
+def _refusal_shown(page, message: str) -> None:
+    """The message is on the page (Gradio's error toast), then the toasts are closed."""
+    toast = page.locator(".toast-body").filter(has_text=message)
+    expect(toast.first).to_be_visible()
+    for close in page.locator(".toast-close").all():
+        if close.is_visible():
+            close.click()
+    expect(page.locator(".toast-body")).to_have_count(0)
+
+
+def test_upload_slide_generate_sequence_and_download_the_gif(app, browser, tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = _open(browser, app, accept_downloads=True)
+    _both_images(page)
+    page.locator("#source img").wait_for()
+    _fast_settings(page)
+
+    # Release the theta slider: a preview, then the full frame with its conformity explained.
     _drag_slider(page, "theta", 0.3)
     page.locator("#frame-out img").wait_for()
     readout = page.locator("#readout")
-    sync_api.expect(readout).to_contain_text("Exact conformity (Eq. 10)")
-    sync_api.expect(readout).not_to_contain_text("(preview)", timeout=TIMEOUT_MS)  # the full frame followed
+    expect(readout).to_contain_text("Exact conformity (Eq. 10)")
+    expect(readout).not_to_contain_text("(preview)", timeout=TIMEOUT_MS)  # the full frame followed
     theta = float(page.locator("#theta input[type=number]").input_value())
     assert abs(theta - 0.3) < 0.05, theta  # the drag moved it from 0.5
     text = readout.inner_text()
     assert f"theta = {theta:.3f}" in text, text
-    assert "source 0." in text and "target 0." in text, text
+    assert "higher is more typical" in text and "higher is more likely" in text, text
+    assert re.search(r"This frame: -?\d\.\d{3}, (between|above both|below both) the source and the "
+                     r"target \(0\.\d{3} and 0\.\d{3}\)", text), text
 
     # A typed-in alpha renders too (preview, then full).
     _set_number(page, "alpha", 2)
-    sync_api.expect(readout).to_contain_text("alpha = 2.000")
-    sync_api.expect(readout).not_to_contain_text("(preview)")
+    expect(readout).to_contain_text("alpha = 2.000")
+    expect(readout).not_to_contain_text("(preview)")
 
-    # Generate with another seed: the full frame.
+    # Generate: the full frame, its denoising steps counted while it renders.
+    _set_number(page, "seed", 6)
+    _set_number(page, "steps", 30)
+    page.locator("#generate").click()
+    expect(page.locator("#frame-out")).to_contain_text(re.compile(r"\d+/32 steps .*denoising"))
+    expect(readout).to_contain_text("alpha = 2.000, seed 6")
+    _set_number(page, "steps", 2)
     _set_number(page, "seed", 7)
     page.locator("#generate").click()
-    sync_api.expect(readout).to_contain_text("alpha = 2.000, seed 7")
-    sync_api.expect(readout).not_to_contain_text("(preview)")
+    expect(readout).to_contain_text("alpha = 2.000, seed 7")
+    expect(readout).not_to_contain_text("(preview)")
     with Image.open(_download_src(page, "#frame-out img", tmp_path / "frame.png")) as im:
         assert im.size == (64, 64)
+    # The same frame again comes from the server's frame cache.
+    _set_number(page, "seed", 8)
+    page.locator("#generate").click()
+    expect(readout).to_contain_text("seed 8")
+    _set_number(page, "seed", 7)
+    page.locator("#generate").click()
+    expect(readout).to_contain_text("From the frame cache")
 
     # Keep editing from the frame: it becomes the source (the same pixels).
     page.locator("#use-frame").click()
-    sync_api.expect(page.locator("#source img")).not_to_have_attribute("src", re.compile(r"chelsea"))
+    expect(page.locator("#source img")).not_to_have_attribute("src", re.compile(r"chelsea"))
     with Image.open(_download_src(page, "#source img", tmp_path / "source.png")) as im, \
             Image.open(tmp_path / "frame.png") as frame_png:
         assert im.size == (64, 64) and im.tobytes() == frame_png.convert(im.mode).tobytes()
@@ -119,7 +160,8 @@ def test_upload_slide_generate_sequence_and_download_the_gif(app, browser, tmp_p
     # A short theta sweep, then the GIF download.
     _set_number(page, "theta_frames", 3)
     page.locator("#run-sequence").click()
-    sync_api.expect(page.locator("#gallery img")).to_have_count(3)
+    expect(page.locator("#gallery img")).to_have_count(3)
+    expect(page.locator("#gallery")).to_contain_text("Frames: all 3")
     page.get_by_text("θ=1.00").first.wait_for()
     gif_link = page.locator("#gif a").first
     gif_link.wait_for()
@@ -129,25 +171,137 @@ def test_upload_slide_generate_sequence_and_download_the_gif(app, browser, tmp_p
     download.value.save_as(gif)
     with Image.open(gif) as im:
         assert im.format == "GIF" and im.n_frames == 3
-    sync_api.expect(page.locator("#plot img")).to_have_count(1)
-    sync_api.expect(page.locator("#zip a").first).to_have_attribute("download", "sequence.zip")
+    expect(page.locator("#plot img")).to_have_count(1)
+    expect(page.locator("#zip a").first).to_have_attribute("download", "sequence.zip")
+    assert not (app.work / "vslerp-studio").is_dir() or not any((app.work / "vslerp-studio").iterdir())
 
     page.screenshot(path=str(ARTIFACTS / "app-browser.png"), full_page=True)
 
-    # An example fills both images and its suggested theta and alpha.
+    # An example fills both images and its theta and alpha, and renders its frame.
     page.get_by_text("rocket -> coffee, plain SLERP").click()
-    sync_api.expect(page.locator("#alpha input[type=number]")).to_have_value("0")
-    sync_api.expect(page.locator("#theta input[type=number]")).to_have_value("0.5")
-    sync_api.expect(page.locator("#source img")).to_have_attribute("src", re.compile(r"rocket"))
+    expect(page.locator("#alpha input[type=number]")).to_have_value("0")
+    expect(page.locator("#theta input[type=number]")).to_have_value("0.5")
+    expect(page.locator("#source img")).to_have_attribute("src", re.compile(r"rocket"))
+    expect(readout).to_contain_text("theta = 0.500, alpha = 0.000")
+    expect(readout).not_to_contain_text("(preview)")
 
     # Swap: the source becomes the target and back; a new seed replaces 7.
     page.locator("#swap").click()
-    sync_api.expect(page.locator("#source img")).to_have_attribute("src", re.compile(r"coffee"))
-    sync_api.expect(page.locator("#target img")).to_have_attribute("src", re.compile(r"rocket"))
+    expect(page.locator("#source img")).to_have_attribute("src", re.compile(r"coffee"))
+    expect(page.locator("#target img")).to_have_attribute("src", re.compile(r"rocket"))
     page.locator("#random-seed").click()
-    sync_api.expect(page.locator("#seed input")).not_to_have_value("7")
+    expect(page.locator("#seed input")).not_to_have_value("7")
     assert int(page.locator("#seed input").input_value()) >= 0
-    assert not errors, errors
+    assert not page.errors, page.errors
+    page.close()
+
+
+def test_every_refusal_is_on_the_page(app, browser, tmp_path):
+    """Each button and slider that can be refused shows the refusal's text on the page."""
+    page = _open(browser, app)
+    page.locator("#generate").click()
+    _refusal_shown(page, "Add a source image first (upload, paste or webcam), or click an example.")
+    page.locator("#use-frame").click()
+    _refusal_shown(page, "There is no frame yet: generate one first.")
+    page.locator("#run-sequence").click()
+    _refusal_shown(page, "Add a source image first")
+
+    # A text file as the source: refused on upload, and again by every button and slider.
+    notes = tmp_path / "notes.png"
+    notes.write_text("these are my holiday notes, not a picture\n")
+    page.locator("#source input[type=file]").set_input_files(str(notes))
+    not_an_image = "The source image is not an image (it looks like text)."
+    _refusal_shown(page, not_an_image)
+    page.locator("#target input[type=file]").set_input_files(str(TARGET))
+    page.locator("#target img").wait_for()
+    page.locator("#generate").click()
+    _refusal_shown(page, not_an_image)
+    _drag_slider(page, "theta", 0.7)
+    _refusal_shown(page, not_an_image)
+    _drag_slider(page, "alpha", 0.2)
+    _refusal_shown(page, not_an_image)
+    page.locator("#run-sequence").click()
+    _refusal_shown(page, not_an_image)
+    page.locator("#swap").click()
+    _refusal_shown(page, not_an_image)
+
+    # Good images, bad values: an empty seed box, a grid over the frame limit, theta "from" 1.5.
+    _both_images(page)
+    page.locator("#seed input").fill("")
+    page.locator("#seed input").blur()
+    page.locator("#generate").click()
+    _refusal_shown(page, "seed must be a whole number, got None")
+    _set_number(page, "seed", 42)
+    page.get_by_text("grid (a row per theta, a column per alpha)").click()
+    _set_number(page, "theta_frames", 32)
+    _set_number(page, "alpha_frames", 32)
+    page.locator("#run-sequence").click()
+    _refusal_shown(page, "a sequence has at most 96 frames here, this one would have 1024")
+    page.get_by_text("theta sweep (alpha fixed)").click()
+    page.locator("#theta_start input").fill("1.5")
+    page.locator("#theta_start input").blur()
+    page.locator("#run-sequence").click()
+    _refusal_shown(page, "theta_start must be between 0 and 1, got 1.5.")
+    page.screenshot(path=str(ARTIFACTS / "app-browser-refusals.png"), full_page=True)
+    assert not page.errors, page.errors
+    page.close()
+
+
+def test_a_sequence_streams_into_the_gallery_and_stop_stops_it(app, browser):
+    page = _open(browser, app)
+    _both_images(page)
+    _fast_settings(page, max_batch=1)
+    # Many denoising steps per frame, one frame per batch: the sequence takes long enough
+    # (about 0.5 s a frame here) that Stop lands before its end on any machine.
+    _set_number(page, "steps", 40)
+    _set_number(page, "theta_frames", 32)
+    page.locator("#run-sequence").click()
+    gallery = page.locator("#gallery")
+    # Finished batches are shown while the rest renders, with one readout "frame k of N".
+    expect(gallery).to_contain_text(re.compile(r"frame [1-9]\d* of 32"))
+    expect(page.locator("#gallery img").first).to_be_visible()
+    page.locator("#stop-sequence").click()
+    expect(gallery).to_contain_text("Frames (stopped)")
+    shown = page.locator("#gallery img").count()
+    assert 1 <= shown < 32
+    work = app.work / "vslerp-studio"
+    deadline = time.monotonic() + 60  # the batch in progress finishes; then nothing is left
+    while work.is_dir() and any(work.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not work.is_dir() or not any(work.iterdir())
+    assert page.locator("#gallery img").count() == shown  # the frames shown stay
+    assert not page.errors, page.errors
+    page.close()
+
+
+def test_on_a_phone_the_frame_comes_into_view_and_the_gallery_fits(app, browser):
+    page = _open(browser, app, viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                 is_mobile=True, has_touch=True)
+    _both_images(page)
+    _fast_settings(page)
+    page.locator("#generate").scroll_into_view_if_needed()
+    page.locator("#generate").click()
+    frame = page.locator("#frame-out img")
+    frame.wait_for()
+    expect(page.locator("#readout")).to_contain_text("conformity (Eq. 10)")
+    box = frame.bounding_box()
+    assert box["y"] >= -1 and box["y"] + box["height"] <= 844 + 1, box  # the new frame is in view
+    page.screenshot(path=str(ARTIFACTS / "app-phone-frame.png"))
+
+    _set_number(page, "theta_frames", 5)
+    page.locator("#run-sequence").click()
+    expect(page.locator("#gallery img")).to_have_count(5)
+    page.locator("#gallery").scroll_into_view_if_needed()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing sticks out sideways
+    captions = page.locator("#gallery .caption-label")
+    expect(captions).to_have_count(5)
+    for caption in captions.all():
+        text = caption.inner_text()
+        assert re.fullmatch(r"θ=\d\.\d\d α=-?\d\.\d\d C=\d\.\d{3}", text), text
+        width, visible = caption.evaluate("e => [e.scrollWidth, e.clientWidth]")
+        assert width <= visible, f"caption {text!r} is cut off"
+    page.locator("#gallery").screenshot(path=str(ARTIFACTS / "app-phone-gallery.png"))
+    assert not page.errors, page.errors
     page.close()
 
 

@@ -51,3 +51,30 @@ def test_version_is_the_installed_packages():
 
     result = vslerp("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"vslerp {version('vslerp-studio')}"
+
+
+def test_every_command_and_argument_explains_itself():
+    import argparse
+
+    from vslerp_app.cli import build_parser
+    from vslerp_app.outputs import DEFAULT_FPS
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert {"models", "fixture", "stats", "render"} <= set(sub.choices)
+    for name, command in sub.choices.items():
+        assert command.description and len(command.description) > 40, name
+        for action in command._actions:
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+    assert sub.choices["render"].get_default("fps") == DEFAULT_FPS
+
+
+def test_help_is_printed_for_each_command():
+    result = vslerp("fixture", "--help")
+    assert result.returncode == 0
+    assert "karlo (UnCLIPImageVariationPipeline)" in result.stdout and "folder to write" in result.stdout
+    assert "seed of the random weights" in result.stdout
+    result = vslerp("stats", "--help")
+    assert "images encoded at once" in result.stdout and "more images than the embedding" in result.stdout
+    result = vslerp("render", "--help")
+    assert "--verbose" in result.stdout and "may start with a minus" in result.stdout

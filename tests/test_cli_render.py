@@ -25,7 +25,10 @@ from pipelines.fixtures import fixture_images
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--steps", "2", "--super-res-steps", "2"]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-       "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+       "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
+       # One OpenMP thread: the tiny model gains nothing from two, and on a busy machine spinning
+       # OpenMP threads wait on each other (torchrun sets the same for its processes).
+       "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -114,10 +117,59 @@ def test_unknown_model_and_bad_jobs_file(inputs, tmp_path):
                      "--target", inputs / "b.png", "--theta", "0", "--out", tmp_path / "o"))
     assert "neither a preset" in _error_line(proc)
     jobs = tmp_path / "jobs.jsonl"
-    good = {"source": str(inputs / "a.png"), "target": str(inputs / "b.png"), "theta": 0}
-    jobs.write_text(json.dumps(good) + "\n{oops\n")
+    jobs.write_bytes(b'{"source": "caf\xe9.png", "target": "b.png", "theta": 0}\n')
     proc = _run(_cmd("--jobs", jobs, "--out", tmp_path / "j"))
-    assert f"{jobs}:2: not valid JSON" in _error_line(proc)
+    assert f"jobs file {jobs} is not UTF-8 text" in _error_line(proc) and proc.returncode == 2
+
+
+# -- what argparse decides: SPECs with a minus, an empty --out, a missing value ---------------
+@pytest.mark.parametrize("argv, theta, alpha", [
+    (["--theta", "0.5", "--alpha", "-1:3:16"], "0.5", "-1:3:16"),
+    (["--alpha", "-1,0,1", "--theta", "-0.5"], "-0.5", "-1,0,1"),
+    (["--alpha=-1:3:16", "--theta=0"], "0", "-1:3:16"),
+    (["--alpha", "-.5", "--theta", "0:1:3"], "0:1:3", "-.5"),
+    (["--alph", "-1,1", "--thet", "-0"], "-0", "-1,1"),  # unambiguous prefixes, as argparse allows
+    (["--debug", "--alpha", "-2", "--verbose"], None, "-2"),
+])
+def test_specs_that_start_with_a_minus_work_as_written(argv, theta, alpha):
+    from vslerp_app.cli import _join_negative_values, build_parser
+
+    args = build_parser().parse_args(_join_negative_values(["render", "--out", "o", *argv]))
+    assert (args.theta, args.alpha) == (theta, alpha)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--theta", "0", "--alpha", "--seed", "1"], "argument --alpha: expected one argument"),
+    (["--theta", "0", "--alpha"], "argument --alpha: expected one argument"),
+    (["--theta", "--alpha", "1"], "argument --theta: expected one argument"),
+    (["--theta", "0", "--alpha", "-x"], "argument --alpha: expected one argument"),
+    (["--theta", "0", "--out", ""], "argument --out: empty; name a folder"),
+    (["--theta", "0", "--out", "  "], "argument --out: empty; name a folder"),
+])
+def test_a_missing_value_or_an_empty_out_is_a_clear_usage_error(tmp_path, capsys, argv, words):
+    from vslerp_app.cli import main
+
+    with pytest.raises(SystemExit) as info:  # argparse's usage error, before anything is loaded
+        main(["render", "--source", "a.png", "--target", "b.png", "--out", str(tmp_path / "o"), *argv])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"vslerp render: error: {words}" + (
+        " ('.' for the current one)" if "--out" in words else "")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_negative_alpha_sweep_renders_and_start_up_is_quiet(karlo_dir, inputs, tmp_path):
+    out = tmp_path / "neg"
+    proc = _run(_base(karlo_dir, inputs, out, "--theta", "0.5", "--alpha", "-1,0,1", "--preview"))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [e["alpha"] for e in manifest["frames"]] == [-1.0, 0.0, 1.0]
+    # No library chatter: no deprecation warning, no loading bars; only our progress lines.
+    assert proc.stderr.splitlines() == ["render: 3/3 frames"], proc.stderr
+    # --verbose lets the libraries speak (after the subcommand as before it).
+    proc = _run(_base(karlo_dir, inputs, out, "--theta", "0.5", "--alpha", "-1,0,1", "--preview",
+                      "--verbose"))
+    assert proc.returncode == 0, proc.stderr
+    assert "UnCLIPImageVariationPipeline has been deprecated" in proc.stderr
 
 
 # -- a killed run, resumed ------------------------------------------------------------------
@@ -212,29 +264,42 @@ def test_jobs_are_split_over_two_cpu_processes_with_torchrun(karlo_dir, inputs, 
     lines = [
         {"source": "imgs/a.png", "target": "imgs/b.png", "theta": "0,1", "alpha": 0, "seed": 1, "name": "ab"},
         {"source": "imgs/b.png", "target": "imgs/a.png", "theta": 0.5, "alpha": "0,1", "seed": 2},
+        {"source": "imgs/missing.png", "target": "imgs/a.png", "theta": 0.5, "name": "no-image"},
         {"source": str(tmp_path / "imgs/a.png"), "target": "imgs/b.png", "theta": "0,1", "alpha": "-1,1",
          "grid": True},
+        {"source": "imgs/a.png", "target": "imgs/b.png", "theta": 0, "name": "blocked"},
     ]
     jobs.write_text("\n".join(json.dumps(j) for j in lines) + "\n")
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "blocked").write_text("a file where the job's folder would go")  # fails when it renders
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "vslerp_app", "render", "--jobs", jobs, "--model", karlo_dir, "--out", out,
            "--device", "cpu", *FAST]
     proc = _run([str(c) for c in cmd], timeout=400)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "3 of 3 jobs complete" in proc.stdout
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "3 of 5 jobs complete" in proc.stdout and "(1 failed, 1 refused; 2 process(es))" in proc.stdout
+    assert f"{jobs}:3: refused: source image" in proc.stderr
     summary = json.loads((out / "jobs.json").read_text())
-    assert [(j["name"], j["status"], j["frames"]) for j in summary["jobs"]] == [
-        ("ab", "complete", 2), ("0001", "complete", 2), ("0002", "complete", 4)]
+    assert summary["counts"] == {"complete": 3, "failed": 1, "refused": 1}
+    rows = {j["line"]: j for j in summary["jobs"]}
+    assert [(j["line"], j["name"], j["status"]) for j in summary["jobs"]] == [
+        (1, "ab", "complete"), (2, "0001", "complete"), (3, "no-image", "refused"), (4, "0003", "complete"),
+        (5, "blocked", "failed")]
+    assert "does not exist" in rows[3]["error"] and rows[3]["dir"] is None
+    assert "cannot create output directory" in rows[5]["error"] and rows[5]["process_index"] == 1
     by_rank: dict[int, list[str]] = {}
     for j in summary["jobs"]:
+        if j["status"] != "complete":
+            continue
+        assert j["frames"] == {1: 2, 2: 2, 4: 4}[j["line"]]
         m = json.loads((out / j["dir"] / "manifest.json").read_text())
         assert m["status"] == "complete" and len(_frames_valid(out / j["dir"])) == m["frame_count"]
         assert len(m["runs"]) == 1 and m["runs"][0]["num_processes"] == 2
         assert m["runs"][0]["frames_rendered"] == m["frame_count"]
         by_rank.setdefault(m["runs"][0]["process_index"], []).append(j["name"])
-    # split_between_processes: process 0 gets the first two jobs, process 1 the last.
-    assert by_rank == {0: ["ab", "0001"], 1: ["0002"]}
+    # split_between_processes over the four valid jobs: two for each process.
+    assert by_rank == {0: ["ab", "0001"], 1: ["0003"]}
 
 
 def test_offload_without_a_gpu_says_it_is_ignored_and_renders(karlo_dir, inputs, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from pipelines.fixtures import fixture_images
-from vslerp_app import load_pipeline
+from vslerp_app import files, load_pipeline
 from vslerp_app.images import load_image
 from vslerp_app.stats import ModalityStats
 
@@ -25,6 +26,7 @@ def karlo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "karlo"
     result = vslerp("fixture", "karlo", out)
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # quiet: no deprecation warning, no "Writing model shards" bars
     return out
 
 
@@ -52,6 +54,12 @@ def test_stats_command_streams_a_folder_skipping_and_counting_bad_files(karlo_di
                     "--batch-size", 7, "--dataset", "forty test images")
     assert result.returncode == 0, result.stderr
     assert "40 images (2 unreadable skipped)" in result.stdout
+    # The numbers come with what they mean; 40 images are enough for 32-d (no warning).
+    assert re.search(r"a=-?\d\.\d{4} b=-?\d\.\d{4} pearson=0\.\d{5}", result.stdout), result.stdout
+    assert "a, b: the Eq. 11 fit C_hat = a * cos(m, v) + b" in result.stdout
+    assert "pearson: correlation of that estimate with exact conformity" in result.stdout
+    assert "whitening: yes" in result.stdout and "warning" not in result.stderr
+    assert (out.stat().st_mode & 0o777) == 0o666 & ~files._UMASK  # not mkstemp's 0600
 
     stats = ModalityStats.load(out, expected_dim=32)
     prov = stats.provenance
@@ -65,6 +73,33 @@ def test_stats_command_streams_a_folder_skipping_and_counting_bad_files(karlo_di
     torch.testing.assert_close(stats.mean, embeddings.mean(0), atol=1e-5, rtol=1e-5)
     unit = embeddings / embeddings.norm(dim=1, keepdim=True)
     torch.testing.assert_close(stats.mean_unit, unit.mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_too_few_images_for_the_dimension_warn_and_explain_the_missing_fit(karlo_dir, tmp_path):
+    images = tmp_path / "two"
+    images.mkdir()
+    for i, img in enumerate(fixture_images(2, seed=5)):
+        img.save(images / f"{i}.png")
+    out = tmp_path / "two.safetensors"
+    result = vslerp("stats", "--model", karlo_dir, "--images", images, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "pearson=n/a: every image here is equally conformal" in result.stdout
+    assert "a=0.0000" in result.stdout and "whitening: none" in result.stdout
+    warning = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warning == [
+        "vslerp stats: warning: only 2 image(s) for 32-d embeddings: the whitening behind the "
+        "log-likelihood readout needs more images than dimensions (at least 33, better several times "
+        "32), so this file has no whitening and frames get no likelihood; the mean and the Eq. 11 fit "
+        "are rough with so few images too"]
+    stats = ModalityStats.load(out, expected_dim=32)
+    assert stats.whitening is None and stats.pearson is None and stats.n == 2
+
+
+def test_too_few_images_is_exactly_not_more_than_the_dimension():
+    from vslerp_app.folder_stats import too_few_images
+
+    assert too_few_images(768, 768) is not None and "at least 769" in too_few_images(768, 768)
+    assert too_few_images(769, 768) is None and too_few_images(5000, 768) is None
 
 
 @pytest.mark.parametrize("args, message", [

@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, features
 
-from vslerp_app.images import MAX_PIXELS, ImageInputError, image_fingerprint, load_image
+from vslerp_app.images import (
+    MAX_PIXELS,
+    ImageInputError,
+    check_image,
+    data_url_bytes,
+    image_fingerprint,
+    load_image,
+)
 
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
 
@@ -316,6 +323,17 @@ def test_float_tiff_scaled(tmp_path):
     assert [out.getpixel((x, 0))[0] for x in range(3)] == [0, 255, 128]
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_float_tiff_with_nan_or_inf_refused_like_a_nan_array(tmp_path, bad):
+    arr = np.array([[0.0, 0.5, bad]], dtype=np.float32)
+    p = save(Image.fromarray(arr), tmp_path / "f.tif")
+    with pytest.raises(ImageInputError) as from_file:
+        load_image(p)
+    with pytest.raises(ImageInputError) as from_array:
+        load_image(arr)
+    assert from_file.value.problem == from_array.value.problem == "contains NaN or infinite values"
+
+
 # ------------------------------------------------------------------ numpy input
 
 
@@ -585,3 +603,76 @@ def test_fingerprint_differs_for_different_pixels_size_mode_palette():
     p1.putpalette([0, 0, 0] * 256)
     p2.putpalette([255, 255, 255] * 256)
     assert image_fingerprint(p1) != image_fingerprint(p2)
+
+
+# ------------------------------------------- checks before decoding (a server's gate)
+
+def _hostile_files() -> dict[str, bytes]:
+    """What a server must refuse before decoding: each as the bytes of a file."""
+    small = Image.new("RGB", (8, 8), RED)
+    return {
+        "text": b"these are my holiday notes, not a picture\n",
+        "eps": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n",
+        "sgi": encode(small, "SGI"),
+        "pcx": encode(small, "PCX"),
+        "bomb-12000": bomb_png(12000, 12000),
+        "bomb-30000": bomb_png(30000, 30000),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_hostile_files()))
+def test_check_image_refuses_as_load_image_does_without_decoding(tmp_path, kind):
+    data = _hostile_files()[kind]
+    path = tmp_path / "upload.bin"
+    path.write_bytes(data)
+    with pytest.raises(ImageInputError) as decoded:
+        load_image(path)
+    new_count = Image.core.get_stats()["new_count"] if hasattr(Image.core, "get_stats") else None
+    with pytest.raises(ImageInputError) as from_file:
+        check_image(path)
+    with pytest.raises(ImageInputError) as from_bytes:
+        check_image(data, name="upload.bin")
+    if new_count is not None:  # no pixel buffer was made by either check
+        assert Image.core.get_stats()["new_count"] == new_count
+    assert from_file.value.problem == from_bytes.value.problem == decoded.value.problem
+    assert str(from_file.value).startswith("'upload.bin' ")
+
+
+def test_check_image_reads_the_header_of_a_good_file_and_the_byte_limit(tmp_path):
+    data = encode(_noisy((40, 30)), "PNG")
+    path = tmp_path / "ok.png"
+    path.write_bytes(data)
+    header = check_image(path, max_bytes=len(data))
+    assert (header.format, header.size) == ("PNG", (40, 30))
+    assert check_image(data) == header
+    with pytest.raises(ImageInputError, match=r"^'ok.png' is too large \(.* MB\); files up to .* MB"):
+        check_image(path, max_bytes=len(data) - 1)
+    with pytest.raises(ImageInputError, match="is empty"):
+        check_image(b"")
+    with pytest.raises(ImageInputError, match="is a directory"):
+        check_image(tmp_path)
+
+
+def test_data_url_measured_before_its_base64_is_decoded():
+    import base64
+
+    data = encode(_noisy((16, 16)), "PNG")
+    url = "data:image/png;base64," + base64.b64encode(data).decode()
+    assert data_url_bytes(url, max_bytes=len(data)) == data
+    assert data_url_bytes("data:image/svg+xml,%3Csvg%2F%3E") == b"<svg/>"
+    # 30 MB of base64 (22.5 MB of data) over a 20 MB limit: refused from the length alone.
+    huge = "data:image/png;base64," + "A" * (30 * 2**20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageInputError, match=r"is too large \(22\.5 MB\); files up to 20 MB"):
+            data_url_bytes(huge, name="source", max_bytes=20 * 2**20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, peak
+    with pytest.raises(ImageInputError, match="not valid base64"):
+        data_url_bytes("data:image/png;base64,@@@@")
+    with pytest.raises(ImageInputError, match="not a data: URL"):
+        data_url_bytes("https://example.com/cat.png")
+    with pytest.raises(ImageInputError, match="is empty"):
+        data_url_bytes("data:image/png;base64,")

@@ -373,20 +373,26 @@ def test_jobs_lines_may_hold_keyframes(keyframes, tmp_path):
     lines = [{"keyframes": [a, b, c], "frames": 6, "loop": True, "alpha": "0,1,2", "name": "loop"},
              {"source": a, "target": b, "theta": "0:1:3"}]
     path.write_text("\n".join(json.dumps(line) for line in lines))
-    jobs = read_jobs(path, default_seed=7)
+    checked = read_jobs(path, default_seed=7)
+    jobs = checked.jobs
+    assert checked.refused == []
     assert jobs[0].path == {"keyframes": [str(keyframes[0].parent / n) for n in (a, b, c)], "frames": 6,
                             "loop": True, "spacing": "uniform", "ease": False}
     assert (jobs[0].seed, jobs[0].alpha, jobs[1].path) == (7, "0,1,2", None)
+    # Each bad path line is refused with its line and reason; the good line beside it stays a job.
     cases = [({"keyframes": [a]}, "at least 2 keyframes"),
-             ({"keyframes": [a, "nope.png"]}, "keyframe 2 of 2 'nope.png' does not exist"),
+             ({"keyframes": [a, "nope.png"]}, "keyframe 2 of 2"),
              ({"keyframes": a}, "keyframes must be a list of image paths"),
+             ({"keyframes": [a, 3]}, "keyframe 2 must be an image path"),
              ({"keyframes": [a, b], "theta": 0.5}, "unknown key"),
              ({"keyframes": [a, b, c], "alpha": "0,1,2"}, "alpha has 3 values for a path of 2 segments"),
              ({"keyframes": [a, b], "loop": "yes"}, "loop must be true or false")]
     for line, words in cases:
-        path.write_text(json.dumps(line))
-        with pytest.raises(RenderError, match=words):
-            read_jobs(path)
+        path.write_text(json.dumps(lines[1]) + "\n" + json.dumps(line))
+        checked = read_jobs(path)
+        assert [j.line for j in checked.jobs] == [1]
+        assert [r.line for r in checked.refused] == [2]
+        assert words in checked.refused[0].reason, (words, checked.refused[0].reason)
 
 
 # -- the command line ------------------------------------------------------------------------------
@@ -416,6 +422,28 @@ def test_cli_refusals_are_one_line(karlo_dir, keyframes, tmp_path, args, words):
     assert line.startswith("vslerp render: error: ") and len(line.splitlines()) == 1
     assert words in proc.stderr
     assert not (tmp_path / "o" / "frames").exists() or not list((tmp_path / "o" / "frames").iterdir())
+
+
+def test_cli_jobs_render_paths_beside_sweeps_and_refuse_a_bad_path_line(karlo_dir, keyframes, tmp_path):
+    a, b, c = keyframes
+    jobs = tmp_path / "jobs.jsonl"
+    lines = [{"keyframes": [str(a), str(b), str(c)], "frames": 6, "loop": True, "seed": 4, "name": "loop"},
+             {"source": str(a), "target": str(b), "theta": "0,1", "name": "sweep"},
+             {"keyframes": [str(a), str(tmp_path / "gone.png")], "name": "broken"}]
+    jobs.write_text("\n".join(json.dumps(line) for line in lines))
+    out = tmp_path / "out"
+    proc = _run(_cli("--model", karlo_dir, "--jobs", jobs, "--out", out, "--preview", "--steps", "2",
+                     "--device", "cpu"))
+    assert proc.returncode != 0, proc.stdout + proc.stderr  # one line was refused
+    assert f"{jobs}:3: refused: keyframe 2 of 2" in proc.stderr
+    summary = json.loads((out / "jobs.json").read_text())
+    assert [(j["name"], j["status"], j.get("frames")) for j in summary["jobs"]] == [
+        ("loop", "complete", 6), ("sweep", "complete", 2), ("broken", "refused", None)]
+    manifest = json.loads((out / "loop" / "manifest.json").read_text())
+    assert manifest["path"]["loop"] is True
+    assert [e["segment"] for e in manifest["frames"]] == [0, 0, 1, 1, 2, 2]
+    assert manifest["settings"]["seed"] == 4 and len(manifest["inputs"]["keyframes"]) == 3
+    assert not (out / "broken").exists()
 
 
 def test_cli_loop_killed_midway_resumes(karlo_dir, keyframes, tmp_path):

@@ -194,8 +194,26 @@ def test_frames_manifest_sheet_plot_gif_mp4_zip(pipe, images, tmp_path):
     reader = imageio_ffmpeg.read_frames(str(out / "sequence.mp4"))
     meta = next(reader)
     assert meta["size"] == (64, 64) and len(list(reader)) == 3
-    names = zipfile.ZipFile(out / "sequence.zip").namelist()
-    assert sorted(names) == ["frames/0000.png", "frames/0001.png", "frames/0002.png", "manifest.json"]
+    # The ZIP holds everything the render wrote, each file as it is on disk but the manifest,
+    # whose copy inside is the one written just before the archive (it does not list the ZIP).
+    archive = zipfile.ZipFile(out / "sequence.zip")
+    assert sorted(archive.namelist()) == ["conformity.png", "contact_sheet.png", "frames/0000.png",
+                                          "frames/0001.png", "frames/0002.png", "manifest.json",
+                                          "sequence.gif", "sequence.mp4"]
+    for name in archive.namelist():
+        if name != "manifest.json":
+            assert archive.read(name) == (out / name).read_bytes()
+    inside = json.loads(archive.read("manifest.json"))
+    assert "zip" not in inside["outputs"] and inside["frames"] == m["frames"]
+    assert m["outputs"]["zip"] == {"file": "sequence.zip", "frames": 3, "files": [
+        "manifest.json", "contact_sheet.png", "conformity.png", "sequence.gif", "sequence.mp4"]}
+    # The inputs' own readouts, as the engine computes them (the plot marks them).
+    for role, path in zip(("source", "target"), images, strict=True):
+        assert m["inputs"][role]["readouts"] == pipe.stats.readouts(pipe.encode(path))
+    # Every file has the usual mode (mkstemp's 0600 is not left behind).
+    usual = 0o666 & ~files._UMASK
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()} == {
+        p.name: usual for p in out.rglob("*") if p.is_file()}
     assert _no_partials(out)
 
 
@@ -338,26 +356,214 @@ def test_a_render_stopped_after_its_first_chunk_keeps_those_frames_and_resumes(p
     assert seen == [(4, False), (5, False), (5, True)]
 
 
+# -- a full disk while writing the ZIP ---------------------------------------------------------
+def test_a_full_disk_while_writing_the_zip_leaves_a_manifest_listing_only_whole_files(
+        pipe, images, tmp_path, monkeypatch):
+    out = tmp_path / "zip-full"
+    real = files.atomic_write
+
+    def full_at_zip(path, data):
+        if Path(path).name == "sequence.zip":
+            def half_then_full(tmp):  # the archive gets half written, then the disk is full
+                Path(tmp).write_bytes(b"PK\x03\x04 half an archive")
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(path, half_then_full)
+        return real(path, data)
+
+    monkeypatch.setattr(files, "atomic_write", full_at_zip)
+    with pytest.raises(RenderError, match="sequence.zip: no space left on device"):
+        render_sequence(pipe, *images, "0,1", 1.0, 5, out, gif=True, zip=True, **FAST)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["frames_done"] == 2
+    assert "zip" not in manifest["outputs"] and not (out / "sequence.zip").exists()
+    listed = [o["file"] for o in manifest["outputs"].values() if o.get("file")]
+    assert sorted(listed) == ["conformity.png", "contact_sheet.png", "sequence.gif"]
+    assert all((out / f).is_file() for f in listed + [e["file"] for e in manifest["frames"]])
+    assert _no_partials(out)
+    # With space again, the same command writes the archive and only then lists it.
+    monkeypatch.setattr(files, "atomic_write", real)
+    done = render_sequence(pipe, *images, "0,1", 1.0, 5, out, gif=True, zip=True, **FAST)
+    assert done["outputs"]["zip"]["file"] == "sequence.zip" and done["runs"][-1]["frames_rendered"] == 0
+    assert "sequence.gif" in zipfile.ZipFile(out / "sequence.zip").namelist()
+    # A listed output deleted by hand is dropped from the manifest on the next run.
+    (out / "sequence.gif").unlink()
+    again = render_sequence(pipe, *images, "0,1", 1.0, 5, out, **FAST)
+    assert "gif" not in again["outputs"]
+    assert "gif" not in json.loads((out / "manifest.json").read_text())["outputs"]
+
+
+def test_an_empty_out_dir_is_refused(pipe, images, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RenderError, match="output directory is empty"):
+        render_sequence(pipe, *images, "0", 0.0, 1, "", **FAST)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- the conformity plot ---------------------------------------------------------------------
+def _synthetic_grid(thetas, alphas, source=0.8, target=0.9):
+    """Entries of a theta-major grid with readouts that vary with both theta and alpha."""
+    entries = []
+    for i, (t, a) in enumerate((t, a) for t in thetas for a in alphas):
+        entries.append({"index": i, "theta": t, "alpha": a,
+                        "conformity": source + (target - source) * t + 0.01 * a,
+                        "frame_conformity": 0.85 + 0.02 * t - 0.005 * a,
+                        "log_likelihood": -50 - 10 * t - a, "frame_log_likelihood": -60 - 5 * a})
+    refs = {"source": {"conformity": source, "log_likelihood": -50.0},
+            "target": {"conformity": target, "log_likelihood": -60.0}}
+    return entries, refs
+
+
+def _reference_lines(ax) -> dict[str, float]:
+    """Horizontal lines labelled "source image (...)"/"target image (...)": role -> y."""
+    found = {}
+    for line in ax.get_lines():
+        label = line.get_label()
+        if label.startswith(("source image", "target image")):
+            ys = set(np.asarray(line.get_ydata(), dtype=float).tolist())
+            assert len(ys) == 1
+            found[label.split()[0]] = ys.pop()
+    return found
+
+
+@pytest.mark.parametrize("n_alphas", [5, 16])
+def test_grid_plot_is_a_heat_map_and_one_line_per_alpha_coloured_by_alpha(n_alphas):
+    thetas = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    alphas = np.linspace(-1, 3, n_alphas).tolist()
+    entries, refs = _synthetic_grid(thetas, alphas)
+    fig = outputs.conformity_figure(entries, thetas, alphas, True, "grid", refs)
+    heat = [ax for ax in fig.axes if ax.get_images()]
+    assert len(heat) == 2  # embedding and frame conformity over (theta, alpha)
+    for ax, key in zip(heat, ("conformity", "frame_conformity"), strict=True):
+        z = ax.get_images()[0].get_array()
+        assert z.shape == (len(thetas), len(alphas))  # rows theta, columns alpha
+        expected = np.array([e[key] for e in entries]).reshape(len(thetas), len(alphas))
+        np.testing.assert_allclose(np.asarray(z), expected)
+        assert ax.get_xlabel() == "alpha"
+    # One colour scale for both, extended to the inputs' values, which its colour bar marks.
+    norms = {(im.norm.vmin, im.norm.vmax) for ax in heat for im in ax.get_images()}
+    assert len(norms) == 1
+    vmin, vmax = norms.pop()
+    bar = next(ax for ax in fig.axes if ax.get_ylabel() == "conformity" and not ax.get_images()
+               and any(t.get_text().startswith("source") for t in ax.texts))
+    assert {t.get_text() for t in bar.texts} == {"source 0.8", "target 0.9"}
+    assert vmin <= 0.8 and vmax >= 0.9
+    # Lines against theta, one per alpha, each coloured by its alpha; no legend entry per alpha.
+    lines_ax = [ax for ax in fig.axes if ax.get_xlabel() == "theta"]
+    assert len(lines_ax) == 2  # conformity and log-likelihood
+    for ax, key in zip(lines_ax, ("conformity", "log_likelihood"), strict=True):
+        curves = [ln for ln in ax.get_lines()
+                  if ln.get_linestyle() == "-" and not ln.get_label().startswith(("source", "target"))]
+        assert len(curves) == n_alphas
+        for line in curves:  # each curve runs over theta once: no line joins one row to the next
+            assert list(line.get_xdata()) == thetas
+        colours = [tuple(ln.get_color()) for ln in curves]
+        assert len(set(colours)) == n_alphas
+        assert len(ax.get_legend().get_texts()) == 4  # embedding, frame, source, target
+        assert _reference_lines(ax) == {"source": refs["source"][key], "target": refs["target"][key]}
+    assert not any(ax.get_xlabel().startswith("frame") for ax in fig.axes)
+
+
+@pytest.mark.parametrize("thetas, alphas, xlabel", [
+    ([0.0, 0.5, 1.0], [1.0], "theta (alpha 1)"),
+    ([0.5], [-1.0, 0.0, 1.0, 2.0, 3.0], "alpha (theta 0.5)"),
+    ([0.2, 0.5, 0.8], [0.3, -0.1, 0.7], "theta (alpha changes along the path)"),  # paired, or aimed
+    ([0.2, 0.8, 0.5], [0.3, -0.1, 0.7], "frame (theta and alpha change together)"),
+])
+def test_sweep_plots_mark_the_source_and_target(thetas, alphas, xlabel):
+    paired = len(thetas) == len(alphas) > 1
+    pairs = list(zip(thetas, alphas, strict=True)) if paired else [(t, a) for t in thetas for a in alphas]
+    entries = [{"index": i, "theta": t, "alpha": a, "conformity": 0.8 + 0.1 * t, "frame_conformity": 0.85,
+                "log_likelihood": None, "frame_log_likelihood": None} for i, (t, a) in enumerate(pairs)]
+    refs = {"source": {"conformity": 0.8, "log_likelihood": None},
+            "target": {"conformity": 0.9, "log_likelihood": None}}
+    fig = outputs.conformity_figure(entries, thetas, alphas, False, "sweep", refs)
+    (ax,) = [ax for ax in fig.axes if ax.get_lines()]
+    assert ax.get_xlabel() == xlabel
+    assert _reference_lines(ax) == {"source": 0.8, "target": 0.9}
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["embedding (Eq. 12)", "frame, re-encoded", "source image (0.8)", "target image (0.9)"]
+    assert outputs.conformity_plot(entries, thetas, alphas, False, "sweep", refs)[:4] == b"\x89PNG"
+
+
+def test_a_rendered_grid_plot_shows_its_manifest(pipe, images, tmp_path):
+    m = render_sequence(pipe, *images, "0,1", "-1,0,1", 6, tmp_path / "g", grid=True, **FAST)
+    fig = outputs.conformity_figure(m["frames"], m["settings"]["thetas"], m["settings"]["alphas"], True, "t",
+                                    {r: d["readouts"] for r, d in m["inputs"].items()})
+    heat = [ax for ax in fig.axes if ax.get_images()][0]
+    np.testing.assert_allclose(np.asarray(heat.get_images()[0].get_array()),
+                               np.array([e["conformity"] for e in m["frames"]]).reshape(2, 3))
+    # theta = 0 is the source for every alpha, theta = 1 the target (Eq. 12's end points).
+    ref = m["inputs"]["source"]["readouts"]["conformity"]
+    assert all(e["conformity"] == pytest.approx(ref, abs=1e-5) for e in m["frames"][:3])
+    assert Image.open(tmp_path / "g" / "conformity.png").size[0] >= 800
+
+
 # -- jobs files ----------------------------------------------------------------------------
-def test_jobs_file_is_checked_line_by_line(images, tmp_path):
+def test_jobs_file_is_checked_line_by_line_and_keeps_every_refusal(images, tmp_path):
     src, tgt = (str(p) for p in images)
     good = {"source": src, "target": tgt, "theta": "0:1:3", "alpha": 1, "seed": 2, "name": "a"}
     path = tmp_path / "jobs.jsonl"
-    unnamed = {k: v for k, v in good.items() if k != "name"} | {"grid": True}
-    path.write_text(json.dumps(good) + "\n\n# comment\n" + json.dumps(unnamed))
-    jobs = read_jobs(path)
-    assert [(j.index, j.name, j.grid, j.line) for j in jobs] == [(0, "a", False, 1), (1, "0001", True, 4)]
-    cases = [
-        ("{not json", ":1: not valid JSON"),
-        (json.dumps({**good, "colour": 1}), "unknown key"),
-        (json.dumps({k: v for k, v in good.items() if k != "theta"}), "missing 'theta'"),
-        (json.dumps({**good, "theta": "0:2:3"}), "theta must be in"),
-        (json.dumps({**good, "name": "../x"}), "plain folder name"),
-        (json.dumps(good) + "\n" + json.dumps(good), "already used"),
-        (json.dumps({**good, "source": "nope.png"}), "does not exist"),
-        ("", "has no jobs"),
+    unnamed = {k: v for k, v in good.items() if k != "name"} | {"grid": True, "alpha": "-1,1"}
+    (tmp_path / "text.png").write_text("not an image")
+    lines = [
+        json.dumps(good), "", "# comment", json.dumps(unnamed),  # lines 1 and 4: fine
+        "{not json",
+        json.dumps({**good, "name": "c", "colour": 1}),
+        json.dumps({k: v for k, v in good.items() if k != "theta"} | {"name": "d"}),
+        json.dumps({**good, "name": "e", "theta": "0:2:3"}),
+        json.dumps({**good, "name": "A"}),  # the same folder as "a" on macOS and Windows
+        json.dumps({**good, "name": "f", "source": "nope.png"}),
+        json.dumps({**good, "name": "g", "target": "text.png"}),
+        json.dumps({**good, "name": "h", "seed": -1}),
+        json.dumps({**good, "name": "i", "grid": "yes"}),
+        json.dumps({**good, "name": "j", "theta": "0,1", "alpha": "0,1,2"}),
     ]
-    for text, words in cases:
-        path.write_text(text)
-        with pytest.raises(RenderError, match=words):
-            read_jobs(path)
+    path.write_text("\n".join(lines) + "\n")
+    checked = read_jobs(path)
+    assert [(j.index, j.name, j.grid, j.line) for j in checked.jobs] == [(0, "a", False, 1),
+                                                                          (1, "0001", True, 4)]
+    assert checked.jobs[1].source == src and checked.jobs[1].seed == 2
+    refused = {r.line: r.reason for r in checked.refused}
+    expected = {5: "not valid JSON", 6: "unknown key(s) colour", 7: "missing 'theta'", 8: "theta must be in",
+                9: "already used by line 1", 10: "'nope.png' does not exist", 11: "is not an image",
+                12: "seed", 13: "grid must be true or false", 14: "theta has 2 values and alpha 3"}
+    assert sorted(refused) == sorted(expected)
+    for line, words in expected.items():
+        assert words in refused[line], (line, refused[line])
+    assert [r.name for r in checked.refused][:2] == [None, None]  # no usable name before the name check
+
+
+@pytest.mark.parametrize("name, words", [
+    ("a\u0000b", "control character"), ("x" * 201, "201 characters long; at most 200"),
+    ("jobs.json", "would overwrite the jobs summary"), ("JOBS.JSON", "would overwrite"),
+    ("../x", "path separator"), ("a/b", "path separator"), ("a\\b", "path separator"),
+    (".", "starts with '.'"), ("..", "starts with '.'"), (".hidden", "starts with '.'"), ("", "empty"),
+    ("CON", "reserved device name"), ("nul.txt", "reserved device name"), ("a:b", "refused by Windows"),
+    ("a ", "ends with"), ("a.", "ends with"),
+    (7, "must be a string"), ("\u00e9" * 130, "bytes long in UTF-8"), ("\ud800", "not valid Unicode"),
+])
+def test_names_that_cannot_be_folders_are_refused_with_their_line(images, tmp_path, name, words):
+    from vslerp_app.jobs import check_job_name
+
+    assert check_job_name("cat-dog_01 (v2)") is None and check_job_name("ü" * 100) is None
+    good = {"source": str(images[0]), "target": str(images[1]), "theta": 0}
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "name": name}) + "\n")
+    checked = read_jobs(path)
+    assert [j.line for j in checked.jobs] == [1]
+    (refusal,) = checked.refused
+    assert refusal.line == 2 and words in refusal.reason
+
+
+def test_a_jobs_file_that_cannot_be_read_is_refused_whole(tmp_path):
+    path = tmp_path / "jobs.jsonl"
+    path.write_bytes(b'{"source": "caf\xe9.png"}\n')  # Latin-1, not UTF-8
+    with pytest.raises(RenderError, match=r"jobs file .*jobs.jsonl is not UTF-8 text \(byte 0xe9 at"):
+        read_jobs(path)
+    path.write_text("\n# only a comment\n")
+    with pytest.raises(RenderError, match="has no jobs"):
+        read_jobs(path)
+    with pytest.raises(RenderError, match="cannot read jobs file"):
+        read_jobs(tmp_path / "missing.jsonl")
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"source": "a", "target": "b", "theta": 0}).encode())
+    assert read_jobs(path).refused[0].line == 1  # a BOM is fine (the image is what is missing)

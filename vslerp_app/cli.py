@@ -2,15 +2,36 @@
 
 Each subcommand parses its arguments here and hands over to the package that does the
 work. Errors a user can fix print one line and exit non-zero; --debug shows tracebacks.
+Start-up is quiet (no library warnings or loading bars) unless --verbose. SPEC options
+(`--theta`, `--alpha`) take values that start with a minus as written (`--alpha -1:3:16`).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import sys
 
 from pipelines.presets import DEFAULT_MODEL
+from vslerp_app.outputs import DEFAULT_FPS
+
+# Options whose value may start with a minus (`_spec_argument`). argparse reads "-1:3:16" or
+# "-1,0,1" after an option as another option (only plain negative numbers pass), so
+# `_join_negative_values` writes such a pair as `--alpha=-1:3:16` before parsing.
+_SPEC_OPTIONS: set[str] = set()
+_NEGATIVE_VALUE = re.compile(r"-\.?\d")  # -1, -0.5, -.5, -1:3:16, -1,0,1
+
+_FIT_EXPLANATION = (
+    "  a, b: the Eq. 11 fit C_hat = a * cos(m, v) + b over these images: the cosine to the image\n"
+    "        mean m, scaled and shifted, estimates an image's conformity C (Eq. 10: its mean cosine\n"
+    "        to the set). Readouts use exact conformity when the file has the mean of unit vectors\n"
+    "        (this one does); a, b are the estimate's calibration.\n"
+    "  pearson: correlation of that estimate with exact conformity over the images; near 1 means\n"
+    "        cos(m, v) ranks images by conformity almost perfectly (the paper: 0.9998 on MS-COCO\n"
+    "        with ViT-B/32, a = 1.461, b = 0.002); lower means the estimate is rough for this\n"
+    "        encoder or these images.")
 
 
 class CLIError(Exception):
@@ -49,9 +70,11 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_fixture(args) -> int:
+    from pipelines.loading import library_output
     from vslerp_app.fixtures import write_fixture
 
-    path = write_fixture(args.kind, args.dir, layout=args.layout, seed=args.seed)
+    with library_output():
+        path = write_fixture(args.kind, args.dir, layout=args.layout, seed=args.seed)
     print(f"wrote tiny {args.kind} pipeline to {path}")
     return 0
 
@@ -70,13 +93,26 @@ def _cmd_stats(args) -> int:
     path = result.stats.save(args.out)
     s = result.stats
     print(f"wrote {path}: {s.dim}-d stats of {result.encoded} images "
-          f"({len(result.skipped)} unreadable skipped), a={s.a:.4f} b={s.b:.4f} "
-          f"pearson={s.pearson if s.pearson is None else round(s.pearson, 5)}; the population's scale: "
-          f"{len(s.conformity_quantiles)} quantiles of member conformity"
+          f"({len(result.skipped)} unreadable skipped)")
+    if s.pearson is None:
+        print(f"  a={s.a:.4f} b={s.b:.4f} pearson=n/a: every image here is equally conformal (two "
+              "images always are: each one's conformity is the cosine between them), so there is no "
+              "slope to fit; a=0 and b is that conformity")
+    else:
+        print(f"  a={s.a:.4f} b={s.b:.4f} pearson={s.pearson:.5f}")
+    print(f"  whitening: {'yes (log-likelihood readout)' if s.whitening is not None else 'none'}")
+    print(f"  the population's scale: {len(s.conformity_quantiles)} quantiles of member conformity"
           + ("" if s.log_likelihood_quantiles is None else " and log-likelihood"))
+    print(_FIT_EXPLANATION)
+    _print_skipped_and_warnings(result)
+    return 0
+
+
+def _print_skipped_and_warnings(result) -> None:
     for name, reason in result.skipped[:10]:
         print(f"  skipped {name}: {reason}", file=sys.stderr)
-    return 0
+    for warning in result.warnings:
+        print(f"vslerp stats: warning: {warning}", file=sys.stderr)
 
 
 def _stats_reference(args) -> int:
@@ -101,8 +137,8 @@ def _stats_reference(args) -> int:
     written += [result.paths["report_json"], result.paths["report_png"]]
     print(f"wrote {', '.join(map(str, written))} ({result.image.encoded} images, "
           f"{len(result.image.skipped)} unreadable skipped)")
-    for name, reason in result.image.skipped[:10]:
-        print(f"  skipped {name}: {reason}", file=sys.stderr)
+    print(_FIT_EXPLANATION)
+    _print_skipped_and_warnings(result.image)
     return 0
 
 
@@ -233,10 +269,10 @@ def _render_jobs(args) -> int:
                       default_grid=args.grid, max_batch=args.max_batch, **_load_kwargs(args),
                       **_render_options(args))
     if result["summary"] is not None:
-        rows = result["summary"]["jobs"]
-        done = sum(r["status"] == "complete" for r in rows)
-        print(f"{done} of {len(rows)} jobs complete in {args.out} "
-              f"({result['num_processes']} process(es)); see {args.out}/jobs.json")
+        counts, rows = result["summary"]["counts"], result["summary"]["jobs"]
+        print(f"{counts['complete']} of {len(rows)} jobs complete in {args.out} ({counts['failed']} "
+              f"failed, {counts['refused']} refused; {result['num_processes']} process(es)); "
+              f"see {os.path.join(args.out, 'jobs.json')}")
     return 1 if result["failed"] else 0
 
 
@@ -294,31 +330,93 @@ def _version() -> str:
         return "(not installed)"
 
 
+def _folder(value: str) -> str:
+    """argparse type of --out: an empty path (the current directory, unasked) is refused."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty; name a folder ('.' for the current one)")
+    return value
+
+
+def _file(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty; name a file")
+    return value
+
+
+def _spec_argument(p, *names: str, **kwargs) -> None:
+    """An option taking a SPEC, whose value may start with a minus (`--alpha -1:3:16`)."""
+    _SPEC_OPTIONS.update(n for n in names if n.startswith("--"))
+    p.add_argument(*names, metavar="SPEC", **kwargs)
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """`--alpha -1:3:16` -> `--alpha=-1:3:16` for SPEC options (or an unambiguous prefix of one).
+
+    An option that truly lacks its value (`--alpha --seed 1`, `--alpha` last) is left alone,
+    so argparse still says "expected one argument".
+    """
+    out, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            out += argv[i:]
+            break
+        matches = [o for o in _SPEC_OPTIONS if o.startswith(token)] if token.startswith("--") else []
+        if (token in _SPEC_OPTIONS or len(matches) == 1) and i + 1 < len(argv) \
+                and _NEGATIVE_VALUE.match(argv[i + 1]):
+            out.append(f"{token}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
 def _add_models(sub) -> None:
     """`vslerp models`."""
-    p = sub.add_parser("models", help="the model presets, whether each is downloaded, and its stats")
+    p = sub.add_parser(
+        "models", help="the model presets, whether each is downloaded, and its stats",
+        description="List the model presets (Karlo, Stable unCLIP -h and -l): each one's hub "
+                    "repository and whether it is in the local hub cache, its CLIP image encoder, "
+                    "default settings, and where its image-modality statistics come from.")
     p.add_argument("--json", action="store_true", help="print them as JSON")
     p.set_defaults(func=_cmd_models)
 
 
 def _add_fixture(sub) -> None:
     """`vslerp fixture`."""
-    p = sub.add_parser("fixture", help="write a tiny random-weight pipeline in the hub layout")
-    p.add_argument("kind", choices=["karlo", "stable-unclip"])
-    p.add_argument("dir")
+    p = sub.add_parser(
+        "fixture", help="write a tiny random-weight pipeline in the hub layout",
+        description="Write a tiny unCLIP pipeline with random weights (the real diffusers and "
+                    "transformers classes, 32-d CLIP embeddings) in the same layout as the hub "
+                    "repository, with its statistics file (vslerp-stats.safetensors). Load it "
+                    "anywhere a model is asked for (--model DIR). Its frames are noise: it is for "
+                    "tests and for trying the plumbing without downloading weights.")
+    p.add_argument("kind", choices=["karlo", "stable-unclip"],
+                   help="karlo (UnCLIPImageVariationPipeline) or stable-unclip "
+                        "(StableUnCLIPImg2ImgPipeline)")
+    p.add_argument("dir", help="folder to write (created; files already there are overwritten)")
     p.add_argument("--layout", choices=["hub", "current"], default="hub",
                    help="hub: model_index.json as the real repository (saved by an older "
                         "diffusers); current: as today's diffusers saves it")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random weights (default 0; the same seed writes identical files)")
     p.set_defaults(func=_cmd_fixture)
 
 
 def _add_stats(sub) -> None:
     """`vslerp stats`."""
-    p = sub.add_parser("stats", help="image-modality stats of a model's encoder over a folder",
-                       epilog="Custom open_clip architectures: set VSLERP_OPEN_CLIP_CONFIG to "
-                              "NAME.json config file(s) (os.pathsep-separated), then use "
-                              "--reference open_clip:NAME/PRETRAINED.")
+    p = sub.add_parser(
+        "stats", help="image-modality stats of a model's encoder over a folder",
+        description="Compute the statistics of a model's CLIP image encoder over a folder of "
+                    "images: the mean m that vSLERP rotates about (Eq. 12), the mean of unit "
+                    "embeddings (exact conformity, Eq. 10), the Eq. 11 fit a, b with its Pearson "
+                    "correlation, and the whitening matrix for the log-likelihood readout (it needs "
+                    "more images than the embedding has dimensions: MS-COCO val2017's 5,000 for "
+                    "768-d). The output explains the numbers; see stats/README.md.",
+        epilog="Custom open_clip architectures: set VSLERP_OPEN_CLIP_CONFIG to "
+               "NAME.json config file(s) (os.pathsep-separated), then use "
+               "--reference open_clip:NAME/PRETRAINED.")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="preset name or local pipeline directory")
     which.add_argument("--reference", metavar="SPEC",
@@ -328,9 +426,10 @@ def _add_stats(sub) -> None:
                    help="with --reference: captions (one per line, or a COCO captions JSON) for "
                         "text-modality stats, written to <stem>.text.safetensors beside --out")
     p.add_argument("--images", required=True, help="folder of images (searched recursively)")
-    p.add_argument("--out", required=True, help="stats file to write (.safetensors)")
+    p.add_argument("--out", required=True, type=_file, help="stats file to write (.safetensors)")
     p.add_argument("--dataset", help="data set name for the provenance (default: folder name)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="images encoded at once (default 64; lower it if the GPU runs out of memory)")
     p.add_argument("--device", help="cuda, cpu, ... (default: CUDA if available)")
     p.set_defaults(func=_cmd_stats)
 
@@ -359,28 +458,33 @@ def _add_render(sub) -> None:
         "render", help="render a vSLERP frame sequence, a path through keyframes (or many, with "
                        "--jobs) to a folder",
         description="SPEC is a number (0.5), a comma list (0,0.25,1) or start:stop:count "
-                    "(0:1:5, both ends included). theta and alpha pair up as a sweep (equal "
-                    "lengths, or one single value) or, with --grid, as a grid (theta major). "
-                    "Re-running the same command resumes: finished frames are kept.")
+                    "(0:1:5, both ends included); a SPEC may start with a minus (--alpha -1:3:16). "
+                    "theta and alpha pair up as a sweep (equal lengths, or one single value) or, "
+                    "with --grid, as a grid (theta major). Re-running the same command resumes: "
+                    "finished frames are kept.")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="preset name or local pipeline directory (default: %(default)s)")
     p.add_argument("--source", help="source image (theta = 0)")
     p.add_argument("--target", help="target image (theta = 1)")
-    p.add_argument("--theta", metavar="SPEC", help="theta values in [0, 1]")
+    _spec_argument(p, "--theta", help="theta values in [0, 1]")
     which_alpha = p.add_mutually_exclusive_group()
-    which_alpha.add_argument("--alpha", metavar="SPEC", help="alpha values (default 0: plain SLERP)")
-    which_alpha.add_argument("--conformity", metavar="SPEC",
-                             help="instead of --alpha: the conformity wanted for each frame's embedding "
-                                  "(one value, or a SPEC paired with --theta); each alpha is the one "
-                                  "nearest 0 in [-3, 3] giving it, or the closest value if none does; "
-                                  "the manifest gives the wanted and the achieved value")
+    _spec_argument(which_alpha, "--alpha",
+                   help="alpha values (default 0: plain SLERP; the paper's demo: -1:3:16)")
+    _spec_argument(which_alpha, "--conformity",
+                   help="instead of --alpha: the conformity wanted for each frame's embedding "
+                        "(one value, or a SPEC paired with --theta); each alpha is the one "
+                        "nearest 0 in [-3, 3] giving it, or the closest value if none does; "
+                        "the manifest gives the wanted and the achieved value")
     p.add_argument("--seed", type=int, default=0, help="noise path shared by every frame (default 0)")
-    p.add_argument("--out", required=True, help="output folder (resumed if it holds this render)")
+    p.add_argument("--out", required=True, type=_folder,
+                   help="output folder (resumed if it holds this render)")
     p.add_argument("--jobs", metavar="FILE",
                    help="JSON lines, one sequence per line: {\"source\", \"target\", \"theta\", "
                         "\"alpha\", \"seed\", \"name\", \"grid\"}, or a path: {\"keyframes\": [...], "
                         "\"frames\", \"loop\", \"spacing\", \"ease\", \"alpha\", ...}; output in "
-                        "OUT/<name or index>; split over processes under accelerate launch / torchrun")
+                        "OUT/<name or index>; every line is checked first, a bad or failing job does not "
+                        "stop the others (OUT/jobs.json says why); split over processes under accelerate "
+                        "launch / torchrun")
     p.add_argument("--grid", action="store_true", help="every theta with every alpha")
     _add_path_options(p)
     p.add_argument("--preview", action="store_true", help="preview quality (fast, small)")
@@ -395,16 +499,23 @@ def _add_render(sub) -> None:
                    help="the reference space's image stats (default: the stats/ file named from SPEC)")
     p.add_argument("--gif", action="store_true", help="also write sequence.gif")
     p.add_argument("--mp4", action="store_true", help="also write sequence.mp4")
-    p.add_argument("--fps", type=float, default=4.0, help="GIF/MP4 frames per second (default 4)")
-    p.add_argument("--zip", action="store_true", help="also write sequence.zip (frames + manifest)")
+    p.add_argument("--fps", type=float, default=DEFAULT_FPS,
+                   help="GIF/MP4 frames per second (default %(default)g)")
+    p.add_argument("--zip", action="store_true",
+                   help="also write sequence.zip (frames, manifest and every other output)")
     p.add_argument("--device", help="cuda, cpu, ... (default: CUDA if available)")
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="default: fp16 on CUDA, fp32 on CPU")
     p.add_argument("--offload", action="store_true",
                    help="small GPUs: keep weights in CPU memory, each model on the GPU only while it "
                         "runs (less GPU memory, slower; CUDA only)")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                   help="show tracebacks on errors")
     p.set_defaults(func=_cmd_render)
+
+
+def _add_common(p, default=None) -> None:
+    """--debug and --verbose, before the subcommand or after it."""
+    p.add_argument("--debug", action="store_true", default=default, help="show tracebacks on errors")
+    p.add_argument("--verbose", action="store_true", default=default,
+                   help="show the libraries' warnings and loading progress bars, and info logs")
 
 
 def _add_score(sub) -> None:
@@ -435,19 +546,32 @@ def _add_score(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vslerp", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser = argparse.ArgumentParser(
+        prog="vslerp", description="vSLERP Studio on the command line: edit an image by moving "
+        "through the geometry of CLIP (vSLERP, Eq. 12) and read out each frame's conformity.")
+    _add_common(parser, default=False)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     for add in (_add_models, _add_fixture, _add_stats, _add_render, _add_score):
         add(sub)
+    for p in sub.choices.values():  # after the subcommand too; SUPPRESS keeps a flag given before it
+        _add_common(p, default=argparse.SUPPRESS)
     return parser
+
+
+def _set_verbosity(verbose: bool) -> None:
+    from pipelines.loading import set_verbose
+
+    set_verbose(verbose)
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
+    _set_verbosity(args.verbose)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TMP_MARK", "OutputDir", "RenderError", "atomic_write", "describe_os_error", "remove_partials"]
+__all__ = ["TMP_MARK", "OutputDir", "RenderError", "atomic_write", "describe_os_error", "output_path",
+           "remove_partials"]
 
 TMP_MARK = ".partial"  # temporary files: .<name>.<random>.partial<ext>
 _UMASK = os.umask(0o022)
@@ -28,6 +29,14 @@ class RenderError(RuntimeError):
 
     The message is one line a user can act on.
     """
+
+
+def output_path(value: str | os.PathLike, what: str = "output directory") -> Path:
+    """``value`` as a Path; an empty one (which would mean the current directory) is refused."""
+    if not str(os.fspath(value)).strip():
+        raise RenderError(f"the {what} is empty ({os.fspath(value)!r}); name a folder (use '.' "
+                          "to mean the current directory)")
+    return Path(value)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -49,12 +58,14 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[str], None]) -
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{TMP_MARK}{path.suffix}",
                                dir=path.parent)
+    mode = 0o666 & ~_UMASK  # mkstemp makes 0600; finished files get the usual mode
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; finished files get the usual mode
+        os.fchmod(fd, mode)
         if callable(data):
             os.close(fd)
             fd = -1
             data(tmp)
+            os.chmod(tmp, mode)  # the writer may have replaced the file (safetensors writes 0600)
             fd = os.open(tmp, os.O_RDONLY)
         else:
             view = memoryview(data)

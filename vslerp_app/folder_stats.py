@@ -3,7 +3,9 @@
 Streams: images are read, encoded and folded into a `StatsAccumulator` one batch at a
 time, so memory does not grow with the number of images (MS-COCO val is 5k, 100k+ works);
 the embeddings wait in a temporary file for the population's scale (stats/README.md).
-Images are prepared as for generation (`vslerp_app.images.MAX_SIDE`).
+Images are prepared as for generation (`vslerp_app.images.MAX_SIDE`). Too few images for the
+embedding dimension gets a warning (`too_few_images`): the whitening behind the likelihood
+readout needs more images than dimensions.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -19,7 +21,7 @@ from tqdm.auto import tqdm
 from vslerp_app.images import ImageInputError, load_image
 from vslerp_app.stats import ModalityStats, StatsAccumulator, StatsError
 
-__all__ = ["IMAGE_SUFFIXES", "FolderStatsResult", "find_images", "folder_stats"]
+__all__ = ["IMAGE_SUFFIXES", "FolderStatsResult", "find_images", "folder_stats", "too_few_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +33,21 @@ class FolderStatsResult:
     stats: ModalityStats
     encoded: int
     skipped: list[tuple[str, str]]  # (file, reason)
+    warnings: list[str] = field(default_factory=list)  # one line each, for the user
+
+
+def too_few_images(n: int, dim: int) -> str | None:
+    """A warning when ``n`` images are too few for ``dim``-d statistics, else None.
+
+    The whitening W = Sigma^-1/2 (the likelihood readout) needs a covariance of full rank,
+    so more images than dimensions; with fewer the file carries no whitening.
+    """
+    if n > dim:
+        return None
+    return (f"only {n} image(s) for {dim}-d embeddings: the whitening behind the log-likelihood "
+            f"readout needs more images than dimensions (at least {dim + 1}, better several times "
+            f"{dim}), so this file has no whitening and frames get no likelihood; the mean and the "
+            "Eq. 11 fit are rough with so few images too")
 
 
 def find_images(folder: str | os.PathLike) -> list[Path]:
@@ -78,4 +95,6 @@ def folder_stats(encoder, folder: str | os.PathLike, *, batch_size: int = 64,
                          "statistics need at least 2")
     stats = acc.finalize(encoder=encoder.name, dataset=dataset or Path(folder).resolve().name,
                          files_found=len(paths), files_skipped=len(skipped), **provenance)
-    return FolderStatsResult(stats=stats, encoded=acc.n, skipped=skipped)
+    warning = too_few_images(acc.n, stats.dim)
+    return FolderStatsResult(stats=stats, encoded=acc.n, skipped=skipped,
+                             warnings=[warning] if warning else [])

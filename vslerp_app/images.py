@@ -9,7 +9,11 @@ and says what is wrong in words a user can act on (never a PIL traceback).
 
 Decompression bombs (a small file that claims billions of pixels) are refused from
 the header alone, before any pixel data is decoded, by a per-call check against
-:data:`MAX_PIXELS`. We never change ``PIL.Image.MAX_IMAGE_PIXELS`` or
+:data:`MAX_PIXELS`. :func:`check_image` runs every check that needs no pixels (byte
+size, format allow-list, pixel count from the header) without decoding anything, and
+:func:`data_url_bytes` measures an inline ``data:`` URL before decoding its base64; a
+server uses the two to refuse a hostile input the moment it arrives, with the same
+message :func:`load_image` would give. We never change ``PIL.Image.MAX_IMAGE_PIXELS`` or
 ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``: other code in the same process keeps
 Pillow's defaults.
 
@@ -19,6 +23,8 @@ import from the UI and from tests.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import io
 import os
@@ -27,13 +33,16 @@ import stat
 import struct
 import warnings
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import unquote_to_bytes
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-__all__ = ["MAX_PIXELS", "MAX_SIDE", "ImageInputError", "image_fingerprint", "load_image"]
+__all__ = ["MAX_PIXELS", "MAX_SIDE", "ImageHeader", "ImageInputError", "check_image", "data_url_bytes",
+           "image_fingerprint", "load_image"]
 
 #: The one image preparation: every image that is encoded (generation inputs, `vslerp
 #: stats`, `vslerp score`, the app's uploads) is loaded with this longer-side limit, so the
@@ -144,12 +153,89 @@ def image_fingerprint(img: Image.Image) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What :func:`check_image` read from a file's header: Pillow's format name and the size."""
+
+    format: str
+    size: tuple[int, int]
+
+
+def check_image(src: str | os.PathLike | bytes, *, name: str | None = None,
+                max_bytes: int | None = None) -> ImageHeader:
+    """Refuse what :func:`load_image` would refuse from the file alone, decoding no pixel.
+
+    ``src`` is a path or the encoded bytes. Checked: the byte size (at most ``max_bytes``
+    when given), the format (the same allow-list as :func:`load_image`, so Pillow's
+    plugins for other formats never run) and the pixel count the header claims
+    (:data:`MAX_PIXELS`). Raises :class:`ImageInputError` with the message
+    :func:`load_image` gives for the same file; a file that passes may still turn out
+    truncated when decoded.
+    """
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        data = bytes(src)
+        label = _quote(name) if name else f"the image data ({len(data):,} bytes)"
+        if not data:
+            raise ImageInputError(label, "is empty (0 bytes)")
+        _check_bytes(len(data), max_bytes, label)
+        with _open_checked(io.BytesIO(data), label) as im:
+            return ImageHeader(im.format, im.size)
+    path = Path(os.fspath(src))
+    label = _quote(name or path.name or str(path))
+    size = _regular_file_size(path, label)
+    _check_bytes(size, max_bytes, label)
+    with open(path, "rb") as fp, _open_checked(fp, label) as im:
+        return ImageHeader(im.format, im.size)
+
+
+def data_url_bytes(url: str, *, name: str | None = None, max_bytes: int | None = None) -> bytes:
+    """The bytes of an inline ``data:`` URL, measured before its base64 is decoded.
+
+    A URL whose data would exceed ``max_bytes`` is refused from its length alone, with
+    the message an upload of that size gets; so is one that is not a data URL or whose
+    base64 is broken. The bytes are not checked as an image: pass them to
+    :func:`check_image`.
+    """
+    label = _quote(name) if name else "the inline image"
+    comma = url.find(",")
+    head = url[:comma] if comma >= 0 else ""
+    if not head.lower().startswith("data:"):
+        raise ImageInputError(label, "is not a data: URL (expected data:image/png;base64,...)")
+    # Measured in place: slicing or stripping a huge URL would copy it before the refusal.
+    length = len(url) - comma - 1
+    if head.lower().endswith(";base64"):
+        spaces = sum(url.count(c, comma) for c in " \t\r\n")
+        size = (length - spaces) * 3 // 4 - (2 if url.endswith("==") else 1 if url.endswith("=") else 0)
+        _check_bytes(size, max_bytes, label)
+        try:
+            data = base64.b64decode("".join(url[comma + 1:].split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageInputError(label, "is not valid base64 data") from None
+    else:
+        _check_bytes(length, max_bytes, label)  # percent-escapes only shrink it
+        data = unquote_to_bytes(url[comma + 1:])
+    if not data:
+        raise ImageInputError(label, "is empty (0 bytes)")
+    return data
+
+
 # --------------------------------------------------------------------------- sources
 
 
 def _from_path(src: str | os.PathLike[str], name: str | None, max_side: int | None) -> Image.Image:
     path = Path(os.fspath(src))
     label = _quote(name or path.name or str(path))
+    _regular_file_size(path, label)
+    try:
+        fp = open(path, "rb")  # closed by the with below, after decoding
+    except OSError as e:
+        raise ImageInputError(label, f"cannot be read ({e.strerror or e})") from None
+    with fp:
+        return _decode(fp, label, max_side)
+
+
+def _regular_file_size(path: Path, label: str) -> int:
+    """The size of a non-empty regular file, or ImageInputError saying what it is instead."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -165,12 +251,7 @@ def _from_path(src: str | os.PathLike[str], name: str | None, max_side: int | No
         raise ImageInputError(label, "is not a regular file")
     if st.st_size == 0:
         raise ImageInputError(label, "is empty (0 bytes)")
-    try:
-        fp = open(path, "rb")  # closed by the with below, after decoding
-    except OSError as e:
-        raise ImageInputError(label, f"cannot be read ({e.strerror or e})") from None
-    with fp:
-        return _decode(fp, label, max_side)
+    return st.st_size
 
 
 def _from_file_object(fobj: IO[Any], name: str | None, max_side: int | None) -> Image.Image:
@@ -267,8 +348,8 @@ def _from_array(arr: np.ndarray, label: str, max_side: int | None) -> Image.Imag
 # ----------------------------------------------------------------------- decoding
 
 
-def _decode(fp: IO[bytes], label: str, max_side: int | None) -> Image.Image:
-    """Open ``fp`` lazily, refuse bombs from the header, then decode the first frame."""
+def _open_checked(fp: IO[bytes], label: str) -> Image.Image:
+    """Open ``fp`` lazily with the allowed formats and refuse bombs from the header alone."""
     try:
         # Pillow warns (not errors) between its own limit (~89.5 Mpx) and twice that;
         # our MAX_PIXELS check below is the one that decides, so hide that warning.
@@ -284,11 +365,20 @@ def _decode(fp: IO[bytes], label: str, max_side: int | None) -> Image.Image:
         raise ImageInputError(label, _unidentified_msg(fp.read(64))) from None
     except _DECODE_ERRORS as e:
         raise ImageInputError(label, f"is truncated or corrupt ({_reason(e)})") from None
+    try:
+        _check_pixels(im.size, label)
+    except ImageInputError:
+        im.close()
+        raise
+    return im
 
+
+def _decode(fp: IO[bytes], label: str, max_side: int | None) -> Image.Image:
+    """Open ``fp`` lazily, refuse bombs from the header, then decode the first frame."""
+    im = _open_checked(fp, label)
     # The context manager closes the file only if Pillow opened it itself; im.close()
     # would also close a file object the caller still owns.
     with im:
-        _check_pixels(im.size, label)
         target = _fit(im.size, max_side)
         # Animated GIF/APNG/WebP and multi-page TIFF/MPO open on frame 0 already, and we
         # never seek, so what is decoded below is the first frame.
@@ -399,8 +489,10 @@ def _int32_to_u8(arr: np.ndarray, label: str) -> np.ndarray:
 def _float_image_to_u8(arr: np.ndarray, label: str) -> np.ndarray:
     # Float files (TIFF, FITS) conventionally hold [0, 1]; Pillow's own convert("F")
     # from 8-bit keeps 0..255, so that range is recognised too. Anything else is refused
-    # rather than silently clipped or stretched.
-    arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    # rather than silently clipped or stretched; NaN and inf as for a float array.
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ImageInputError(label, "contains NaN or infinite values")
     lo, hi = float(arr.min()), float(arr.max())
     if lo >= -1e-3 and hi <= 1 + 1e-3:
         return _unit_float_to_u8(arr)
@@ -435,6 +527,18 @@ def _check_pixels(size: tuple[int, int], label: str) -> None:
         raise ImageInputError(label, f"has no pixels ({_dims(size)})")
     if w * h > MAX_PIXELS:
         raise ImageInputError(label, _too_large_msg(w * h, size))
+
+
+def _check_bytes(size: int, max_bytes: int | None, label: str) -> None:
+    if max_bytes is not None and size > max_bytes:
+        raise ImageInputError(
+            label, f"is too large ({_megabytes(size)}); files up to {_megabytes(max_bytes)} are accepted"
+        )
+
+
+def _megabytes(n: int) -> str:
+    mb = n / 2**20
+    return f"{mb:.1f} MB" if mb < 100 and mb != int(mb) else f"{mb:.0f} MB"
 
 
 def _too_large_msg(pixels: int | None, size: tuple[int, int] | None = None) -> str:

@@ -2,7 +2,9 @@
 
 `write_outputs` (re)builds each asked-for output when the frames changed, when it is
 missing, or when it was made with other settings (the fps of a video), and records it in
-the manifest's ``outputs``; the ZIP is written last, after the manifest it contains.
+the manifest's ``outputs`` once it is on disk. The ZIP (frames, manifest and every other
+output) is rebuilt on every run that asks for it, after the manifest it contains.
+`DEFAULT_FPS` is the one GIF/MP4 default of the CLI, the app and the Python API.
 """
 
 from __future__ import annotations
@@ -18,16 +20,19 @@ import numpy as np
 import PIL.Image
 
 from vslerp_app.files import OutputDir, RenderError
-from vslerp_app.manifest import MANIFEST_NAME
+from vslerp_app.manifest import FRAMES_DIR, MANIFEST_NAME
 
 __all__ = ["CONTACT_SHEET_NAME", "DEFAULT_FPS", "GIF_NAME", "MP4_NAME", "OutputRequest", "PLOT_NAME",
-           "ZIP_NAME", "contact_sheet", "conformity_plot", "write_outputs", "write_video"]
+           "ZIP_NAME", "contact_sheet", "conformity_figure", "conformity_plot", "drop_missing_outputs",
+           "write_outputs", "write_video"]
 
 CONTACT_SHEET_NAME = "contact_sheet.png"
 PLOT_NAME = "conformity.png"
 GIF_NAME = "sequence.gif"
 MP4_NAME = "sequence.mp4"
 ZIP_NAME = "sequence.zip"
+# 4 frames per second: a GIF stores each frame's delay in hundredths of a second, so 4 fps
+# (25/100 s) plays exactly as the MP4 does; 6 fps would be 17/100 s (5.9 fps) in the GIF.
 DEFAULT_FPS = 4.0
 THUMB_SIDE = 192  # contact sheet tiles: frames scaled to this longer side
 
@@ -85,59 +90,203 @@ def contact_sheet(frames: list[PIL.Image.Image], entries: list[dict], columns: i
     return sheet
 
 
-def conformity_plot(entries: list[dict], thetas: list[float], alphas: list[float], grid: bool,
-                    title: str) -> bytes | None:
-    """PNG bytes of conformity (and likelihood) along the sweep; None without readouts."""
+@dataclass(frozen=True)
+class _Metric:
+    """One readout drawn on a panel: the embedding's key, the frame's key, the inputs' key."""
+
+    embedding: str
+    frame: str
+    reference: str
+    label: str
+
+
+_CONFORMITY = _Metric("conformity", "frame_conformity", "conformity", "conformity")
+_LIKELIHOOD = _Metric("log_likelihood", "frame_log_likelihood", "log_likelihood", "log-likelihood (whitened)")
+_REFERENCE_STYLE = {"source": dict(color="#d62728", ls=":"), "target": dict(color="#1f77b4", ls="-.")}
+
+
+def conformity_figure(entries: list[dict], thetas: list[float], alphas: list[float], grid: bool,
+                      title: str, references: dict | None = None):
+    """The readouts of a render as a matplotlib Figure; None without conformity readouts.
+
+    A sweep: conformity (and likelihood) of each frame's embedding and of the frame itself
+    (re-encoded) along theta, along alpha, or frame by frame when both change. A grid: heat
+    maps of conformity over the (theta, alpha) plane with a colour bar, and each readout
+    against theta with one line per alpha, coloured by alpha. ``references`` maps "source"
+    and "target" to the inputs' own readouts (`ModalityStats.readouts`); they are marked on
+    every panel (labelled lines; on a heat map's colour bar).
+    """
     if all(e.get("conformity") is None for e in entries):
         return None
+    metrics = [_CONFORMITY]
+    if any(e.get("frame_log_likelihood") is not None for e in entries):
+        metrics.append(_LIKELIHOOD)
+    refs = {role: r for role, r in (references or {}).items() if isinstance(r, dict)}
+    if grid and len(thetas) > 1 and len(alphas) > 1:
+        fig = _grid_figure(entries, thetas, alphas, metrics, refs)
+    else:
+        fig = _sweep_figure(entries, metrics, refs)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def conformity_plot(entries: list[dict], thetas: list[float], alphas: list[float], grid: bool,
+                    title: str, references: dict | None = None) -> bytes | None:
+    """`conformity_figure` as PNG bytes (None without conformity readouts)."""
+    fig = conformity_figure(entries, thetas, alphas, grid, title, references)
+    if fig is None:
+        return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _values(entries: list[dict], key: str) -> list[float]:
+    return [math.nan if e.get(key) is None else float(e[key]) for e in entries]
+
+
+def _reference_lines(ax, refs: dict, key: str) -> None:
+    """The source's and target's readout as labelled horizontal lines."""
+    for role, readouts in refs.items():
+        if readouts.get(key) is not None:
+            ax.axhline(readouts[key], lw=1.2, label=f"{role} image ({readouts[key]:.3g})",
+                       **_REFERENCE_STYLE.get(role, {}))
+
+
+def _sweep_axis(entries: list[dict]) -> tuple[list[float], str, list[str] | None]:
+    """(x of each frame, x label, tick labels or None): theta or alpha if only it changes; theta
+    when both change along a path of distinct thetas (an aimed render); else the frame index."""
+    thetas, alphas = [e["theta"] for e in entries], [e["alpha"] for e in entries]
+    if any("segment" in e for e in entries):  # a path: theta starts over in every segment
+        return [float(e["index"]) for e in entries], "path frame", None
+    if len(set(alphas)) == 1 and len(set(thetas)) > 1:
+        return thetas, f"theta (alpha {alphas[0]:g})", None
+    if len(set(thetas)) == 1 and len(set(alphas)) > 1:
+        return alphas, f"alpha (theta {thetas[0]:g})", None
+    ticks = ([f"θ {t:.3g}\nα {a:.3g}" for t, a in zip(thetas, alphas, strict=True)]
+             if len(entries) <= 12 else None)
+    if len(set(thetas)) == len(thetas) and thetas in (sorted(thetas), sorted(thetas, reverse=True)):
+        return thetas, "theta (alpha changes along the path)", ticks
+    return [float(e["index"]) for e in entries], "frame (theta and alpha change together)", ticks
+
+
+def _sweep_figure(entries: list[dict], metrics: list[_Metric], refs: dict):
     from matplotlib.figure import Figure
 
-    has_ll = any(e.get("frame_log_likelihood") is not None for e in entries)
-    fig = Figure(figsize=(7, 6 if has_ll else 3.6), dpi=100)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2 if has_ll else 1, 1, sharex=True, squeeze=False)[:, 0]
-    thetas_vary, alphas_vary = len(set(thetas)) > 1, len(set(alphas)) > 1
-
-    def series(subset: list[dict], x_of):
-        return [x_of(e) for e in subset]
-
-    if grid and len(alphas) <= 12:
-        groups = [(f"alpha {a:g}", [e for e in entries if e["alpha"] == a]) for a in dict.fromkeys(alphas)]
-        x_of, xlabel = (lambda e: e["theta"]), "theta"
-    else:
-        groups = [("", entries)]
-        if any("segment" in e for e in entries):  # a path: theta starts over in every segment
-            x_of, xlabel = (lambda e: e["index"]), "path frame"
-        elif not grid and thetas_vary and not alphas_vary:
-            x_of, xlabel = (lambda e: e["theta"]), "theta"
-        elif not grid and alphas_vary and not thetas_vary:
-            x_of, xlabel = (lambda e: e["alpha"]), "alpha"
-        else:
-            x_of, xlabel = (lambda e: e["index"]), "frame"
-    metrics = [(axes[0], "conformity", "frame_conformity", "conformity")]
-    if has_ll:
-        metrics.append((axes[1], "log_likelihood", "frame_log_likelihood", "log-likelihood (whitened)"))
-    for ax, emb_key, frame_key, ylabel in metrics:
-        for k, (label, subset) in enumerate(groups):
-            color = f"C{k % 10}"
-            prefix = f"{label}: " if label else ""
-            xs = series(subset, x_of)
-            if any(e.get(emb_key) is not None for e in subset):
-                ax.plot(xs, [e.get(emb_key) for e in subset], "-o", color=color, markersize=3,
-                        label=f"{prefix}embedding")
-            if any(e.get(frame_key) is not None for e in subset):
-                ax.plot(xs, [e.get(frame_key) for e in subset], "--s", color=color, markersize=3,
-                        label=f"{prefix}frame (re-encoded)")
-        ax.set_ylabel(ylabel)
+    xs, xlabel, ticks = _sweep_axis(entries)
+    fig = Figure(figsize=(8, 1.0 + 2.9 * len(metrics)), layout="constrained")
+    axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, metric in zip(axes, metrics, strict=True):
+        ax.plot(xs, _values(entries, metric.embedding), "-o", color="0.2", markersize=3,
+                label="embedding (Eq. 12)")
+        ax.plot(xs, _values(entries, metric.frame), "--s", color="#ff7f0e", markersize=3,
+                label="frame, re-encoded")
+        aims = [e.get("aim") if isinstance(e.get("aim"), dict) else {} for e in entries]
+        if metric is _CONFORMITY and any(aims):  # an aimed render: the conformity asked for
+            ax.plot(xs, _values(aims, "wanted"), "x", color="#2ca02c", markersize=7, label="wanted (aimed)")
+        _reference_lines(ax, refs, metric.reference)
+        ax.set_ylabel(metric.label)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    if ticks:
+        axes[-1].set_xticks(xs, ticks, fontsize=7)
     axes[-1].set_xlabel(xlabel)
-    axes[0].set_title(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return fig
+
+
+def _grid_matrix(entries: list[dict], key: str, rows: int, cols: int) -> np.ndarray:
+    """rows x cols of one readout (theta major, as the grid's frame order); NaN where absent."""
+    z = np.full((rows, cols), np.nan)
+    for e in entries:
+        if e.get(key) is not None:
+            z[divmod(e["index"], cols)] = e[key]
+    return z
+
+
+def _value_ticks(ax, axis: str, values: list[float]) -> None:
+    """Label a heat map's cells with their values (at most about 8 labels)."""
+    step = max(1, math.ceil(len(values) / 8))
+    idx = list(range(0, len(values), step))
+    labels = [f"{values[i]:.3g}" for i in idx]
+    (ax.set_xticks if axis == "x" else ax.set_yticks)(idx, labels, fontsize=7)
+
+
+def _heat_maps(fig, cells, entries, thetas, alphas, metric: _Metric, refs: dict) -> None:
+    """Embedding and frame readout over (theta, alpha), one colour scale; inputs on the colour bar."""
+    from matplotlib.colors import Normalize
+
+    maps = {key: _grid_matrix(entries, key, len(thetas), len(alphas))
+            for key in (metric.embedding, metric.frame)}
+    known = [v for z in maps.values() for v in z[np.isfinite(z)].tolist()]
+    known += [r[metric.reference] for r in refs.values() if r.get(metric.reference) is not None]
+    norm = Normalize(min(known), max(known)) if known else None
+    image = None
+    for k, (key, name) in enumerate(((metric.embedding, "embedding (Eq. 12)"),
+                                     (metric.frame, "frame, re-encoded"))):
+        ax = fig.add_subplot(cells[k])
+        image = ax.imshow(maps[key], origin="lower", aspect="auto", cmap="viridis", norm=norm,
+                          interpolation="nearest")
+        ax.set_title(f"{metric.label}: {name}", fontsize=8)
+        _value_ticks(ax, "x", alphas)
+        _value_ticks(ax, "y", thetas)
+        ax.set_xlabel("alpha")
+        if k == 0:
+            ax.set_ylabel("theta")
+    bar = fig.colorbar(image, cax=fig.add_subplot(cells[2]))
+    bar.set_label(metric.label, fontsize=8)
+    for role, readouts in refs.items():
+        value = readouts.get(metric.reference)
+        if value is not None:
+            bar.ax.axhline(value, color="white" if role == "source" else "black", lw=2.5)
+            bar.ax.axhline(value, lw=1.2, **_REFERENCE_STYLE.get(role, {}))
+            bar.ax.annotate(f"{role} {value:.3g}", xy=(0, value), xycoords=("axes fraction", "data"),
+                            xytext=(-3, 0), textcoords="offset points", ha="right", va="center",
+                            fontsize=7, color=_REFERENCE_STYLE.get(role, {}).get("color", "black"))
+
+
+def _lines_per_alpha(fig, cell, bar_cell, entries, alphas, metric: _Metric, refs: dict) -> None:
+    """The readout against theta, one line per alpha coloured by alpha (a colour bar, no legend per line)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.lines import Line2D
+
+    ax = fig.add_subplot(cell)
+    cmap = "coolwarm"
+    norm = Normalize(min(alphas), max(alphas)) if min(alphas) < max(alphas) else Normalize(alphas[0] - 1,
+                                                                                          alphas[0] + 1)
+    mappable = ScalarMappable(norm=norm, cmap=cmap)
+    for alpha in dict.fromkeys(alphas):
+        row = sorted((e for e in entries if e["alpha"] == alpha), key=lambda e: e["theta"])
+        xs, color = [e["theta"] for e in row], mappable.to_rgba(alpha)
+        ax.plot(xs, _values(row, metric.embedding), "-", color=color, lw=1.3)
+        ax.plot(xs, _values(row, metric.frame), "s", color=color, markersize=3, alpha=0.8)
+    _reference_lines(ax, refs, metric.reference)
+    handles = [Line2D([], [], color="0.3", ls="-", label="embedding (Eq. 12)"),
+               Line2D([], [], color="0.3", ls="", marker="s", markersize=3, label="frame, re-encoded")]
+    ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, loc="upper left",
+              bbox_to_anchor=(0.0, -0.22), ncol=4, borderaxespad=0, frameon=False)
+    ax.set_xlabel("theta", labelpad=1)
+    ax.set_ylabel(metric.label)
+    ax.grid(True, alpha=0.3)
+    fig.colorbar(mappable, cax=fig.add_subplot(bar_cell)).set_label("alpha", fontsize=8)
+
+
+def _grid_figure(entries, thetas, alphas, metrics: list[_Metric], refs: dict):
+    """Heat maps of conformity over (theta, alpha), then each readout against theta per alpha."""
+    from matplotlib.figure import Figure
+
+    rows = 1 + len(metrics)
+    fig = Figure(figsize=(10, 3.4 + 3.3 * len(metrics)))
+    # Columns: two heat maps, room for the labels of the inputs' marks, the colour bar.
+    spec = fig.add_gridspec(rows, 4, width_ratios=[1, 1, 0.11, 0.035], hspace=0.55, wspace=0.22,
+                            left=0.09, right=0.93, top=0.93, bottom=0.07)
+    _heat_maps(fig, [spec[0, 0], spec[0, 1], spec[0, 3]], entries, thetas, alphas, _CONFORMITY, refs)
+    for r, metric in enumerate(metrics, start=1):
+        _lines_per_alpha(fig, spec[r, 0:3], spec[r, 3], entries, alphas, metric, refs)
+    return fig
 
 
 def _even(frames: list[PIL.Image.Image]) -> list[np.ndarray]:
@@ -224,10 +373,36 @@ def _write_videos(d: _Derived, ask: OutputRequest) -> None:
                        "size": list(arrays[0].shape[1::-1])}
 
 
+def _write_sheet_and_plot(d: _Derived, ask: OutputRequest, columns: int, plot_args: tuple) -> None:
+    if ask.contact and d.wanted("contact_sheet", CONTACT_SHEET_NAME):
+        buf = io.BytesIO()
+        contact_sheet(d.images(), d.entries, columns).save(buf, format="PNG")
+        d.out.write(CONTACT_SHEET_NAME, buf.getvalue())
+        d.meta["contact_sheet"] = {"file": CONTACT_SHEET_NAME}
+    if ask.plot and d.wanted("plot", PLOT_NAME):
+        png = conformity_plot(d.entries, *plot_args)
+        if png is None:
+            d.meta["plot"] = {"file": None, "note": "no conformity readouts (no stats)"}
+        else:
+            d.out.write(PLOT_NAME, png)
+            d.meta["plot"] = {"file": PLOT_NAME}
+
+
+def drop_missing_outputs(outputs_meta: dict, out_dir: Path) -> None:
+    """Forget outputs whose file is gone (deleted by hand): the manifest lists only files on disk."""
+    for key, meta in list(outputs_meta.items()):
+        if isinstance(meta, dict) and meta.get("file") and not (out_dir / meta["file"]).is_file():
+            del outputs_meta[key]
+
+
 def write_outputs(out: OutputDir, entries: list[dict], outputs_meta: dict, ask: OutputRequest, *,
                   changed: bool, columns: int, plot_args: tuple,
                   save_manifest: Callable[[], dict]) -> dict:
     """Write the asked-for outputs of a finished render; return the final manifest.
+
+    The manifest lists a file only once it is on disk and whole: the ZIP (which holds the
+    manifest) is written after the manifest and listed in a second save, so a full disk while
+    writing it leaves a manifest without it.
 
     Args:
         out: the render's folder.
@@ -236,34 +411,37 @@ def write_outputs(out: OutputDir, entries: list[dict], outputs_meta: dict, ask: 
         ask: which outputs to write.
         changed: frames were rendered in this run (every output is rebuilt).
         columns: contact sheet columns.
-        plot_args: (thetas, alphas, grid, title) of the conformity plot.
-        save_manifest: writes the manifest (status complete) and returns it; called once
-            every other output is in place, before the ZIP that contains it.
+        plot_args: `conformity_plot`'s (thetas, alphas, grid, title[, references]).
+        save_manifest: writes the manifest (status complete) and returns it.
     """
     d = _Derived(out=out, entries=entries, meta=outputs_meta, changed=changed)
-    if ask.contact and d.wanted("contact_sheet", CONTACT_SHEET_NAME):
-        buf = io.BytesIO()
-        contact_sheet(d.images(), entries, columns).save(buf, format="PNG")
-        out.write(CONTACT_SHEET_NAME, buf.getvalue())
-        outputs_meta["contact_sheet"] = {"file": CONTACT_SHEET_NAME}
-    if ask.plot and d.wanted("plot", PLOT_NAME):
-        png = conformity_plot(entries, *plot_args)
-        if png is None:
-            outputs_meta["plot"] = {"file": None, "note": "no conformity readouts (no stats)"}
-        else:
-            out.write(PLOT_NAME, png)
-            outputs_meta["plot"] = {"file": PLOT_NAME}
+    _write_sheet_and_plot(d, ask, columns, plot_args)
     _write_videos(d, ask)
     if ask.zip:
-        outputs_meta["zip"] = {"file": ZIP_NAME}
+        outputs_meta.pop("zip", None)  # the manifest inside the archive lists what is in it
+    drop_missing_outputs(outputs_meta, out.path)
     final = save_manifest()
-    if ask.zip:
-        out.write(ZIP_NAME, lambda tmp: _write_zip(tmp, out.path, entries))
-    return final
+    if not ask.zip:
+        return final
+    members = _zip_members(out.path, entries, outputs_meta)
+    out.write(ZIP_NAME, lambda tmp: _write_zip(tmp, out.path, members))
+    outputs_meta["zip"] = {"file": ZIP_NAME, "frames": len(entries),
+                           "files": [m for m in members if not m.startswith(f"{FRAMES_DIR}/")]}
+    return save_manifest()
 
 
-def _write_zip(tmp: str, out_dir: Path, entries: list[dict]) -> None:
+def _zip_members(out_dir: Path, entries: list[dict], outputs_meta: dict) -> list[str]:
+    """What the ZIP holds: the manifest, every other output on disk, then the frames."""
+    names = [MANIFEST_NAME]
+    for key in ("contact_sheet", "plot", "gif", "mp4"):
+        name = (outputs_meta.get(key) or {}).get("file")
+        if name and (out_dir / name).is_file():
+            names.append(name)
+    return names + [e["file"] for e in entries]
+
+
+def _write_zip(tmp: str, out_dir: Path, members: list[str]) -> None:
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-        for e in entries:
-            zf.write(out_dir / e["file"], e["file"])
-        zf.write(out_dir / MANIFEST_NAME, MANIFEST_NAME)
+        for name in members:  # PNG, GIF and MP4 are compressed already; JSON is not
+            compress = zipfile.ZIP_DEFLATED if name.endswith(".json") else zipfile.ZIP_STORED
+            zf.write(out_dir / name, name, compress_type=compress)

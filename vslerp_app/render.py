@@ -32,10 +32,10 @@ from pathlib import Path
 
 from vslerp_app import manifest as mf
 from vslerp_app import paths
-from vslerp_app.files import OutputDir, RenderError, describe_os_error, remove_partials
+from vslerp_app.files import OutputDir, RenderError, describe_os_error, output_path, remove_partials
 from vslerp_app.images import ImageInputError, image_fingerprint, load_image
 from vslerp_app.manifest import FRAMES_DIR, MANIFEST_FORMAT, MANIFEST_NAME
-from vslerp_app.outputs import DEFAULT_FPS, OutputRequest, write_outputs
+from vslerp_app.outputs import DEFAULT_FPS, OutputRequest, drop_missing_outputs, write_outputs
 from vslerp_app.specs import (
     MAX_COUNT,
     SpecError,
@@ -245,6 +245,7 @@ class _Run:
     def __post_init__(self):
         self.frames_reused = len(self.entries)
         self.outputs_meta = dict((self.old or {}).get("outputs", {}))
+        drop_missing_outputs(self.outputs_meta, self.out.path)
 
     def manifest(self, status: str) -> dict:
         old = self.old or {}
@@ -489,7 +490,7 @@ def iter_render_path(pipe, keyframes, out_dir, *, frames: int | None = None, alp
 def _render(pipe, plan: _Plan, out_dir, ask: OutputRequest) -> Iterator[RenderProgress]:
     """Render a checked plan into ``out_dir`` (resuming what is there), chunk by chunk."""
     # 1. What the folder holds: the same request, or refused
-    out_dir = Path(out_dir)
+    out_dir = output_path(out_dir)
     old = mf.read_manifest(out_dir)
     mf.refuse_if_changed(old, {**plan.request, **plan.sampling}, out_dir,
                          keys=list(plan.request) + list(plan.sampling))
@@ -502,6 +503,7 @@ def _render(pipe, plan: _Plan, out_dir, ask: OutputRequest) -> Iterator[RenderPr
                           "--out directory, or delete this one to start over")
 
     # 3. The output folder, and the frames already done there
+    references = _input_readouts(pipe, plan)
     prepare_output(out_dir)
     run = _Run(out=OutputDir(out_dir), plan=plan, settings=settings, info=pipe.info(), old=old,
                entries=_valid_entries(old, out_dir, len(plan.pairs)))
@@ -516,9 +518,24 @@ def _render(pipe, plan: _Plan, out_dir, ask: OutputRequest) -> Iterator[RenderPr
     title = f"{Path(plan.request['model']).name} ({pipe.kind}), seed {plan.seed}, {label}"
     manifest = write_outputs(run.out, done, run.outputs_meta, ask, changed=run.frames_rendered > 0,
                              columns=len(plan.alphas) if plan.grid else min(len(done), 8),
-                             plot_args=(plan.thetas, plan.alphas, plan.grid, title),
+                             plot_args=(plan.thetas, plan.alphas, plan.grid, title, references),
                              save_manifest=lambda: run.save("complete"))
     yield RenderProgress(len(done), len(done), done, out_dir, manifest)
+
+
+def _input_readouts(pipe, plan: _Plan) -> dict:
+    """The inputs' own readouts (None without stats) by role ("source", "target", or "keyframe k"
+    along a path); kept with their description in the manifest's ``inputs``; the plot marks them."""
+    labelled = []
+    for role, (value, desc) in plan.inputs.items():
+        if role == "keyframes":  # a path: every keyframe, numbered from 1 as in the strip
+            pairs = enumerate(zip(value, desc, strict=True))
+            labelled += [(f"keyframe {k + 1}", v, d) for k, (v, d) in pairs]
+        else:
+            labelled.append((role, value, desc))
+    for _, value, desc in labelled:
+        desc["readouts"] = None if pipe.stats is None else pipe.stats.readouts(pipe.encode(value))
+    return {role: desc["readouts"] for role, _, desc in labelled}
 
 
 def _process_info() -> dict:

@@ -2,21 +2,31 @@
 
 What lives here: the server's configuration (`StudioConfig`), the per-session embedding
 cache entries (one per input image, kept in `gr.State` by the app so nothing is shared
-between users), the checks a request must pass before it reaches the GPU queue, the
-theta/alpha values of a sequence (through `vslerp_app.specs.linspace`, as `vslerp render`),
-the readouts of a frame as JSON and as a sentence, the gallery and files of a sequence
-(written by `vslerp_app.render.render_sequence`, the same code as `vslerp render`), the
-request folders and their clean-up, and the plain-words message of any failure.
+between users), the server's frame cache (`FrameCache`: the same inputs and settings give
+the same frame at once), the checks a request must pass before it reaches the GPU queue
+(`check_input_image`: byte size, format, pixel count, nothing decoded), the theta/alpha
+values of a sequence (through `vslerp_app.specs.linspace`, as `vslerp render`), the
+readouts of a frame as JSON and as sentences that say what the numbers mean, a sequence
+streamed batch by batch (`Studio.sequence`, over `vslerp_app.render.iter_render_sequence`,
+the same code as `vslerp render`), the request folders and their clean-up, and the
+plain-words message of any failure.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import hashlib
 import logging
 import math
 import shutil
 import tempfile
+import threading
 import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,19 +36,35 @@ import torch
 from pipelines import GenerationError
 from vslerp_app.engine import AIM_ALPHA_RANGE
 from vslerp_app.files import RenderError
-from vslerp_app.images import ImageInputError, image_fingerprint, load_image
+from vslerp_app.images import (
+    ImageHeader,
+    ImageInputError,
+    check_image,
+    data_url_bytes,
+    image_fingerprint,
+    load_image,
+)
+from vslerp_app.outputs import DEFAULT_FPS
+from vslerp_app.render import iter_render_sequence
 from vslerp_app.specs import combine, linspace
 from vslerp_app.stats import CONFORMITY_LABELS
 
 __all__ = [
+    "DEFAULT_FPS",
     "MAX_SEQUENCE_FRAMES",
     "SWEEP_MODES",
+    "FrameCache",
     "InputEntry",
+    "SequenceUpdate",
+    "Studio",
     "aim_markdown",
     "aimed_alpha",
     "StudioConfig",
     "RequestError",
+    "check_input_image",
     "check_request",
+    "file_key",
+    "parse_file_size",
     "embed_input",
     "frame_caption",
     "frame_readouts",
@@ -61,10 +87,26 @@ MAX_SEQUENCE_FRAMES = 96  # the paper's demo grid: 6 thetas x 16 alphas; `app.py
 SWEEP_MODES = ("theta", "alpha", "grid")
 QUALITIES = ("full", "preview")
 WORK_ROOT = Path(tempfile.gettempdir()) / "vslerp-studio"
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class RequestError(ValueError):
     """A request the user can fix (a missing image, a value out of range); plain message."""
+
+
+_SIZE_UNITS = {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
+
+
+def parse_file_size(size: str | int) -> int:
+    """Bytes of a size as Gradio's ``max_file_size`` reads it ("25mb" = 25 * 2**20)."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size
+    text = str(size).replace(" ", "").upper()
+    digits = len(text) - len(text.lstrip("0123456789"))
+    unit = text[digits:] or "B"
+    if not digits or unit not in _SIZE_UNITS:
+        raise ValueError(f"a file size is a number and a unit (B, KB, MB, GB), like 25mb; got {size!r}")
+    return int(text[:digits]) * _SIZE_UNITS[unit]
 
 
 @dataclass
@@ -74,47 +116,100 @@ class StudioConfig:
     Attributes:
         max_sequence_frames: most frames one sequence request may render.
         queue_size: most requests waiting for the model.
-        max_file_size: largest upload, as Gradio reads it ("25mb").
+        session_queue_size: most requests one session (a browser tab, a `gradio_client`
+            Client) may have waiting, so one client cannot fill the queue.
+        max_file_size: largest image file, as Gradio reads it ("25mb"): uploads, inline
+            ``data:`` URLs and downloads alike.
+        frame_cache_mb: memory for the server's frame cache (frames already rendered).
     """
 
     max_sequence_frames: int = MAX_SEQUENCE_FRAMES
     queue_size: int = 16
+    session_queue_size: int = 4
     max_file_size: str = "25mb"
+    frame_cache_mb: int = 128
 
     def __post_init__(self):
         if self.max_sequence_frames < 1:
             raise ValueError(f"max_sequence_frames must be at least 1, got {self.max_sequence_frames}")
+        if self.session_queue_size < 1:
+            raise ValueError(f"session_queue_size must be at least 1, got {self.session_queue_size}")
+        parse_file_size(self.max_file_size)
+
+    @property
+    def max_file_bytes(self) -> int:
+        return parse_file_size(self.max_file_size)
 
 
 # -- inputs and their embeddings ---------------------------------------------------------
 @dataclass
 class InputEntry:
-    """One input image of a session: its content key, raw embedding and readouts."""
+    """One input image of a session: its content keys, raw embedding and readouts.
+
+    ``file_key`` is the hash of the file's bytes (equal bytes reuse the entry without
+    decoding), ``key`` the fingerprint of its decoded pixels.
+    """
 
     key: str
     embedding: torch.Tensor
     readouts: dict
+    file_key: str | None = None
+
+
+def file_key(path) -> str:
+    """sha256 of a file's bytes: a cheap content key for the caches (no decoding)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_input_image(payload_url: str | None, path, role: str,
+                      max_bytes: int) -> tuple[bytes, ImageHeader] | None:
+    """The gate every input image passes before anything decodes it; RequestError if refused.
+
+    ``payload_url`` is an inline ``data:`` URL (or None), ``path`` a file already on the
+    server (an upload, a download). Checked: the byte size, the format allow-list and the
+    pixel count from the header (`vslerp_app.images.check_image`), with the messages an
+    upload gets. Returns a data: URL's bytes and header (for the caller to store), else None.
+    """
+    try:
+        if payload_url is not None and payload_url.startswith("data:"):
+            data = data_url_bytes(payload_url, name=role, max_bytes=max_bytes)
+            return data, check_image(data, name=role, max_bytes=max_bytes)
+        check_image(path, name=role, max_bytes=max_bytes)
+        return None
+    except ImageInputError as e:
+        raise RequestError(f"The {role} {e.problem}.") from None
 
 
 def embed_input(pipe, path, role: str, cached: InputEntry | None = None) -> InputEntry:
-    """The embedding of the image at ``path``, reusing ``cached`` when the pixels are equal.
+    """The embedding of the image at ``path``, reusing ``cached`` when the content is equal.
 
     ``role`` ("source image", "target image") names the input in error messages. The
     embedding is computed with the pipeline's encoder directly, not through
     `VSLERPPipeline.encode`, whose cache is shared by every caller of the process: the app
-    keeps each session's entries in that session's state.
+    keeps each session's entries in that session's state. Equal file bytes reuse the entry
+    without decoding; equal pixels (another file of the same image) without encoding.
     """
     if path is None:
         raise RequestError(f"Add a {role} first (upload, paste or webcam), or click an example.")
+    try:
+        key_of_file = file_key(path)
+    except OSError:
+        key_of_file = None  # load_image below says what is wrong with the path
+    if cached is not None and key_of_file is not None and cached.file_key == key_of_file:
+        return cached
     try:
         img = load_image(path)
     except ImageInputError as e:
         raise RequestError(f"The {role} {e.problem}.") from None
     key = image_fingerprint(img)
     if cached is not None and cached.key == key:
-        return cached
+        return dataclasses.replace(cached, file_key=key_of_file)
     emb = pipe.encoder.encode([img])[0]
-    return InputEntry(key=key, embedding=emb, readouts=embedding_readouts(pipe, emb))
+    return InputEntry(key=key, embedding=emb, readouts=embedding_readouts(pipe, emb), file_key=key_of_file)
 
 
 def embedding_readouts(pipe, emb: torch.Tensor) -> dict:
@@ -253,8 +348,31 @@ def _num(v, digits=3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
+def _placed(value, source, target, digits: int) -> str:
+    """The frame's value placed against the source's and the target's."""
+    if value is None:
+        return "n/a"
+    text = f"**{value:.{digits}f}**"
+    if source is None or target is None:
+        return text
+    lo, hi = sorted((source, target))
+    if value < lo:
+        where = "below both the source and the target"
+    elif value > hi:
+        where = "above both the source and the target"
+    else:
+        where = "between the source and the target"
+    return f"{text}, {where} ({_num(source, digits)} and {_num(target, digits)})"
+
+
+def _readout_line(r: dict, key: str, digits: int) -> str:
+    """The frame's value of ``key``, placed between the source's and the target's."""
+    src, tgt = r.get("source") or {}, r.get("target") or {}
+    return _placed(r.get(f"frame_{key}"), src.get(key), tgt.get(key), digits)
+
+
 def readouts_markdown(r: dict | None, stats_note: str = "") -> str:
-    """One short paragraph a person reads under the frame."""
+    """What a person reads under the frame: the numbers, and what they mean."""
     if not r:
         return "Add a source and a target image, then move a slider or press **Generate**."
     kind = r.get("conformity_kind")
@@ -264,19 +382,18 @@ def readouts_markdown(r: dict | None, stats_note: str = "") -> str:
         return (f"{head}. Conformity is not available: no image-modality statistics for this "
                 f"model ({stats_note or 'none found'}).")
     label = r.get("conformity_label") or CONFORMITY_LABELS.get(kind, kind)
-    source, target = r.get("source") or {}, r.get("target") or {}
     lines = [
         head,
-        f"{label[:1].upper()}{label[1:]}: interpolated embedding **{_num(r.get('conformity'))}**, "
-        f"generated frame **{_num(r.get('frame_conformity'))}**; "
-        f"source {_num(source.get('conformity'))}, target {_num(target.get('conformity'))}.",
+        f"**{label[:1].upper()}{label[1:]}**: how typical an image is among the reference images; "
+        f"higher is more typical, lower more unusual. This frame: {_readout_line(r, 'conformity', 3)}. "
+        f"The interpolated embedding it was made from: {_num(r.get('conformity'))}.",
     ]
-    lines += _percentile_lines(r)
     if r.get("frame_log_likelihood") is not None:
-        lines.append(f"Whitened log-likelihood (up to a constant): embedding "
-                     f"{_num(r.get('log_likelihood'), 1)}, frame {_num(r['frame_log_likelihood'], 1)}; "
-                     f"source {_num(source.get('log_likelihood'), 1)}, "
-                     f"target {_num(target.get('log_likelihood'), 1)}.")
+        lines.append(
+            "**Whitened log-likelihood** (up to a constant): how probable the image is under the "
+            "reference images' Gaussian; higher is more likely. "
+            f"This frame: {_readout_line(r, 'log_likelihood', 1)}.")
+    lines += _percentile_lines(r)  # both on the reference images' scale, when the stats carry it
     if r.get("aim"):
         lines.append(aim_markdown(r["aim"]))
     ref = r.get("reference")
@@ -287,7 +404,8 @@ def readouts_markdown(r: dict | None, stats_note: str = "") -> str:
             line += f", log-likelihood {_num(ref['frame_log_likelihood'], 1)}"
         lines.append(line + ".")
     if r.get("seconds") is not None:
-        lines.append(f"Rendered in {r['seconds']:.2f} s.")
+        lines.append(("From the frame cache (rendered earlier in " if r.get("cached") else "Rendered in ")
+                     + f"{r['seconds']:.2f} s{')' if r.get('cached') else ''}.")
     return "  \n".join(lines)
 
 
@@ -384,12 +502,57 @@ def model_markdown(info: dict, defaults: dict | None = None) -> str:
     return "  \n".join(lines)
 
 
+# -- the frame cache ---------------------------------------------------------------------
+class FrameCache:
+    """Frames already rendered, by everything that decides their pixels; LRU, bounded in bytes.
+
+    The key holds both inputs' content keys, theta, alpha, the seed and the effective
+    sampling settings, so a frame is never served for other inputs. Thread-safe.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[tuple, tuple] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _size(image) -> int:
+        return image.width * image.height * len(image.getbands())
+
+    def get(self, key: tuple):
+        """(image, readouts) or None; a hit becomes the most recent entry."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: tuple, image, readouts: dict) -> None:
+        size = self._size(image)
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._items:
+                self.bytes -= self._size(self._items.pop(key)[0])
+            self._items[key] = (image, readouts)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, (old, _) = self._items.popitem(last=False)
+                self.bytes -= self._size(old)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 # -- failures --------------------------------------------------------------------------
 def user_message(exc: BaseException) -> str:
     """A plain message for any failure; details of unexpected ones stay in the server log."""
     if isinstance(exc, ImageInputError):
         return f"The image {exc.problem}."
-    if isinstance(exc, (RequestError, GenerationError, RenderError)):
+    if isinstance(exc, RenderError) or (isinstance(exc, OSError) and exc.errno in _DISK_FULL):
+        return _files_message(exc)
+    if isinstance(exc, (RequestError, GenerationError)):
         return str(exc)
     if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
         return ("The GPU ran out of memory. Try preview quality, fewer frames or a smaller "
@@ -399,6 +562,16 @@ def user_message(exc: BaseException) -> str:
     logger.exception("unexpected failure in the app")
     return (f"Something went wrong while rendering ({type(exc).__name__}). Please try again; "
             "if it keeps failing, the server log has the details.")
+
+
+def _files_message(exc: BaseException) -> str:
+    """A failure to write a request's files, without the server's paths or the CLI's advice."""
+    logger.warning("writing a request's files failed: %s", exc)
+    text = str(exc).lower()
+    if "no space left" in text or "disk full" in text or "quota" in text:
+        return ("The server ran out of disk space while writing this sequence; nothing was kept. "
+                "Try fewer frames, or try again later.")
+    return "The server could not write this sequence's files; nothing was kept. Please try again later."
 
 
 # -- files of a sequence ------------------------------------------------------------------
@@ -436,17 +609,44 @@ def _no_decorator(duration: int):
     return lambda fn: fn
 
 
+@dataclass
+class SequenceUpdate:
+    """One step of a streamed sequence (`Studio.sequence`).
+
+    Attributes:
+        gallery: (image path, caption) of every frame on disk so far, in sweep order.
+        done, total: frames rendered so far and in the sequence.
+        files: on the last update only, the plot, GIF, MP4 and ZIP paths (None where absent).
+        session: the session's new entries (the embedded inputs).
+    """
+
+    gallery: list[tuple[str, str]]
+    done: int
+    total: int
+    files: dict | None
+    session: dict
+
+    @property
+    def status(self) -> str:
+        if self.files is not None:
+            return f"all {self.total}"
+        return f"frame {self.done} of {self.total}"
+
+
 class Studio:
     """What the app's events do, without Gradio: check a request, render, lay out the result.
 
     ``gpu(duration)`` decorates the two functions that run the model (`spaces.GPU` on a
     ZeroGPU Space; by default nothing). Sessions are plain dicts {"source": InputEntry,
-    "target": InputEntry} the app keeps per browser session.
+    "target": InputEntry} the app keeps per browser session. Frames are cached per server
+    (`FrameCache`), keyed by the inputs' content and every setting.
     """
 
     def __init__(self, pipe, config: StudioConfig | None = None, gpu=_no_decorator):
         self.pipe = pipe
         self.config = config or StudioConfig()
+        self.frames = FrameCache(self.config.frame_cache_mb * 2**20)
+        self.work_root = WORK_ROOT  # each sequence's folder lives here while it renders
         self.run_frame = gpu(60)(self._run_frame)
         self.run_sequence = gpu(240)(self._run_sequence)
 
@@ -455,29 +655,40 @@ class Studio:
         return (embed_input(self.pipe, source, "source image", session.get("source")),
                 embed_input(self.pipe, target, "target image", session.get("target")))
 
-    def _run_frame(self, source, target, session: dict, theta, alpha, seed, kwargs, wanted=None):
+    def _run_frame(self, source, target, session: dict, theta, alpha, seed, kwargs, wanted=None,
+                   on_step=None):
         """Embed the inputs (reusing this session's entries) and render one frame; with
-        ``wanted``, at the alpha that gives that conformity (instead of ``alpha``)."""
+        ``wanted``, at the alpha that gives that conformity (instead of ``alpha``).
+
+        ``on_step(step, total)`` runs after each denoising step.
+        """
         src, tgt = self._embed_pair(source, target, session)
         aim = None
         if wanted is not None:
             aim = self.pipe.alpha_for_conformity(src.embedding, tgt.embedding, theta, wanted)
             alpha = aim.alpha
-        frames = self.pipe.generate(src.embedding, tgt.embedding, [theta], [alpha], seed, **kwargs)
+        with self.pipe.runner.on_step(on_step) if on_step is not None else nullcontext():
+            frames = self.pipe.generate(src.embedding, tgt.embedding, [theta], [alpha], seed, **kwargs)
         if aim is not None:
             frames[0].aim = aim.as_dict()
         return frames[0], src, tgt
 
     def _run_sequence(self, source, target, session: dict, thetas, alphas, grid, seed, kwargs, fps,
-                      out_dir, progress=None):
-        """Embed the inputs and render a sequence with its files (`vslerp render`'s code)."""
-        from vslerp_app.render import render_sequence
+                      out_dir):
+        """Embed the inputs, then yield (RenderProgress, source entry, target entry) per chunk.
 
+        The frames and files are `vslerp render`'s (`iter_render_sequence`); closing this
+        generator stops after the chunk in progress.
+        """
         src, tgt = self._embed_pair(source, target, session)
-        manifest = render_sequence(self.pipe, src.embedding, tgt.embedding, thetas, alphas, seed,
-                                   out_dir, grid=grid, gif=True, mp4=True, zip=True, fps=fps,
-                                   contact=False, plot=True, progress=progress, **kwargs)
-        return manifest, src, tgt
+        events = iter_render_sequence(self.pipe, src.embedding, tgt.embedding, thetas, alphas, seed,
+                                      out_dir, grid=grid, gif=True, mp4=True, zip=True, fps=fps,
+                                      contact=False, plot=True, **kwargs)
+        try:
+            for event in events:
+                yield event, src, tgt
+        finally:
+            events.close()
 
     # -- requests ----------------------------------------------------------------------
     def frame_request(self, source, target, theta, alpha, seed, quality, steps, super_res_steps,
@@ -529,28 +740,71 @@ class Studio:
             alphas, kwargs["conformity"] = None, wanted
         return thetas, alphas, grid, seed, kwargs, _float(fps, "fps")
 
+    def frame_key(self, source, target, theta: float, alpha: float, seed: int, kwargs: dict,
+                  wanted: float | None = None) -> tuple:
+        """What decides a frame's pixels: the inputs' content, theta, alpha (or the conformity
+        it is aimed at), seed, settings."""
+        overrides = {k: kwargs.get(k) for k in ("steps", "super_res_steps", "guidance_scale")}
+        settings = self.pipe.settings_for(kwargs.get("preview", False), **overrides)
+        return (file_key(source), file_key(target), theta, alpha, wanted, seed,
+                tuple(sorted(dataclasses.asdict(settings).items())))
+
     # -- whole requests ----------------------------------------------------------------
-    def frame(self, session, *request):
-        """One frame at (theta, alpha): (image, readouts, new session). ``request`` as frame_request."""
+    def frame(self, session, *request, on_step: Callable[[int, int], None] | None = None):
+        """One frame at (theta, alpha): (image, readouts, new session). ``request`` as frame_request.
+
+        A frame rendered before with the same inputs and settings comes from the frame
+        cache at once (readouts ``cached`` true). ``on_step(step, total)`` reports the
+        denoising steps of a frame that is rendered.
+        """
         pairs, seed, kwargs = self.frame_request(*request)
         wanted = kwargs.pop("target_conformity", None)
         session = session if isinstance(session, dict) else {}
+        try:
+            key = self.frame_key(request[0], request[1], *pairs[0], seed, kwargs, wanted)
+        except OSError:
+            key = None  # an unreadable path: the render below says what is wrong with it
+        hit = self.frames.get(key) if key is not None else None
+        if hit is not None:
+            image, readouts = hit
+            return image, {**readouts, "cached": True}, session
         start = time.perf_counter()
-        frame, src, tgt = self.run_frame(request[0], request[1], session, *pairs[0], seed, kwargs, wanted)
+        frame, src, tgt = self.run_frame(request[0], request[1], session, *pairs[0], seed, kwargs, wanted,
+                                         on_step)
         readouts = frame_readouts(frame, src, tgt, self.pipe.model, time.perf_counter() - start)
+        readouts["cached"] = False
+        if key is not None:
+            self.frames.put(key, frame.image, readouts)
         return frame.image, readouts, {"source": src, "target": tgt}
 
-    def sequence(self, session, *request, progress=None):
-        """A sweep: (gallery, plot, mp4, gif, zip, new session). ``request`` as sequence_request."""
+    def sequence(self, session, *request) -> Iterator[SequenceUpdate]:
+        """A sweep, streamed: a `SequenceUpdate` after each batch, the last with every file.
+
+        ``request`` as sequence_request. Each update's files stay on disk until the next
+        update is asked for; when the generator ends (finished, failed or closed: a Stop)
+        its work folder is removed, so nothing is left behind. A full disk is refused in
+        plain words, without the server's paths.
+        """
         thetas, alphas, grid, seed, kwargs, fps = self.sequence_request(*request)
         session = session if isinstance(session, dict) else {}
-        cleanup_workdirs()
-        out_dir = new_workdir()
-        manifest, src, tgt = self.run_sequence(request[0], request[1], session, thetas, alphas, grid,
-                                               seed, kwargs, fps, out_dir, progress)
-        files = sequence_outputs(manifest, out_dir)
-        return (files["gallery"], files["plot"], files["mp4"], files["gif"], files["zip"],
-                {"source": src, "target": tgt})
+        cleanup_workdirs(self.work_root)
+        out_dir = new_workdir(self.work_root)
+        total = len(thetas) if alphas is None else len(sweep_pairs(thetas, alphas, grid))  # None: aimed
+        events = self.run_sequence(request[0], request[1], session, thetas, alphas, grid, seed, kwargs,
+                                   fps, out_dir)
+        try:
+            yield SequenceUpdate([], 0, total, None, session)
+            for event, src, tgt in events:
+                gallery = [(str(out_dir / e["file"]), frame_caption(e)) for e in event.frames]
+                files = None if event.manifest is None else sequence_outputs(event.manifest, out_dir)
+                yield SequenceUpdate(gallery, event.done, event.total, files, {"source": src, "target": tgt})
+        except (RenderError, OSError) as e:
+            if isinstance(e, OSError) and e.errno not in _DISK_FULL:
+                raise
+            raise RequestError(_files_message(e)) from None
+        finally:
+            events.close()
+            shutil.rmtree(out_dir, ignore_errors=True)
 
 
 # -- paths through keyframes: the strip and the captions ---------------------------------------

@@ -276,20 +276,18 @@ class ModalityStats:
         return h.hexdigest()
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically (temporary file, then rename) as safetensors with metadata."""
+        """Write atomically (temporary file, then rename) as safetensors with metadata.
+
+        The file gets the usual mode (0644 under the common umask), like every other output.
+        """
         from safetensors.torch import save_file
+
+        from vslerp_app.files import atomic_write
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = dict(self._scalars(), checksum=self.checksum())
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(self._tensors(), tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda tmp: save_file(self._tensors(), tmp, metadata=meta))
         return path
 
     @classmethod
