@@ -9,7 +9,8 @@ pipeline and wires its events to `vslerp_app.service.Studio`; `main()` parses th
 arguments, loads the model once and launches (a Hugging Face Space runs this file).
 
 Named API endpoints for `gradio_client`: `/preview` (one frame at theta, alpha: the image
-and its readouts) and `/sequence` (a sweep: gallery, conformity plot, MP4, GIF, ZIP).
+and its readouts), `/sequence` (a sweep: gallery, conformity plot, MP4, GIF, ZIP) and `/path`
+(a path through 2 to 8 keyframes, open or looped: the same five outputs).
 """
 
 from __future__ import annotations
@@ -350,6 +351,60 @@ def _sequence_panel(config: ui.StudioConfig, c: SimpleNamespace) -> None:
                     "statistics and the settings), with the GIF, MP4 and plot.")
 
 
+def _path_panel(config: ui.StudioConfig, c: SimpleNamespace, has_stats: bool) -> None:
+    """Keyframes in a strip (add, reorder, remove), the path's shape, its frames and files."""
+    with gr.Accordion("Path: through several keyframes, open or looped", open=False, elem_id="path"):
+        with gr.Row(equal_height=True):
+            c.keyframe_add = checked_image("keyframe", config.max_file_bytes, label="Add a keyframe",
+                                           type="filepath", image_mode=None, height=170, scale=2,
+                                           sources=["upload", "clipboard", "webcam"], elem_id="keyframe-add")
+            with gr.Column(scale=1, min_width=160):
+                c.add_source_button = gr.Button("+ source image", size="sm", elem_id="add-source")
+                c.add_target_button = gr.Button("+ target image", size="sm", elem_id="add-target")
+                c.add_frame_button = gr.Button("+ current frame", size="sm", elem_id="add-frame")
+        c.keyframes = gr.Gallery(label=f"Keyframes, in order (up to {ui.MAX_KEYFRAMES}): click one to move "
+                                 "or remove it", columns=ui.MAX_KEYFRAMES, height=190, allow_preview=False,
+                                 interactive=False, type="filepath", elem_id="keyframes")
+        c.keyframe_selected = gr.State(None)
+        with gr.Row():
+            c.earlier_button = gr.Button("◀ earlier", size="sm", elem_id="keyframe-earlier")
+            c.later_button = gr.Button("later ▶", size="sm", elem_id="keyframe-later")
+            c.remove_button = gr.Button("remove", size="sm", elem_id="keyframe-remove")
+            c.clear_button = gr.Button("clear", size="sm", elem_id="keyframe-clear")
+        with gr.Row():
+            c.path_frames = gr.Slider(2, config.max_sequence_frames, value=17, step=1, label="path frames",
+                                      info="open: both ends included; loop: the first frame is not repeated",
+                                      elem_id="path_frames")
+            c.path_alpha = gr.Textbox("1" if has_stats else "0", label="alpha", max_lines=1,
+                                      info="one value for every segment, or one per segment: 0, 1, 2",
+                                      elem_id="path_alpha")
+        with gr.Row():
+            c.loop = gr.Checkbox(False, label="loop back to the first keyframe", elem_id="loop")
+            c.spacing = gr.Radio([("same frames per segment", "uniform"), ("one speed (by angle)", "angle")],
+                                 value="uniform", label="spacing", elem_id="spacing")
+            c.ease = gr.Checkbox(False, label="ease in and out of each keyframe", elem_id="ease")
+        with gr.Row():
+            c.path_button = gr.Button("Render path", variant="primary", scale=3, elem_id="run-path")
+            c.path_stop_button = gr.Button("Stop", variant="stop", scale=1, elem_id="stop-path")
+        c.path_gallery = gr.Gallery(label="Path frames", columns=8, height="auto", format="png",
+                                    elem_id="path-gallery")
+        with gr.Row():
+            c.path_plot = gr.Image(label="Conformity along the path", type="filepath", interactive=False,
+                                   height=320, elem_id="path-plot")
+            c.path_video = gr.Video(label="MP4 video", interactive=False, height=320, elem_id="path-video")
+        with gr.Row():
+            c.path_gif = gr.File(label="GIF", interactive=False, height=110, elem_id="path-gif")
+            c.path_zip = gr.File(label="ZIP", interactive=False, height=110, elem_id="path-zip")
+        gr.Markdown("One seed and one noise path for the whole path: a keyframe's frame is the same "
+                    "whichever segment it opens or closes. Captions: the keyframe shown (key k) or the "
+                    "segment (k→k+1), the segment's own theta and alpha, the frame's conformity C. "
+                    "A loop's video repeats without a seam.")
+    # The API's /path takes its keyframes one by one (keyframe_1 ... keyframe_8), each through
+    # the same gate as an upload; the page sends its strip instead.
+    c.api_keyframes = [checked_image(f"keyframe {k}", config.max_file_bytes, label=f"keyframe_{k}",
+                                     type="filepath", visible=False) for k in range(1, ui.MAX_KEYFRAMES + 1)]
+
+
 def _model_panel(pipe) -> None:
     full, preview = pipe.default_settings(preview=False), pipe.default_settings(preview=True)
     defaults = {"steps": full.steps, "guidance": full.guidance_scale, "preview steps": preview.steps}
@@ -368,6 +423,7 @@ def _name_the_numbers(c: SimpleNamespace) -> None:
                  "alpha_frames"):
         named_range(getattr(c, name), name)
     named_range(c.guidance, "guidance_scale")
+    named_range(c.path_frames, "frames")
 
 
 def _frame_handlers(studio: ui.Studio) -> dict:
@@ -404,6 +460,12 @@ def _frame_handlers(studio: ui.Studio) -> dict:
             "slider_full": slider("full")}
 
 
+def _files(update: ui.SequenceUpdate) -> tuple:
+    """The plot, MP4, GIF and ZIP of a streamed render (None until its last update)."""
+    files = update.files or {}
+    return files.get("plot"), files.get("mp4"), files.get("gif"), files.get("zip")
+
+
 def _sequence_handlers(studio: ui.Studio) -> dict:
     """The sequence events: the pre-check, /sequence (plain outputs) and the page's own stream."""
 
@@ -413,9 +475,7 @@ def _sequence_handlers(studio: ui.Studio) -> dict:
     def updates(request, session, target_conformity=None):
         """(outputs of /sequence, its SequenceUpdate) after each batch; the files with the last."""
         for update in studio.sequence(session, *request, target_conformity):
-            files = update.files or {}
-            yield (update.gallery, files.get("plot"), files.get("mp4"), files.get("gif"), files.get("zip"),
-                   update.session), update
+            yield (update.gallery, *_files(update), update.session), update
 
     def render_sweep(source, target, sweep, theta, alpha, theta_start, theta_stop, theta_frames,
                      alpha_start, alpha_stop, alpha_frames, seed, quality, steps, super_res_steps,
@@ -446,6 +506,76 @@ def _sequence_handlers(studio: ui.Studio) -> dict:
             "render_sweep_page": render_sweep_page}
 
 
+def _path_handlers(studio: ui.Studio) -> dict:
+    """The path events: the pre-check, /path (keyframes one by one) and the page's stream (its strip)."""
+
+    def check_path(strip, *request):
+        studio.path_request(ui.strip_paths(strip), *request)
+
+    def updates(keyframes, request):
+        """(outputs of /path, its SequenceUpdate) after each batch; the files with the last."""
+        for update in studio.path(keyframes, *request):
+            yield (update.gallery, *_files(update)), update
+
+    # Gradio passes every input; a None default makes an API parameter optional (keyframe_3 on),
+    # and the rest take their components' values as defaults.
+    def render_path(keyframe_1, keyframe_2, keyframe_3=None, keyframe_4=None, keyframe_5=None,
+                    keyframe_6=None, keyframe_7=None, keyframe_8=None, frames=None, loop=None, spacing=None,
+                    ease=None, alpha=None, seed=None, quality=None, steps=None, super_res_steps=None,
+                    preview_steps=None, guidance_scale=None, max_batch=None, fps=None,
+                    progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+        """/path: a path through 2 to 8 keyframes (in order; unused ones None), open or a loop:
+        gallery, plot, MP4, GIF and ZIP. alpha: one value, or one per segment ("0, 1, 2");
+        spacing "uniform" or "angle"; ease in and out of each keyframe. Streamed like /sequence."""
+        keyframes = [keyframe_1, keyframe_2, keyframe_3, keyframe_4, keyframe_5, keyframe_6, keyframe_7,
+                     keyframe_8]
+        request = (frames, loop, spacing, ease, alpha, seed, quality, steps, super_res_steps, preview_steps,
+                   guidance_scale, max_batch, fps)
+        for outputs, update in updates(keyframes, request):
+            progress((update.done, update.total), desc="Rendering frames", unit="frames")
+            yield outputs
+
+    def render_path_page(strip, *request):
+        """The page's path: as /path from the strip, with "frame k of N" in the gallery's label."""
+        columns = min(8, int(request[0]))
+        for (gallery, *files), update in updates(ui.strip_paths(strip), request):
+            yield gr.Gallery(gallery, label=f"Path frames: {update.status}", columns=columns), *files
+
+    return {"check_path": check_path, "render_path": render_path, "render_path_page": render_path_page}
+
+
+def _strip_handlers() -> dict:
+    """The keyframe strip: add (an upload, the source, the target, the current frame), move, remove."""
+
+    def add_upload(strip, image):
+        if image is None:
+            return gr.skip(), gr.skip()
+        _check_upload(image, "keyframe")
+        return ui.add_keyframes(strip, [image]), None
+
+    def add_from(what: str):
+        def handler(strip, image):
+            if image is None:
+                raise ui.RequestError(f"There is no {what} yet to add as a keyframe.")
+            return ui.add_keyframes(strip, [image])
+        return handler
+
+    def move(step: int):
+        return lambda strip, index: ui.move_keyframe(strip, index, step)
+
+    def remove(strip, index):
+        return ui.remove_keyframe(strip, index), None
+
+    return {"add_upload": add_upload, "add_source": add_from("source image"),
+            "add_target": add_from("target image"), "add_frame": add_from("frame: generate one first, then"),
+            "earlier": move(-1), "later": move(+1), "remove": remove}
+
+
+def _selected(evt: gr.SelectData):
+    """The index of the keyframe clicked in the strip."""
+    return evt.index
+
+
 def _check_upload(image, role: str):
     """Decode an upload at once, so a broken file is reported when it arrives."""
     if image is not None:
@@ -457,7 +587,8 @@ def _check_upload(image, role: str):
 
 def _handlers(studio: ui.Studio) -> SimpleNamespace:
     """The event functions, each turning any failure into a plain gr.Error."""
-    handlers = {**_frame_handlers(studio), **_sequence_handlers(studio), "check_upload": _check_upload}
+    handlers = {**_frame_handlers(studio), **_sequence_handlers(studio), **_path_handlers(studio),
+                **_strip_handlers(), "check_upload": _check_upload}
     return SimpleNamespace(**{name: plain_errors(fn) for name, fn in handlers.items()})
 
 
@@ -528,6 +659,33 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
     gr.on([], h.render_sweep, [*sequence_inputs, session, c.api_target_conformity], sequence_outputs,
           api_name="sequence", **gpu)
     _wire_aim(studio, c, session, frame_inputs, frame_outputs)
+    _wire_path(h, c, settings, check, gpu)
+
+
+def _wire_path(h: SimpleNamespace, c: SimpleNamespace, settings: list, check: dict, gpu: dict) -> None:
+    """The keyframe strip's buttons, the page's path render with Stop, and the API's /path."""
+    private = {"api_visibility": "private"}
+    strip, selected = c.keyframes, c.keyframe_selected
+    c.keyframe_add.upload(h.add_upload, [strip, c.keyframe_add], [strip, c.keyframe_add],
+                          concurrency_limit=1, concurrency_id="check-upload", show_progress="minimal",
+                          **private)
+    for button, add, image in ((c.add_source_button, h.add_source, c.source),
+                               (c.add_target_button, h.add_target, c.target),
+                               (c.add_frame_button, h.add_frame, c.frame)):
+        button.click(add, [strip, image], strip, **check)
+    strip.select(_selected, None, selected, queue=False, **private)
+    c.earlier_button.click(h.earlier, [strip, selected], [strip, selected], **check)
+    c.later_button.click(h.later, [strip, selected], [strip, selected], **check)
+    c.remove_button.click(h.remove, [strip, selected], [strip, selected], **check)
+    c.clear_button.click(lambda: ([], None), None, [strip, selected], queue=False, **private)
+
+    shape = [c.path_frames, c.loop, c.spacing, c.ease, c.path_alpha, c.seed, *settings, c.fps]
+    outputs = [c.path_gallery, c.path_plot, c.path_video, c.path_gif, c.path_zip]
+    render = c.path_button.click(h.check_path, [strip, *shape], None, **check).success(
+        h.render_path_page, [strip, *shape], outputs, show_progress="hidden", **gpu, **private)
+    c.path_stop_button.click(lambda: gr.Gallery(label="Path frames (stopped)"), None, c.path_gallery,
+                             cancels=[render], queue=False, **private)
+    gr.on([], h.render_path, [*c.api_keyframes, *shape], outputs, api_name="path", **gpu)
 
 
 
@@ -676,6 +834,7 @@ def build_demo(pipe, config: ui.StudioConfig | None = None) -> gr.Blocks:
             with gr.Column(scale=6):
                 _frame_column(c)
         _sequence_panel(config, c)
+        _path_panel(config, c, pipe.stats is not None)
         _model_panel(pipe)
         _wire(studio, c, session)
     demo.queue(default_concurrency_limit=1, max_size=config.queue_size)

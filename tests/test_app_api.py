@@ -117,12 +117,15 @@ def _finite_number(x) -> bool:
 
 
 # -- endpoints ---------------------------------------------------------------------------
-def test_only_the_two_named_endpoints_are_public(client):
+def test_only_the_three_named_endpoints_are_public(client):
     api = client.view_api(print_info=False, return_format="dict")
-    assert set(api["named_endpoints"]) == {"/preview", "/sequence"}
+    assert set(api["named_endpoints"]) == {"/preview", "/sequence", "/path"}
     assert not api["unnamed_endpoints"]
     params = [p["parameter_name"] for p in api["named_endpoints"]["/preview"]["parameters"]]
     assert params[:5] == ["source", "target", "theta", "alpha", "seed"]
+    params = [p["parameter_name"] for p in api["named_endpoints"]["/path"]["parameters"]]
+    assert params[:9] == [*(f"keyframe_{k}" for k in range(1, 9)), "frames"]
+    assert params[9:14] == ["loop", "spacing", "ease", "alpha", "seed"]
 
 
 def test_preview_returns_the_frame_and_numeric_readouts(client):
@@ -317,6 +320,24 @@ def test_session_embeddings_bypass_the_shared_pipeline_cache(karlo_dir):
     assert a[0].image.tobytes() == b[0].image.tobytes()
 
 
+def test_the_keyframe_strip_adds_moves_and_removes():
+    from vslerp_app import service as ui
+
+    strip = ui.add_keyframes([], ["a.png", "b.png"])
+    strip = ui.add_keyframes(strip, ["c.png"])
+    assert strip == [("a.png", "keyframe 1"), ("b.png", "keyframe 2"), ("c.png", "keyframe 3")]
+    strip, at = ui.move_keyframe(strip, 2, -1)  # c one place earlier, still selected
+    assert ui.strip_paths(strip) == ["a.png", "c.png", "b.png"] and at == 1
+    strip, at = ui.move_keyframe(strip, 0, -1)  # the first stays first
+    assert ui.strip_paths(strip) == ["a.png", "c.png", "b.png"] and at == 0
+    assert ui.strip_paths(ui.remove_keyframe(strip, 1)) == ["a.png", "b.png"]
+    with pytest.raises(ui.RequestError, match="Select a keyframe first"):
+        ui.remove_keyframe(strip, None)
+    full = ui.add_keyframes([], [f"{k}.png" for k in range(8)])
+    with pytest.raises(ui.RequestError, match="at most 8 keyframes: the strip has 8, so 0 more fit"):
+        ui.add_keyframes(full, ["x.png"])
+
+
 def test_sweep_values_and_request_checks():
     from vslerp_app import service as ui
 
@@ -377,6 +398,64 @@ def test_without_stats_the_app_refuses_alpha_in_plain_words_and_slerp_works(karl
     assert image.size == (64, 64) and readouts["conformity"] is None
     assert "Conformity is not available" in readouts_markdown(readouts, pipe.stats_note)
     assert set(session) == {"source", "target"}
+
+
+# -- paths through keyframes ----------------------------------------------------------------------
+KEYFRAMES = (SOURCE, TARGET, EXAMPLES / "coffee.jpg")
+
+
+def _keyframes(*paths) -> dict:
+    return {f"keyframe_{k}": handle_file(p) for k, p in enumerate(paths, 1)}
+
+
+def test_a_loop_through_three_keyframes(client):
+    gallery, plot, mp4, gif, zip_path = client.predict(
+        **_keyframes(*KEYFRAMES), frames=6, loop=True, alpha="0, 1, 2", seed=5, quality="preview", fps=4,
+        api_name="/path", **FAST)
+    # A, A-B, B, B-C, C, C-A: the loop does not repeat its first frame.
+    assert [g["caption"].split()[0] for g in gallery] == ["key", "1→2", "key", "2→3", "key", "3→1"]
+    assert [g["caption"].split()[1] for g in gallery[::2]] == ["1", "2", "3"]
+    with Image.open(gif) as im:
+        assert im.format == "GIF" and im.n_frames == 6
+    assert Path(mp4).read_bytes()[4:8] == b"ftyp" and Image.open(plot).format == "PNG"
+    with zipfile.ZipFile(zip_path) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+    assert manifest["path"]["loop"] is True and manifest["path"]["alphas"] == [0.0, 1.0, 2.0]
+    assert [(f["segment"], f["theta"]) for f in manifest["frames"]] == [
+        (0, 0.0), (0, 0.5), (1, 0.0), (1, 0.5), (2, 0.0), (2, 0.5)]
+    assert manifest["settings"]["seed"] == 5 and "/tmp" not in json.dumps(manifest["inputs"])
+    # Keyframe 2's frame is the frame of that image alone at theta 0, with the same seed.
+    alone, _ = client.predict(source=handle_file(TARGET), target=handle_file(SOURCE), theta=0.0, alpha=0.0,
+                              seed=5, quality="preview", api_name="/preview", **FAST)
+    # (Equal up to float noise: a frame alone matches its row in a batch to ~1e-6 before uint8.)
+    alone_px, shown_px = (np.asarray(Image.open(f), np.int16) for f in (alone, gallery[2]["image"]))
+    diff = np.abs(alone_px - shown_px)
+    assert (diff > 1).sum() <= 3 and diff.max() <= 8, diff.max()
+
+
+def test_an_open_path_with_angle_spacing_and_ease(client):
+    gallery, *_ = client.predict(**_keyframes(*KEYFRAMES), frames=7, spacing="angle", ease=True, alpha=1.0,
+                                 quality="preview", api_name="/path", **FAST)
+    captions = [g["caption"] for g in gallery]
+    assert len(captions) == 7 and captions[0].startswith("key 1") and captions[-1].startswith("key 3")
+    assert sum(c.startswith("key") for c in captions) == 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"keyframe_1": handle_file(SOURCE), "keyframe_2": None}, "A path needs at least 2 keyframes, got 1"),
+    ({"frames": 500}, "frames must be between 2 and 96, got 500"),
+    ({"frames": 2}, "needs at least 3 frames"),
+    ({"alpha": "0, 1"}, "alpha has 2 values for a path of 3 segments"),
+    ({"alpha": "strong"}, "alpha"),
+    ({"seed": -1}, "seed must be at least 0, got -1"),
+])
+def test_bad_path_requests_are_refused_in_plain_words(client, kwargs, message):
+    request = {**_keyframes(*KEYFRAMES), "loop": True, "frames": 6, "quality": "preview", **FAST, **kwargs}
+    if "keyframe_1" in kwargs:
+        request = {k: v for k, v in request.items() if not k.startswith("keyframe_")} | kwargs
+    with pytest.raises(AppError) as err:
+        client.predict(**request, api_name="/path")
+    assert message in str(err.value), str(err.value)
 
 
 # -- every way an image arrives passes one gate ------------------------------------------------
@@ -442,6 +521,21 @@ def test_a_hostile_image_is_refused_alike_uploaded_and_inline(client, tmp_path, 
     uploaded, inline = _refusal(client, handle_file(path)), _refusal(client, _inline(data))
     assert uploaded == inline and inline.startswith("The source image ") and expected in inline, inline
     assert "/tmp" not in inline and "Traceback" not in inline
+
+
+@pytest.mark.parametrize("kind", ["eps", "bomb-30000"])
+def test_a_hostile_keyframe_is_refused_by_its_place_uploaded_and_inline(client, tmp_path, kind):
+    make, expected = HOSTILE[kind]
+    path = tmp_path / "image.png"
+    path.write_bytes(make())
+    messages = []
+    for sent in (handle_file(path), _inline(path.read_bytes())):
+        with pytest.raises(AppError) as err:
+            client.predict(keyframe_1=handle_file(SOURCE), keyframe_2=sent, frames=3, quality="preview",
+                           api_name="/path", **FAST)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1], messages
+    assert messages[0].startswith("The keyframe 2 ") and expected in messages[0], messages
 
 
 def test_an_inline_image_over_the_size_limit_is_refused_as_an_upload_is(client):
@@ -510,6 +604,19 @@ def test_paths_and_urls_in_an_api_call_are_refused_in_plain_words(app, source, m
     target = _uploaded(app, TARGET)
     event, data = _call(app, "preview", [{**source, "meta": {"_type": "gradio.FileData"}}, target,
                                          0.5, 1.0, 42, "preview", 2, 2, 2, 1.0, 8, None])
+    assert event == "error" and message in data["error"], data
+
+
+@pytest.mark.parametrize("keyframe, message", [
+    ({"path": str(SOURCE)}, "a path on the server is not accepted"),
+    ({"path": "http://127.0.0.1:9/cat.png"}, "The keyframe 2 could not be downloaded: its host cannot"),
+    ({"url": "data:image/png;base64,iVBORw0KGgo="}, "The keyframe 2 is truncated or corrupt"),
+])
+def test_keyframe_paths_and_urls_are_refused_in_plain_words(app, keyframe, message):
+    first = _uploaded(app, SOURCE)
+    keyframes = [first, {**keyframe, "meta": {"_type": "gradio.FileData"}}, *[None] * 6]
+    event, data = _call(app, "path", [*keyframes, 3, False, "uniform", False, "1", 42, "preview", 2, 2, 2,
+                                      1.0, 8, 4])
     assert event == "error" and message in data["error"], data
 
 

@@ -8,8 +8,9 @@ the same frame at once), the checks a request must pass before it reaches the GP
 values of a sequence (through `vslerp_app.specs.linspace`, as `vslerp render`), the
 readouts of a frame as JSON and as sentences that say what the numbers mean, a sequence
 streamed batch by batch (`Studio.sequence`, over `vslerp_app.render.iter_render_sequence`,
-the same code as `vslerp render`), the request folders and their clean-up, and the
-plain-words message of any failure.
+the same code as `vslerp render`), a path through keyframes streamed the same way
+(`Studio.path`, over `iter_render_path`) with its keyframe strip, the request folders and
+their clean-up, and the plain-words message of any failure.
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ from vslerp_app.images import (
     load_image,
 )
 from vslerp_app.outputs import DEFAULT_FPS
-from vslerp_app.render import iter_render_sequence
-from vslerp_app.specs import combine, linspace
+from vslerp_app.paths import MIN_KEYFRAMES
+from vslerp_app.paths import check_values as check_path_values
+from vslerp_app.render import iter_render_path, iter_render_sequence
+from vslerp_app.specs import SpecError, combine, linspace
 from vslerp_app.stats import CONFORMITY_LABELS
 
 __all__ = [
@@ -79,6 +82,13 @@ __all__ = [
     "wanted_conformity",
     "new_workdir",
     "cleanup_workdirs",
+    "MAX_KEYFRAMES",
+    "add_keyframes",
+    "keyframe_strip",
+    "move_keyframe",
+    "path_caption",
+    "remove_keyframe",
+    "strip_paths",
 ]
 
 logger = logging.getLogger(__name__)
@@ -605,6 +615,19 @@ def _float(value, name: str) -> float:
         raise RequestError(f"{name} must be a number, got {value!r}") from None
 
 
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise RequestError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _alpha_spec(value):
+    """A path's alpha: a number, or text with one value or one per segment ("0, 1, 2")."""
+    if isinstance(value, str):
+        return value.replace(" ", "") or "0"
+    return _float(value, "alpha")
+
+
 def _no_decorator(duration: int):
     return lambda fn: fn
 
@@ -649,6 +672,7 @@ class Studio:
         self.work_root = WORK_ROOT  # each sequence's folder lives here while it renders
         self.run_frame = gpu(60)(self._run_frame)
         self.run_sequence = gpu(240)(self._run_sequence)
+        self.run_path = gpu(240)(self._run_path)
 
     # -- model work --------------------------------------------------------------------
     def _embed_pair(self, source, target, session: dict):
@@ -686,7 +710,22 @@ class Studio:
                                       contact=False, plot=True, **kwargs)
         try:
             for event in events:
-                yield event, src, tgt
+                yield event, {"source": src, "target": tgt}
+        finally:
+            events.close()
+
+    def _run_path(self, keyframes: list, frames: int, alphas: list[float], seed: int, options: dict,
+                  kwargs: dict, fps: float, out_dir):
+        """Embed the keyframes, then yield (RenderProgress, None) per chunk of the path's render
+        (`iter_render_path`, as `vslerp render --keyframes`); closing it stops after the chunk."""
+        embeddings = [embed_input(self.pipe, image, f"keyframe {k + 1}").embedding
+                      for k, image in enumerate(keyframes)]
+        events = iter_render_path(self.pipe, embeddings, out_dir, frames=frames, alphas=alphas, seed=seed,
+                                  gif=True, mp4=True, zip=True, fps=fps, contact=False, plot=True,
+                                  **options, **kwargs)
+        try:
+            for event in events:
+                yield event, None
         finally:
             events.close()
 
@@ -792,19 +831,68 @@ class Studio:
         total = len(thetas) if alphas is None else len(sweep_pairs(thetas, alphas, grid))  # None: aimed
         events = self.run_sequence(request[0], request[1], session, thetas, alphas, grid, seed, kwargs,
                                    fps, out_dir)
+        yield from _stream(events, out_dir, total, session, frame_caption)
+
+    def path_request(self, keyframes, frames, loop, spacing, ease, alpha, seed, quality, steps,
+                     super_res_steps, preview_steps, guidance_scale, max_batch, fps):
+        """(keyframes, frames, alphas, seed, path options, generate kwargs, fps) of a path, or RequestError.
+
+        ``keyframes``: image paths in order (None entries are skipped: the API's unused
+        keyframe slots), each passed through `check_input_image`; ``alpha``: one value for
+        every segment, or one per segment ("0, 1, 2"). Frames up to `max_sequence_frames`.
+        """
+        images = [k for k in keyframes or [] if k is not None]
+        if len(images) < MIN_KEYFRAMES:
+            raise RequestError(f"A path needs at least {MIN_KEYFRAMES} keyframes, got {len(images)}: "
+                               "add images to the keyframe strip.")
+        if len(images) > MAX_KEYFRAMES:
+            raise RequestError(f"A path has at most {MAX_KEYFRAMES} keyframes, got {len(images)}.")
+        for k, image in enumerate(images):
+            check_input_image(None, image, f"keyframe {k + 1}", self.config.max_file_bytes)
+        kwargs = generate_kwargs(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch)
+        options = {"loop": _flag(loop, "loop"), "spacing": spacing, "ease": _flag(ease, "ease")}
+        count = _as_int(frames, "frames")
         try:
-            yield SequenceUpdate([], 0, total, None, session)
-            for event, src, tgt in events:
-                gallery = [(str(out_dir / e["file"]), frame_caption(e)) for e in event.frames]
-                files = None if event.manifest is None else sequence_outputs(event.manifest, out_dir)
-                yield SequenceUpdate(gallery, event.done, event.total, files, {"source": src, "target": tgt})
-        except (RenderError, OSError) as e:
-            if isinstance(e, OSError) and e.errno not in _DISK_FULL:
-                raise
-            raise RequestError(_files_message(e)) from None
-        finally:
-            events.close()
-            shutil.rmtree(out_dir, ignore_errors=True)
+            count, alphas = check_path_values(len(images), count, _alpha_spec(alpha),
+                                              loop=options["loop"], spacing=spacing)
+        except SpecError as e:
+            raise RequestError(str(e)) from None
+        if count > self.config.max_sequence_frames:
+            raise RequestError(f"a path has at most {self.config.max_sequence_frames} frames here, "
+                               f"this one would have {count}; lower the frame count")
+        seed = check_request(self.pipe, images[0], images[1], [(0.0, a) for a in alphas], seed, kwargs)
+        return images, count, alphas, seed, options, kwargs, _float(fps, "fps")
+
+    def path(self, *request) -> Iterator[SequenceUpdate]:
+        """A path through keyframes, streamed as `sequence`: a `SequenceUpdate` after each batch,
+        the last with every file; the work folder removed at the end. ``request`` as path_request."""
+        images, frames, alphas, seed, options, kwargs, fps = self.path_request(*request)
+        cleanup_workdirs(self.work_root)
+        out_dir = new_workdir(self.work_root)
+        events = self.run_path(images, frames, alphas, seed, options, kwargs, fps, out_dir)
+        yield from _stream(events, out_dir, frames, None, lambda e: path_caption(e, len(images)))
+
+
+def _stream(events, out_dir: Path, total: int, session, caption) -> Iterator[SequenceUpdate]:
+    """A render's events as `SequenceUpdate`s; ``events`` yield (RenderProgress, new session or None).
+
+    The work folder is removed when this generator ends (finished, failed or closed); a
+    full disk is refused in plain words, without the server's paths.
+    """
+    try:
+        yield SequenceUpdate([], 0, total, None, session)
+        for event, new_session in events:
+            gallery = [(str(out_dir / e["file"]), caption(e)) for e in event.frames]
+            files = None if event.manifest is None else sequence_outputs(event.manifest, out_dir)
+            yield SequenceUpdate(gallery, event.done, event.total, files,
+                                 session if new_session is None else new_session)
+    except (RenderError, OSError) as e:
+        if isinstance(e, OSError) and e.errno not in _DISK_FULL:
+            raise
+        raise RequestError(_files_message(e)) from None
+    finally:
+        events.close()
+        shutil.rmtree(out_dir, ignore_errors=True)
 
 
 # -- paths through keyframes: the strip and the captions ---------------------------------------
