@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_app_api import SOURCE, TARGET, launched_app
+from test_app_api import EXAMPLES, SOURCE, TARGET, launched_app
 
 pytestmark = pytest.mark.browser
 
@@ -30,6 +30,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 60_000
+THIRD = EXAMPLES / "coffee.jpg"  # a third keyframe
 expect.set_options(timeout=TIMEOUT_MS)  # renders share two cores with other work: wait as a person would
 
 
@@ -270,6 +271,58 @@ def test_a_sequence_streams_into_the_gallery_and_stop_stops_it(app, browser):
         time.sleep(0.2)
     assert not work.is_dir() or not any(work.iterdir())
     assert page.locator("#gallery img").count() == shown  # the frames shown stay
+    assert not page.errors, page.errors
+    page.close()
+
+
+def _keyframe_srcs(page) -> list[str]:
+    return [img.get_attribute("src") for img in page.locator("#keyframes img").all()]
+
+
+def test_a_three_keyframe_loop_is_built_rendered_and_its_gif_downloaded(app, browser, tmp_path):
+    page = _open(browser, app, accept_downloads=True)
+    _both_images(page)
+    _fast_settings(page)
+    page.get_by_text("Path: through several keyframes").click()
+    page.locator("#run-path").click()  # nothing in the strip yet: refused on the page
+    _refusal_shown(page, "A path needs at least 2 keyframes, got 0")
+
+    # The strip: the source, the target, then an uploaded third image.
+    page.locator("#add-source").click()
+    expect(page.locator("#keyframes img")).to_have_count(1)
+    page.locator("#add-target").click()
+    expect(page.locator("#keyframes img")).to_have_count(2)
+    page.locator("#keyframe-add input[type=file]").set_input_files(str(THIRD))
+    expect(page.locator("#keyframes img")).to_have_count(3)
+    order = _keyframe_srcs(page)
+    assert len(set(order)) == 3, order
+    # Reorder: the third one place earlier, then back.
+    page.locator("#keyframes img").nth(2).click()
+    page.locator("#keyframe-earlier").click()
+    expect(page.locator("#keyframes img").nth(1)).to_have_attribute("src", order[2])
+    page.locator("#keyframe-later").click()
+    expect(page.locator("#keyframes img").nth(2)).to_have_attribute("src", order[2])
+    assert _keyframe_srcs(page) == order
+
+    # A loop of 6 frames: A, A-B, B, B-C, C, C-A.
+    page.locator("#loop input[type=checkbox]").check()
+    _set_number(page, "path_frames", 6)
+    page.locator("#run-path").click()
+    gallery = page.locator("#path-gallery")
+    expect(gallery).to_contain_text("Path frames: all 6")
+    expect(page.locator("#path-gallery img")).to_have_count(6)
+    captions = [c.inner_text() for c in page.locator("#path-gallery .caption-label").all()]
+    assert [c.split()[0] for c in captions] == ["key", "1→2", "key", "2→3", "key", "3→1"], captions
+    gif_link = page.locator("#path-gif a").first
+    gif_link.wait_for()
+    with page.expect_download() as download:
+        gif_link.click()
+    gif = tmp_path / "path.gif"
+    download.value.save_as(gif)
+    with Image.open(gif) as im:
+        assert im.format == "GIF" and im.n_frames == 6
+    expect(page.locator("#path-video video")).to_have_count(1)
+    page.locator("#path").screenshot(path=str(ARTIFACTS / "app-path.png"))
     assert not page.errors, page.errors
     page.close()
 

@@ -314,9 +314,10 @@ def test_the_space_loads_the_default_model_and_its_mean_from_the_preloaded_cache
     assert space.config["space_id"] == SPACE_ID  # gradio took it for a Space
 
 
-def test_spaces_gpu_decorates_the_two_render_functions(space):
+def test_spaces_gpu_decorates_the_three_render_functions(space):
     decorated = [r for r in space.records() if r["event"] == "decorated"]
-    assert sorted(r["function"] for r in decorated) == ["Studio._run_frame", "Studio._run_sequence"]
+    assert sorted(r["function"] for r in decorated) == ["Studio._run_frame", "Studio._run_path",
+                                                        "Studio._run_sequence"]
     for r in decorated:
         assert r["options"].keys() == {"duration"} and r["options"]["duration"] > 0, r
         # Outside ZeroGPU the real decorator hands the function back untouched.
@@ -327,7 +328,7 @@ def test_preview_through_gradio_client_runs_in_the_decorated_function(space, cli
     from gradio_client import handle_file
 
     assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == \
-        {"/preview", "/sequence"}
+        {"/preview", "/sequence", "/path"}
     before = _calls(space.records(), "Studio._run_frame")
     image, readouts = client.predict(
         source=handle_file(EXAMPLES / "chelsea.jpg"), target=handle_file(EXAMPLES / "rocket.jpg"),
@@ -338,6 +339,17 @@ def test_preview_through_gradio_client_runs_in_the_decorated_function(space, cli
     assert readouts["alpha"] == 1.0
     assert _finite(readouts["conformity"]) and _finite(readouts["frame_conformity"])
     assert len(_calls(space.records(), "Studio._run_frame")) == len(before) + 1
+
+
+def test_path_through_gradio_client_runs_in_the_decorated_function(space, client):
+    from gradio_client import handle_file
+
+    before = _calls(space.records(), "Studio._run_path")
+    gallery, plot, mp4, gif, zip_path = client.predict(
+        keyframe_1=handle_file(EXAMPLES / "coffee.jpg"), keyframe_2=handle_file(EXAMPLES / "astronaut.jpg"),
+        frames=4, loop=True, alpha="0.5", seed=3, quality="preview", api_name="/path", **FAST)
+    assert len(gallery) == 4 and Image.open(gif).n_frames == 4
+    assert len(_calls(space.records(), "Studio._run_path")) == len(before) + 1
 
 
 def test_sequence_through_gradio_client_runs_in_the_decorated_function_with_progress(space, client):
