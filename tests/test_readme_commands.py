@@ -204,7 +204,14 @@ def _check_render(out: Path, args) -> None:
     if args.zip:
         names = zipfile.ZipFile(out / "sequence.zip").namelist()
         assert {"manifest.json", "conformity.png", "contact_sheet.png"} <= set(names)
-    assert manifest["inputs"]["source"]["readouts"]["conformity"] is not None
+    inputs = manifest["inputs"]  # the inputs' own readouts, marked on the plot
+    if getattr(args, "keyframes", None):
+        assert args.frames is None or manifest["frame_count"] == args.frames
+        described = inputs["keyframes"]
+        assert len(described) == len(args.keyframes)
+    else:
+        described = [inputs["source"], inputs["target"]]
+    assert all(d["readouts"]["conformity"] is not None for d in described)
 
 
 def check_promises(argv: list[str], cwd: Path, stdout: str) -> str:

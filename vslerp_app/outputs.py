@@ -149,11 +149,11 @@ def _values(entries: list[dict], key: str) -> list[float]:
 
 
 def _reference_lines(ax, refs: dict, key: str) -> None:
-    """The source's and target's readout as labelled horizontal lines."""
-    for role, readouts in refs.items():
+    """The inputs' readouts (source and target, or a path's keyframes) as labelled horizontal lines."""
+    for k, (role, readouts) in enumerate(refs.items()):
         if readouts.get(key) is not None:
-            ax.axhline(readouts[key], lw=1.2, label=f"{role} image ({readouts[key]:.3g})",
-                       **_REFERENCE_STYLE.get(role, {}))
+            style = _REFERENCE_STYLE.get(role, dict(color=f"C{(k + 2) % 10}", ls="--"))  # C0, C1: the frames'
+            ax.axhline(readouts[key], lw=1.2, label=f"{role} image ({readouts[key]:.3g})", **style)
 
 
 def _sweep_axis(entries: list[dict]) -> tuple[list[float], str, list[str] | None]:
