@@ -164,13 +164,7 @@ def test_upload_slide_generate_sequence_and_download_the_gif(app, browser, tmp_p
     expect(page.locator("#gallery img")).to_have_count(3)
     expect(page.locator("#gallery")).to_contain_text("Frames: all 3")
     page.get_by_text("θ=1.00").first.wait_for()
-    gif_link = page.locator("#gif a").first
-    gif_link.wait_for()
-    with page.expect_download() as download:
-        gif_link.click()
-    gif = tmp_path / "sequence.gif"
-    download.value.save_as(gif)
-    with Image.open(gif) as im:
+    with Image.open(_download_link(page, "#gif", tmp_path / "sequence.gif")) as im:
         assert im.format == "GIF" and im.n_frames == 3
     expect(page.locator("#plot img")).to_have_count(1)
     expect(page.locator("#zip a").first).to_have_attribute("download", "sequence.zip")
@@ -313,13 +307,7 @@ def test_a_three_keyframe_loop_is_built_rendered_and_its_gif_downloaded(app, bro
     expect(page.locator("#path-gallery img")).to_have_count(6)
     captions = [c.inner_text() for c in page.locator("#path-gallery .caption-label").all()]
     assert [c.split()[0] for c in captions] == ["key", "1→2", "key", "2→3", "key", "3→1"], captions
-    gif_link = page.locator("#path-gif a").first
-    gif_link.wait_for()
-    with page.expect_download() as download:
-        gif_link.click()
-    gif = tmp_path / "path.gif"
-    download.value.save_as(gif)
-    with Image.open(gif) as im:
+    with Image.open(_download_link(page, "#path-gif", tmp_path / "path.gif")) as im:
         assert im.format == "GIF" and im.n_frames == 6
     expect(page.locator("#path-video video")).to_have_count(1)
     page.locator("#path").screenshot(path=str(ARTIFACTS / "app-path.png"))
@@ -356,6 +344,16 @@ def test_on_a_phone_the_frame_comes_into_view_and_the_gallery_fits(app, browser)
     page.locator("#gallery").screenshot(path=str(ARTIFACTS / "app-phone-gallery.png"))
     assert not page.errors, page.errors
     page.close()
+
+
+def _download_link(page, selector: str, dest: Path) -> Path:
+    """Click a file component's download link as a user would; the saved file."""
+    link = page.locator(f"{selector} a").first
+    link.wait_for()
+    with page.expect_download() as download:
+        link.click()
+    download.value.save_as(dest)
+    return dest
 
 
 def _download_src(page, selector: str, dest: Path) -> Path:

@@ -173,10 +173,10 @@ def test_a_negative_alpha_sweep_renders_and_start_up_is_quiet(karlo_dir, inputs,
 
 
 # -- a killed run, resumed ------------------------------------------------------------------
-def test_a_run_killed_midway_is_completed_by_the_next_run(karlo_dir, inputs, tmp_path):
-    out = tmp_path / "killed"
-    cmd = _base(karlo_dir, inputs, out, "--theta", "0:1:6", "--alpha", "0.5", "--max-batch", "1", "--gif")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def kill_after_the_first_frame(cmd: list, out: Path, env: dict) -> int:
+    """Start a render, SIGKILL it once its manifest counts a frame done; its return code."""
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -191,7 +191,13 @@ def test_a_run_killed_midway_is_completed_by_the_next_run(karlo_dir, inputs, tmp
     finally:
         proc.kill()
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    return proc.returncode
+
+
+def test_a_run_killed_midway_is_completed_by_the_next_run(karlo_dir, inputs, tmp_path):
+    out = tmp_path / "killed"
+    cmd = _base(karlo_dir, inputs, out, "--theta", "0:1:6", "--alpha", "0.5", "--max-batch", "1", "--gif")
+    assert kill_after_the_first_frame(cmd, out, ENV) == -signal.SIGKILL
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "partial" and 1 <= manifest["frames_done"] < 6
     first = {p.name: p.stat().st_mtime_ns for p in (out / "frames").glob("*.png")}

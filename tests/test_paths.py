@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageSequence
+from test_cli_render import kill_after_the_first_frame
 
 from pipelines.fixtures import fixture_images
 from vslerp_app import geometry, load_pipeline, paths
@@ -450,21 +450,7 @@ def test_cli_loop_killed_midway_resumes(karlo_dir, keyframes, tmp_path):
     out = tmp_path / "killed"
     cmd = _cli("--model", karlo_dir, "--keyframes", *keyframes, "--loop", "--frames", "6", "--alpha", "0.5",
                "--seed", "3", "--out", out, "--max-batch", "1", "--gif", "--preview", "--steps", "2")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if json.loads((out / "manifest.json").read_text())["frames_done"] >= 1:
-                    break
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.02)
-        assert proc.poll() is None, "the render finished before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    assert kill_after_the_first_frame(cmd, out, ENV) == -signal.SIGKILL
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "partial" and 1 <= manifest["frames_done"] < 6
     done_before = {e["file"] for e in manifest["frames"]}

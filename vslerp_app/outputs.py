@@ -45,7 +45,8 @@ def _load_frames(out_dir: Path, entries: list[dict]) -> list[PIL.Image.Image]:
     return frames
 
 
-def _font(size: int):
+def label_font(size: int):
+    """Pillow's default font at ``size`` pixels (fixed size where Pillow has no FreeType)."""
     from PIL import ImageFont
 
     try:
@@ -71,7 +72,7 @@ def contact_sheet(frames: list[PIL.Image.Image], entries: list[dict], columns: i
     scale = THUMB_SIDE / max(w, h)
     tw, th = max(1, round(w * scale)), max(1, round(h * scale))
     font_size = 11
-    font = _font(font_size)
+    font = label_font(font_size)
     n_lines = max(len(_caption(e)) for e in entries)
     cap_h = n_lines * (font_size + 3) + 4
     cell_w = max(tw, 150) + 8

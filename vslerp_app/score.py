@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from vslerp_app.files import OutputDir
 from vslerp_app.folder_stats import IMAGE_SUFFIXES, find_images
 from vslerp_app.images import ImageInputError, load_image
+from vslerp_app.outputs import label_font
 from vslerp_app.stats import ModalityStats, StatsError
 
 __all__ = ["SCORE_FORMAT", "ScoreReport", "ks_statistic", "score_folders", "wasserstein_1"]
@@ -291,15 +292,6 @@ def _slug(folder: str, taken: set) -> str:
     return name
 
 
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType sizes
-        return ImageFont.load_default()
-
-
 def _thumb_cell(path: str, caption: list[str], font) -> PIL.Image.Image:
     from PIL import ImageDraw
 
@@ -326,14 +318,14 @@ def contact_sheet(rows: list[dict], folder: str, count: int = SHEET_COUNT) -> PI
     """The ``count`` most conformal images of a folder's rows (top) and the least (bottom)."""
     from PIL import ImageDraw
 
-    font = _font(11)
+    font = label_font(11)
     ordered = sorted(rows, key=lambda r: r["conformity"], reverse=True)
     halves = [("most conformal", ordered[:count]), ("least conformal", ordered[::-1][:count])]
     cell_w, cell_h, head = THUMB + 8, THUMB + 34, 22
     width = max(1, min(count, len(ordered))) * cell_w
     sheet = PIL.Image.new("RGB", (max(width, 360), 2 * (head + cell_h) + head), "white")
     draw = ImageDraw.Draw(sheet)
-    draw.text((4, 4), f"{folder}: {len(rows)} images", fill="black", font=_font(13))
+    draw.text((4, 4), f"{folder}: {len(rows)} images", fill="black", font=label_font(13))
     y = head
     for title, chosen in halves:
         draw.text((4, y + 4), title, fill="black", font=font)
