@@ -553,10 +553,10 @@ def _strip_handlers() -> dict:
         _check_upload(image, "keyframe")
         return ui.add_keyframes(strip, [image]), None
 
-    def add_from(what: str):
+    def add_from(missing: str):
         def handler(strip, image):
             if image is None:
-                raise ui.RequestError(f"There is no {what} yet to add as a keyframe.")
+                raise ui.RequestError(missing)
             return ui.add_keyframes(strip, [image])
         return handler
 
@@ -566,8 +566,10 @@ def _strip_handlers() -> dict:
     def remove(strip, index):
         return ui.remove_keyframe(strip, index), None
 
-    return {"add_upload": add_upload, "add_source": add_from("source image"),
-            "add_target": add_from("target image"), "add_frame": add_from("frame: generate one first, then"),
+    return {"add_upload": add_upload,
+            "add_source": add_from("There is no source image yet: upload one first, or click an example."),
+            "add_target": add_from("There is no target image yet: upload one first, or click an example."),
+            "add_frame": add_from("There is no frame yet: generate one first."),
             "earlier": move(-1), "later": move(+1), "remove": remove}
 
 

@@ -280,6 +280,9 @@ def test_a_three_keyframe_loop_is_built_rendered_and_its_gif_downloaded(app, bro
     page.get_by_text("Path: through several keyframes").click()
     page.locator("#run-path").click()  # nothing in the strip yet: refused on the page
     _refusal_shown(page, "A path needs at least 2 keyframes, got 0")
+    page.locator("#add-frame").click()  # no frame generated yet
+    _refusal_shown(page, "There is no frame yet: generate one first.")
+    expect(page.locator("#keyframes img")).to_have_count(0)
 
     # The strip: the source, the target, then an uploaded third image.
     page.locator("#add-source").click()
