@@ -256,7 +256,7 @@ def _input_column(pipe, c: SimpleNamespace) -> None:
                                  image_mode=None, sources=sources, height=260, elem_id="target")
     c.swap_button = gr.Button("⇄ Swap source and target", size="sm", elem_id="swap")
     c.theta = gr.Slider(0, 1, value=0.5, step=0.01, label="theta (source -> target)", elem_id="theta")
-    c.alpha = gr.Slider(-3, 3, value=1.0 if has_stats else 0.0, step=0.05,
+    c.alpha = gr.Slider(*ui.STUDIO_ALPHA_RANGE, value=1.0 if has_stats else 0.0, step=0.05,
                         label="alpha (centre of rotation along the image mean)",
                         info=None if has_stats else "no statistics for this model: only 0 works",
                         elem_id="alpha")
@@ -295,15 +295,17 @@ def _input_column(pipe, c: SimpleNamespace) -> None:
 def _aim_controls(has_stats: bool, c: SimpleNamespace) -> None:
     """A target conformity beside alpha: *Aim* sets alpha to the one nearest 0 that gives it."""
     with gr.Row(equal_height=True):
-        c.target_conformity = gr.Number(
-            None, label="target conformity", interactive=has_stats, scale=3,
+        # A text box: Gradio's number box shows (and sends) 0 when empty, and 0 is a conformity.
+        c.target_conformity = gr.Textbox(
+            "", label="target conformity", placeholder="e.g. 0.8", max_lines=1, interactive=has_stats,
+            scale=3,
             info="Aim sets alpha to give the frame's embedding this conformity" if has_stats
             else "needs statistics for this model", elem_id="target_conformity")
         c.aim_button = gr.Button("Aim alpha", size="sm", scale=1, interactive=has_stats, elem_id="aim")
     c.aim_note = gr.Markdown("", elem_id="aim-note")
     # The API's target_conformity of /preview and /sequence (None: not aiming). The page's own
     # Generate and Render buttons leave it empty: there, Aim sets the alpha slider instead.
-    c.api_target_conformity = gr.Number(None, visible=False, label="target_conformity")
+    c.api_target_conformity = gr.Number(None, minimum=-1, maximum=1, visible=False, label="target_conformity")
 
 
 def _frame_column(c: SimpleNamespace) -> None:
@@ -328,8 +330,10 @@ def _sequence_panel(config: ui.StudioConfig, c: SimpleNamespace) -> None:
             c.theta_start = gr.Number(0.0, label="theta from", minimum=0, maximum=1, elem_id="theta_start")
             c.theta_stop = gr.Number(1.0, label="theta to", minimum=0, maximum=1, elem_id="theta_stop")
             c.theta_frames = gr.Slider(1, 32, value=8, step=1, label="theta frames", elem_id="theta_frames")
-            c.alpha_start = gr.Number(-1.0, label="alpha from", elem_id="alpha_start")
-            c.alpha_stop = gr.Number(2.0, label="alpha to", elem_id="alpha_stop")
+            c.alpha_start = gr.Number(-1.0, label="alpha from", minimum=ui.STUDIO_ALPHA_RANGE[0],
+                                      maximum=ui.STUDIO_ALPHA_RANGE[1], elem_id="alpha_start")
+            c.alpha_stop = gr.Number(2.0, label="alpha to", minimum=ui.STUDIO_ALPHA_RANGE[0],
+                                     maximum=ui.STUDIO_ALPHA_RANGE[1], elem_id="alpha_stop")
             c.alpha_frames = gr.Slider(1, 32, value=6, step=1, label="alpha frames", elem_id="alpha_frames")
         with gr.Row():
             c.sequence_button = gr.Button("Render sequence", variant="primary", scale=3,
@@ -386,7 +390,8 @@ def _path_panel(config: ui.StudioConfig, c: SimpleNamespace, has_stats: bool) ->
         with gr.Row():
             c.path_button = gr.Button("Render path", variant="primary", scale=3, elem_id="run-path")
             c.path_stop_button = gr.Button("Stop", variant="stop", scale=1, elem_id="stop-path")
-        c.path_gallery = gr.Gallery(label="Path frames", columns=8, height="auto", format="png",
+        # 6 columns: a segment's caption (1→2 θ α C) is longer than a sweep's and must fit.
+        c.path_gallery = gr.Gallery(label="Path frames", columns=6, height="auto", format="png",
                                     elem_id="path-gallery")
         with gr.Row():
             c.path_plot = gr.Image(label="Conformity along the path", type="filepath", interactive=False,
@@ -396,8 +401,8 @@ def _path_panel(config: ui.StudioConfig, c: SimpleNamespace, has_stats: bool) ->
             c.path_gif = gr.File(label="GIF", interactive=False, height=110, elem_id="path-gif")
             c.path_zip = gr.File(label="ZIP", interactive=False, height=110, elem_id="path-zip")
         gr.Markdown("One seed and one noise path for the whole path: a keyframe's frame is the same "
-                    "whichever segment it opens or closes. Captions: the keyframe shown (key k) or the "
-                    "segment (k→k+1), the segment's own theta and alpha, the frame's conformity C. "
+                    "whichever segment it opens or closes. Captions: the keyframe shown (key k), or the "
+                    "segment (k→k+1) with its own theta and alpha; then the frame's conformity C. "
                     "A loop's video repeats without a seam.")
     # The API's /path takes its keyframes one by one (keyframe_1 ... keyframe_8), each through
     # the same gate as an upload; the page sends its strip instead.
@@ -717,7 +722,6 @@ def _wire_aim(studio: ui.Studio, c: SimpleNamespace, session, frame_inputs, fram
     full frame follows."""
     h = _aim_handlers(studio)
     private = {"api_visibility": "private"}
-    named_range(c.target_conformity, "target conformity")
     named_range(c.api_target_conformity, "target_conformity")
     inputs = [*frame_inputs, session, c.target_conformity]
     on_gpu = {"show_progress": "minimal", "concurrency_id": GPU_QUEUE, **private}

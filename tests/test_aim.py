@@ -260,14 +260,16 @@ def test_api_preview_and_sequence_take_a_target_conformity(pipe, client):
         assert abs(f["conformity"] - f["aim"]["achieved"]) < TOL
     with pytest.raises(AppError, match="sweep='theta'"):
         client.predict(source=src, target=tgt, sweep="alpha", target_conformity=wanted, api_name="/sequence")
-    with pytest.raises(AppError, match="target_conformity must be a number"):
+    with pytest.raises(AppError, match="target_conformity must be between -1 and 1, got 'high'"):
         client.predict(source=src, target=tgt, target_conformity="high", api_name="/preview")
+    with pytest.raises(AppError, match="target_conformity must be between -1 and 1, got 5"):
+        client.predict(source=src, target=tgt, target_conformity=5, api_name="/preview")
 
 
 @pytest.mark.browser
 def test_the_aim_button_sets_alpha_and_renders_at_it(pipe, app):
     sync_api = pytest.importorskip("playwright.sync_api")
-    from test_app_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, _set_number
+    from test_app_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
 
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed")
@@ -281,7 +283,9 @@ def test_the_aim_button_sets_alpha_and_renders_at_it(pipe, app):
         page.locator("#source input[type=file]").set_input_files(str(SOURCE))
         page.locator("#target input[type=file]").set_input_files(str(TARGET))
         page.locator("#target img").wait_for()
-        _set_number(page, "target_conformity", f"{wanted:.6f}")
+        box = page.locator("#target_conformity input")
+        assert box.input_value() == ""  # nothing typed: not aiming (an empty number box would say 0)
+        box.fill(f"{wanted:.6f}")
         page.locator("#aim").click()
         page.locator("#aim-note").get_by_text("Aimed at conformity").wait_for()
         page.locator("#readout").get_by_text("Aimed at conformity").wait_for()
@@ -289,9 +293,13 @@ def test_the_aim_button_sets_alpha_and_renders_at_it(pipe, app):
         sync_api.expect(readout).not_to_contain_text("(preview)", timeout=TIMEOUT_MS)  # then the full frame
         shown = float(page.locator("#alpha input[type=number]").input_value())
         assert shown == pytest.approx(expected.alpha, abs=0.01)
+        assert shown == round(shown, 4)  # the slider shows 4 decimals, not 16
         assert "Exact conformity (Eq. 10)" in page.locator("#readout").inner_text()
         # A refusal on screen: aiming with nothing typed.
-        _set_number(page, "target_conformity", "")
+        box.fill("")
         page.locator("#aim").click()
         page.get_by_text("Type the conformity to aim at first").first.wait_for()
+        box.fill("5")  # a conformity is a cosine
+        page.locator("#aim").click()
+        page.get_by_text("target_conformity must be between -1 and 1").first.wait_for()
         browser.close()

@@ -255,6 +255,7 @@ def test_bad_values_are_refused_with_a_plain_message(client, kwargs, message):
     ({"theta_stop": 2.0}, "theta_stop must be between 0 and 1, got 2.0."),
     ({"alpha_frames": 0, "sweep": "alpha"}, "alpha_frames must be between 1 and 32, got 0."),
     ({"fps": 60}, "fps must be between 0.5 and 30, got 60."),
+    ({"alpha_stop": 9.0, "sweep": "alpha"}, "alpha_stop must be between -3 and 3, got 9.0."),
 ])
 def test_bad_sequence_values_name_the_parameter(client, kwargs, message):
     with pytest.raises(AppError) as err:
@@ -356,6 +357,12 @@ def test_sweep_values_and_request_checks():
     # The server's cap (app.py --max-sequence-frames) is checked before anything else.
     with pytest.raises(ui.RequestError, match="at most 4 frames here, this one would have 5"):
         ui.check_request(None, "a.png", "b.png", [(0.0, 0.0)] * 5, 0, {}, max_frames=4)
+    # An emptied box in plain words; the alpha slider's range for every frame of any request.
+    for empty in (None, "", "  "):
+        with pytest.raises(ui.RequestError, match="^seed is empty: type a whole number.$"):
+            ui.check_request(None, "a.png", "b.png", [(0.0, 0.0)], empty, {})
+    with pytest.raises(ui.RequestError, match="alpha must be between -3 and 3 here, got -3.5"):
+        ui.check_request(None, "a.png", "b.png", [(0.0, 3.0), (1.0, -3.5)], 0, {})
 
 
 def test_the_apps_sweep_is_the_render_commands_sweep():
@@ -447,6 +454,7 @@ def test_an_open_path_with_angle_spacing_and_ease(client):
     ({"frames": 2}, "needs at least 3 frames"),
     ({"alpha": "0, 1"}, "alpha has 2 values for a path of 3 segments"),
     ({"alpha": "strong"}, "alpha"),
+    ({"alpha": "0, 9, 1"}, "alpha must be between -3 and 3 here, got 9"),  # the slider's range, as everywhere
     ({"seed": -1}, "seed must be at least 0, got -1"),
 ])
 def test_bad_path_requests_are_refused_in_plain_words(client, kwargs, message):

@@ -225,7 +225,7 @@ def test_every_refusal_is_on_the_page(app, browser, tmp_path):
     page.locator("#seed input").fill("")
     page.locator("#seed input").blur()
     page.locator("#generate").click()
-    _refusal_shown(page, "seed must be a whole number, got None")
+    _refusal_shown(page, "seed is empty: type a whole number.")
     _set_number(page, "seed", 42)
     page.get_by_text("grid (a row per theta, a column per alpha)").click()
     _set_number(page, "theta_frames", 32)

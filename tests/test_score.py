@@ -23,7 +23,7 @@ from PIL import Image
 
 from pipelines.fixtures import fixture_images
 from vslerp_app import load_pipeline
-from vslerp_app.score import CACHE_NAME, ks_statistic, score_folders, wasserstein_1
+from vslerp_app.score import CACHE_NAME, extremes, ks_statistic, score_folders, wasserstein_1
 from vslerp_app.stats import ModalityStats, StatsError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,6 +154,18 @@ def test_ks_and_wasserstein_on_known_samples():
     scipy_stats = pytest.importorskip("scipy.stats")
     assert d == pytest.approx(scipy_stats.ks_2samp(a, b).statistic, abs=1e-12)
     assert wasserstein_1(a, b) == pytest.approx(scipy_stats.wasserstein_distance(a, b), rel=1e-9)
+
+
+@pytest.mark.parametrize("n", [1, 4, 5, 12, 40])
+def test_the_contact_sheets_rows_never_show_an_image_twice(n):
+    rows = [{"file": f"{k}.png", "conformity": float(v)}
+            for k, v in enumerate(np.random.default_rng(n).permutation(n))]
+    most, least = extremes(rows, count=8)
+    values = sorted((r["conformity"] for r in rows), reverse=True)
+    assert [r["conformity"] for r in most] == values[:len(most)]  # the top ones, most first
+    assert [r["conformity"] for r in least] == values[::-1][:len(least)]  # the bottom ones, least first
+    assert not {r["file"] for r in most} & {r["file"] for r in least}
+    assert len(most) == min(8, (n + 1) // 2) and len(least) == min(8, n // 2)
 
 
 def test_a_second_run_encodes_nothing_and_a_changed_file_is_scored_again(pipe, folders, tmp_path):

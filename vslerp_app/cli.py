@@ -161,7 +161,8 @@ def _cmd_render(args) -> int:
         raise CLIError(" ".join(str(e).split()) or type(e).__name__) from None
     run = m["runs"][-1]
     files = [f for f in (o.get("file") for o in m["outputs"].values()) if f]
-    print(f"wrote {m['frame_count']} frames to {args.out} ({run['frames_rendered']} rendered, "
+    count = m["frame_count"]
+    print(f"wrote {count} frame{'' if count == 1 else 's'} to {args.out} ({run['frames_rendered']} rendered, "
           f"{run['frames_reused']} already done, {run['seconds']:.1f} s): frames/, manifest.json"
           + "".join(f", {f}" for f in files))
     return 0

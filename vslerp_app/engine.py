@@ -25,8 +25,8 @@ from vslerp_app.stats import ModalityStats
 __all__ = ["AIM_ALPHA_RANGE", "AimResult", "Frame", "VSLERPPipeline", "aim_alpha"]
 
 _EMBEDDING_CACHE_SIZE = 64
-# Where `VSLERPPipeline.alpha_for_conformity` looks for alpha unless told: the app's slider.
-AIM_ALPHA_RANGE = (-3.0, 3.0)
+# Where `VSLERPPipeline.alpha_for_conformity` looks for alpha unless told: the studio's range.
+AIM_ALPHA_RANGE = specs.STUDIO_ALPHA_RANGE
 # Samples of the conformity curve over the alpha range before brackets are refined: a step
 # of 0.005 over [-3, 3]; two crossings closer than that could be missed.
 _AIM_SAMPLES = 1201

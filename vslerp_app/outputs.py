@@ -57,8 +57,10 @@ def label_font(size: int):
 
 def _caption(entry: dict) -> list[str]:
     lines = [f"theta {entry['theta']:.3g}  alpha {entry['alpha']:.3g}"]
-    if "segment" in entry:  # a path: the local theta of a segment
-        lines[0] = f"seg {entry['segment']}  " + lines[0]
+    if entry.get("keyframe") is not None:  # a path's keyframe, numbered from 1 as in the app
+        lines[0] = f"keyframe {entry['keyframe'] + 1}"
+    elif "segment" in entry:  # a path: the local theta of a segment
+        lines[0] = f"segment {entry['segment'] + 1}  " + lines[0]
     if entry.get("frame_conformity") is not None:
         lines.append(f"conformity {entry['conformity']:.3f} / frame {entry['frame_conformity']:.3f}")
     return lines
@@ -164,7 +166,7 @@ def _sweep_axis(entries: list[dict]) -> tuple[list[float], str, list[str] | None
     if any("segment" in e for e in entries):  # a path: theta starts over in every segment
         return [float(e["index"]) for e in entries], "path frame", None
     if len(set(alphas)) == 1 and len(set(thetas)) > 1:
-        return thetas, f"theta (alpha {alphas[0]:g})", None
+        return thetas, f"theta (alpha {alphas[0]:.4g})", None
     if len(set(thetas)) == 1 and len(set(alphas)) > 1:
         return alphas, f"alpha (theta {thetas[0]:g})", None
     ticks = ([f"θ {t:.3g}\nα {a:.3g}" for t, a in zip(thetas, alphas, strict=True)]

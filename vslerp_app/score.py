@@ -314,15 +314,24 @@ def _caption(row: dict) -> list[str]:
     return [first, Path(row["file"]).name[:18]]
 
 
+def extremes(rows: list[dict], count: int) -> tuple[list[dict], list[dict]]:
+    """(the ``count`` most conformal rows, most first; the ``count`` least, least first), with
+    no row in both: fewer than 2 ``count`` rows are split in two (the odd one to the top)."""
+    ordered = sorted(rows, key=lambda r: r["conformity"], reverse=True)
+    most = ordered[:min(count, math.ceil(len(ordered) / 2))]
+    return most, ordered[len(most):][::-1][:count]
+
+
 def contact_sheet(rows: list[dict], folder: str, count: int = SHEET_COUNT) -> PIL.Image.Image:
-    """The ``count`` most conformal images of a folder's rows (top) and the least (bottom)."""
+    """The ``count`` most conformal images of a folder's rows (top) and the least (bottom); a
+    folder of fewer than 2 ``count`` images is split in two, so no image is in both rows."""
     from PIL import ImageDraw
 
     font = label_font(11)
-    ordered = sorted(rows, key=lambda r: r["conformity"], reverse=True)
-    halves = [("most conformal", ordered[:count]), ("least conformal", ordered[::-1][:count])]
+    most, least = extremes(rows, count)
+    halves = [("most conformal", most), ("least conformal", least)]
     cell_w, cell_h, head = THUMB + 8, THUMB + 34, 22
-    width = max(1, min(count, len(ordered))) * cell_w
+    width = max(1, len(most)) * cell_w
     sheet = PIL.Image.new("RGB", (max(width, 360), 2 * (head + cell_h) + head), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((4, 4), f"{folder}: {len(rows)} images", fill="black", font=label_font(13))

@@ -49,12 +49,13 @@ from vslerp_app.outputs import DEFAULT_FPS
 from vslerp_app.paths import MIN_KEYFRAMES
 from vslerp_app.paths import check_values as check_path_values
 from vslerp_app.render import iter_render_path, iter_render_sequence
-from vslerp_app.specs import SpecError, combine, linspace
+from vslerp_app.specs import ALPHA_LIMIT, STUDIO_ALPHA_RANGE, SpecError, combine, linspace
 from vslerp_app.stats import CONFORMITY_LABELS
 
 __all__ = [
     "DEFAULT_FPS",
     "MAX_SEQUENCE_FRAMES",
+    "STUDIO_ALPHA_RANGE",
     "SWEEP_MODES",
     "FrameCache",
     "InputEntry",
@@ -274,6 +275,7 @@ def check_request(pipe, source, target, pairs, seed, kwargs: dict,
     if len(pairs) > max_frames:
         raise RequestError(f"a sequence has at most {max_frames} frames here, "
                            f"this one would have {len(pairs)}; lower the frame counts")
+    _check_studio_alphas(a for _, a in pairs)
     settings = pipe.settings_for(kwargs.get("preview", False),
                                  **{k: kwargs.get(k) for k in ("steps", "super_res_steps", "guidance_scale")})
     try:
@@ -283,7 +285,14 @@ def check_request(pipe, source, target, pairs, seed, kwargs: dict,
     return seed
 
 
+def _empty(value) -> bool:
+    """An emptied box: Gradio sends None (a number box) or blank text."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def _as_int(value, name: str) -> int:
+    if _empty(value):
+        raise RequestError(f"{name} is empty: type a whole number.")
     try:
         f = float(value)
     except (TypeError, ValueError):
@@ -291,6 +300,15 @@ def _as_int(value, name: str) -> int:
     if not math.isfinite(f) or f != int(f):
         raise RequestError(f"{name} must be a whole number, got {value!r}")
     return int(f)
+
+
+def _check_studio_alphas(alphas) -> None:
+    """Every alpha in the studio's range, the alpha slider's: one rule for frames, sweeps and paths."""
+    lo, hi = STUDIO_ALPHA_RANGE
+    for a in alphas:
+        if math.isfinite(a) and not lo <= a <= hi:
+            raise RequestError(f"alpha must be between {lo:g} and {hi:g} here, got {a:g} "
+                               f"(`vslerp render` takes up to ±{ALPHA_LIMIT:g}).")
 
 
 # -- sweeps ----------------------------------------------------------------------------
@@ -449,18 +467,21 @@ def aimed_alpha(readouts: dict | None) -> tuple[float, str]:
     aim = (readouts or {}).get("aim")
     if not aim:
         raise RequestError("This frame was not aimed at a conformity.")
-    return aim["alpha"], aim_markdown(aim)
+    return round(aim["alpha"], 4), aim_markdown(aim)  # the slider shows 4 decimals, not 16
 
 
 def wanted_conformity(pipe, value) -> float | None:
     """The target conformity of a request: None (not aiming), or a finite number with stats."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if _empty(value):
         return None
     if isinstance(value, bool):
         raise RequestError(f"target_conformity must be a number, got {value!r}")
     wanted = _float(value, "target_conformity")
     if not math.isfinite(wanted):
         raise RequestError(f"target_conformity must be a finite number, got {value!r}")
+    if not -1 <= wanted <= 1:  # a cosine (Eq. 10, 11)
+        raise RequestError(f"target_conformity must be between -1 and 1 (a conformity is a cosine), "
+                           f"got {value!r}")
     if pipe.stats is None:
         raise RequestError(f"aiming at a conformity needs image statistics for this model, and there are "
                            f"none ({pipe.stats_note}); leave target_conformity empty")
@@ -609,6 +630,8 @@ def cleanup_workdirs(root: Path = WORK_ROOT, max_age_s: float = 3600.0) -> int:
 
 # -- the studio: requests in, frames and files out ----------------------------------------
 def _float(value, name: str) -> float:
+    if _empty(value):
+        raise RequestError(f"{name} is empty: type a number.")
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -942,10 +965,11 @@ def remove_keyframe(value, index) -> list[tuple[str, str]]:
 
 
 def path_caption(entry: dict, keyframes: int) -> str:
-    """Gallery caption of a path frame: the keyframe it shows or its segment (numbered from 1 as
-    in the strip), the segment's local theta and alpha, and the frame's conformity."""
-    k = entry["segment"]
-    where = (f"key {entry['keyframe'] + 1}" if entry.get("keyframe") is not None
-             else f"{k + 1}→{(k + 1) % keyframes + 1}")
+    """Gallery caption of a path frame: the keyframe it shows (numbered from 1 as in the strip),
+    or its segment with the local theta and alpha; then the frame's conformity. A keyframe's
+    frame is the keyframe whatever the segment's alpha, so its caption leaves theta and alpha out."""
     c = "" if entry.get("frame_conformity") is None else f" C={entry['frame_conformity']:.3f}"
-    return f"{where} θ={entry['theta']:.2f} α={entry['alpha']:.2f}{c}"
+    if entry.get("keyframe") is not None:
+        return f"key {entry['keyframe'] + 1}{c}"
+    k = entry["segment"]
+    return f"{k + 1}→{(k + 1) % keyframes + 1} θ={entry['theta']:.2f} α={entry['alpha']:.2f}{c}"

@@ -17,13 +17,15 @@ import numpy as np
 
 __all__ = [
     "ALPHA_LIMIT", "FPS_RANGE", "GUIDANCE_RANGE", "MAX_COUNT", "MAX_STEPS", "NOISE_LEVEL_RANGE",
-    "SEED_LIMIT", "THETA_RANGE", "SpecError", "as_values", "check_alpha", "check_fps",
+    "SEED_LIMIT", "STUDIO_ALPHA_RANGE", "THETA_RANGE", "SpecError", "as_values", "check_alpha", "check_fps",
     "check_max_batch", "check_range", "check_seed", "check_settings", "check_theta", "combine",
     "linspace", "parse_spec",
 ]
 
 THETA_RANGE = (0.0, 1.0)
 ALPHA_LIMIT = 10.0  # the paper finds -2..2 useful; beyond +-10 frames are noise
+# The studio's alpha range (its slider, sweeps, paths, aiming); scripts go to +-ALPHA_LIMIT.
+STUDIO_ALPHA_RANGE = (-3.0, 3.0)
 MAX_STEPS = 1000
 GUIDANCE_RANGE = (0.0, 50.0)
 NOISE_LEVEL_RANGE = (0, 1000)
