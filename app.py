@@ -583,6 +583,11 @@ def _selected(evt: gr.SelectData):
     return evt.index
 
 
+def _cleared():
+    """An empty image box: a refused upload is not left in it."""
+    return None
+
+
 def _check_upload(image, role: str):
     """Decode an upload at once, so a broken file is reported when it arrives."""
     if image is not None:
@@ -634,8 +639,9 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
     gpu = {"concurrency_id": GPU_QUEUE}
 
     for box, role in ((c.source, "source image"), (c.target, "target image")):
-        box.upload(functools.partial(h.check_upload, role=role), box, None, concurrency_limit=1,
-                   concurrency_id="check-upload", show_progress="minimal", **private)
+        refused = box.upload(functools.partial(h.check_upload, role=role), box, None, concurrency_limit=1,
+                             concurrency_id="check-upload", show_progress="minimal", **private)
+        refused.failure(_cleared, None, box, queue=False, **private)  # the message stays; the box empties
     checked = c.generate_button.click(h.check_frame, frame_inputs, None, **check)
     checked.success(None, js=SCROLL_TO_FRAME, **private)
     checked.success(h.render_frame, [*frame_inputs, session, c.api_target_conformity], frame_outputs,
@@ -673,9 +679,10 @@ def _wire_path(h: SimpleNamespace, c: SimpleNamespace, settings: list, check: di
     """The keyframe strip's buttons, the page's path render with Stop, and the API's /path."""
     private = {"api_visibility": "private"}
     strip, selected = c.keyframes, c.keyframe_selected
-    c.keyframe_add.upload(h.add_upload, [strip, c.keyframe_add], [strip, c.keyframe_add],
-                          concurrency_limit=1, concurrency_id="check-upload", show_progress="minimal",
-                          **private)
+    refused = c.keyframe_add.upload(h.add_upload, [strip, c.keyframe_add], [strip, c.keyframe_add],
+                                    concurrency_limit=1, concurrency_id="check-upload",
+                                    show_progress="minimal", **private)
+    refused.failure(_cleared, None, c.keyframe_add, queue=False, **private)
     for button, add, image in ((c.add_source_button, h.add_source, c.source),
                                (c.add_target_button, h.add_target, c.target),
                                (c.add_frame_button, h.add_frame, c.frame)):
