@@ -262,7 +262,8 @@ def _input_column(pipe, c: SimpleNamespace) -> None:
                         elem_id="alpha")
     _aim_controls(has_stats, c)
     with gr.Row():
-        c.seed = gr.Number(value=42, precision=0, minimum=0, label="seed", elem_id="seed")
+        # No precision=0: Gradio would round 1.5 to 2 without a word; a fraction is refused instead.
+        c.seed = gr.Number(value=42, minimum=0, label="seed", elem_id="seed")
         c.random_seed_button = gr.Button("New seed", size="sm", scale=0, elem_id="random-seed")
         c.generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
     with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
