@@ -657,7 +657,11 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
                                                **gpu, **private)
     example.success(h.slider_full, slider_inputs, frame_outputs, show_progress="minimal", **gpu, **private)
     c.swap_button.click(_swap_inputs, [c.source, c.target, session], [c.source, c.target, session], **check)
-    c.random_seed_button.click(lambda: random.randrange(2**32), None, c.seed, queue=False, **private)
+    # New seed: another noise path, rendered at once like a slider (nothing happens without images).
+    reseeded = c.random_seed_button.click(lambda: random.randrange(2**32), None, c.seed, queue=False,
+                                          **private).then(h.slider_preview, slider_inputs, frame_outputs,
+                                                          **gpu, **private)
+    reseeded.success(h.slider_full, slider_inputs, frame_outputs, show_progress="minimal", **gpu, **private)
     c.use_frame_button.click(_frame_as_source, c.frame, c.source, **check)
     c.readouts.change(lambda r: ui.readouts_markdown(r, studio.pipe.stats_note), c.readouts, c.readout,
                       queue=False, **private)

@@ -186,7 +186,10 @@ def test_upload_slide_generate_sequence_and_download_the_gif(app, browser, tmp_p
     expect(page.locator("#target img")).to_have_attribute("src", re.compile(r"rocket"))
     page.locator("#random-seed").click()
     expect(page.locator("#seed input")).not_to_have_value("7")
-    assert int(page.locator("#seed input").input_value()) >= 0
+    seed = int(page.locator("#seed input").input_value())
+    assert seed >= 0
+    expect(readout).to_contain_text(f"seed {seed}")  # and the frame is rendered with it at once
+    expect(readout).not_to_contain_text("(preview)")
     assert not page.errors, page.errors
     page.close()
 
