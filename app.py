@@ -146,7 +146,10 @@ def checked_image(role: str, max_bytes: int, **kwargs) -> gr.Image:
             return None
         url = payload.url if isinstance(payload.url, str) and payload.url.startswith("data:") else None
         if url is None and not payload.path:
-            raise gr.Error(f"The {role} is missing: no file was sent.", print_exception=False)
+            problem = ("came as a web address in \"url\" alone: send {\"path\": URL} (gradio_client's "
+                       "handle_file(URL) does) or upload the file" if payload.url
+                       else "is missing: no file was sent")
+            raise gr.Error(f"The {role} {problem}.", print_exception=False)
         try:
             inline = ui.check_input_image(url, payload.path, role, max_bytes)
         except ui.RequestError as e:

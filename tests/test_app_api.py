@@ -607,6 +607,8 @@ def _uploaded(app, path: Path) -> dict:
     ({"path": "/etc/passwd"}, "a path on the server is not accepted"),
     ({"path": "http://127.0.0.1:9/cat.png"}, "could not be downloaded: its host cannot be reached"),
     ({"url": "data:image/png;base64,iVBORw0KGgo="}, "is truncated or corrupt"),
+    ({"url": "https://example.com/cat.png"}, 'came as a web address in "url" alone: send {"path": URL}'),
+    ({}, "The source image is missing: no file was sent."),
 ])
 def test_paths_and_urls_in_an_api_call_are_refused_in_plain_words(app, source, message):
     target = _uploaded(app, TARGET)
