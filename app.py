@@ -51,10 +51,25 @@ CHECK_QUEUE = "check"  # the pre-checks: header reads only, never a decode
 CSS = """
 #frame-out img { object-fit: contain; }
 #readout { min-height: 5em; }
-/* Phones: a gallery of two columns whose captions fit under each frame. */
+/* The keyframe strip: every keyframe whole, in up to 8 columns, the selected one outlined. */
+#keyframes .grid-container { grid-template-columns: repeat(8, minmax(0, 1fr)) !important; }
+#keyframes .thumbnail-item { aspect-ratio: 1 / 1; height: auto; }
+#keyframes .thumbnail-item img { object-fit: contain; }
+#keyframes .thumbnail-item.selected { outline: 4px solid var(--color-accent); outline-offset: -4px; }
+/* Frame galleries: as many columns as asked for however few frames there are (two frames
+   after a Stop stay frame-sized), no empty band below them, and captions that wrap instead
+   of hiding the conformity behind an ellipsis. */
+#gallery .grid-container { grid-template-columns: repeat(8, minmax(0, 1fr)) !important; }
+#path-gallery .grid-container { grid-template-columns: repeat(6, minmax(0, 1fr)) !important; }
+#gallery .grid-wrap.fixed-height, #path-gallery .grid-wrap.fixed-height { min-height: 0; }
+#gallery .caption-label, #path-gallery .caption-label {
+  white-space: normal; overflow-wrap: anywhere; max-width: 100%;
+}
+/* Phones: galleries of two columns. */
 @media (max-width: 640px) {
-  #gallery .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
-  #gallery .caption-label { white-space: normal; overflow-wrap: anywhere; max-width: 100%; }
+  #gallery .grid-container, #path-gallery .grid-container {
+    grid-template-columns: repeat(2, minmax(0, 1fr)) !important;
+  }
 }
 """
 
@@ -345,9 +360,10 @@ def _sequence_panel(config: ui.StudioConfig, c: SimpleNamespace) -> None:
             c.stop_button = gr.Button("Stop", variant="stop", scale=1, elem_id="stop-sequence")
         c.gallery = gr.Gallery(label="Frames", columns=8, height="auto", format="png", elem_id="gallery")
         with gr.Row():
-            c.plot = gr.Image(label="Conformity plot", type="filepath", interactive=False, height=360,
-                              elem_id="plot")
-            c.video = gr.Video(label="MP4 video", interactive=False, height=360, elem_id="video")
+            # The plot larger than the video: its labels must be readable.
+            c.plot = gr.Image(label="Conformity plot", type="filepath", interactive=False, height=560,
+                              scale=3, elem_id="plot")
+            c.video = gr.Video(label="MP4 video", interactive=False, height=560, scale=2, elem_id="video")
         with gr.Row():
             c.gif_file = gr.File(label="GIF", interactive=False, height=110, elem_id="gif")
             c.zip_file = gr.File(label="ZIP", interactive=False, height=110, elem_id="zip")
@@ -399,8 +415,9 @@ def _path_panel(config: ui.StudioConfig, c: SimpleNamespace, has_stats: bool) ->
                                     elem_id="path-gallery")
         with gr.Row():
             c.path_plot = gr.Image(label="Conformity along the path", type="filepath", interactive=False,
-                                   height=320, elem_id="path-plot")
-            c.path_video = gr.Video(label="MP4 video", interactive=False, height=320, elem_id="path-video")
+                                   height=560, scale=3, elem_id="path-plot")
+            c.path_video = gr.Video(label="MP4 video", interactive=False, height=560, scale=2,
+                                    elem_id="path-video")
         with gr.Row():
             c.path_gif = gr.File(label="GIF", interactive=False, height=110, elem_id="path-gif")
             c.path_zip = gr.File(label="ZIP", interactive=False, height=110, elem_id="path-zip")
