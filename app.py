@@ -289,12 +289,12 @@ def _input_column(pipe, c: SimpleNamespace) -> None:
                              info="preview: a fast low-resolution frame; full: the finished frame",
                              elem_id="quality")
         with gr.Row():
-            c.steps = gr.Slider(min_steps, 100, value=full.steps, step=1, label="steps (full frame)",
+            c.steps = gr.Slider(min_steps, 100, value=full.steps, step=1, label="steps",
                                 elem_id="steps")
             c.super_res_steps = gr.Slider(min_steps, 50, step=1, value=max(min_steps, full.super_res_steps),
                                           label="super-resolution steps", visible=is_karlo,
                                           elem_id="super_res_steps")
-            c.preview_steps = gr.Slider(min_steps, 50, value=preview.steps, step=1, label="steps (preview)",
+            c.preview_steps = gr.Slider(min_steps, 50, value=preview.steps, step=1, label="preview steps",
                                         elem_id="preview_steps")
         with gr.Row():
             c.guidance = gr.Slider(0, 20, value=full.guidance_scale, step=0.5,

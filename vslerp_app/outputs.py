@@ -213,7 +213,7 @@ def _value_ticks(ax, axis: str, values: list[float]) -> None:
     """Label a heat map's cells with their values (at most about 8 labels)."""
     step = max(1, math.ceil(len(values) / 8))
     idx = list(range(0, len(values), step))
-    labels = [f"{values[i]:.3g}" for i in idx]
+    labels = [f"{round(values[i], 2) + 0.0:g}" for i in idx]  # 2 decimals read at a glance (+0.0: no "-0")
     (ax.set_xticks if axis == "x" else ax.set_yticks)(idx, labels, fontsize=7)
 
 
