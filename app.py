@@ -251,6 +251,8 @@ def named_range(component, name: str):
     def preprocess(payload):
         if payload is None and isinstance(component, gr.Number):
             return stock(payload)  # an emptied box: the handler decides (a seed of None is refused)
+        if payload is None:  # a slider sent as null (raw HTTP): its default, as gradio_client sends
+            return stock(component.value)
         if (isinstance(payload, bool) or not isinstance(payload, (int, float)) or not math.isfinite(payload)
                 or (lo is not None and payload < lo) or (hi is not None and payload > hi)):
             raise gr.Error(f"{name} must be {allowed}, got {payload!r}.", print_exception=False)

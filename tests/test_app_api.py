@@ -617,6 +617,18 @@ def test_paths_and_urls_in_an_api_call_are_refused_in_plain_words(app, source, m
     assert event == "error" and message in data["error"], data
 
 
+def test_a_raw_http_call_may_leave_settings_out_as_null(app):
+    """null for a slider's parameter takes its default, as gradio_client fills it in."""
+    source, target = _uploaded(app, SOURCE), _uploaded(app, TARGET)
+    event, data = _call(app, "preview", [source, target, 0.5, 1.0, 42, "preview", None, None, None, None,
+                                         None, None])
+    assert event == "complete", data
+    readouts = data[1]
+    assert readouts["seed"] == 42 and readouts["preview"] is True
+    event, data = _call(app, "preview", [source, target, 0.5, 1.0, None, "preview"] + [None] * 6)
+    assert event == "error" and "seed is empty: type a whole number." in data["error"], data  # no default
+
+
 @pytest.mark.parametrize("keyframe, message", [
     ({"path": str(SOURCE)}, "a path on the server is not accepted"),
     ({"path": "http://127.0.0.1:9/cat.png"}, "The keyframe 2 could not be downloaded: its host cannot"),
