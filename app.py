@@ -45,31 +45,29 @@ logger = logging.getLogger("vslerp_studio")
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES_DIR = HERE / "examples"
+PATH_COLUMNS = 6  # a path frame's caption (1→2 θ α C) is longer than a sweep's and must fit
 GPU_QUEUE = "gpu"  # every event that runs the model shares this concurrency id: one GPU job at a time
 CHECK_QUEUE = "check"  # the pre-checks: header reads only, never a decode
 
 CSS = """
 #frame-out img { object-fit: contain; }
 #readout { min-height: 5em; }
-/* The keyframe strip: every keyframe whole, in up to 8 columns, the selected one outlined. */
-#keyframes .grid-container { grid-template-columns: repeat(8, minmax(0, 1fr)) !important; }
+/* The keyframe strip: every keyframe whole, the selected one outlined. */
 #keyframes .thumbnail-item { aspect-ratio: 1 / 1; height: auto; }
 #keyframes .thumbnail-item img { object-fit: contain; }
 #keyframes .thumbnail-item.selected { outline: 4px solid var(--color-accent); outline-offset: -4px; }
-/* Frame galleries: as many columns as asked for however few frames there are (two frames
-   after a Stop stay frame-sized), no empty band below them, and captions that wrap instead
-   of hiding the conformity behind an ellipsis. */
-#gallery .grid-container { grid-template-columns: repeat(8, minmax(0, 1fr)) !important; }
-#path-gallery .grid-container { grid-template-columns: repeat(6, minmax(0, 1fr)) !important; }
+/* Frame galleries (fit_columns=False keeps two frames after a Stop frame-sized): no empty
+   band below them, and captions that wrap instead of hiding the conformity behind "...". */
 #gallery .grid-wrap.fixed-height, #path-gallery .grid-wrap.fixed-height { min-height: 0; }
 #gallery .caption-label, #path-gallery .caption-label {
   white-space: normal; overflow-wrap: anywhere; max-width: 100%;
 }
-/* Phones: galleries of two columns. */
+/* Phones: frame galleries of two columns, the keyframe strip of four. */
 @media (max-width: 640px) {
   #gallery .grid-container, #path-gallery .grid-container {
     grid-template-columns: repeat(2, minmax(0, 1fr)) !important;
   }
+  #keyframes .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
 }
 """
 
@@ -240,7 +238,8 @@ def named_range(component, name: str):
 
     Gradio's own check says only "Value 1.5 is greater than maximum value 1." and lets NaN
     and missing values through to a bare error; here the instance's preprocess is wrapped,
-    as in checked_image.
+    as in checked_image. An emptied number box arrives as None for its handler to judge; a
+    slider sent as null (raw HTTP) takes its default, as gradio_client fills it in.
     """
     stock = component.preprocess
     lo, hi = component.minimum, component.maximum
@@ -252,7 +251,7 @@ def named_range(component, name: str):
         if payload is None and isinstance(component, gr.Number):
             return stock(payload)  # an emptied box: the handler decides (a seed of None is refused)
         if payload is None:  # a slider sent as null (raw HTTP): its default, as gradio_client sends
-            return stock(component.value)
+            payload = component.value
         if (isinstance(payload, bool) or not isinstance(payload, (int, float)) or not math.isfinite(payload)
                 or (lo is not None and payload < lo) or (hi is not None and payload > hi)):
             raise gr.Error(f"{name} must be {allowed}, got {payload!r}.", print_exception=False)
@@ -351,16 +350,16 @@ def _sequence_panel(config: ui.StudioConfig, c: SimpleNamespace) -> None:
             c.theta_start = gr.Number(0.0, label="theta from", minimum=0, maximum=1, elem_id="theta_start")
             c.theta_stop = gr.Number(1.0, label="theta to", minimum=0, maximum=1, elem_id="theta_stop")
             c.theta_frames = gr.Slider(1, 32, value=8, step=1, label="theta frames", elem_id="theta_frames")
-            c.alpha_start = gr.Number(-1.0, label="alpha from", minimum=ui.STUDIO_ALPHA_RANGE[0],
-                                      maximum=ui.STUDIO_ALPHA_RANGE[1], elem_id="alpha_start")
-            c.alpha_stop = gr.Number(2.0, label="alpha to", minimum=ui.STUDIO_ALPHA_RANGE[0],
-                                     maximum=ui.STUDIO_ALPHA_RANGE[1], elem_id="alpha_stop")
+            # No bounds here: a theta sweep leaves them unused; the request checks them by name.
+            c.alpha_start = gr.Number(-1.0, label="alpha from", elem_id="alpha_start")
+            c.alpha_stop = gr.Number(2.0, label="alpha to", elem_id="alpha_stop")
             c.alpha_frames = gr.Slider(1, 32, value=6, step=1, label="alpha frames", elem_id="alpha_frames")
         with gr.Row():
             c.sequence_button = gr.Button("Render sequence", variant="primary", scale=3,
                                           elem_id="run-sequence")
             c.stop_button = gr.Button("Stop", variant="stop", scale=1, elem_id="stop-sequence")
-        c.gallery = gr.Gallery(label="Frames", columns=8, height="auto", format="png", elem_id="gallery")
+        c.gallery = gr.Gallery(label="Frames", columns=8, fit_columns=False, height="auto", format="png",
+                               elem_id="gallery")
         with gr.Row():
             # The plot larger than the video: its labels must be readable.
             c.plot = gr.Image(label="Conformity plot", type="filepath", interactive=False, height=560,
@@ -389,7 +388,8 @@ def _path_panel(config: ui.StudioConfig, c: SimpleNamespace, has_stats: bool) ->
                 c.add_target_button = gr.Button("+ target image", size="sm", elem_id="add-target")
                 c.add_frame_button = gr.Button("+ current frame", size="sm", elem_id="add-frame")
         c.keyframes = gr.Gallery(label=f"Keyframes, in order (up to {ui.MAX_KEYFRAMES}): click one to move "
-                                 "or remove it", columns=ui.MAX_KEYFRAMES, height=190, allow_preview=False,
+                                 "or remove it", columns=ui.MAX_KEYFRAMES, fit_columns=False, height="auto",
+                                 allow_preview=False,
                                  interactive=False, type="filepath", elem_id="keyframes")
         c.keyframe_selected = gr.State(None)
         with gr.Row():
@@ -398,7 +398,8 @@ def _path_panel(config: ui.StudioConfig, c: SimpleNamespace, has_stats: bool) ->
             c.remove_button = gr.Button("remove", size="sm", elem_id="keyframe-remove")
             c.clear_button = gr.Button("clear", size="sm", elem_id="keyframe-clear")
         with gr.Row():
-            c.path_frames = gr.Slider(2, config.max_sequence_frames, value=17, step=1, label="path frames",
+            c.path_frames = gr.Slider(2, config.max_sequence_frames, step=1, label="path frames",
+                                      value=min(17, config.max_sequence_frames),
                                       info="open: both ends included; loop: the first frame is not repeated",
                                       elem_id="path_frames")
             c.path_alpha = gr.Textbox("1" if has_stats else "0", label="alpha", max_lines=1,
@@ -412,9 +413,8 @@ def _path_panel(config: ui.StudioConfig, c: SimpleNamespace, has_stats: bool) ->
         with gr.Row():
             c.path_button = gr.Button("Render path", variant="primary", scale=3, elem_id="run-path")
             c.path_stop_button = gr.Button("Stop", variant="stop", scale=1, elem_id="stop-path")
-        # 6 columns: a segment's caption (1→2 θ α C) is longer than a sweep's and must fit.
-        c.path_gallery = gr.Gallery(label="Path frames", columns=6, height="auto", format="png",
-                                    elem_id="path-gallery")
+        c.path_gallery = gr.Gallery(label="Path frames", columns=PATH_COLUMNS, fit_columns=False,
+                                    height="auto", format="png", elem_id="path-gallery")
         with gr.Row():
             c.path_plot = gr.Image(label="Conformity along the path", type="filepath", interactive=False,
                                    height=560, scale=3, elem_id="path-plot")
@@ -525,8 +525,7 @@ def _sequence_handlers(studio: ui.Studio) -> dict:
     def render_sweep_page(*inputs):
         """The page's sequence: as /sequence, with one readout "frame k of N" in the gallery's label."""
         *request, session = inputs
-        sweep, theta_frames, alpha_frames = request[2], request[7], request[10]
-        columns = _gallery_columns(sweep, theta_frames, alpha_frames)
+        columns = _gallery_columns(request[2], request[10])  # sweep, alpha_frames
         for (gallery, *files, entries), update in updates(request, session):
             yield (gr.Gallery(gallery, label=f"Frames: {update.status}", columns=columns), *files, entries)
 
@@ -565,9 +564,8 @@ def _path_handlers(studio: ui.Studio) -> dict:
 
     def render_path_page(strip, *request):
         """The page's path: as /path from the strip, with "frame k of N" in the gallery's label."""
-        columns = min(8, int(request[0]))
         for (gallery, *files), update in updates(ui.strip_paths(strip), request):
-            yield gr.Gallery(gallery, label=f"Path frames: {update.status}", columns=columns), *files
+            yield gr.Gallery(gallery, label=f"Path frames: {update.status}", columns=PATH_COLUMNS), *files
 
     return {"check_path": check_path, "render_path": render_path, "render_path_page": render_path_page}
 
@@ -640,11 +638,9 @@ def _frame_as_source(frame):
     return frame
 
 
-def _gallery_columns(sweep, theta_frames, alpha_frames) -> int:
-    """A grid shows one theta per row; a sweep up to 8 frames a row."""
-    if sweep == "grid":
-        return int(alpha_frames)
-    return min(8, int(theta_frames if sweep == "theta" else alpha_frames))
+def _gallery_columns(sweep, alpha_frames) -> int:
+    """A grid shows one theta per row; a sweep 8 frames a row (fewer frames keep their size)."""
+    return int(alpha_frames) if sweep == "grid" else 8
 
 
 def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
@@ -662,9 +658,12 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
     gpu = {"concurrency_id": GPU_QUEUE}
 
     for box, role in ((c.source, "source image"), (c.target, "target image")):
-        refused = box.upload(functools.partial(h.check_upload, role=role), box, None, concurrency_limit=1,
-                             concurrency_id="check-upload", show_progress="minimal", **private)
-        refused.failure(_cleared, None, box, queue=False, **private)  # the message stays; the box empties
+        checked_upload = box.upload(functools.partial(h.check_upload, role=role), box, None,
+                                    concurrency_limit=1, concurrency_id="check-upload",
+                                    show_progress="minimal", **private)
+        # The message stays; the box empties. (A refusal by the queue itself, or a second image
+        # dropped before the first one's check ran, is cleared too: the user uploads again.)
+        checked_upload.failure(_cleared, None, box, queue=False, **private)
     checked = c.generate_button.click(h.check_frame, frame_inputs, None, **check)
     checked.success(None, js=SCROLL_TO_FRAME, **private)
     checked.success(h.render_frame, [*frame_inputs, session, c.api_target_conformity], frame_outputs,
@@ -680,9 +679,10 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
     example.success(h.slider_full, slider_inputs, frame_outputs, show_progress="minimal", **gpu, **private)
     c.swap_button.click(_swap_inputs, [c.source, c.target, session], [c.source, c.target, session], **check)
     # New seed: another noise path, rendered at once like a slider (nothing happens without images).
+    # always_last: clicks faster than the preview end on the last seed's frame, as slider drags do.
     reseeded = c.random_seed_button.click(lambda: random.randrange(2**32), None, c.seed, queue=False,
                                           **private).then(h.slider_preview, slider_inputs, frame_outputs,
-                                                          **gpu, **private)
+                                                          trigger_mode="always_last", **gpu, **private)
     reseeded.success(h.slider_full, slider_inputs, frame_outputs, show_progress="minimal", **gpu, **private)
     c.use_frame_button.click(_frame_as_source, c.frame, c.source, **check)
     c.readouts.change(lambda r: ui.readouts_markdown(r, studio.pipe.stats_note), c.readouts, c.readout,
@@ -706,10 +706,10 @@ def _wire_path(h: SimpleNamespace, c: SimpleNamespace, settings: list, check: di
     """The keyframe strip's buttons, the page's path render with Stop, and the API's /path."""
     private = {"api_visibility": "private"}
     strip, selected = c.keyframes, c.keyframe_selected
-    refused = c.keyframe_add.upload(h.add_upload, [strip, c.keyframe_add], [strip, c.keyframe_add],
+    checked_upload = c.keyframe_add.upload(h.add_upload, [strip, c.keyframe_add], [strip, c.keyframe_add],
                                     concurrency_limit=1, concurrency_id="check-upload",
                                     show_progress="minimal", **private)
-    refused.failure(_cleared, None, c.keyframe_add, queue=False, **private)
+    checked_upload.failure(_cleared, None, c.keyframe_add, queue=False, **private)
     for button, add, image in ((c.add_source_button, h.add_source, c.source),
                                (c.add_target_button, h.add_target, c.target),
                                (c.add_frame_button, h.add_frame, c.frame)):

@@ -205,6 +205,14 @@ def test_grid_sequence_at_preview_quality(client):
         assert im.n_frames == 4
 
 
+def test_a_theta_sweep_leaves_the_alpha_sweeps_ends_unchecked(client):
+    """The alpha boxes of a theta sweep are not used, so their values cannot refuse it."""
+    gallery, *_ = client.predict(source=handle_file(SOURCE), target=handle_file(TARGET), sweep="theta",
+                                 theta_frames=2, alpha_start=-5.0, alpha_stop=9.0, quality="preview",
+                                 api_name="/sequence", **FAST)
+    assert [g["caption"].split()[:2] for g in gallery] == [["θ=0.00", "α=1.00"], ["θ=1.00", "α=1.00"]]
+
+
 # -- failures: plain messages, and the app keeps serving --------------------------------------
 def _broken_files(tmp_path: Path) -> dict[str, Path]:
     text = tmp_path / "notes.png"
@@ -255,7 +263,7 @@ def test_bad_values_are_refused_with_a_plain_message(client, kwargs, message):
     ({"theta_stop": 2.0}, "theta_stop must be between 0 and 1, got 2.0."),
     ({"alpha_frames": 0, "sweep": "alpha"}, "alpha_frames must be between 1 and 32, got 0."),
     ({"fps": 60}, "fps must be between 0.5 and 30, got 60."),
-    ({"alpha_stop": 9.0, "sweep": "alpha"}, "alpha_stop must be between -3 and 3, got 9.0."),
+    ({"alpha_stop": 9.0, "sweep": "alpha"}, "alpha_stop must be between -3 and 3 here, got 9 "),
 ])
 def test_bad_sequence_values_name_the_parameter(client, kwargs, message):
     with pytest.raises(AppError) as err:
@@ -454,6 +462,7 @@ def test_an_open_path_with_angle_spacing_and_ease(client):
     ({"frames": 2}, "needs at least 3 frames"),
     ({"alpha": "0, 1"}, "alpha has 2 values for a path of 3 segments"),
     ({"alpha": "strong"}, "alpha"),
+    ({"alpha": " "}, "alpha is empty: type one value for every segment, or one per segment"),
     ({"alpha": "0, 9, 1"}, "alpha must be between -3 and 3 here, got 9"),  # the slider's range, as everywhere
     ({"seed": -1}, "seed must be at least 0, got -1"),
 ])

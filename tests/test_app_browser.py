@@ -68,6 +68,12 @@ def _set_number(page, elem_id: str, value) -> None:
     box.blur()
 
 
+def _gallery_columns(page, elem_id: str) -> int:
+    """How many columns the gallery shows (its grid's computed columns)."""
+    grid = page.locator(f"#{elem_id} .grid-container")
+    return grid.evaluate("e => getComputedStyle(e).gridTemplateColumns.trim().split(/\\s+/).length")
+
+
 def _drag_slider(page, elem_id: str, fraction: float) -> None:
     """Press, drag and release the mouse on a slider, as a person does (fires `release`)."""
     rng = page.locator(f"#{elem_id} input[type=range]")
@@ -168,6 +174,14 @@ def test_upload_slide_generate_sequence_and_download_the_gif(app, browser, tmp_p
         assert im.format == "GIF" and im.n_frames == 3
     expect(page.locator("#plot img")).to_have_count(1)
     expect(page.locator("#zip a").first).to_have_attribute("download", "sequence.zip")
+    assert _gallery_columns(page, "gallery") == 8  # 3 frames keep a frame's size, not a third of the page
+    page.get_by_text("grid (a row per theta, a column per alpha)").click()  # 2 thetas x 3 alphas
+    _set_number(page, "theta_frames", 2)
+    _set_number(page, "alpha_frames", 3)
+    page.locator("#run-sequence").click()
+    expect(page.locator("#gallery")).to_contain_text("Frames: all 6")
+    assert _gallery_columns(page, "gallery") == 3  # a row per theta
+    page.get_by_text("theta sweep (alpha fixed)").click()
     assert not (app.work / "vslerp-studio").is_dir() or not any((app.work / "vslerp-studio").iterdir())
 
     page.screenshot(path=str(ARTIFACTS / "app-browser.png"), full_page=True)
@@ -195,7 +209,8 @@ def test_upload_slide_generate_sequence_and_download_the_gif(app, browser, tmp_p
 
 
 def test_every_refusal_is_on_the_page(app, browser, tmp_path):
-    """Each button and slider that can be refused shows the refusal's text on the page."""
+    """Each button that can be refused shows the refusal's text on the page, and a refused
+    upload is not kept in its box."""
     page = _open(browser, app)
     page.locator("#generate").click()
     _refusal_shown(page, "Add a source image first (upload, paste or webcam), or click an example.")

@@ -260,6 +260,8 @@ def test_out_of_memory_splits_the_batch_and_goes_on(dirs, images, pipes):
     (dict(thetas=0.5, alphas=25.0), r"alpha must be in \[-10, 10\], got 25.0"),
     (dict(thetas=[0.1, 0.2], alphas=[0.0, 1.0, 2.0]), "equal length"),
     (dict(thetas=[], alphas=0.0), "thetas is empty"),
+    (dict(thetas=[0.5, "x"], alphas=0.0), "bad thetas: expected a number, a SPEC string or a list"),
+    (dict(thetas="0:1:x", alphas=0.0), "not a whole number"),
     (dict(thetas=0.5, alphas=0.0, seed=-1), "seed must be a whole number"),
     (dict(thetas=0.5, alphas=0.0, steps=0), r"steps must be in \[1, 1000\], got 0"),
     (dict(thetas=0.5, alphas=0.0, guidance_scale=-1.0), "guidance_scale"),
@@ -267,6 +269,17 @@ def test_out_of_memory_splits_the_batch_and_goes_on(dirs, images, pipes):
 def test_bad_arguments_are_refused_echoing_the_value(pipes, images, kwargs, message):
     with pytest.raises(ValueError, match=message):
         pipes["karlo"].generate(*images, **kwargs)
+
+
+def test_thetas_and_alphas_may_be_spec_strings_numpy_scalars_or_arrays():
+    """As `render_sequence` takes them: a SPEC string is parsed, never read character by character."""
+    from vslerp_app.engine import pair_up
+
+    assert pair_up("10", 1) == [(10.0, 1.0)]  # one value (its range is checked later), not "1", "0"
+    assert pair_up("0:1:3", "1") == [(0.0, 1.0), (0.5, 1.0), (1.0, 1.0)]
+    assert pair_up("0.5", "-1,0,1") == [(0.5, -1.0), (0.5, 0.0), (0.5, 1.0)]
+    assert pair_up(np.float32(0.5), np.array([0.0, 2.0])) == [(0.5, 0.0), (0.5, 2.0)]
+    assert pair_up(torch.tensor(0.25), [1, 2]) == [(0.25, 1.0), (0.25, 2.0)]
 
 
 def test_inputs_of_every_kind_are_normalised_or_refused(pipes, tmp_path):

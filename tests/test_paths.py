@@ -274,6 +274,9 @@ def test_keyframe_refusals(pipe, keyframes):
     broken = a.parent / "broken.png"
     with pytest.raises(SpecError, match="at least 2 keyframes, got 1"):
         pipe.generate_path([a], frames=3)
+    for one in (a, str(a), Image.open(a), pipe.encode(a)):  # one keyframe alone is not split up
+        with pytest.raises(SpecError, match="images must be a list of 2 or more keyframes"):
+            pipe.generate_path(one, frames=3)
     with pytest.raises(SpecError, match=r"keyframe 2 of 3: 'broken.png' is (truncated|not an image)"):
         pipe.generate_path([a, broken, c], frames=3)
     with pytest.raises(SpecError, match="keyframe 3 of 3: 'missing.png' does not exist"):

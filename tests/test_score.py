@@ -156,6 +156,17 @@ def test_ks_and_wasserstein_on_known_samples():
     assert wasserstein_1(a, b) == pytest.approx(scipy_stats.wasserstein_distance(a, b), rel=1e-9)
 
 
+def test_one_folder_may_be_given_alone_and_a_missing_one_writes_nothing(pipe, folders, tmp_path):
+    report = score_folders(pipe.encoder, pipe.stats, str(folders[1]), tmp_path / "one")  # not split up
+    assert {r["folder"] for r in json.loads((tmp_path / "one" / "scores.json").read_text())["rows"]} == {
+        str(folders[1])}
+    assert report is not None
+    with pytest.raises(StatsError, match="no-such-folder: not a directory of images"):
+        score_folders(pipe.encoder, pipe.stats, [str(folders[0]), str(tmp_path / "no-such-folder")],
+                      tmp_path / "none")
+    assert not (tmp_path / "none").exists()
+
+
 @pytest.mark.parametrize("n", [1, 4, 5, 12, 40])
 def test_the_contact_sheets_rows_never_show_an_image_twice(n):
     rows = [{"file": f"{k}.png", "conformity": float(v)}

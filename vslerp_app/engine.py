@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
+import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -212,27 +214,43 @@ def aim_alpha(curve: Callable[[torch.Tensor], torch.Tensor], wanted: float,
     return alpha, achieved, abs(achieved - wanted) <= _AIM_TOUCH
 
 
-def _as_list(values, name: str) -> list[float] | None:
-    """A scalar -> None (broadcast later); a sequence or 1-D tensor -> list of floats."""
-    if isinstance(values, (int, float)) or (isinstance(values, torch.Tensor) and values.ndim == 0):
-        return None
-    if isinstance(values, torch.Tensor):
+def _values(values, name: str) -> float | list[float]:
+    """A scalar (a number, a 0-d array or tensor, a one-value SPEC) -> float; a SPEC string
+    ("0:1:9", "0,0.5,1", as `render_sequence` takes), a sequence or a 1-D array -> floats."""
+    if isinstance(values, str):
+        parsed = specs.as_values(values, name)
+        return parsed[0] if len(parsed) == 1 else parsed
+    if isinstance(values, numbers.Real) or getattr(values, "ndim", None) == 0:
+        return float(values)
+    if hasattr(values, "tolist"):  # numpy arrays, torch tensors
         values = values.tolist()
-    values = list(values)
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise specs.SpecError(f"bad {name}: expected a number, a SPEC string or a list of numbers, "
+                              f"got {values!r}") from None
     if not values:
         raise specs.SpecError(f"{name} is empty")
-    return [float(v) for v in values]
+    return values
+
+
+def _keyframe_list(images) -> list:
+    """The keyframes as a list; one path, image or embedding alone is refused, not split up."""
+    if isinstance(images, (str, bytes, os.PathLike, PIL.Image.Image)) or getattr(images, "ndim", 2) < 2:
+        raise specs.SpecError(f"images must be a list of 2 or more keyframes (paths, images or embeddings), "
+                              f"not one {type(images).__name__}")
+    return list(images)
 
 
 def pair_up(thetas, alphas) -> list[tuple[float, float]]:
     """(theta, alpha) per frame: equal-length sequences, or one of them a scalar."""
-    t_list, a_list = _as_list(thetas, "thetas"), _as_list(alphas, "alphas")
-    if t_list is None and a_list is None:
-        return [(float(thetas), float(alphas))]
-    if t_list is None:
-        t_list = [float(thetas)] * len(a_list)
-    if a_list is None:
-        a_list = [float(alphas)] * len(t_list)
+    t_list, a_list = _values(thetas, "thetas"), _values(alphas, "alphas")
+    if isinstance(t_list, float) and isinstance(a_list, float):
+        return [(t_list, a_list)]
+    if isinstance(t_list, float):
+        t_list = [t_list] * len(a_list)
+    if isinstance(a_list, float):
+        a_list = [a_list] * len(t_list)
     if len(t_list) != len(a_list):
         raise specs.SpecError(f"thetas ({len(t_list)} values) and alphas ({len(a_list)} values) "
                               "must have equal length, or one of them be a scalar")
@@ -498,7 +516,7 @@ class VSLERPPipeline:
     # -- paths through keyframes ---------------------------------------------------------
     def encode_keyframes(self, images) -> torch.Tensor:
         """Raw embeddings (K, d) of 2+ keyframes; one that cannot be used is named by its position."""
-        images = list(images)
+        images = _keyframe_list(images)
         if len(images) < paths.MIN_KEYFRAMES:
             raise specs.SpecError(f"a path needs at least {paths.MIN_KEYFRAMES} keyframes, got {len(images)}")
         vectors = []
@@ -517,7 +535,7 @@ class VSLERPPipeline:
         its vSLERP arc, which spacing="angle" allots the frames by. Arguments as in
         `generate_path`.
         """
-        images = list(images)
+        images = _keyframe_list(images)
         segments = paths.segment_count(len(images), loop)
         frames = paths.default_frames(len(images), loop) if frames is None else frames
         paths.check_path(len(images), frames, loop, spacing)
@@ -595,6 +613,6 @@ class VSLERPPipeline:
             One `Frame` per path frame, in order; theta and alpha are the segment's local
             theta and its alpha, and `segment` and `keyframe` say where the frame sits.
         """
-        images = list(images)
+        images = _keyframe_list(images)
         plan = self.plan_path(images, frames, alphas, loop=loop, spacing=spacing, ease=ease)
         return self.generate_path_points(images, plan.points, seed, **options)

@@ -214,6 +214,8 @@ def _value_ticks(ax, axis: str, values: list[float]) -> None:
     step = max(1, math.ceil(len(values) / 8))
     idx = list(range(0, len(values), step))
     labels = [f"{round(values[i], 2) + 0.0:g}" for i in idx]  # 2 decimals read at a glance (+0.0: no "-0")
+    if len(set(labels)) < len(labels):  # a narrow range: as many digits as tell the cells apart
+        labels = [f"{values[i]:.4g}" for i in idx]
     (ax.set_xticks if axis == "x" else ax.set_yticks)(idx, labels, fontsize=7)
 
 

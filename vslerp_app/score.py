@@ -52,7 +52,7 @@ from vslerp_app.images import ImageInputError, load_image
 from vslerp_app.outputs import label_font
 from vslerp_app.stats import ModalityStats, StatsError
 
-__all__ = ["SCORE_FORMAT", "ScoreReport", "ks_statistic", "score_folders", "wasserstein_1"]
+__all__ = ["SCORE_FORMAT", "ScoreReport", "extremes", "ks_statistic", "score_folders", "wasserstein_1"]
 
 logger = logging.getLogger(__name__)
 
@@ -433,9 +433,14 @@ def score_folders(encoder, stats: ModalityStats, folders: Sequence[str | os.Path
         batch_size: images encoded at once.
         sheet_count: images in each half of a folder's contact sheet.
     """
+    if isinstance(folders, (str, os.PathLike)):
+        folders = [folders]  # one folder
     folders = [str(f) for f in folders]
     if not folders:
         raise StatsError("no folder to score: give --images DIR at least once")
+    for folder in folders:  # before anything is written
+        if not Path(folder).is_dir():
+            raise StatsError(f"{folder}: not a directory of images")
     if len(set(folders)) != len(folders):
         raise StatsError(f"a folder is given twice: {', '.join(folders)}")
     stats.validate(getattr(encoder, "dim", None), "stats")

@@ -302,13 +302,13 @@ def _as_int(value, name: str) -> int:
     return int(f)
 
 
-def _check_studio_alphas(alphas) -> None:
+def _check_studio_alphas(alphas, name: str = "alpha") -> None:
     """Every alpha in the studio's range, the alpha slider's: one rule for frames, sweeps and paths."""
     lo, hi = STUDIO_ALPHA_RANGE
     for a in alphas:
         if math.isfinite(a) and not lo <= a <= hi:
-            raise RequestError(f"alpha must be between {lo:g} and {hi:g} here, got {a:g} "
-                               f"(`vslerp render` takes up to ±{ALPHA_LIMIT:g}).")
+            raise RequestError(f"{name} must be between {lo:g} and {hi:g} here, got {a:.10g} "
+                               f"(the vslerp render command takes up to ±{ALPHA_LIMIT:g}).")
 
 
 # -- sweeps ----------------------------------------------------------------------------
@@ -479,9 +479,8 @@ def wanted_conformity(pipe, value) -> float | None:
     wanted = _float(value, "target_conformity")
     if not math.isfinite(wanted):
         raise RequestError(f"target_conformity must be a finite number, got {value!r}")
-    if not -1 <= wanted <= 1:  # a cosine (Eq. 10, 11)
-        raise RequestError(f"target_conformity must be between -1 and 1 (a conformity is a cosine), "
-                           f"got {value!r}")
+    if not -1 <= wanted <= 1:  # conformity (Eq. 10) and the cosine to the mean lie in [-1, 1]
+        raise RequestError(f"target_conformity must be between -1 and 1, got {wanted:g}.")
     if pipe.stats is None:
         raise RequestError(f"aiming at a conformity needs image statistics for this model, and there are "
                            f"none ({pipe.stats_note}); leave target_conformity empty")
@@ -646,8 +645,10 @@ def _flag(value, name: str) -> bool:
 
 def _alpha_spec(value):
     """A path's alpha: a number, or text with one value or one per segment ("0, 1, 2")."""
+    if _empty(value):
+        raise RequestError("alpha is empty: type one value for every segment, or one per segment (0, 1, 2).")
     if isinstance(value, str):
-        return value.replace(" ", "") or "0"
+        return value.replace(" ", "")
     return _float(value, "alpha")
 
 
@@ -792,6 +793,9 @@ class Studio:
         if wanted is not None and sweep != "theta":
             raise RequestError(f"target_conformity sets each frame's alpha, so it goes with sweep='theta', "
                                f"not {sweep!r}")
+        if sweep != "theta":  # the alpha sweep's ends, by name (a theta sweep leaves them unused)
+            for value, name in ((alpha_start, "alpha_start"), (alpha_stop, "alpha_stop")):
+                _check_studio_alphas([_float(value, name)], name)
         thetas, alphas, grid = sweep_values(
             sweep, _float(theta, "theta"), 0.0 if wanted is not None else _float(alpha, "alpha"),
             _float(theta_start, "theta_start"), _float(theta_stop, "theta_stop"), theta_frames,
