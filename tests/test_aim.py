@@ -182,6 +182,9 @@ def test_render_sequence_aims_each_frame_and_the_manifest_says_wanted_and_achiev
     with pytest.raises(SpecError, match="not --grid"):
         render_sequence(pipe, SOURCE, TARGET, thetas, None, 5, tmp_path / "x", conformity=0.8, grid=True,
                         **FAST)
+    with pytest.raises(SpecError, match=r"theta has 3 values and conformity 2: .* one side$"):
+        render_sequence(pipe, SOURCE, TARGET, [0.0, 0.5, 1.0], None, 5, tmp_path / "x", conformity=[0.7, 0.8],
+                        **FAST)
 
 
 def vslerp(*args):

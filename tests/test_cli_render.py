@@ -315,3 +315,15 @@ def test_offload_without_a_gpu_says_it_is_ignored_and_renders(karlo_dir, inputs,
     assert "offload applies to CUDA devices only" in proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["pipeline"]["offload"] is False and len(manifest["frames"]) == 2
+
+
+def test_super_res_steps_on_stable_unclip_is_said_to_be_ignored(inputs, tmp_path):
+    from vslerp_app.fixtures import write_fixture
+
+    model = write_fixture("stable-unclip", tmp_path / "tiny-stable")
+    out = tmp_path / "stable"
+    proc = _run(_cmd("--model", model, "--source", inputs / "a.png", "--target", inputs / "b.png",
+                     "--out", out, "--theta", "0.5", "--steps", "2", "--super-res-steps", "3"))
+    assert proc.returncode == 0, proc.stderr
+    assert "--super-res-steps is Karlo's; stable-unclip has no super-resolution stage" in proc.stderr
+    assert json.loads((out / "manifest.json").read_text())["frames"][0]["file"]

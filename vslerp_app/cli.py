@@ -191,7 +191,11 @@ def _load_for_render(args):
     from vslerp_app.render import prepare_output
 
     prepare_output(Path(args.out))
-    return load_pipeline(args.model, device=args.device, max_batch=args.max_batch or 8, **_load_kwargs(args))
+    pipe = load_pipeline(args.model, device=args.device, max_batch=args.max_batch or 8, **_load_kwargs(args))
+    if args.super_res_steps is not None and pipe.kind != "karlo":
+        print(f"vslerp render: warning: --super-res-steps is Karlo's; {pipe.kind} has no super-resolution "
+              "stage, so it is ignored", file=sys.stderr)
+    return pipe
 
 
 def _render_one(args) -> dict:

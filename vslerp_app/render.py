@@ -168,7 +168,7 @@ def _aimed_plan(pipe, source, target, thetas, alphas, seed, grid, max_batch, sam
     """The plan of a render whose alphas are chosen for wanted conformities (one per theta)."""
     wanted = check_conformity_request(alphas, conformity, grid)
     plan = _plan(pipe, source, target, thetas, 0.0, seed, False, max_batch, sampling)
-    targets = combine(plan.thetas, wanted, False)
+    targets = combine(plan.thetas, wanted, False, other="conformity")
     (src, _), (tgt, _) = plan.inputs["source"], plan.inputs["target"]
     aims = pipe.alphas_for_conformity(src, tgt, [t for t, _ in targets], [c for _, c in targets])
     plan.pairs = [(a.theta, a.alpha) for a in aims]

@@ -118,15 +118,16 @@ def as_values(values, name: str) -> list[float]:
 
 
 def combine(thetas: Sequence[float], alphas: Sequence[float],
-            grid: bool = False) -> list[tuple[float, float]]:
+            grid: bool = False, other: str = "alpha") -> list[tuple[float, float]]:
     """(theta, alpha) per frame.
 
     Sweep: equal lengths pair up element-wise, or a single value is broadcast against the
-    other list. Grid: every theta with every alpha, theta major.
+    other list. Grid: every theta with every alpha, theta major. ``other`` names the second
+    list in errors ("conformity" when the alphas are aimed at conformities).
     """
     thetas, alphas = list(thetas), list(alphas)
     if not thetas or not alphas:
-        raise SpecError("theta and alpha need at least one value each")
+        raise SpecError(f"theta and {other} need at least one value each")
     if grid:
         return [(t, a) for t in thetas for a in alphas]
     if len(thetas) == 1:
@@ -134,8 +135,9 @@ def combine(thetas: Sequence[float], alphas: Sequence[float],
     if len(alphas) == 1:
         alphas = alphas * len(thetas)
     if len(thetas) != len(alphas):
-        raise SpecError(f"theta has {len(thetas)} values and alpha {len(alphas)}: a sweep needs "
-                        "equal lengths or a single value on one side (or use --grid)")
+        raise SpecError(f"theta has {len(thetas)} values and {other} {len(alphas)}: a sweep needs "
+                        "equal lengths or a single value on one side"
+                        + (" (or use --grid)" if other == "alpha" else ""))
     return list(zip(thetas, alphas, strict=True))
 
 
