@@ -414,7 +414,8 @@ def _run(cmd, timeout=300) -> subprocess.CompletedProcess:
     (["--keyframes", "a.png", "b.png", "--alpha", "0,1"], "alpha has 2 values for a path of 1 segment:"),
     (["--keyframes", "a.png", "b.png", "--source", "a.png"], "drop --source"),
     (["--keyframes", "a.png", "b.png", "--grid"], "drop --grid"),
-    (["--source", "a.png", "--target", "b.png", "--theta", "0", "--loop"], "--loop shape a path"),
+    (["--source", "a.png", "--target", "b.png", "--theta", "0", "--loop"], "--loop shapes a path"),
+    (["--source", "a.png", "--target", "b.png", "--theta", "0", "--loop", "--ease"], "--ease shape a path"),
 ])
 def test_cli_refusals_are_one_line(karlo_dir, keyframes, tmp_path, args, words):
     folder = keyframes[0].parent

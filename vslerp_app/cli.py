@@ -239,7 +239,8 @@ def _check_path_options(args) -> None:
         if given and args.jobs is not None:
             raise CLIError(f"--jobs takes the path options from the jobs file; drop {', '.join(given)}")
         if given:
-            raise CLIError(f"{', '.join(given)} shape a path: give --keyframes A B ... too")
+            verb = "shapes" if len(given) == 1 else "shape"
+            raise CLIError(f"{', '.join(given)} {verb} a path: give --keyframes A B ... too")
         return
     given = [f"--{k}" for k in ("source", "target", "theta", "conformity", "jobs")
              if getattr(args, k) is not None]

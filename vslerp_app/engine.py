@@ -242,6 +242,10 @@ def _keyframe_list(images) -> list:
     return list(images)
 
 
+def _count(values: list) -> str:
+    return f"{len(values)} value{'' if len(values) == 1 else 's'}"
+
+
 def pair_up(thetas, alphas) -> list[tuple[float, float]]:
     """(theta, alpha) per frame: equal-length sequences, or one of them a scalar."""
     t_list, a_list = _values(thetas, "thetas"), _values(alphas, "alphas")
@@ -252,7 +256,7 @@ def pair_up(thetas, alphas) -> list[tuple[float, float]]:
     if isinstance(a_list, float):
         a_list = [a_list] * len(t_list)
     if len(t_list) != len(a_list):
-        raise specs.SpecError(f"thetas ({len(t_list)} values) and alphas ({len(a_list)} values) "
+        raise specs.SpecError(f"thetas ({_count(t_list)}) and alphas ({_count(a_list)}) "
                               "must have equal length, or one of them be a scalar")
     return list(zip(t_list, a_list, strict=True))
 
