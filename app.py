@@ -657,13 +657,7 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
     check = {"concurrency_id": CHECK_QUEUE, "concurrency_limit": 2, "show_progress": "hidden", **private}
     gpu = {"concurrency_id": GPU_QUEUE}
 
-    for box, role in ((c.source, "source image"), (c.target, "target image")):
-        checked_upload = box.upload(functools.partial(h.check_upload, role=role), box, None,
-                                    concurrency_limit=1, concurrency_id="check-upload",
-                                    show_progress="minimal", **private)
-        # The message stays; the box empties. (A refusal by the queue itself, or a second image
-        # dropped before the first one's check ran, is cleared too: the user uploads again.)
-        checked_upload.failure(_cleared, None, box, queue=False, **private)
+    _wire_uploads(h, c)
     checked = c.generate_button.click(h.check_frame, frame_inputs, None, **check)
     checked.success(None, js=SCROLL_TO_FRAME, **private)
     checked.success(h.render_frame, [*frame_inputs, session, c.api_target_conformity], frame_outputs,
@@ -673,17 +667,21 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
         slider.release(h.slider_preview, slider_inputs, frame_outputs, trigger_mode="always_last",
                        show_progress="minimal", **gpu, **private).success(
             h.slider_full, slider_inputs, frame_outputs, show_progress="minimal", **gpu, **private)
+
+    def render_after(event, **preview_options):
+        """After ``event``, render like a released slider: the fast preview, then the full frame."""
+        preview = event.then(h.slider_preview, slider_inputs, frame_outputs, **preview_options, **gpu,
+                             **private)
+        preview.success(h.slider_full, slider_inputs, frame_outputs, show_progress="minimal", **gpu,
+                        **private)
+
     # An example fills the inputs (Gradio's own unqueued event), then renders like a slider.
-    example = c.examples.load_input_event.then(h.slider_preview, slider_inputs, frame_outputs,
-                                               **gpu, **private)
-    example.success(h.slider_full, slider_inputs, frame_outputs, show_progress="minimal", **gpu, **private)
+    render_after(c.examples.load_input_event)
     c.swap_button.click(_swap_inputs, [c.source, c.target, session], [c.source, c.target, session], **check)
     # New seed: another noise path, rendered at once like a slider (nothing happens without images).
     # always_last: clicks faster than the preview end on the last seed's frame, as slider drags do.
-    reseeded = c.random_seed_button.click(lambda: random.randrange(2**32), None, c.seed, queue=False,
-                                          **private).then(h.slider_preview, slider_inputs, frame_outputs,
-                                                          trigger_mode="always_last", **gpu, **private)
-    reseeded.success(h.slider_full, slider_inputs, frame_outputs, show_progress="minimal", **gpu, **private)
+    render_after(c.random_seed_button.click(lambda: random.randrange(2**32), None, c.seed, queue=False,
+                                            **private), trigger_mode="always_last")
     c.use_frame_button.click(_frame_as_source, c.frame, c.source, **check)
     c.readouts.change(lambda r: ui.readouts_markdown(r, studio.pipe.stats_note), c.readouts, c.readout,
                       queue=False, **private)
@@ -702,13 +700,25 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
     _wire_path(h, c, settings, check, gpu)
 
 
+def _wire_uploads(h: SimpleNamespace, c: SimpleNamespace) -> None:
+    """The source and target are checked as they arrive; a refused one does not stay in its box."""
+    private = {"api_visibility": "private"}
+    for box, role in ((c.source, "source image"), (c.target, "target image")):
+        checked_upload = box.upload(functools.partial(h.check_upload, role=role), box, None,
+                                    concurrency_limit=1, concurrency_id="check-upload",
+                                    show_progress="minimal", **private)
+        # The message stays; the box empties. (A refusal by the queue itself, or a second image
+        # dropped before the first one's check ran, is cleared too: the user uploads again.)
+        checked_upload.failure(_cleared, None, box, queue=False, **private)
+
+
 def _wire_path(h: SimpleNamespace, c: SimpleNamespace, settings: list, check: dict, gpu: dict) -> None:
     """The keyframe strip's buttons, the page's path render with Stop, and the API's /path."""
     private = {"api_visibility": "private"}
     strip, selected = c.keyframes, c.keyframe_selected
     checked_upload = c.keyframe_add.upload(h.add_upload, [strip, c.keyframe_add], [strip, c.keyframe_add],
-                                    concurrency_limit=1, concurrency_id="check-upload",
-                                    show_progress="minimal", **private)
+                                           concurrency_limit=1, concurrency_id="check-upload",
+                                           show_progress="minimal", **private)
     checked_upload.failure(_cleared, None, c.keyframe_add, queue=False, **private)
     for button, add, image in ((c.add_source_button, h.add_source, c.source),
                                (c.add_target_button, h.add_target, c.target),

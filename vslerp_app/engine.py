@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
-import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -232,14 +231,6 @@ def _values(values, name: str) -> float | list[float]:
     if not values:
         raise specs.SpecError(f"{name} is empty")
     return values
-
-
-def _keyframe_list(images) -> list:
-    """The keyframes as a list; one path, image or embedding alone is refused, not split up."""
-    if isinstance(images, (str, bytes, os.PathLike, PIL.Image.Image)) or getattr(images, "ndim", 2) < 2:
-        raise specs.SpecError(f"images must be a list of 2 or more keyframes (paths, images or embeddings), "
-                              f"not one {type(images).__name__}")
-    return list(images)
 
 
 def _count(values: list) -> str:
@@ -520,7 +511,7 @@ class VSLERPPipeline:
     # -- paths through keyframes ---------------------------------------------------------
     def encode_keyframes(self, images) -> torch.Tensor:
         """Raw embeddings (K, d) of 2+ keyframes; one that cannot be used is named by its position."""
-        images = _keyframe_list(images)
+        images = paths.keyframe_list(images)
         if len(images) < paths.MIN_KEYFRAMES:
             raise specs.SpecError(f"a path needs at least {paths.MIN_KEYFRAMES} keyframes, got {len(images)}")
         vectors = []
@@ -539,7 +530,7 @@ class VSLERPPipeline:
         its vSLERP arc, which spacing="angle" allots the frames by. Arguments as in
         `generate_path`.
         """
-        images = _keyframe_list(images)
+        images = paths.keyframe_list(images)
         segments = paths.segment_count(len(images), loop)
         frames = paths.default_frames(len(images), loop) if frames is None else frames
         paths.check_path(len(images), frames, loop, spacing)
@@ -617,6 +608,6 @@ class VSLERPPipeline:
             One `Frame` per path frame, in order; theta and alpha are the segment's local
             theta and its alpha, and `segment` and `keyframe` say where the frame sits.
         """
-        images = _keyframe_list(images)
+        images = paths.keyframe_list(images)
         plan = self.plan_path(images, frames, alphas, loop=loop, spacing=spacing, ease=ease)
         return self.generate_path_points(images, plan.points, seed, **options)

@@ -23,20 +23,30 @@ Everything here is pure: numbers in, numbers out (the angles come from
 from __future__ import annotations
 
 import bisect
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import PIL.Image
 
 from vslerp_app import specs
 
 __all__ = ["FRAMES_PER_SEGMENT", "MIN_KEYFRAMES", "SPACINGS", "PathPlan", "PathPoint", "angle_steps",
-           "check_path", "check_values", "default_frames", "ease_in_out", "plan_path", "segment_alphas",
-           "segment_count", "uniform_steps"]
+           "check_path", "check_values", "default_frames", "ease_in_out", "keyframe_list", "plan_path",
+           "segment_alphas", "segment_count", "uniform_steps"]
 
 SPACINGS = ("uniform", "angle")
 MIN_KEYFRAMES = 2
 FRAMES_PER_SEGMENT = 8  # the default: 8 frames a segment (an open path adds its last frame)
+
+
+def keyframe_list(images, name: str = "images") -> list:
+    """The keyframes as a list; one path, image or embedding alone is refused, not split up."""
+    if isinstance(images, (str, bytes, os.PathLike, PIL.Image.Image)) or getattr(images, "ndim", 2) < 2:
+        raise specs.SpecError(f"{name} must be a list of 2 or more keyframes, not one "
+                              f"{type(images).__name__} (a list of images, paths or embeddings)")
+    return list(images)
 
 
 @dataclass(frozen=True)

@@ -408,10 +408,7 @@ def check_path_request(keyframes, frames, alphas, seed, *, loop: bool = False, s
     Returns (frames, one alpha per segment, (image or embedding, description) per keyframe). The
     CLI calls it before loading a model.
     """
-    if isinstance(keyframes, (str, bytes, os.PathLike)):
-        raise SpecError("keyframes must be a list of images (2 or more), not one "
-                        f"{type(keyframes).__name__}")
-    keyframes = list(keyframes)
+    keyframes = paths.keyframe_list(keyframes, "keyframes")
     count = len(keyframes)
     frames, alpha_values = paths.check_values(count, frames, alphas, loop=loop, spacing=spacing,
                                               max_frames=max_frames)

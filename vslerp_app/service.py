@@ -325,6 +325,9 @@ def sweep_values(mode: str, theta: float, alpha: float, theta_start: float, thet
         raise RequestError(f"sweep must be one of {', '.join(SWEEP_MODES)}, got {mode!r}")
     if mode == "theta":
         return _sweep_linspace(theta_start, theta_stop, theta_count, "theta"), [float(alpha)], False
+    # The alpha ends are checked by name here, where a sweep uses them (a theta sweep does not).
+    _check_studio_alphas([alpha_start], "alpha_start")
+    _check_studio_alphas([alpha_stop], "alpha_stop")
     if mode == "alpha":
         return [float(theta)], _sweep_linspace(alpha_start, alpha_stop, alpha_count, "alpha"), False
     return (_sweep_linspace(theta_start, theta_stop, theta_count, "theta"),
@@ -793,9 +796,6 @@ class Studio:
         if wanted is not None and sweep != "theta":
             raise RequestError(f"target_conformity sets each frame's alpha, so it goes with sweep='theta', "
                                f"not {sweep!r}")
-        if sweep != "theta":  # the alpha sweep's ends, by name (a theta sweep leaves them unused)
-            for value, name in ((alpha_start, "alpha_start"), (alpha_stop, "alpha_stop")):
-                _check_studio_alphas([_float(value, name)], name)
         thetas, alphas, grid = sweep_values(
             sweep, _float(theta, "theta"), 0.0 if wanted is not None else _float(alpha, "alpha"),
             _float(theta_start, "theta_start"), _float(theta_stop, "theta_stop"), theta_frames,
