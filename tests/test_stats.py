@@ -26,7 +26,16 @@ from safetensors.torch import save_file
 
 from vslerp_app import geometry
 from vslerp_app.geometry import member_conformity
-from vslerp_app.stats import FORMAT, ModalityStats, StatsAccumulator, StatsError, compute_stats, percentile_in
+from vslerp_app.stats import (
+    FORMAT,
+    ModalityStats,
+    StatsAccumulator,
+    StatsError,
+    compute_stats,
+    leave_one_out_log_likelihood,
+    percentile_in,
+    quantiles_of,
+)
 
 MEAN_TO_SPREAD = 0.94
 
@@ -183,13 +192,18 @@ def test_whitening_whitens_the_numpy_covariance():
                                rtol=1e-5)
 
 
-def test_whitening_only_when_there_are_more_embeddings_than_dimensions():
-    x = shell_population(65, 64, seed=3)
-    assert compute_stats(torch.from_numpy(x[:64])).whitening is None
-    assert compute_stats(torch.from_numpy(x[:30])).whitening is None
+def test_whitening_by_default_from_three_images_per_dimension_and_never_at_n_le_d():
+    x = shell_population(192, 64, seed=3)
+    assert compute_stats(torch.from_numpy(x[:191])).whitening is None  # 191 < 3 * 64
     assert compute_stats(torch.from_numpy(x[:30])).log_likelihood(torch.from_numpy(x[0])) is None
-    assert compute_stats(torch.from_numpy(x)).whitening is not None
+    assert compute_stats(torch.from_numpy(x)).whitening is not None  # 192 = 3 * 64
     assert compute_stats(torch.from_numpy(x), whitening=False).whitening is None
+    # Forced, d < n < 3 d works; n <= d is refused, naming n and d (it used to floor the
+    # missing eigenvalues to 1e-10 max: members read -n/2, new images -1e9).
+    assert compute_stats(torch.from_numpy(x[:65]), whitening=True).whitening is not None
+    for n in (64, 30):
+        with pytest.raises(StatsError, match=rf"n={n} for d=64.*at least 192"):
+            compute_stats(torch.from_numpy(x[:n]), whitening=True)
 
 
 def test_accumulator_memory_does_not_grow_with_the_count():
@@ -285,11 +299,11 @@ def test_save_load_round_trip_keeps_every_field(small_stats, tmp_path):
 
 
 def test_text_modality_and_mean_only_round_trip(tmp_path):
-    x = shell_population(40, 16, seed=6)
+    x = shell_population(48, 16, seed=6)
     text = compute_stats(torch.from_numpy(x), modality="text")
-    assert text.provenance["caption_count"] == "40" and "image_count" not in text.provenance
+    assert text.provenance["caption_count"] == "48" and "image_count" not in text.provenance
     loaded = ModalityStats.load(text.save(tmp_path / "t.safetensors"))
-    assert loaded.modality == "text" and loaded.whitening is not None  # 40 > 16
+    assert loaded.modality == "text" and loaded.whitening is not None  # 48 = 3 * 16
     torch.testing.assert_close(loaded.whitening, text.whitening, rtol=0, atol=0)
     only_mean = ModalityStats.from_mean(torch.from_numpy(x.mean(0)), model_id="m")
     back = ModalityStats.load(only_mean.save(tmp_path / "m.safetensors"))
@@ -465,15 +479,21 @@ def brute_force_log_likelihood(x32: np.ndarray, mean32: np.ndarray, w: np.ndarra
 
 
 def test_population_quantiles_are_the_members_own_values_self_excluded():
-    x = shell_population(900, 24, seed=31)
+    x = shell_population(900, 24, seed=31)  # whitened: 900 >= 3 * 24
     stats = compute_stats(torch.from_numpy(x), encoder="synthetic")
     c, _, _ = brute_force(x)  # Eq. 10 of each member against the other 899
     q = np.linspace(0, 1, 101)
     assert stats.conformity_quantiles.shape == (101,) and stats.conformity_quantiles.dtype == torch.float64
     # Brute force uses float64 means; the stats' float32 mean_unit costs ~1e-8.
     np.testing.assert_allclose(stats.conformity_quantiles.numpy(), np.quantile(c, q), rtol=0, atol=1e-7)
-    ll = brute_force_log_likelihood(x, stats.mean.numpy(), stats.whitening.numpy())
-    np.testing.assert_allclose(stats.log_likelihood_quantiles.numpy(), np.quantile(ll, q), rtol=1e-12)
+    # The log-likelihood of each member with m and W refitted on the other 899 (float64 numpy).
+    x64 = x.astype(np.float64)
+    ll = np.empty(len(x))
+    for i in range(len(x)):
+        rest = np.delete(x64, i, axis=0)
+        r = x64[i] - rest.mean(0)
+        ll[i] = -0.5 * r @ np.linalg.solve(np.cov(rest, rowvar=False), r)
+    np.testing.assert_allclose(stats.log_likelihood_quantiles.numpy(), np.quantile(ll, q), rtol=1e-6)
     # Not the conformity of a new vector (which would include itself): that is biased up.
     c_incl = unit(x.astype(np.float64)) @ stats.mean_unit.double().numpy()
     assert np.quantile(c_incl, 0.5) - np.quantile(c, 0.5) > 1e-5
@@ -619,3 +639,91 @@ def test_folder_stats_prepares_images_as_generation_does(karlo_dir, tmp_path):
     c = geometry.member_conformity(engine, result.stats.mean_unit.double(), 6)
     np.testing.assert_allclose(result.stats.conformity_quantiles.numpy(),
                                np.quantile(c.numpy(), np.linspace(0, 1, 101)), atol=1e-6)
+
+
+# ------------------------------------------------------------------- out-of-sample likelihood, d = 768
+class ClipShaped:
+    """Gaussian raw embeddings shaped like CLIP ViT-L/14's: d = 768, mean norm 13, anisotropic
+    covariance (eigenvalues ~ k^-0.8, trace 150, tilted by a random rotation)."""
+
+    def __init__(self, d: int = 768, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.mean = self.rng.standard_normal(d)
+        self.mean *= 13 / np.linalg.norm(self.mean)
+        self.rotation, _ = np.linalg.qr(self.rng.standard_normal((d, d)))
+        ev = 1.0 / np.arange(1, d + 1) ** 0.8
+        self.scales = np.sqrt(ev * 150 / ev.sum())
+
+    def draw(self, n: int) -> np.ndarray:
+        return self.mean + (self.rng.standard_normal((n, len(self.mean))) * self.scales) @ self.rotation.T
+
+
+@pytest.fixture(scope="module")
+def clip_shaped():
+    """3,000 members at d = 768 (3.9 d: whitened by default) and 2,000 fresh draws."""
+    source = ClipShaped()
+    members, fresh = source.draw(3000), source.draw(2000)
+    acc = StatsAccumulator()
+    acc.update(torch.from_numpy(members))
+    stats = acc.finalize(encoder="synthetic ViT-L/14-shaped")
+    return members, fresh, stats, acc
+
+
+def test_leave_one_out_formula_equals_refitting_without_the_member_at_d768(clip_shaped):
+    members, _, stats, _ = clip_shaped
+    n = len(members)
+    mean, cov = members.mean(0), np.cov(members, rowvar=False)
+    for i in (0, 17, 1234, 2999):
+        r = members[i] - mean
+        in_sample = -0.5 * r @ np.linalg.solve(cov, r)
+        rest = np.delete(members, i, axis=0)
+        r_out = members[i] - rest.mean(0)
+        left_out = -0.5 * r_out @ np.linalg.solve(np.cov(rest, rowvar=False), r_out)
+        assert float(leave_one_out_log_likelihood(in_sample, n)) == pytest.approx(left_out, rel=1e-9)
+        assert left_out < in_sample  # a member is always more likely under a fit that includes it
+
+
+def test_fresh_images_read_near_the_50th_likelihood_percentile_at_d768(clip_shaped):
+    members, fresh, stats, acc = clip_shaped
+    ll = stats.log_likelihood(torch.from_numpy(fresh))
+    pct = np.array([stats.log_likelihood_percentile(v) for v in ll])
+    # The members' own in-sample values, as stats files stored them before: fresh draws from
+    # the very same distribution read the 0th percentile there (n = 3.9 d; the 1st at n = 5,000).
+    _, in_sample = acc.member_values(stats)
+    before = np.array([percentile_in(v, quantiles_of(in_sample)) for v in ll])
+    print(f"\nfresh images' mean likelihood percentile: in-sample {before.mean():.1f}, "
+          f"leave-one-out {pct.mean():.1f}; below the 5th: {np.mean(before < 5):.2f} -> "
+          f"{np.mean(pct < 5):.3f}")
+    assert before.mean() < 10
+    assert 46 < pct.mean() < 54 and 45 < np.median(pct) < 55
+    assert 0.02 < np.mean(pct < 5) < 0.08 and 0.02 < np.mean(pct > 95) < 0.08
+    # Conformity (Eq. 10, the member left out) was already out-of-sample.
+    c = stats.conformity(torch.from_numpy(fresh))
+    assert 46 < np.mean([stats.conformity_percentile(v) for v in c]) < 54
+
+
+def test_files_with_in_sample_likelihood_quantiles_are_corrected_on_load(clip_shaped, tmp_path):
+    _, fresh, stats, acc = clip_shaped
+    _, in_sample = acc.member_values(stats)
+    fields = dict(mean=stats.mean, mean_unit=stats.mean_unit, a=stats.a, b=stats.b,
+                  whitening=stats.whitening, pearson=stats.pearson, provenance={"encoder": "synthetic"},
+                  conformity_quantiles=stats.conformity_quantiles,
+                  log_likelihood_quantiles=quantiles_of(in_sample), likelihood_out_of_sample=False)
+    path = ModalityStats(n=3000, **fields).save(tmp_path / "old.safetensors")  # as written before
+    with safe_open(str(path), framework="pt") as f:
+        assert "log_likelihood_population" not in f.metadata()
+    loaded = ModalityStats.load(path, expected_dim=768)
+    # Equal to the quantiles of the corrected values up to the 1% grid's interpolation.
+    torch.testing.assert_close(loaded.log_likelihood_quantiles, stats.log_likelihood_quantiles,
+                               rtol=1e-6, atol=0)
+    assert loaded.provenance["log_likelihood_quantiles"] == ("written in-sample, corrected to "
+                                                             "leave-one-out on load")
+    v = torch.from_numpy(fresh[:500])
+    assert 40 < np.mean([loaded.readouts(x)["log_likelihood_percentile"] for x in v]) < 60
+    # Saved again, the file says its quantiles are out-of-sample and loads unchanged.
+    again = ModalityStats.load(loaded.save(tmp_path / "new.safetensors"))
+    assert torch.equal(again.log_likelihood_quantiles, loaded.log_likelihood_quantiles)
+    # Without n there is nothing to correct with: no likelihood percentiles, and it says so.
+    no_n = ModalityStats.load(ModalityStats(n=None, **fields).save(tmp_path / "no_n.safetensors"))
+    assert no_n.log_likelihood_quantiles is None and no_n.conformity_quantiles is not None
+    assert "dropped on load" in no_n.provenance["log_likelihood_quantiles"]

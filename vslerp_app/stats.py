@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -26,8 +27,11 @@ import torch
 
 from vslerp_app import geometry
 
-__all__ = ["CONFORMITY_LABELS", "POPULATION_QUANTILES", "ModalityStats", "StatsAccumulator", "StatsError",
-           "compute_stats", "percentile_in"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["CONFORMITY_LABELS", "POPULATION_QUANTILES", "WHITENING_MIN_RATIO", "ModalityStats",
+           "StatsAccumulator", "StatsError", "compute_stats", "leave_one_out_log_likelihood",
+           "percentile_in", "whitening_refusal"]
 
 FORMAT = "vslerp-stats/1"
 STATS_FILENAME = "vslerp-stats.safetensors"
@@ -48,6 +52,13 @@ _NO_SPREAD = 1e-10
 # Eigenvalues of the covariance below this fraction of the largest are treated as noise
 # when forming Sigma^-1/2, so a nearly singular covariance does not blow up W.
 _EIG_FLOOR = 1e-10
+# Whitening by default only from this many images per dimension (n >= 3 d). A new image's
+# whitened squared distance is inflated about n / (n - d) over a member's: 1.5 at n = 3 d,
+# unbounded as n nears d (stats/README.md, "Too few images"). 3 d keeps every preset's
+# encoder (d <= 1280) whitened on MS-COCO val's 5,000 images.
+WHITENING_MIN_RATIO = 3
+# Metadata value saying the log-likelihood quantiles are leave-one-out (out-of-sample).
+_LOO = "leave-one-out"
 
 
 class StatsError(ValueError):
@@ -82,7 +93,11 @@ class ModalityStats:
         conformity_quantiles: the population's scale: quantiles at p = 0, 1/(Q-1), ..., 1
             of the members' conformity (Eq. 10, each member against the others), shape
             (Q,), float64; None when unknown (older files, mean-only stats).
-        log_likelihood_quantiles: the same for the members' whitened log-likelihood.
+        log_likelihood_quantiles: the same for the members' whitened log-likelihood, each
+            member left out of the m and W it is measured with (`leave_one_out_log_likelihood`),
+            so a new image of the same distribution reads near the 50th percentile.
+        likelihood_out_of_sample: False only while a file written before that fix is being
+            loaded (its quantiles in-sample); `load` corrects them and sets it True.
     """
 
     mean: torch.Tensor
@@ -96,6 +111,7 @@ class ModalityStats:
     provenance: dict[str, str] = field(default_factory=dict)
     conformity_quantiles: torch.Tensor | None = None
     log_likelihood_quantiles: torch.Tensor | None = None
+    likelihood_out_of_sample: bool = True
 
     def __post_init__(self):
         self.validate()
@@ -256,7 +272,7 @@ class ModalityStats:
         return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
     def _scalars(self) -> dict[str, str]:
-        return {
+        scalars = {
             "format": FORMAT,
             "modality": self.modality,
             "n": "" if self.n is None else str(self.n),
@@ -265,6 +281,27 @@ class ModalityStats:
             "pearson": "" if self.pearson is None else repr(float(self.pearson)),
             "provenance": json.dumps(self.provenance, sort_keys=True),
         }
+        if self.log_likelihood_quantiles is not None and self.likelihood_out_of_sample:
+            scalars["log_likelihood_population"] = _LOO  # absent in files written before the fix
+        return scalars
+
+    def _make_likelihood_out_of_sample(self, where: str) -> None:
+        """Correct in-sample log-likelihood quantiles (files written before the fix) to
+        leave-one-out ones, and say so in the provenance; without n they are dropped."""
+        if self.likelihood_out_of_sample or self.log_likelihood_quantiles is None:
+            self.likelihood_out_of_sample = True
+            return
+        if self.n is None or self.n <= 2:
+            logger.warning("%s: in-sample log-likelihood quantiles and no image count to correct "
+                           "them: no likelihood percentiles", where)
+            self.log_likelihood_quantiles = None
+            self.provenance["log_likelihood_quantiles"] = "dropped on load: in-sample, n unknown"
+        else:
+            corrected = leave_one_out_log_likelihood(self.log_likelihood_quantiles, self.n)
+            self.log_likelihood_quantiles = corrected
+            self.provenance["log_likelihood_quantiles"] = ("written in-sample, corrected to "
+                                                           "leave-one-out on load")
+        self.likelihood_out_of_sample = True
 
     def checksum(self) -> str:
         """sha256 over every tensor (name, shape, float32 bytes) and every scalar."""
@@ -326,6 +363,7 @@ class ModalityStats:
                 pearson=float(meta["pearson"]) if meta.get("pearson") else None,
                 modality=meta.get("modality", "image"),
                 provenance=json.loads(meta.get("provenance") or "{}"),
+                likelihood_out_of_sample=meta.get("log_likelihood_population") == _LOO,
             )
         except StatsError as e:
             raise StatsError(f"{where}: {str(e).removeprefix('stats: ')}") from None
@@ -333,6 +371,7 @@ class ModalityStats:
             raise StatsError(f"{where}: malformed metadata ({e})") from None
         if meta.get("checksum") != stats.checksum():
             raise StatsError(f"{where}: checksum mismatch, the file was modified or is corrupt")
+        stats._make_likelihood_out_of_sample(where)
         stats.validate(expected_dim, where)
         stats.provenance.setdefault("source", where)
         return stats
@@ -373,6 +412,33 @@ def percentile_in(value, quantiles) -> float | None:
     else:  # q[hi] < x < q[lo], lo = hi + 1
         rank = hi + (x - float(q[hi])) / (float(q[lo]) - float(q[hi]))
     return 100.0 * rank / k
+
+
+def leave_one_out_log_likelihood(log_likelihood, n: int) -> torch.Tensor:
+    """A member's whitened log-likelihood with m and W refitted without it, from the in-sample one.
+
+    With D = ||W (x - m)||^2 = -2 ll over the n members (Sigma = scatter / (n - 1)), leaving
+    x out moves m by (x - m)/(n - 1) and downdates the scatter by n/(n-1) (x - m)(x - m)^T;
+    Sherman-Morrison gives D_loo = (n-2) n^2 D / ((n-1)^3 - n (n-1) D) exactly. In-sample,
+    E[D] = d (n-1)/n while a new image has about d n/(n - d): D_loo is on the new image's
+    scale. It is increasing in D, so it maps quantiles to quantiles. D at its bound
+    (n-1)^2/n (a member alone in a direction) has no finite D_loo and is capped there.
+    """
+    if n <= 2:
+        raise StatsError(f"leave-one-out needs at least 3 members, got n={n}")
+    d = -2.0 * torch.as_tensor(log_likelihood, dtype=torch.float64)
+    denominator = (n - 1) ** 3 - n * (n - 1) * d
+    denominator = denominator.clamp_min((n - 1) ** 3 * 1e-12)
+    return -0.5 * (n - 2) * n * n * d / denominator
+
+
+def whitening_refusal(n: int, dim: int) -> str | None:
+    """Why ``n`` embeddings in ``dim`` dimensions cannot be whitened at all (n <= d), else None."""
+    if n > dim:
+        return None
+    return (f"whitening needs more embeddings than dimensions, got n={n} for d={dim}: the covariance "
+            f"has rank at most {n - 1}, so W = Sigma^-1/2 would be noise and every likelihood "
+            f"meaningless (use at least {WHITENING_MIN_RATIO * dim} = {WHITENING_MIN_RATIO} d images)")
 
 
 def quantiles_of(values: torch.Tensor, count: int = POPULATION_QUANTILES) -> torch.Tensor:
@@ -447,13 +513,19 @@ class StatsAccumulator:
 
     def finalize(self, whitening: bool | None = None, modality: str = "image",
                  **provenance) -> ModalityStats:
-        """The statistics so far. whitening=None computes W when n > d (else it is singular)."""
+        """The statistics so far.
+
+        whitening=None computes W when n >= WHITENING_MIN_RATIO * d; True forces it for any
+        n > d and raises StatsError naming n and d when n <= d (W would be noise).
+        """
         if self.n < 2:
             raise StatsError(f"statistics need at least 2 embeddings, got {self.n}")
         n, d = self.n, self.mean.shape[0]
+        if whitening and whitening_refusal(n, d):
+            raise StatsError(whitening_refusal(n, d))
         mean_unit = self.unit_sum / n
         a, b, pearson = self._fit_estimate(mean_unit)
-        want_w = (n > d) if whitening is None else whitening
+        want_w = (n >= WHITENING_MIN_RATIO * d) if whitening is None else whitening
         w = _inverse_sqrt(self.m2 / (n - 1)) if want_w else None
         prov = {
             "image_count" if modality == "image" else "caption_count": str(n),
@@ -466,13 +538,15 @@ class StatsAccumulator:
         if self._spill is not None:
             conformity, log_likelihood = self.member_values(stats)
             stats.conformity_quantiles = quantiles_of(conformity)
-            stats.log_likelihood_quantiles = None if log_likelihood is None else quantiles_of(log_likelihood)
+            if log_likelihood is not None:  # in-sample -> out-of-sample, as a new image is read
+                stats.log_likelihood_quantiles = quantiles_of(leave_one_out_log_likelihood(log_likelihood, n))
             stats.validate()
         return stats
 
     def member_values(self, stats: ModalityStats) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Each member's conformity (Eq. 10, itself excluded) and whitened log-likelihood
-        under ``stats`` (as stored: float32 m and mean_unit, W), float64, in the order fed."""
+        """Each member's conformity (Eq. 10, itself excluded) and in-sample whitened
+        log-likelihood (m and W include it; `leave_one_out_log_likelihood` corrects it) under
+        ``stats`` (as stored: float32 m and mean_unit, W), float64, in the order fed."""
         if self._spill is None:
             raise StatsError("this accumulator keeps no members (population=False)")
         n, d = self.n, stats.dim
@@ -533,7 +607,7 @@ def compute_stats(embeddings: torch.Tensor | Iterable[torch.Tensor], *,
     """Statistics of raw embeddings: an (N, d) tensor or an iterable of (B, d) batches.
 
     Keyword arguments other than the options become provenance (encoder=..., model_id=...,
-    dataset=...). whitening=None computes W = Sigma^-1/2 only when N > d. population=True
+    dataset=...). whitening=None computes W = Sigma^-1/2 only when N >= 3 d (`finalize`). population=True
     also records the members' conformity and log-likelihood quantiles (percentiles).
     """
     acc = StatsAccumulator(population=population)
