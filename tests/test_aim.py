@@ -66,6 +66,42 @@ def test_a_flat_curve_gives_alpha_zero_and_a_tangent_is_reached():
     assert reachable and alpha == pytest.approx(0.5, abs=1e-4) and achieved == pytest.approx(0.8, abs=1e-9)
 
 
+def test_at_theta_0_and_1_alpha_is_0_and_reachable_only_at_the_ends_own_conformity_d768():
+    """Eq. 12 pins the ends, so conformity there does not depend on alpha: the 1-ulp gap
+    between a batched and a single readout used to give spurious roots (alpha 2.995)."""
+    rng = np.random.default_rng(21)
+    d = 768
+    mean = rng.standard_normal(d)
+    mean *= 13 / np.linalg.norm(mean)
+    scales = np.sqrt(150 / d * np.linspace(3.0, 0.05, d))  # anisotropic
+    members = torch.from_numpy(mean + rng.standard_normal((3000, d)) * scales)
+    from vslerp_app.stats import compute_stats
+
+    stats = compute_stats(members, population=False)
+    v0, v1 = members[0], members[1]
+    for theta, end in ((0.0, v0), (1.0, v1)):
+        def curve(alphas, theta=theta):
+            return stats.conformity(geometry.vslerp(v0, v1, theta, alphas, stats.mean.double()))
+
+        own = float(stats.conformity(end))  # a single readout, as the UI shows it
+        # The float64 reference: Eq. 10 with mean_unit, in numpy.
+        reference = float(end.numpy() / np.linalg.norm(end.numpy()) @ stats.mean_unit.double().numpy())
+        assert own == pytest.approx(reference, abs=1e-14)
+        assert aim_alpha(curve, own, theta=theta) == (0.0, pytest.approx(own, abs=1e-15), True)
+        alpha, achieved, reachable = aim_alpha(curve, own + 1e-6, theta=theta)
+        assert (alpha, reachable) == (0.0, False) and achieved == pytest.approx(own, abs=1e-15)
+        assert aim_alpha(curve, own + 0.5e-9, theta=theta)[2]  # within the stated 1e-9
+
+
+def test_aiming_at_the_ends_through_the_pipeline_gives_alpha_0(pipe):
+    for theta, image in ((0.0, SOURCE), (1.0, TARGET)):
+        own = float(pipe.stats.conformity(pipe.encode(image)))
+        r = pipe.alpha_for_conformity(SOURCE, TARGET, theta, own)
+        assert (r.alpha, r.reachable) == (0.0, True) and r.achieved == pytest.approx(own, abs=1e-12)
+        r = pipe.alpha_for_conformity(SOURCE, TARGET, theta, own + 0.01)
+        assert (r.alpha, r.reachable) == (0.0, False) and r.achieved == pytest.approx(own, abs=1e-12)
+
+
 def test_readme_aiming_snippets_compile():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text.split("## Aiming at a conformity", 1)[1].split("\n## ", 1)[0]

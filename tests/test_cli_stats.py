@@ -41,7 +41,7 @@ def test_fixture_command_writes_a_loadable_hub_layout_pipeline(karlo_dir):
 def test_stats_command_streams_a_folder_skipping_and_counting_bad_files(karlo_dir, tmp_path):
     images = tmp_path / "images"
     (images / "nested" / "deeper").mkdir(parents=True)
-    pics = fixture_images(40, seed=3)
+    pics = fixture_images(100, seed=3)  # >= 3 d = 96: whitened
     for i, img in enumerate(pics):
         folder = images if i % 2 else images / "nested" / "deeper"
         img.save(folder / f"{i:03d}.{'png' if i % 3 else 'jpg'}")
@@ -51,20 +51,21 @@ def test_stats_command_streams_a_folder_skipping_and_counting_bad_files(karlo_di
     out = tmp_path / "stats" / "tiny.safetensors"
 
     result = vslerp("stats", "--model", karlo_dir, "--images", images, "--out", out,
-                    "--batch-size", 7, "--dataset", "forty test images")
+                    "--batch-size", 7, "--source-name", "test images")
     assert result.returncode == 0, result.stderr
-    assert "40 images (2 unreadable skipped)" in result.stdout
-    # The numbers come with what they mean; 40 images are enough for 32-d (no warning).
+    assert "100 images (2 unreadable skipped)" in result.stdout
+    # The numbers come with what they mean; 100 images are enough for 32-d (no warning).
     assert re.search(r"a=-?\d\.\d{4} b=-?\d\.\d{4} pearson=0\.\d{5}", result.stdout), result.stdout
     assert "a, b: the Eq. 11 fit C_hat = a * cos(m, v) + b" in result.stdout
     assert "pearson: correlation of that estimate with exact conformity" in result.stdout
-    assert "whitening: yes" in result.stdout and "warning" not in result.stderr
+    assert "whitening: yes (log-likelihood readout; n = 100 >= 3 d = 96)" in result.stdout
+    assert "warning" not in result.stderr
     assert (out.stat().st_mode & 0o777) == 0o666 & ~files._UMASK  # not mkstemp's 0600
 
     stats = ModalityStats.load(out, expected_dim=32)
     prov = stats.provenance
-    assert stats.n == 40 and prov["image_count"] == "40" and prov["files_skipped"] == "2"
-    assert prov["dataset"] == "forty test images" and prov["model_id"] == str(karlo_dir)
+    assert stats.n == 100 and prov["image_count"] == "100" and prov["files_skipped"] == "2"
+    assert prov["dataset"] == "test images" and prov["model_id"] == str(karlo_dir)
     assert {"torch", "diffusers"} <= set(json.loads(prov["library_versions"]))
     # The streamed statistics equal those of all embeddings (of the files as saved) at once.
     pipe = load_pipeline(karlo_dir)
@@ -84,22 +85,25 @@ def test_too_few_images_for_the_dimension_warn_and_explain_the_missing_fit(karlo
     result = vslerp("stats", "--model", karlo_dir, "--images", images, "--out", out)
     assert result.returncode == 0, result.stderr
     assert "pearson=n/a: every image here is equally conformal" in result.stdout
-    assert "a=0.0000" in result.stdout and "whitening: none" in result.stdout
+    assert "a=0.0000" in result.stdout and "whitening: none (needs n >= 3 d = 96, got 2)" in result.stdout
     warning = [line for line in result.stderr.splitlines() if "warning" in line]
     assert warning == [
         "vslerp stats: warning: only 2 image(s) for 32-d embeddings: the whitening behind the "
-        "log-likelihood readout needs more images than dimensions (at least 33, better several times "
-        "32), so this file has no whitening and frames get no likelihood; the mean and the Eq. 11 fit "
-        "are rough with so few images too"]
+        "log-likelihood readout needs at least 96 (3 d; the covariance is singular), so this file has "
+        "no whitening and frames get no likelihood; the mean and the Eq. 11 fit are rough with so few "
+        "images too"]
     stats = ModalityStats.load(out, expected_dim=32)
     assert stats.whitening is None and stats.pearson is None and stats.n == 2
 
 
-def test_too_few_images_is_exactly_not_more_than_the_dimension():
+def test_too_few_images_is_below_three_per_dimension_and_says_the_inflation():
     from vslerp_app.folder_stats import too_few_images
 
-    assert too_few_images(768, 768) is not None and "at least 769" in too_few_images(768, 768)
-    assert too_few_images(769, 768) is None and too_few_images(5000, 768) is None
+    assert "at least 2304 (3 d; the covariance is singular)" in too_few_images(768, 768)
+    # n / (n - d) at n = 1000, d = 768: 4.31.
+    assert "inflated about n/(n-d) = 4.31x" in too_few_images(1000, 768)
+    assert "rough" not in too_few_images(1000, 768)
+    assert too_few_images(2304, 768) is None and too_few_images(5000, 768) is None
 
 
 @pytest.mark.parametrize("args, message", [

@@ -30,7 +30,7 @@ _FIT_EXPLANATION = (
     "        (this one does); a, b are the estimate's calibration.\n"
     "  pearson: correlation of that estimate with exact conformity over the images; near 1 means\n"
     "        cos(m, v) ranks images by conformity almost perfectly (the paper: 0.9998 on MS-COCO\n"
-    "        with ViT-B/32, a = 1.461, b = 0.002); lower means the estimate is rough for this\n"
+    "        with ViT-B/32, a = 1.461, b = -0.002); lower means the estimate is rough for this\n"
     "        encoder or these images.")
 
 
@@ -100,12 +100,21 @@ def _cmd_stats(args) -> int:
               "slope to fit; a=0 and b is that conformity")
     else:
         print(f"  a={s.a:.4f} b={s.b:.4f} pearson={s.pearson:.5f}")
-    print(f"  whitening: {'yes (log-likelihood readout)' if s.whitening is not None else 'none'}")
+    print(f"  whitening: {_whitening_line(s)}")
     print(f"  the population's scale: {len(s.conformity_quantiles)} quantiles of member conformity"
           + ("" if s.log_likelihood_quantiles is None else " and log-likelihood"))
     print(_FIT_EXPLANATION)
     _print_skipped_and_warnings(result)
     return 0
+
+
+def _whitening_line(s) -> str:
+    """Whether ``s`` has whitening, against the rule that decides it (n >= 3 d)."""
+    from vslerp_app.stats import WHITENING_MIN_RATIO as k
+
+    if s.whitening is not None:
+        return f"yes (log-likelihood readout; n = {s.n} >= {k} d = {k * s.dim})"
+    return f"none (needs n >= {k} d = {k * s.dim}, got {s.n})"
 
 
 def _print_skipped_and_warnings(result) -> None:

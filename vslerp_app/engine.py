@@ -31,7 +31,9 @@ AIM_ALPHA_RANGE = specs.STUDIO_ALPHA_RANGE
 # Samples of the conformity curve over the alpha range before brackets are refined: a step
 # of 0.005 over [-3, 3]; two crossings closer than that could be missed.
 _AIM_SAMPLES = 1201
-# A refined |C(alpha) - wanted| at most this small counts as reached (a tangent touch).
+# A refined |C(alpha) - wanted| at most this small counts as reached (a tangent touch); at
+# theta 0 or 1 it is the tolerance against the end's own conformity (readouts of the same
+# vector differ by ~1e-16 between a batch and a single one).
 _AIM_TOUCH = 1e-9
 
 
@@ -179,14 +181,21 @@ def _golden_min(h: Callable[[torch.Tensor], torch.Tensor], lo: float, hi: float)
 
 def aim_alpha(curve: Callable[[torch.Tensor], torch.Tensor], wanted: float,
               alpha_range: tuple[float, float] = AIM_ALPHA_RANGE,
-              samples: int = _AIM_SAMPLES) -> tuple[float, float, bool]:
+              samples: int = _AIM_SAMPLES, theta: float | None = None) -> tuple[float, float, bool]:
     """(alpha, achieved, reachable): the alpha nearest 0 in ``alpha_range`` with curve(alpha)
     = wanted, or, if none, the one (nearest 0) whose value is closest to it.
 
     ``curve`` maps a float64 tensor of alphas to their values. The curve is sampled densely
     (0 included), every sign change of curve - wanted is bisected to float64 resolution, and
     without one the closest sample is refined by golden-section search.
+
+    At ``theta`` 0 or 1 Eq. 12 returns the end itself whatever alpha is, so the curve is flat
+    and any "root" would be rounding: alpha is 0, achieved the end's conformity, reachable
+    when ``wanted`` is within 1e-9 of it.
     """
+    if theta in (0.0, 1.0):
+        achieved = float(curve(torch.zeros(1, dtype=torch.float64))[0])
+        return 0.0, achieved, abs(achieved - wanted) <= _AIM_TOUCH
     lo, hi = alpha_range
     grid = torch.linspace(lo, hi, samples, dtype=torch.float64)
     if lo <= 0 <= hi:
@@ -426,7 +435,7 @@ class VSLERPPipeline:
             def curve(alphas: torch.Tensor, theta=theta) -> torch.Tensor:
                 return self.stats.conformity(geometry.vslerp(v0, v1, theta, alphas, mean))
 
-            alpha, achieved, reachable = aim_alpha(curve, wanted, alpha_range)
+            alpha, achieved, reachable = aim_alpha(curve, wanted, alpha_range, theta=theta)
             results.append(AimResult(theta=theta, wanted=wanted, achieved=achieved, alpha=alpha,
                                      reachable=reachable, alpha_range=alpha_range))
         return results

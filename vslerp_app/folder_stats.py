@@ -5,7 +5,7 @@ time, so memory does not grow with the number of images (MS-COCO val is 5k, 100k
 the embeddings wait in a temporary file for the population's scale (stats/README.md).
 Images are prepared as for generation (`vslerp_app.images.MAX_SIDE`). Too few images for the
 embedding dimension gets a warning (`too_few_images`): the whitening behind the likelihood
-readout needs more images than dimensions.
+readout needs three images per dimension.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from vslerp_app.images import ImageInputError, load_image
-from vslerp_app.stats import ModalityStats, StatsAccumulator, StatsError
+from vslerp_app.stats import WHITENING_MIN_RATIO, ModalityStats, StatsAccumulator, StatsError
 
 __all__ = ["IMAGE_SUFFIXES", "FolderStatsResult", "find_images", "folder_stats", "too_few_images"]
 
@@ -37,17 +37,21 @@ class FolderStatsResult:
 
 
 def too_few_images(n: int, dim: int) -> str | None:
-    """A warning when ``n`` images are too few for ``dim``-d statistics, else None.
+    """A warning when ``n`` images are too few for ``dim``-d whitening, else None.
 
-    The whitening W = Sigma^-1/2 (the likelihood readout) needs a covariance of full rank,
-    so more images than dimensions; with fewer the file carries no whitening.
+    Whitening is computed from ``WHITENING_MIN_RATIO`` d images: a new image's whitened
+    squared distance is inflated about n / (n - d) over the members' (unbounded as n nears
+    d), so with fewer the file carries no whitening (stats/README.md, "Too few images").
     """
-    if n > dim:
+    need = WHITENING_MIN_RATIO * dim
+    if n >= need:
         return None
+    why = ("the covariance is singular" if n <= dim else
+           f"a new image's whitened distance would be inflated about n/(n-d) = {n / (n - dim):.2f}x")
     return (f"only {n} image(s) for {dim}-d embeddings: the whitening behind the log-likelihood "
-            f"readout needs more images than dimensions (at least {dim + 1}, better several times "
-            f"{dim}), so this file has no whitening and frames get no likelihood; the mean and the "
-            "Eq. 11 fit are rough with so few images too")
+            f"readout needs at least {need} ({WHITENING_MIN_RATIO} d; {why}), so this file has no "
+            "whitening and frames get no likelihood"
+            + ("; the mean and the Eq. 11 fit are rough with so few images too" if n <= dim else ""))
 
 
 def find_images(folder: str | os.PathLike) -> list[Path]:
