@@ -128,7 +128,7 @@ def test_batched_vslerp_matches_reference_row_by_row(d):
             assert err < TOL[key], (dtype, i, err)
 
 
-def test_half_precision_is_computed_in_float32_and_rounded_once():
+def test_half_precision_is_computed_in_float64_and_rounded_once():
     rng = np.random.default_rng(7)
     x, m = clip_like(rng, 768, 16, scale=20.0)
     theta = torch.from_numpy(rng.uniform(0, 1, 8))
@@ -136,9 +136,9 @@ def test_half_precision_is_computed_in_float32_and_rounded_once():
     for dtype in (torch.float16, torch.bfloat16):
         v0, v1, mean = (torch.from_numpy(a).to(dtype) for a in (x[:8], x[8:], m))
         out = vslerp(v0, v1, theta, alpha, mean)
-        via_fp32 = vslerp(v0.float(), v1.float(), theta.float(), alpha.float(), mean.float()).to(dtype)
+        via_fp64 = vslerp(v0.double(), v1.double(), theta, alpha, mean.double()).to(dtype)
         assert out.dtype == dtype
-        assert torch.equal(out, via_fp32)
+        assert torch.equal(out, via_fp64)
         # Computing in the half dtype itself would be visibly worse than one final rounding.
         naive = ((1 - theta[:, None]) * v0.double() + theta[:, None] * v1.double()).to(dtype)
         assert not torch.equal(out, naive)
@@ -287,6 +287,51 @@ def test_small_and_large_angles_match_reference(angle, dtype, tol):
         err = rel_err(out, ref)
         record(dtype, err)
         assert err < tol, (angle, theta, err)
+
+
+def mp_vslerp(v0, v1, t, alpha, m, digits=40):
+    """Eq. 12 in mpmath at ``digits`` significant digits, on the given (rounded) inputs."""
+    import mpmath
+
+    with mpmath.workdps(digits):
+        c = [alpha * mpmath.mpf(float(x)) for x in m]
+        p0 = [mpmath.mpf(float(x)) - ci for x, ci in zip(v0, c, strict=True)]
+        p1 = [mpmath.mpf(float(x)) - ci for x, ci in zip(v1, c, strict=True)]
+        n0 = mpmath.sqrt(mpmath.fsum(x * x for x in p0))
+        n1 = mpmath.sqrt(mpmath.fsum(x * x for x in p1))
+        diff = mpmath.sqrt(mpmath.fsum((a / n0 - b / n1) ** 2 for a, b in zip(p0, p1, strict=True)))
+        w = 2 * mpmath.asin(diff / 2)  # accurate near pi, unlike acos of the dot product
+        w0, w1 = mpmath.sin((1 - t) * w) / mpmath.sin(w), mpmath.sin(t * w) / mpmath.sin(w)
+        return np.array([float(w0 * a + w1 * b + ci) for a, b, ci in zip(p0, p1, c, strict=True)])
+
+
+@pytest.mark.parametrize("dtype, tol, max_jump", [(torch.float64, 1e-11, 1e-5), (torch.float32, 1e-7, 2e-3)])
+def test_vslerp_is_continuous_near_antipodal_at_d768(dtype, tol, max_jump):
+    """Pairs at pi - 0.99e-4 and pi - 1.01e-4 about alpha m: both follow Eq. 12 (an mpmath
+    reference on the same inputs), so they differ by the small change of the angle, not by
+    |v| (the straight-line fallback used to start at pi - 1e-4 in every dtype). In float32
+    the inputs' own rounding (6e-8 / 1e-4) moves the plane by ~6e-4: that is the jump left."""
+    rng = np.random.default_rng(12)
+    x, m = clip_like(rng, 768, 2, scale=13.0)
+    alpha = 1.0
+    p0 = x[0] - alpha * m
+    q = x[1] - x[1] @ p0 / (p0 @ p0) * p0
+    q *= np.linalg.norm(p0) / np.linalg.norm(q)
+    outs = {}
+    for gap in (0.99e-4, 1.01e-4):
+        w = math.pi - gap
+        # Equal norms about the centre: with unequal ones Eq. 12 itself grows like
+        # (|p0| - |p1|) / (pi - W) there, and there is no limit to be continuous with.
+        v1 = math.cos(w) * p0 + math.sin(w) * q + alpha * m
+        v0_t, v1_t, m_t = (torch.from_numpy(a).to(dtype) for a in (x[0], v1, m))
+        for theta in (0.25, 0.5):
+            out = vslerp(v0_t, v1_t, theta, alpha, m_t)
+            err = rel_err(out, mp_vslerp(v0_t, v1_t, theta, alpha, m_t))
+            assert err < tol, (gap, theta, err)  # float64: ~1e-16 / (pi - W), not in TOL's bound
+        outs[gap] = vslerp(v0_t, v1_t, 0.5, alpha, m_t).double()
+    jump = float((outs[0.99e-4] - outs[1.01e-4]).norm() / np.linalg.norm(p0))
+    print(f"\n{dtype}: |vSLERP(pi - 0.99e-4) - vSLERP(pi - 1.01e-4)| / |v| = {jump:.2e} at theta 0.5")
+    assert jump < max_jump
 
 
 # --------------------------------------------------------------------------- shapes

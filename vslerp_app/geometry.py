@@ -2,7 +2,8 @@
 
 Every function takes *raw* embeddings (the projection output before L2
 normalisation) and works in at least float32: float16/bfloat16 inputs are
-upcast for the arithmetic and cast back, float64 stays float64.
+upcast for the arithmetic and cast back, float64 stays float64. SLERP and vSLERP
+work in float64 for every input dtype (continuity near antipodal pairs).
 
 Shapes: a vector is (d,) or a batch (B, d); per-frame parameters (theta, alpha)
 are Python scalars, 0-d tensors or 1-D tensors of length B that broadcast over
@@ -24,12 +25,18 @@ __all__ = [
     "whitened_log_likelihood",
 ]
 
-# Below this angle (radians) from 0 or pi, sin(W) is too small to divide by; SLERP
-# falls back to linear interpolation, whose deviation from the great circle is
-# O(W^2), below float32 resolution there. In float64 the fallback near 0 starts at
-# _SMALL_ANGLE_F64, so that O(W^2) stays below float64 resolution too.
-_SMALL_ANGLE = 1e-4
-_SMALL_ANGLE_F64 = 1e-8
+# Eq. 12 is evaluated in float64 whatever the input dtype (inputs are exact in float64;
+# the result is rounded once to the input dtype). Within this angle (radians) of 0 or pi,
+# SLERP falls back to linear interpolation: near 0 its deviation from the great circle is
+# O(W^2) ~ 1e-16, below float64 resolution; near pi the great circle's in-plane direction
+# is the difference of two terms of size |p|/sin(W), so float64 rounding puts an error of
+# about 1e-16 / (pi - W) |p| on it, 1e-8 |p| at this threshold (float32's resolution), and
+# the rotation plane is undefined at pi itself. Closer than that is where float64 fails.
+_DEGENERATE_ANGLE = 1e-8
+# For float32 (or half) inputs the plane near pi is decided by the inputs' own rounding:
+# ~6e-8 |v| per vector, more relative to v - alpha m once the centre is subtracted, so a
+# pair antiparallel before rounding sits up to ~1e-7 from pi. Antipodal from here on.
+_ANTIPODAL_ANGLE_LOW_PRECISION = 1e-6
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -79,12 +86,13 @@ def _angle(p0: torch.Tensor, p1: torch.Tensor) -> torch.Tensor:
                              torch.linalg.vector_norm(u0 + u1, dim=-1, keepdim=True))
 
 
-def _slerp(p0: torch.Tensor, p1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """SLERP in the compute dtype; p0, p1 of (..., d), t broadcastable to (..., 1)."""
+def _slerp(p0: torch.Tensor, p1: torch.Tensor, t: torch.Tensor,
+           antipodal: float = _DEGENERATE_ANGLE) -> torch.Tensor:
+    """SLERP in float64; p0, p1 of (..., d), t broadcastable to (..., 1); linear within
+    ``antipodal`` of pi."""
     omega = _angle(p0, p1)
     sin_omega = torch.sin(omega)
-    small = _SMALL_ANGLE_F64 if p0.dtype == torch.float64 else _SMALL_ANGLE
-    degenerate = (omega < small) | (omega > torch.pi - _SMALL_ANGLE)
+    degenerate = (omega < _DEGENERATE_ANGLE) | (omega > torch.pi - antipodal)
     safe_sin = torch.where(degenerate, torch.ones_like(sin_omega), sin_omega)
     w0 = torch.where(degenerate, 1.0 - t, torch.sin((1.0 - t) * omega) / safe_sin)
     w1 = torch.where(degenerate, t, torch.sin(t * omega) / safe_sin)
@@ -100,8 +108,9 @@ def slerp(v0: torch.Tensor, v1: torch.Tensor, theta) -> torch.Tensor:
     SLERP(p0, p1, t) = sin((1-t)W)/sin(W) p0 + sin(tW)/sin(W) p1, W the single angle
     between p0 and p1. Norms are interpolated along with directions (the formula is
     applied to the raw vectors). Degenerate inputs never give NaN: for identical or
-    parallel vectors (W < 1e-4; 1e-8 in float64) and for antiparallel ones (W > pi - 1e-4), whose
-    rotation plane is undefined, the result is the linear interpolation
+    parallel vectors (W < 1e-8) and for antiparallel ones (W > pi - 1e-8, where the rotation
+    plane is undefined or lost to float64 rounding; pi - 1e-6 for float32 or half inputs, whose
+    own rounding decides the plane there), the result is the linear interpolation
     (1-t) p0 + t p1. theta = 0 and theta = 1 return v0 and v1 exactly.
     """
     return vslerp(v0, v1, theta, 0.0, None)
@@ -112,14 +121,14 @@ def vslerp(v0: torch.Tensor, v1: torch.Tensor, theta, alpha, mean: torch.Tensor 
 
     alpha = 0 is plain SLERP about the origin, alpha = 1 rotates about the ellipsoid
     centre. ``mean`` may be None only when every alpha is 0. Returns the input dtype,
-    shape (B, d) when any input is batched, else (d,).
+    shape (B, d) when any input is batched, else (d,). Computed in float64 and rounded once,
+    so the result is continuous in the angle up to the antipodal fallback (`slerp`).
     """
     v0 = torch.as_tensor(v0)
     v1 = torch.as_tensor(v1)
     out_dtype = v0.dtype if v0.is_floating_point() else torch.get_default_dtype()
     batch = _broadcast_pair(v0, v1, theta, alpha)
-    tensors = [v0, v1] + ([torch.as_tensor(mean)] if mean is not None else [])
-    dtype = _compute_dtype(*(t for t in tensors if t.is_floating_point()))
+    dtype = torch.float64
     device = v0.device
     p0 = v0.to(dtype)
     p1 = v1.to(device=device, dtype=dtype)
@@ -134,7 +143,9 @@ def vslerp(v0: torch.Tensor, v1: torch.Tensor, theta, alpha, mean: torch.Tensor 
         if m.shape != (p0.shape[-1],):
             raise ValueError(f"mean has shape {tuple(m.shape)}, expected ({p0.shape[-1]},)")
         centre = a * m
-    out = _slerp(p0 - centre, p1 - centre, t) + centre
+    low_precision = any(x.is_floating_point() and x.dtype != torch.float64 for x in (v0, v1))
+    antipodal = _ANTIPODAL_ANGLE_LOW_PRECISION if low_precision else _DEGENERATE_ANGLE
+    out = _slerp(p0 - centre, p1 - centre, t, antipodal) + centre
     # Adding the centre back can round off the endpoints; pin them exactly.
     out = torch.where(t == 0, p0, out)
     out = torch.where(t == 1, p1, out)
