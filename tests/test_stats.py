@@ -727,3 +727,40 @@ def test_files_with_in_sample_likelihood_quantiles_are_corrected_on_load(clip_sh
     no_n = ModalityStats.load(ModalityStats(n=None, **fields).save(tmp_path / "no_n.safetensors"))
     assert no_n.log_likelihood_quantiles is None and no_n.conformity_quantiles is not None
     assert "dropped on load" in no_n.provenance["log_likelihood_quantiles"]
+
+
+# ------------------------------------------------------------------- KS p-value (vslerp score)
+def kolmogorov_sf(lam: float) -> float:
+    """P(K > lam) for the Kolmogorov distribution, summed to convergence in mpmath: the
+    alternating series for lam >= 1, its Jacobi theta form (fast for small lam) below."""
+    import mpmath
+
+    lam = mpmath.mpf(lam)
+    if lam < 1:
+        cdf = mpmath.sqrt(2 * mpmath.pi) / lam * mpmath.nsum(
+            lambda k: mpmath.exp(-((2 * k - 1) ** 2) * mpmath.pi**2 / (8 * lam**2)), [1, mpmath.inf])
+        return float(1 - cdf)
+    return float(2 * mpmath.nsum(lambda k: (-1) ** (k - 1) * mpmath.exp(-2 * k * k * lam * lam), [1, mpmath.inf]))
+
+
+def test_ks_p_value_follows_the_kolmogorov_distribution_for_large_samples():
+    from vslerp_app.score import ks_statistic
+
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=20000)
+    # b = a plus one point: the samples are the same but for 1 in 20001. A 100-term series
+    # with Stephens' correction gave p = 0.17 here; the distribution says 1.
+    d, p = ks_statistic(a, np.append(a, 0.3))
+    assert d < 1e-4  # at most 1/20001 per point: the CDFs differ by the one point's weight
+    assert p == pytest.approx(1.0, abs=1e-9)
+    assert kolmogorov_sf(math.sqrt(20000 * 20001 / 40001) * d) == pytest.approx(1.0, abs=1e-12)
+    for shift, m in ((0.02, 15000), (0.05, 20000), (0.0, 5000)):
+        b = rng.normal(shift, 1, m)
+        d, p = ks_statistic(a, b)
+        grid = np.concatenate([a, b])  # sup |F_a - F_b| is reached at a sample point
+        brute = np.max(np.abs(np.searchsorted(np.sort(a), grid, "right") / len(a)
+                              - np.searchsorted(np.sort(b), grid, "right") / len(b)))
+        assert d == pytest.approx(brute, abs=1e-12)
+        reference = kolmogorov_sf(math.sqrt(len(a) * m / (len(a) + m)) * d)
+        print(f"\nKS n=20000 m={m} shift={shift}: p={p:.4g}, Kolmogorov (mpmath) {reference:.4g}")
+        assert p == pytest.approx(reference, rel=0.03, abs=1e-3)
