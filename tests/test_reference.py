@@ -172,7 +172,7 @@ def test_cli_stats_reference_with_coco_captions(tiny_config, image_dir, python_r
     assert read_captions(captions) == CAPTIONS
     out = tmp_path / "stats" / "cli.safetensors"
     result = _vslerp("stats", "--reference", SPEC, "--images", image_dir, "--out", out,
-                     "--captions", captions, "--batch-size", 7, "--dataset", "tiny-set",
+                     "--captions", captions, "--batch-size", 7, "--source-name", "tiny-set",
                      env={CONFIG_ENV: str(tiny_config)})
     assert result.returncode == 0, result.stderr
     assert "image: n=48" in result.stdout and "text: n=8" in result.stdout

@@ -740,7 +740,8 @@ def kolmogorov_sf(lam: float) -> float:
         cdf = mpmath.sqrt(2 * mpmath.pi) / lam * mpmath.nsum(
             lambda k: mpmath.exp(-((2 * k - 1) ** 2) * mpmath.pi**2 / (8 * lam**2)), [1, mpmath.inf])
         return float(1 - cdf)
-    return float(2 * mpmath.nsum(lambda k: (-1) ** (k - 1) * mpmath.exp(-2 * k * k * lam * lam), [1, mpmath.inf]))
+    terms = lambda k: (-1) ** (k - 1) * mpmath.exp(-2 * k * k * lam * lam)  # noqa: E731
+    return float(2 * mpmath.nsum(terms, [1, mpmath.inf]))
 
 
 def test_ks_p_value_follows_the_kolmogorov_distribution_for_large_samples():

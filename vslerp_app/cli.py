@@ -16,6 +16,7 @@ import sys
 
 from pipelines.presets import DEFAULT_MODEL
 from vslerp_app.outputs import DEFAULT_FPS
+from vslerp_app.registry import DEFAULT_DATASET, DEFAULT_SPLIT, user_stats_path
 
 # Options whose value may start with a minus (`_spec_argument`). argparse reads "-1:3:16" or
 # "-1,0,1" after an option as another option (only plain negative numbers pass), so
@@ -54,10 +55,12 @@ def _cmd_models(args) -> int:
         if p["stats_present"]:
             stats = f"{p['stats_path']} ({p['conformity_label']})"
         elif p["mean_source"]:
-            stats = "the mean in {}/{}: {}; exact conformity needs {}".format(
-                *p["mean_source"], p["conformity_label"], p["stats_path"])
+            stats = "the mean in {}/{} (mean-only): {}".format(*p["mean_source"], p["conformity_label"])
         else:
-            stats = f"{p['conformity_label']}; exact conformity needs {p['stats_path']}"
+            stats = f"none found: {p['conformity_label']}"
+        if p["full_stats_command"]:
+            stats += ("\n           full statistics (exact conformity, likelihood, percentiles): "
+                      f"`{p['full_stats_command']}`")
         print(f"{p['name']}{' (default)' if p['default'] else ''}: {p['description']}\n"
               f"  hub:     {p['hub_id']}: {where}\n"
               f"  encoder: {p['encoder']} ({p['embedding_dim']}-d)\n"
@@ -84,13 +87,15 @@ def _cmd_stats(args) -> int:
         return _stats_reference(args)
     if args.captions is not None:
         raise CLIError("--captions needs --reference (text stats use an open_clip text tower)")
+    if (args.images is None) == (args.dataset is None):
+        raise CLIError("give one of --images DIR (a folder) or --dataset ID (a hub image dataset)")
+    if args.images is not None and args.out is None:
+        raise CLIError("--images needs --out FILE")
     from vslerp_app import load_pipeline
-    from vslerp_app.folder_stats import folder_stats
 
     pipe = load_pipeline(args.model, device=args.device, stats=None)
-    result = folder_stats(pipe.encoder, args.images, batch_size=args.batch_size,
-                          dataset=args.dataset, model_id=args.model)
-    path = result.stats.save(args.out)
+    result = _stats_dataset(args, pipe) if args.dataset else _stats_folder(args, pipe)
+    path = result.stats.save(args.out or user_stats_path(pipe.encoder.name))
     s = result.stats
     print(f"wrote {path}: {s.dim}-d stats of {result.encoded} images "
           f"({len(result.skipped)} unreadable skipped)")
@@ -106,6 +111,32 @@ def _cmd_stats(args) -> int:
     print(_FIT_EXPLANATION)
     _print_skipped_and_warnings(result)
     return 0
+
+
+def _stats_folder(args, pipe):
+    from vslerp_app.folder_stats import folder_stats
+
+    return folder_stats(pipe.encoder, args.images, batch_size=args.batch_size,
+                        dataset=args.source_name, model_id=args.model)
+
+
+def _stats_dataset(args, pipe):
+    """Stream ``--dataset``; on Ctrl-C say how to resume (the state is on disk)."""
+    from vslerp_app.dataset_stats import dataset_stats, state_dir_for
+
+    if args.source_name:
+        raise CLIError("--source-name labels a folder (--images); a dataset is named by its id")
+    try:
+        result = dataset_stats(pipe.encoder, args.dataset, split=args.split, limit=args.limit,
+                               batch_size=args.batch_size, model_id=args.model)
+    except KeyboardInterrupt:
+        print(f"vslerp stats: interrupted; the images encoded so far are kept in "
+              f"{state_dir_for(pipe.encoder.name, args.dataset, args.split)}: run the same command "
+              "again to resume", file=sys.stderr)
+        raise
+    if result.resumed_from:
+        print(f"resumed: {result.resumed_from} images read back from the interrupted run")
+    return result
 
 
 def _whitening_line(s) -> str:
@@ -131,8 +162,10 @@ def _stats_reference(args) -> int:
 
     model_name, pretrained = parse_reference(args.reference)
     encoder = OpenClipEncoder(model_name, pretrained, args.device, spec=args.reference)
+    if args.images is None or args.out is None:
+        raise CLIError("--reference needs --images DIR and --out FILE")
     result = reference_stats(encoder, args.images, args.out, captions=args.captions,
-                             batch_size=args.batch_size, dataset=args.dataset)
+                             batch_size=args.batch_size, dataset=args.source_name)
     for modality, s in result.report["modalities"].items():
         pearson = "n/a" if s["pearson"] is None else f"{s['pearson']:.5f}"
         ratio = "n/a" if s["mean_to_sigma"] is None else f"{s['mean_to_sigma']:.3f}"
@@ -422,13 +455,14 @@ def _add_fixture(sub) -> None:
 def _add_stats(sub) -> None:
     """`vslerp stats`."""
     p = sub.add_parser(
-        "stats", help="image-modality stats of a model's encoder over a folder",
+        "stats", help="image-modality stats of a model's encoder over a folder or a hub dataset",
         description="Compute the statistics of a model's CLIP image encoder over a folder of "
                     "images: the mean m that vSLERP rotates about (Eq. 12), the mean of unit "
                     "embeddings (exact conformity, Eq. 10), the Eq. 11 fit a, b with its Pearson "
-                    "correlation, and the whitening matrix for the log-likelihood readout (it needs "
-                    "more images than the embedding has dimensions: MS-COCO val2017's 5,000 for "
-                    "768-d). The output explains the numbers; see stats/README.md.",
+                    "correlation, the whitening matrix for the log-likelihood readout (from 3 images per "
+                    "dimension: MS-COCO val2017's 5,000 cover 768- to 1280-d) and the population's "
+                    "scale (percentiles, out-of-sample). The output explains the numbers; see "
+                    "stats/README.md.",
         epilog="Custom open_clip architectures: set VSLERP_OPEN_CLIP_CONFIG to "
                "NAME.json config file(s) (os.pathsep-separated), then use "
                "--reference open_clip:NAME/PRETRAINED.")
@@ -440,9 +474,18 @@ def _add_stats(sub) -> None:
     p.add_argument("--captions", metavar="FILE",
                    help="with --reference: captions (one per line, or a COCO captions JSON) for "
                         "text-modality stats, written to <stem>.text.safetensors beside --out")
-    p.add_argument("--images", required=True, help="folder of images (searched recursively)")
-    p.add_argument("--out", required=True, type=_file, help="stats file to write (.safetensors)")
-    p.add_argument("--dataset", help="data set name for the provenance (default: folder name)")
+    p.add_argument("--images", metavar="DIR", help="folder of images (searched recursively)")
+    p.add_argument("--dataset", metavar="ID",
+                   help="a Hugging Face image dataset (hub id, or a local directory in the same "
+                        f"layout), streamed; e.g. {DEFAULT_DATASET} (MS-COCO 2017 val, 5,000 images). "
+                        "Resumes after an interruption. Without --out, writes to the user's stats "
+                        "cache, where the model finds them (stats/README.md)")
+    p.add_argument("--split", default=DEFAULT_SPLIT,
+                   help=f"with --dataset: the split (default {DEFAULT_SPLIT})")
+    p.add_argument("--limit", type=int, metavar="N", help="with --dataset: encode at most N images")
+    p.add_argument("--out", type=_file, help="stats file to write (.safetensors); required with --images")
+    p.add_argument("--source-name", help="with --images: the data set's name in the provenance "
+                                         "(default: the folder name)")
     p.add_argument("--batch-size", type=int, default=64,
                    help="images encoded at once (default 64; lower it if the GPU runs out of memory)")
     p.add_argument("--device", help="cuda, cpu, ... (default: CUDA if available)")

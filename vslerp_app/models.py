@@ -1,8 +1,9 @@
 """`load_pipeline`: a preset name or a local directory in, a ready `VSLERPPipeline` out.
 
 Stats are resolved in the order of DESIGN.md: an explicit file; the file registered for
-the preset in the repository's `stats/`; `vslerp-stats.safetensors` in the model
-directory; the mean the model carries (Stable unCLIP's image_normalizer, a Karlo prior's
+the preset in the repository's `stats/`; the user's cache, by encoder (what `vslerp stats
+--dataset` writes); `vslerp-stats.safetensors` in the model directory; the mean the model
+carries (Stable unCLIP's image_normalizer, a Karlo prior's
 clip_mean, or the preset's declared source of it).
 """
 
@@ -15,7 +16,7 @@ from dataclasses import asdict
 from pipelines import DEFAULT_MODEL, LoadedModel, UnclipRunner, carried_mean, get_preset, hub_snapshot
 from pipelines import load_model as _load_model
 from vslerp_app.engine import VSLERPPipeline
-from vslerp_app.registry import preset_stats_path
+from vslerp_app.registry import full_stats_command, preset_stats_path, user_stats_path
 from vslerp_app.stats import CONFORMITY_LABELS, STATS_FILENAME, ModalityStats, StatsError
 
 __all__ = ["load_pipeline", "preset_status", "resolve_stats"]
@@ -28,9 +29,9 @@ def preset_status(name: str) -> dict:
     its conformity readout is (``conformity_kind``, ``conformity_label``, ``percentiles``)."""
     preset = get_preset(name)
     local = hub_snapshot(preset.hub_id)
-    stats_path = preset_stats_path(name)
+    stats_path = _present_stats_path(name, preset.encoder)
     present = stats_path is not None and stats_path.is_file()
-    # Without its stats file a preset reads out the cosine to the mean its preset names (Eq. 11
+    # Without a stats file a preset reads out the cosine to the mean its preset names (Eq. 11
     # uncalibrated); whether a model carries a mean of its own is known only once loaded.
     kind, percentiles = ("cosine" if preset.mean_source else None), False
     label = CONFORMITY_LABELS["cosine"] + ("" if preset.mean_source else ", if the model carries a mean")
@@ -45,8 +46,20 @@ def preset_status(name: str) -> dict:
     return {**asdict(preset), "default": name == DEFAULT_MODEL,
             "local_snapshot": None if local is None else str(local),
             "stats_path": None if stats_path is None else str(stats_path),
+            "user_stats_path": str(user_stats_path(preset.encoder)),
             "stats_present": present, "conformity_kind": kind,
-            "conformity_label": label, "percentiles": percentiles}
+            "conformity_label": label, "percentiles": percentiles,
+            "full_stats_command": None if kind == "exact" else full_stats_command(name)}
+
+
+def _present_stats_path(name: str, encoder: str):
+    """The preset's registered file if present, else the user cache's file for its encoder if
+    present, else the registered path (which may not exist yet)."""
+    registered = preset_stats_path(name)
+    if registered is not None and registered.is_file():
+        return registered
+    cached = user_stats_path(encoder)
+    return cached if cached.is_file() else registered
 
 
 def _carried_stats(loaded: LoadedModel) -> tuple[ModalityStats | None, str]:
@@ -68,7 +81,7 @@ def resolve_stats(loaded: LoadedModel, dim: int,
         return stats, "given"
     if stats is not None:  # an explicit path: its errors are the user's to see
         return ModalityStats.load(stats, expected_dim=dim), f"from {stats}"
-    candidates = [loaded.model_dir / STATS_FILENAME]
+    candidates = [user_stats_path(loaded.encoder_name), loaded.model_dir / STATS_FILENAME]
     if loaded.from_preset:
         candidates.insert(0, preset_stats_path(loaded.preset.name))
     for path in candidates:

@@ -526,6 +526,11 @@ def model_markdown(info: dict, defaults: dict | None = None) -> str:
                                                         "date", "source") if prov.get(k))
         if details:
             lines.append(f"Provenance: {details}. Checksum `{stats['checksum'][:16]}`.")
+    if stats is None or stats.get("conformity_kind") != "exact":
+        from vslerp_app.registry import full_stats_command
+
+        lines.append(f"Full statistics (exact conformity, likelihood, percentiles) for this model: "
+                     f"`{full_stats_command(info['model'])}`.")
     ref = info.get("reference")
     if ref:
         ref_stats = (ref.get("stats") or {}).get("describe", "no stats")
