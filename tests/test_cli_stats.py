@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,9 +17,9 @@ from vslerp_app.images import load_image
 from vslerp_app.stats import ModalityStats
 
 
-def vslerp(*args, cwd=None):
+def vslerp(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, "-m", "vslerp_app", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+                          text=True, cwd=cwd, timeout=300, env=None if env is None else {**os.environ, **env})
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +125,95 @@ def test_unknown_model_is_one_line_listing_presets(tmp_path):
     assert result.returncode == 2
     assert "karlo, stable-unclip-h, stable-unclip-l" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- `vslerp stats --dataset`: a streamed image dataset --------------------------------------
+@pytest.fixture(scope="module")
+def parquet_dataset(tmp_path_factory):
+    """A local dataset in the hub's layout: data/validation-*.parquet with an Image column
+    (and a caption column), 100 images; read through the same `load_dataset` call as a hub id."""
+    import datasets
+
+    root = tmp_path_factory.mktemp("dataset")
+    (root / "data").mkdir()
+    images = fixture_images(100, seed=9)
+    table = datasets.Dataset.from_dict({"image": images, "caption": [f"image {i}" for i in range(100)]})
+    table.cast_column("image", datasets.Image()).to_parquet(str(root / "data" / "validation-00000-of-00001.parquet"))
+    return root, images
+
+
+def test_stats_from_a_dataset_land_where_the_model_finds_them(karlo_dir, parquet_dataset, tmp_path, monkeypatch):
+    root, images = parquet_dataset
+    cache = tmp_path / "cache"
+    result = vslerp("stats", "--model", karlo_dir, "--dataset", root, "--split", "validation",
+                    "--limit", 98, "--batch-size", 16, env={"XDG_CACHE_HOME": str(cache)})
+    assert result.returncode == 0, result.stderr
+    assert "98 images (0 unreadable skipped)" in result.stdout and "whitening: yes" in result.stdout
+    files = list((cache / "vslerp-studio" / "stats").glob("*.safetensors"))
+    assert len(files) == 1 and str(files[0]) in result.stdout
+    assert not (cache / "vslerp-studio" / "stats" / "partial").exists() or not any(
+        (cache / "vslerp-studio" / "stats" / "partial").iterdir())  # a finished run leaves no state
+    stats = ModalityStats.load(files[0], expected_dim=32)
+    prov = stats.provenance
+    assert stats.n == 98 and prov["dataset"] == str(root) and prov["split"] == "validation"
+    assert prov["image_count"] == "98" and prov["encoder"] and prov["date"]
+    assert stats.has_population and stats.whitening is not None
+    # The first 98 images, prepared as for generation, give these numbers.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    pipe = load_pipeline(karlo_dir)
+    assert pipe.stats_note == f"from {files[0]}"  # the user cache comes before the model's own file
+    embeddings = pipe.encoder.encode([load_image(im) for im in images[:98]])
+    torch.testing.assert_close(pipe.stats.mean, embeddings.mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_an_interrupted_dataset_run_resumes_without_encoding_again(karlo_dir, parquet_dataset, tmp_path,
+                                                                    monkeypatch):
+    from vslerp_app.dataset_stats import dataset_stats
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root, _ = parquet_dataset
+    encoder = load_pipeline(karlo_dir).encoder
+    calls, first_run = [], True
+
+    class Interrupted:  # the real encoder; the run dies during the third batch
+        name, dim = encoder.name, encoder.dim
+
+        def encode(self, batch):
+            calls.append(len(batch))
+            if len(calls) == 3 and first_run:
+                raise RuntimeError("power cut")
+            return encoder.encode(batch)
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        dataset_stats(Interrupted(), str(root), split="validation", batch_size=16)
+    calls.clear()
+    first_run = False
+    resumed = dataset_stats(Interrupted(), str(root), split="validation", batch_size=16)
+    assert resumed.resumed_from == 32 and sum(calls) == 100 - 32  # only the rest was encoded
+    whole = dataset_stats(encoder, str(root), split="validation", batch_size=16)
+    assert resumed.encoded == whole.encoded == 100
+    torch.testing.assert_close(resumed.stats.mean, whole.stats.mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(resumed.stats.whitening, whole.stats.whitening, rtol=1e-4, atol=1e-5)
+
+
+def test_dataset_errors_are_one_line_and_offline_fails_fast(karlo_dir, parquet_dataset, tmp_path):
+    root, _ = parquet_dataset
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    # No network here: the hub is not reached, and the command says so in one line (the
+    # libraries' own retries take ~30 s; the check before them does not wait for them).
+    # HF_ENDPOINT at a closed local port: unreachable on any machine.
+    hub = vslerp("stats", "--model", karlo_dir, "--dataset", "AKCIT/coco2017-captioning",
+                 env={**env, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert hub.returncode == 2 and "Traceback" not in hub.stderr
+    assert "cannot reach the Hugging Face hub (127.0.0.1:9" in hub.stderr
+    assert "AKCIT/coco2017-captioning" in hub.stderr
+    # HF_HUB_OFFLINE=1 (the test suite's setting): the dataset is not in the cache, one line too.
+    offline = vslerp("stats", "--model", karlo_dir, "--dataset", "AKCIT/coco2017-captioning",
+                     env={**env, "HF_HUB_OFFLINE": "1"})
+    assert offline.returncode == 2 and "Traceback" not in offline.stderr
+    assert "could not open the dataset 'AKCIT/coco2017-captioning'" in offline.stderr
+    bad_split = vslerp("stats", "--model", karlo_dir, "--dataset", root, "--split", "nope", env=env)
+    assert bad_split.returncode == 2 and "split 'nope'" in bad_split.stderr and "Traceback" not in bad_split.stderr
+    both = vslerp("stats", "--model", karlo_dir, "--dataset", root, "--images", tmp_path, env=env)
+    assert both.returncode == 2 and "give one of --images DIR" in both.stderr
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing written
