@@ -220,3 +220,70 @@ def test_dataset_errors_are_one_line_and_offline_fails_fast(karlo_dir, parquet_d
     both = vslerp("stats", "--model", karlo_dir, "--dataset", root, "--images", tmp_path, env=env)
     assert both.returncode == 2 and "give one of --images DIR" in both.stderr
     assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing written
+
+
+# -- `vslerp stats import FILE` and what `vslerp models` says -----------------------------------
+def test_stats_import_reads_pt_npy_safetensors_into_mean_only_stats(karlo_dir, tmp_path, monkeypatch):
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from vslerp_app.registry import user_stats_path
+
+    mean = torch.randn(32, generator=torch.Generator().manual_seed(4)) * 3
+    files = {"pt": tmp_path / "mean.pt", "npy": tmp_path / "mean.npy", "st": tmp_path / "m.safetensors"}
+    torch.save({"clip_mean": mean[None]}, files["pt"])  # a Karlo-prior-like (1, d) named tensor
+    np.save(files["npy"], mean.numpy())
+    save_file({"mean": mean}, str(files["st"]))
+    for kind, path in files.items():
+        out = tmp_path / f"{kind}.safetensors"
+        result = vslerp("stats", "import", path, "--encoder", "some/encoder", "--out", out)
+        assert result.returncode == 0, result.stderr
+        stats = ModalityStats.load(out)
+        torch.testing.assert_close(stats.mean, mean, rtol=0, atol=0)
+        assert stats.conformity_kind == "cosine" and stats.mean_unit is None
+        prov = stats.provenance
+        assert prov["encoder"] == "some/encoder" and prov["imported_from"] == str(path) and prov["date"]
+        assert len(prov["imported_sha256"]) == 64
+
+    # A pickle that is more than tensors is refused (weights_only), as is a wrong size.
+    torch.save({"mean": mean, "code": print}, tmp_path / "evil.pt")
+    evil = vslerp("stats", "import", tmp_path / "evil.pt", "--encoder", "x", "--out", tmp_path / "e.st")
+    assert evil.returncode == 2 and "could not read a mean" in evil.stderr
+    assert "Traceback" not in evil.stderr and not (tmp_path / "e.st").exists()
+    np.save(tmp_path / "long.npy", np.ones(48, np.float32))
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    wrong = vslerp("stats", "import", tmp_path / "long.npy", "--model", karlo_dir, env=env)
+    assert wrong.returncode == 2 and "a 48-d mean" in wrong.stderr and "makes 32-d embeddings" in wrong.stderr
+
+    # Into the user cache by the model's encoder, where load_pipeline finds it.
+    done = vslerp("stats", "import", files["npy"], "--model", karlo_dir, env=env)
+    assert done.returncode == 0, done.stderr
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    pipe = load_pipeline(karlo_dir)
+    assert pipe.stats_note == f"from {user_stats_path(pipe.encoder.name)}"
+    torch.testing.assert_close(pipe.stats.mean, mean, rtol=0, atol=0)
+
+
+def test_models_name_the_stats_in_use_and_the_command_for_full_ones(tmp_path, monkeypatch):
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "VSLERP_STATS_DIR": str(tmp_path / "none")}
+    before = vslerp("models", env=env)
+    assert before.returncode == 0, before.stderr
+    command = "`vslerp stats --model karlo --dataset AKCIT/coco2017-captioning --split validation`"
+    assert command in before.stdout and "(mean-only)" in before.stdout
+    # Full stats for ViT-L/14 in the user cache serve both presets with that encoder.
+    from vslerp_app.registry import user_stats_path
+    from vslerp_app.stats import compute_stats
+
+    monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
+    x = torch.randn(200, 768, dtype=torch.float64) + 0.5
+    path = compute_stats(x, population=False, encoder="openai/clip-vit-large-patch14").save(
+        user_stats_path("openai/clip-vit-large-patch14"))
+    cache = tmp_path / "cache" / "vslerp-studio" / "stats"
+    assert path == cache / "openai--clip-vit-large-patch14.safetensors"
+    after = vslerp("models", "--json", env=env)
+    presets = {p["name"]: p for p in json.loads(after.stdout)}
+    for name in ("karlo", "stable-unclip-l"):
+        assert presets[name]["stats_path"] == str(path) and presets[name]["conformity_kind"] == "exact"
+        assert presets[name]["full_stats_command"] is None
+    assert presets["stable-unclip-h"]["stats_path"] != str(path)  # another encoder
+    assert presets["stable-unclip-h"]["full_stats_command"].startswith("vslerp stats --model stable-unclip-h")

@@ -113,6 +113,43 @@ def _cmd_stats(args) -> int:
     return 0
 
 
+def _cmd_stats_import(args) -> int:
+    """`vslerp stats import FILE`: a mean vector saved as mean-only stats with its provenance."""
+    import datetime
+    import hashlib
+
+    from vslerp_app.stats import ModalityStats, read_mean_file
+
+    mean = read_mean_file(args.file)
+    encoder, dim = _import_target(args)
+    if dim is not None and mean.shape[0] != dim:
+        raise CLIError(f"{args.file}: a {mean.shape[0]}-d mean, but {encoder} makes {dim}-d embeddings")
+    digest = hashlib.sha256(open(args.file, "rb").read()).hexdigest()  # noqa: SIM115 (read once)
+    stats = ModalityStats.from_mean(
+        mean, encoder=encoder, imported_from=os.path.abspath(args.file), imported_sha256=digest,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **({"dataset": args.source_name} if args.source_name else {}))
+    path = stats.save(args.out or user_stats_path(encoder))
+    print(f"wrote {path}: mean-only stats ({stats.dim}-d) of {encoder} from {args.file} "
+          f"({stats.conformity_label}; full statistics: `vslerp stats --model M --dataset ID`)")
+    return 0
+
+
+def _import_target(args) -> tuple[str, int | None]:
+    """(encoder name, embedding size or None) of --model (a preset needs no loading) or --encoder."""
+    if args.encoder:
+        return args.encoder, None
+    from pipelines import get_preset, list_presets
+
+    if args.model in list_presets():
+        preset = get_preset(args.model)
+        return preset.encoder, preset.embedding_dim
+    from vslerp_app import load_pipeline
+
+    pipe = load_pipeline(args.model, device="cpu", stats=None)
+    return pipe.encoder.name, pipe.encoder.dim
+
+
 def _stats_folder(args, pipe):
     from vslerp_app.folder_stats import folder_stats
 
@@ -492,6 +529,23 @@ def _add_stats(sub) -> None:
     p.set_defaults(func=_cmd_stats)
 
 
+def _add_stats_import(sub) -> None:
+    """`vslerp stats import FILE` (parsed as `stats-import`: see `_join_negative_values`)."""
+    p = sub.add_parser(
+        "stats-import", help="(`vslerp stats import FILE`) save a mean vector you have as mean-only stats",
+        description="Save a mean vector of a model's raw image embeddings (.pt loaded with "
+                    "weights_only, .npy without pickles, or .safetensors: one tensor or one named "
+                    "mean/clip_mean/image_mean) as mean-only stats with its provenance, by default "
+                    "in the user's stats cache where the model finds them.")
+    p.add_argument("file", type=_file, help="the mean: .pt, .npy or .safetensors")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="preset name or local pipeline directory (its encoder)")
+    which.add_argument("--encoder", help="the encoder's name (e.g. openai/clip-vit-large-patch14)")
+    p.add_argument("--out", type=_file, help="stats file to write (default: the user's stats cache)")
+    p.add_argument("--source-name", help="where the mean comes from, for the provenance")
+    p.set_defaults(func=_cmd_stats_import)
+
+
 def _add_path_options(p) -> None:
     """`vslerp render --keyframes A B C [--loop] [--frames N] [--spacing] [--ease]`."""
     path = p.add_argument_group(
@@ -611,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for add in (_add_models, _add_fixture, _add_stats, _add_render, _add_score):
+    for add in (_add_models, _add_fixture, _add_stats, _add_stats_import, _add_render, _add_score):
         add(sub)
     for p in sub.choices.values():  # after the subcommand too; SUPPRESS keeps a flag given before it
         _add_common(p, default=argparse.SUPPRESS)
@@ -628,7 +682,12 @@ def _set_verbosity(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `vslerp stats import FILE` is the parser's `stats-import` (global flags take no value).
+    command = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if command is not None and argv[command:command + 2] == ["stats", "import"]:
+        argv = [*argv[:command], "stats-import", *argv[command + 2:]]
+    args = parser.parse_args(_join_negative_values(argv))
     _set_verbosity(args.verbose)
     try:
         return args.func(args)

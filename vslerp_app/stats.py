@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CONFORMITY_LABELS", "POPULATION_QUANTILES", "WHITENING_MIN_RATIO", "ModalityStats",
            "StatsAccumulator", "StatsError", "compute_stats", "leave_one_out_log_likelihood",
-           "percentile_in", "whitening_refusal"]
+           "percentile_in", "read_mean_file", "whitening_refusal"]
 
 FORMAT = "vslerp-stats/1"
 STATS_FILENAME = "vslerp-stats.safetensors"
@@ -381,6 +381,53 @@ class ModalityStats:
         """Stats that know only the raw mean (e.g. embedded in a model); a=1, b=0, uncalibrated."""
         return cls(mean=torch.as_tensor(mean).detach().float().cpu().flatten(),
                    provenance={k: str(v) for k, v in provenance.items()})
+
+
+_MEAN_KEYS = ("mean", "clip_mean", "image_mean")
+
+
+def _pick_mean(tensors: dict, where: str) -> torch.Tensor:
+    """The one tensor of a file, or the one named like a mean."""
+    if len(tensors) == 1:
+        return next(iter(tensors.values()))
+    for key in _MEAN_KEYS:
+        if key in tensors:
+            return tensors[key]
+    raise StatsError(f"{where}: holds {sorted(tensors)}; expected one tensor or one named "
+                     f"{' or '.join(_MEAN_KEYS)}")
+
+
+def read_mean_file(path: str | os.PathLike) -> torch.Tensor:
+    """A mean vector from .pt/.pth (torch.load with weights_only=True: no code runs), .npy
+    (no pickles) or .safetensors: one tensor, or one named mean/clip_mean/image_mean; a
+    (1, d) shape is flattened. StatsError names the file and the problem."""
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise StatsError(f"{where}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".pt", ".pth", ".bin"):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            value = _pick_mean(loaded, where) if isinstance(loaded, dict) else loaded
+        elif suffix == ".npy":
+            import numpy as np
+
+            value = torch.from_numpy(np.load(path, allow_pickle=False))
+        elif suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            value = _pick_mean(load_file(str(path)), where)
+        else:
+            raise StatsError(f"{where}: unknown suffix {suffix!r} (expected .pt, .npy or .safetensors)")
+    except StatsError:
+        raise
+    except Exception as e:  # pickles refused by weights_only, corrupt files: one line
+        raise StatsError(f"{where}: could not read a mean from it: {type(e).__name__}: {e}") from None
+    if not isinstance(value, torch.Tensor) or value.squeeze().ndim != 1:
+        raise StatsError(f"{where}: expected a mean vector (d,) or (1, d), got "
+                         f"{tuple(getattr(value, 'shape', ())) or type(value).__name__}")
+    return value.detach().squeeze().to(torch.float32)
 
 
 def _f64(v) -> torch.Tensor:
