@@ -158,10 +158,10 @@ def reader(tmp_path_factory):
     _reference_weights(cache)
     work = root / "work"
     work.mkdir()
-    pictures = iter(fixture_images(55, seed=21, size=96))
+    pictures = iter(fixture_images(111, seed=21, size=96))
     for name in ("cat.png", "dog.png", "car.png"):
         next(pictures).save(work / name)
-    for folder, count in (("coco/val2017", 40), ("photos", 4), ("generated", 4), ("unclip-frames", 4)):
+    for folder, count in (("coco/val2017", 96), ("photos", 4), ("generated", 4), ("unclip-frames", 4)):
         (work / folder).mkdir(parents=True)
         for i in range(count):
             next(pictures).save(work / folder / f"{i:012d}.jpg")
@@ -223,7 +223,7 @@ def check_promises(argv: list[str], cwd: Path, stdout: str) -> str:
         assert (cwd / args.dir / "model_index.json").is_file()
     elif args.command == "stats":
         stats = ModalityStats.load(cwd / args.out)
-        assert stats.n == 40 and stats.whitening is not None and "pearson=" in stdout
+        assert stats.n == 96 and stats.whitening is not None and "pearson=" in stdout  # 3 d
     elif args.command == "score":
         scores = json.loads((cwd / args.out / "scores.json").read_text())
         assert {"scores.csv", "report.png"} <= {p.name for p in (cwd / args.out).iterdir()}

@@ -494,7 +494,8 @@ def _add_stats(sub) -> None:
     p = sub.add_parser(
         "stats", help="image-modality stats of a model's encoder over a folder or a hub dataset",
         description="Compute the statistics of a model's CLIP image encoder over a folder of "
-                    "images: the mean m that vSLERP rotates about (Eq. 12), the mean of unit "
+                    "images or a streamed hub image dataset (--dataset): the mean m that vSLERP "
+                    "rotates about (Eq. 12), the mean of unit "
                     "embeddings (exact conformity, Eq. 10), the Eq. 11 fit a, b with its Pearson "
                     "correlation, the whitening matrix for the log-likelihood readout (from 3 images per "
                     "dimension: MS-COCO val2017's 5,000 cover 768- to 1280-d) and the population's "
