@@ -40,7 +40,7 @@ TINY_CONFIG = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
-N_IMAGES = 48  # > embed_dim, so the stats carry a whitening matrix
+N_IMAGES = 96  # 3 * embed_dim, so the stats carry a whitening matrix
 CAPTIONS = ["a photo of a cat", "a dog asleep on a sofa", "a red bus in a busy street",
             "a pizza on a wooden table", "two people skiing down a hill", "a bowl of fruit",
             "a man riding a wave on a surfboard", "an empty train station at night"]
