@@ -175,7 +175,7 @@ def test_cli_stats_reference_with_coco_captions(tiny_config, image_dir, python_r
                      "--captions", captions, "--batch-size", 7, "--source-name", "tiny-set",
                      env={CONFIG_ENV: str(tiny_config)})
     assert result.returncode == 0, result.stderr
-    assert "image: n=48" in result.stdout and "text: n=8" in result.stdout
+    assert f"image: n={N_IMAGES}" in result.stdout and "text: n=8" in result.stdout
     assert "modality gap" in result.stdout
     paths = sibling_paths(out)
     assert all(p.is_file() for p in paths.values())
