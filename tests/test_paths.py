@@ -124,6 +124,96 @@ def test_ease_in_out():
     assert [p.theta for p in plan.points] == [0.0, paths.ease_in_out(0.25), 0.5, paths.ease_in_out(0.75), 1.0]
 
 
+# -- even turning inside a segment (spacing="angle") ----------------------------------------------
+def _slerp64(p0: np.ndarray, p1: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """SLERP in float64 numpy, written from the formula: (sin((1-t)W) p0 + sin(tW) p1) / sin W."""
+    w = math.acos(float(np.clip(p0 @ p1 / (np.linalg.norm(p0) * np.linalg.norm(p1)), -1, 1)))
+    t = np.asarray(t, float)[:, None]
+    return (np.sin((1 - t) * w) * p0 + np.sin(t * w) * p1) / math.sin(w)
+
+
+def _turns(q: np.ndarray, closed: bool = False) -> np.ndarray:
+    """Angles between the directions of neighbouring rows of q (and last to first when closed)."""
+    u = q / np.linalg.norm(q, axis=1, keepdims=True)
+    nxt = np.roll(u, -1, axis=0) if closed else u[1:]
+    u = u if closed else u[:-1]
+    return np.arccos(np.clip(np.sum(u * nxt, axis=1), -1, 1))
+
+
+def _clip_like(rng, count: int, radii, d: int = 768) -> tuple[np.ndarray, np.ndarray]:
+    """(keyframes (count, d), mean): CLIP-like raw vectors on a shell of the given radii about
+    a mean that lies well away from the origin (the double-ellipsoid picture)."""
+    mean = rng.normal(size=d)
+    mean *= 10 / np.linalg.norm(mean)
+    offsets = rng.normal(size=(count, d))
+    offsets *= np.asarray(radii, float)[:, None] / np.linalg.norm(offsets, axis=1, keepdims=True)
+    return mean + offsets, mean
+
+
+def test_even_angle_theta_turns_by_equal_angles_against_a_float64_reference():
+    """Frames at even_angle_theta's thetas, computed by an independent float64 SLERP at d = 768,
+    turn about the centre by equal angles (within 1%; in fact to ~1e-10) for unequal norms, while
+    theta = j / n does not: its first and last steps differ by about (|p1| / |p0|)^2."""
+    rng = np.random.default_rng(24)
+    for _ in range(200):
+        v, mean = _clip_like(rng, 2, rng.uniform(2, 12, 2))
+        alpha = float(rng.uniform(-3, 3))
+        p0, p1 = v[0] - alpha * mean, v[1] - alpha * mean
+        angle = math.acos(float(p0 @ p1 / (np.linalg.norm(p0) * np.linalg.norm(p1))))
+        ratio = float(np.linalg.norm(p0) / np.linalg.norm(p1))
+        n = int(rng.integers(2, 40))
+        thetas = [paths.even_angle_theta(j / n, angle, ratio) for j in range(n + 1)]
+        assert thetas[0] == 0.0 and thetas[-1] == 1.0 and np.all(np.diff(thetas) > 0)
+        turns = _turns(_slerp64(p0, p1, thetas))
+        assert turns.max() / turns.min() < 1.01
+        np.testing.assert_allclose(turns, angle / n, rtol=1e-8)
+        naive = _turns(_slerp64(p0, p1, np.linspace(0, 1, 201)))
+        assert naive[0] / naive[-1] == pytest.approx((1 / ratio) ** 2, rel=0.05)
+    assert paths.even_angle_theta(0.3, 1.0, 1.0) == pytest.approx(0.3, rel=1e-15)  # equal norms: theta = phi / W
+    assert paths.even_angle_theta(0.3, 0.0, 2.0) == 0.3  # no turn, or no rotation plane: linear
+    assert paths.even_angle_theta(0.3, math.pi, 2.0) == 0.3
+
+
+def _path_turns(plan: paths.PathPlan, v: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Each step's turn of the direction about the segment's centre, over the whole path."""
+    k = len(v)
+    turns = []
+    for a, b in zip(plan.points, plan.points[1:] + ([plan.points[0]] if plan.loop else []), strict=False):
+        centre = a.alpha * mean
+        end = b.theta if b.segment == a.segment and b.theta > 0 else 1.0  # b opens the next segment
+        q = _slerp64(v[a.segment] - centre, v[(a.segment + 1) % k] - centre, [a.theta, end])
+        turns.append(_turns(q)[0])
+    return np.array(turns)
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_angle_spacing_evens_every_step_of_a_61_frame_path(loop, capsys):
+    """A 61-frame path through CLIP-like keyframes of unequal norms (d = 768, alpha 1): with the
+    turn evened inside each segment, steps inside a segment are equal and the largest is within
+    one step's rounding of the smallest (segments get whole steps); theta = j / n was ~1.4 times."""
+    rng = np.random.default_rng(7)
+    v, mean = _clip_like(rng, 3, [1.0, 0.83, 1.2])
+    segments = 3 if loop else 2
+    p = [v[k] - mean for k in range(3)]
+    ends = [(p[k], p[(k + 1) % 3]) for k in range(segments)]
+    angles = [math.acos(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))) for a, b in ends]
+    ratios = [float(np.linalg.norm(a) / np.linalg.norm(b)) for a, b in ends]
+    before = paths.plan_path(3, 61, [1.0], loop=loop, spacing="angle", angles=angles)  # no ratios: j / n
+    after = paths.plan_path(3, 61, [1.0], loop=loop, spacing="angle", angles=angles, ratios=ratios)
+    assert after.steps == before.steps and after.ratios == pytest.approx(ratios)
+    spread_before = _path_turns(before, v, mean)
+    spread_after = _path_turns(after, v, mean)
+    with capsys.disabled():
+        print(f"\n61 frames, alpha 1, loop={loop}: largest/smallest step "
+              f"{spread_before.max() / spread_before.min():.3f} before, {spread_after.max() / spread_after.min():.4f} after")
+    assert spread_before.max() / spread_before.min() > 1.3
+    # between segments, whole steps: within one step of proportional
+    assert spread_after.max() / spread_after.min() < 1 + 1 / min(after.steps) + 1e-9
+    for s in range(segments):  # inside a segment: equal to 1%
+        inside = spread_after[[i for i, pt in enumerate(after.points[:len(spread_after)]) if pt.segment == s]]
+        assert inside.max() / inside.min() < 1.01
+
+
 @pytest.mark.parametrize("call, words", [
     (lambda: paths.plan_path(1, 5), "at least 2 keyframes, got 1"),
     (lambda: paths.plan_path(3, 2), "an open path through 3 keyframes needs at least 3 frames"),

@@ -537,12 +537,15 @@ class VSLERPPipeline:
         alpha_values = paths.segment_alphas(specs.as_values(alphas, "alpha"), segments)
         for alpha in alpha_values:
             self.check_alpha(alpha)
-        vectors = self.encode_keyframes(images)
+        vectors = self.encode_keyframes(images).double()
         mean = None if self.stats is None else self.stats.mean.double()
-        angles = [float(geometry.arc_angle(vectors[k].double(), vectors[(k + 1) % len(images)].double(),
-                                           alpha, mean)) for k, alpha in enumerate(alpha_values)]
+        ends = [(vectors[k], vectors[(k + 1) % len(images)]) for k in range(segments)]
+        angles = [float(geometry.arc_angle(v0, v1, alpha, mean))
+                  for (v0, v1), alpha in zip(ends, alpha_values, strict=True)]
+        centres = [0.0 if mean is None else alpha * mean for alpha in alpha_values]
+        ratios = [float((v0 - c).norm() / (v1 - c).norm()) for (v0, v1), c in zip(ends, centres, strict=True)]
         return paths.plan_path(len(images), frames, alpha_values, loop=loop, spacing=spacing, ease=ease,
-                               angles=angles)
+                               angles=angles, ratios=ratios)
 
     def path_embeddings(self, vectors: torch.Tensor, points: list[paths.PathPoint]) -> torch.Tensor:
         """The Eq. 12 embedding (float32, computed in float64) of each path point; vectors (K, d)."""
