@@ -357,6 +357,13 @@ def test_angle_spacing_follows_the_measured_angles(pipe, keyframes):
     assert sum(plan.steps) == 30 and np.all(np.abs(np.array(plan.steps) - proportional) < 1)
     uniform = pipe.plan_path([a, b, a, c], frames=31, alphas=alphas)
     assert uniform.steps == [10, 10, 10] and uniform.angles == plan.angles
+    # the frames the engine renders turn about their segment's centre by equal angles
+    emb = pipe.path_embeddings(torch.stack([pipe.encode(x) for x in (a, b, a, c)]), plan.points).double()
+    for k, alpha in enumerate(alphas):
+        rows = [i for i, p in enumerate(plan.points) if p.segment == k] + [plan.keyframe_frames[k + 1]]
+        turns = _turns((emb[rows] - alpha * m).numpy())
+        assert turns.max() / turns.min() < 1.01
+        assert turns.sum() == pytest.approx(plan.angles[k], rel=1e-5)
 
 
 def test_keyframe_refusals(pipe, keyframes):
@@ -392,7 +399,7 @@ def test_render_path_files_and_manifest(pipe, keyframes, tmp_path):
     assert m["status"] == "complete" and m["frame_count"] == 6 == len(m["frames"])
     assert m["path"] == {"keyframes": 3, "segments": 3, "frames": 6, "loop": True, "spacing": "uniform",
                          "ease": True, "alphas": [1.0, 0.0, -1.0], "angles": m["path"]["angles"],
-                         "steps": [2, 2, 2], "keyframe_frames": [0, 2, 4]}
+                         "ratios": m["path"]["ratios"], "steps": [2, 2, 2], "keyframe_frames": [0, 2, 4]}
     assert [(e["index"], e["segment"], e["keyframe"], e["theta"], e["alpha"]) for e in m["frames"]] == [
         (0, 0, 0, 0.0, 1.0), (1, 0, None, 0.5, 1.0), (2, 1, 1, 0.0, 0.0), (3, 1, None, 0.5, 0.0),
         (4, 2, 2, 0.0, -1.0), (5, 2, None, 0.5, -1.0)]
