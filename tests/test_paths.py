@@ -169,7 +169,8 @@ def test_even_angle_theta_turns_by_equal_angles_against_a_float64_reference():
         np.testing.assert_allclose(turns, angle / n, rtol=1e-8)
         naive = _turns(_slerp64(p0, p1, np.linspace(0, 1, 201)))
         assert naive[0] / naive[-1] == pytest.approx((1 / ratio) ** 2, rel=0.05)
-    assert paths.even_angle_theta(0.3, 1.0, 1.0) == pytest.approx(0.3, rel=1e-15)  # equal norms: theta = phi / W
+    # equal norms: theta = phi / W
+    assert paths.even_angle_theta(0.3, 1.0, 1.0) == pytest.approx(0.3, rel=1e-15)
     assert paths.even_angle_theta(0.3, 0.0, 2.0) == 0.3  # no turn, or no rotation plane: linear
     assert paths.even_angle_theta(0.3, math.pi, 2.0) == 0.3
 
@@ -205,7 +206,8 @@ def test_angle_spacing_evens_every_step_of_a_61_frame_path(loop, capsys):
     spread_after = _path_turns(after, v, mean)
     with capsys.disabled():
         print(f"\n61 frames, alpha 1, loop={loop}: largest/smallest step "
-              f"{spread_before.max() / spread_before.min():.3f} before, {spread_after.max() / spread_after.min():.4f} after")
+              f"{spread_before.max() / spread_before.min():.3f} before, "
+              f"{spread_after.max() / spread_after.min():.4f} after")
     assert spread_before.max() / spread_before.min() > 1.3
     # between segments, whole steps: within one step of proportional
     assert spread_after.max() / spread_after.min() < 1 + 1 / min(after.steps) + 1e-9
@@ -360,7 +362,8 @@ def test_angle_spacing_follows_the_measured_angles(pipe, keyframes):
     # the frames the engine renders turn about their segment's centre by equal angles
     emb = pipe.path_embeddings(torch.stack([pipe.encode(x) for x in (a, b, a, c)]), plan.points).double()
     for k, alpha in enumerate(alphas):
-        rows = [i for i, p in enumerate(plan.points) if p.segment == k] + [plan.keyframe_frames[k + 1]]
+        rows = sorted({i for i, p in enumerate(plan.points) if p.segment == k}
+                      | {plan.keyframe_frames[k + 1]})
         turns = _turns((emb[rows] - alpha * m).numpy())
         assert turns.max() / turns.min() < 1.01
         assert turns.sum() == pytest.approx(plan.angles[k], rel=1e-5)
