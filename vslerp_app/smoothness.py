@@ -27,8 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["cosine_steps", "describe", "directness", "gini", "lpips_steps", "lpips_weights_present",
-           "measure", "summary_line"]
+__all__ = ["cosine_steps", "describe", "describe_sequence", "directness", "gini", "lpips_steps",
+           "lpips_weights_present", "markdown", "measure", "summary_line"]
 
 
 def _rows(embeddings) -> np.ndarray:
@@ -164,14 +164,23 @@ def summary_line(m: dict | None) -> str:
     jump = m["largest_jump"]
     times = "" if jump["times_mean"] is None else f", {jump['times_mean']:.1f}× the mean step"
     words = (f"Smoothness {m['smoothness']:.3f} (1 − Gini of the steps; 1 is perfectly even), step spread "
-             f"PDV {m['pdv']:.4f}, path length {m['path_length']:.4f}, PPL {m['ppl']:.4f}; largest jump "
+             f"PDV {m['pdv']:.3g}, path length {m['path_length']:.3g}, PPL {m['ppl']:.3g}; largest jump "
              f"between frames {jump['frames'][0] + 1} and {jump['frames'][1] + 1} "
-             f"({jump['distance']:.4f}{times})")
+             f"({jump['distance']:.3g}{times})")
     if m.get("directness") is not None:
         d = m["directness"]
         words += (f"; {100 * d['directness']:.0f}% of steps head straight from source to target "
                   f"({d['source_rises']} back toward the source, {d['target_falls']} away from the target)")
     return words + f" [{m['space']}]."
+
+
+def markdown(measured: dict | None) -> str:
+    """A render's ``smoothness`` (model space, reference space, LPIPS) as Markdown lines for the page."""
+    if not measured:
+        return ""
+    names = {"model": "the model's CLIP", "reference": "the reference CLIP", "lpips": "LPIPS (AlexNet)"}
+    return "\n\n".join(f"**Smoothness in {names.get(key, key)}:** {summary_line(m)}"
+                        for key, m in measured.items() if isinstance(m, dict))
 
 
 # -- LPIPS, where the user has it --------------------------------------------------------------
