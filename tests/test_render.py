@@ -605,7 +605,8 @@ def test_every_render_is_measured_and_the_plot_has_the_step_strip(pipe, images, 
     resumed = render_sequence(pipe, *images, "0:1:6", 1.0, seed=4, out_dir=out, preview=True, steps=2)
     assert resumed["runs"][-1]["frames_rendered"] == 2 and all(
         _mtimes(out)[name] == t for name, t in kept_frames.items())
-    assert resumed["smoothness"]["model"]["steps"] == pytest.approx(measured["steps"], rel=1e-4, abs=1e-9)
+    # (frames 4 and 5 rendered alone may differ from their batch by a uint8 level on a few pixels)
+    assert resumed["smoothness"]["model"]["steps"] == pytest.approx(measured["steps"], rel=1e-4, abs=1e-7)
     # nothing rendered: kept as it was
     monkeypatch.setattr(smoothness, "describe_sequence", None)
     kept = render_sequence(pipe, *images, "0:1:6", 1.0, seed=4, out_dir=out, preview=True, steps=2)
