@@ -286,17 +286,16 @@ def _cmd_score(args) -> int:
     """`vslerp score`: conformity and likelihood of every image, on the stats population's scale;
     with --sequence/--video, each sequence's smoothness too."""
     from vslerp_app.folder_stats import find_images
-    from vslerp_app.score import score_folders
+    from vslerp_app.score import check_sequence, score_folders
 
-    sequences = (args.sequence or []) + (args.video or [])
+    sequences = args.sequence or []  # --sequence and --video, in the order given
     if not args.images and not sequences:
         raise CLIError("give --images DIR (folders of images), or --sequence DIR / --video FILE "
                        "(morph sequences), at least once")
     for folder in args.images or []:  # refuse a wrong folder before loading a model
         find_images(folder)
     for source in sequences:
-        if not os.path.exists(source):
-            raise CLIError(f"{source}: neither a folder of frames nor a video file")
+        check_sequence(source)
     encoder, stats, space = _score_encoder(args)
     if sequences:
         _score_sequences(encoder, stats, space, sequences, args)
@@ -576,7 +575,7 @@ def _add_score(sub) -> None:
                    help="a morph's frames, a folder of images in name order (ours or any tool's); "
                         "repeat to compare sequences side by side: smoothness, steps, conformity per frame "
                         "(sequences.csv, .json, .png)")
-    p.add_argument("--video", action="append", metavar="FILE",
+    p.add_argument("--video", action="append", dest="sequence", metavar="FILE",
                    help="a morph as a video (its frames in order); scored as --sequence, side by side")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--stats", metavar="FILE",

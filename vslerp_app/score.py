@@ -53,7 +53,7 @@ from vslerp_app.outputs import label_font
 from vslerp_app.stats import ModalityStats, StatsError
 
 __all__ = ["SCORE_FORMAT", "SEQUENCE_FORMAT", "ScoreReport", "extremes", "ks_statistic", "score_folders",
-           "score_sequences", "sequence_frames", "sequences_png", "wasserstein_1"]
+           "check_sequence", "score_sequences", "sequence_frames", "sequences_png", "wasserstein_1"]
 
 logger = logging.getLogger(__name__)
 
@@ -502,6 +502,27 @@ def _name_order(path: Path) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
+def check_sequence(source: str | os.PathLike) -> None:
+    """Refuse (StatsError, naming it) a source that is not a sequence of 2 frames or more, without
+    decoding it: a folder's image files are counted, a video's frames counted by ffmpeg."""
+    path = Path(source)
+    if path.is_dir():
+        count = sum(1 for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    elif path.is_file():
+        import imageio_ffmpeg
+
+        try:
+            count = imageio_ffmpeg.count_frames_and_secs(str(path))[0]
+        except (RuntimeError, OSError) as e:
+            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            raise StatsError(f"{path}: not a video ffmpeg can read ({reason})") from None
+    else:
+        raise StatsError(f"{path}: neither a folder of frames nor a video file")
+    if count < 2:
+        raise StatsError(f"sequence {path}: {count} frame{'' if count == 1 else 's'}; a sequence needs at "
+                         f"least 2 (looked for {', '.join(sorted(IMAGE_SUFFIXES))} files, or a video)")
+
+
 def sequence_frames(source: str | os.PathLike) -> tuple[list[str], list[PIL.Image.Image]]:
     """(names, RGB frames) of a sequence: a folder's images in name order (not its subfolders),
     or a video's frames in order (any format ffmpeg reads); StatsError naming what is wrong."""
@@ -591,9 +612,8 @@ def score_sequences(encoder, stats: ModalityStats, sources: Sequence[str | os.Pa
     sources = [str(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
     if not sources:
         raise StatsError("no sequence to score: give --sequence DIR or --video FILE at least once")
-    for source in sources:  # before anything is read or written
-        if not Path(source).exists():
-            raise StatsError(f"{source}: neither a folder of frames nor a video file")
+    for source in sources:  # before anything is decoded or written
+        check_sequence(source)
     stats.validate(getattr(encoder, "dim", None), "stats")
     scored = [_score_one(encoder, stats, name, source, batch_size)
               for name, source in zip(_sequence_names(sources), sources, strict=True)]
