@@ -408,7 +408,8 @@ def _path_panel(config: ui.StudioConfig, c: SimpleNamespace, has_stats: bool) ->
                                       elem_id="path_alpha")
         with gr.Row():
             c.loop = gr.Checkbox(False, label="loop back to the first keyframe", elem_id="loop")
-            c.spacing = gr.Radio([("same frames per segment", "uniform"), ("one speed (by angle)", "angle")],
+            c.spacing = gr.Radio([("same frames per segment", "uniform"), ("one speed (by angle)", "angle"),
+                                  ("even as measured (a preview pass first)", "perceptual")],
                                  value="uniform", label="spacing", elem_id="spacing")
             c.ease = gr.Checkbox(False, label="ease in and out of each keyframe", elem_id="ease")
         with gr.Row():

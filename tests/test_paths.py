@@ -216,11 +216,40 @@ def test_angle_spacing_evens_every_step_of_a_61_frame_path(loop, capsys):
         assert inside.max() / inside.min() < 1.01
 
 
+# -- perceptual spacing: frames placed by a measured distance curve ------------------------------------
+def test_perceptual_spacing_places_frames_equally_far_apart_along_the_measured_curves():
+    """Segments measured at 13 thetas (distance 2 theta^2 on the first, sin(pi theta / 2) on the
+    second, nothing on a hold): steps go by measured length, and inside a segment every
+    neighbour pair is equally far apart on the measured curve, and nearly so on the true one."""
+    grid = np.linspace(0, 1, 13)
+    truth = [lambda t: 2 * t ** 2, lambda t: np.sin(np.pi * t / 2), lambda t: 0 * t]
+    curves = [paths.MeasuredCurve.from_steps(grid, np.diff(f(grid))) for f in truth]
+    assert [c.length for c in curves] == pytest.approx([2.0, 1.0, 0.0])
+    plan = paths.plan_path(4, 31, [1.0], spacing="perceptual", curves=curves)
+    assert plan.steps == [20, 10, 0] and plan.curves == curves
+    for k, f in enumerate(truth[:2]):
+        thetas = [p.theta for p in plan.points if p.segment == k] + [1.0]
+        measured = np.interp(thetas, grid, curves[k].distances)
+        np.testing.assert_allclose(np.diff(measured), curves[k].length / plan.steps[k], rtol=1e-9)
+        true_steps = np.diff(f(np.array(thetas)))
+        assert true_steps.max() / true_steps.min() < 1.25  # linear between 13 samples
+        uniform = np.diff(f(np.linspace(0, 1, plan.steps[k] + 1)))
+        assert uniform.max() / uniform.min() > 1.5  # what theta = j / n would have done
+    described = plan.describe()["measured"]
+    assert described[0]["thetas"] == grid.tolist() and described[0]["length"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="needs the measured curves"):
+        paths.plan_path(3, 9, [1.0], spacing="perceptual")
+    with pytest.raises(ValueError, match="must start at 0 and not decrease"):
+        paths.MeasuredCurve((0.0, 0.5, 1.0), (0.0, 0.3, 0.2))
+    with pytest.raises(ValueError, match="increasing thetas from 0 to 1"):
+        paths.MeasuredCurve((0.0, 0.5), (0.0, 0.3))
+
+
 @pytest.mark.parametrize("call, words", [
     (lambda: paths.plan_path(1, 5), "at least 2 keyframes, got 1"),
     (lambda: paths.plan_path(3, 2), "an open path through 3 keyframes needs at least 3 frames"),
     (lambda: paths.plan_path(3, 2, loop=True), "a loop through 3 keyframes needs at least 3 frames"),
-    (lambda: paths.plan_path(3, 5, spacing="speed"), "spacing must be one of uniform, angle"),
+    (lambda: paths.plan_path(3, 5, spacing="speed"), "spacing must be one of uniform, angle, perceptual"),
     (lambda: paths.plan_path(3, 5.0), "frames must be a whole number"),
     (lambda: paths.plan_path(3, 5, [0, 1, 2]), "alpha has 3 values for a path of 2 segments"),
     (lambda: paths.check_values(3, 97, 0, max_frames=96), "frames must be at most 96, got 97"),
@@ -367,6 +396,31 @@ def test_angle_spacing_follows_the_measured_angles(pipe, keyframes):
         turns = _turns((emb[rows] - alpha * m).numpy())
         assert turns.max() / turns.min() < 1.01
         assert turns.sum() == pytest.approx(plan.angles[k], rel=1e-5)
+
+
+def test_perceptual_spacing_measures_a_preview_pass_and_inverts_it(pipe, keyframes, tmp_path):
+    """The curves are the cosine distances of the preview frames at the grid's thetas, re-encoded
+    (checked against those frames rendered on their own); the frames' thetas invert the curves;
+    the manifest keeps both, and the preview pass's cost."""
+    a, b, _ = keyframes
+    curves = pipe.measure_segments([a, b], [1.0], seed=2, samples=4)
+    grid = [0.0, 0.25, 0.5, 0.75, 1.0]
+    shots = pipe.generate_path_points([a, b], [paths.PathPoint(i, 0, t, 1.0) for i, t in enumerate(grid)], 2,
+                                      preview=True)
+    u = torch.stack([f.frame_embedding for f in shots]).double()
+    u = u / u.norm(dim=1, keepdim=True)
+    expected = np.concatenate([[0], np.cumsum(1 - (u[:-1] * u[1:]).sum(1).numpy())])
+    assert list(curves[0].thetas) == grid
+    np.testing.assert_allclose(curves[0].distances, expected, rtol=1e-5, atol=1e-12)
+    m = render_path(pipe, [a, b], tmp_path / "even", frames=7, alphas=1.0, seed=2, spacing="perceptual",
+                    plot=False, contact=False, **FAST)
+    layout = m["path"]
+    assert layout["spacing"] == "perceptual" and layout["measure_seconds"] > 0
+    (measured,) = layout["measured"]
+    assert measured["thetas"] == [j / 12 for j in range(13)]
+    fractions = np.interp(layout["thetas"], measured["thetas"], measured["distances"]) / measured["length"]
+    np.testing.assert_allclose(fractions, np.linspace(0, 1, 7), atol=1e-9)
+    assert [f["theta"] for f in m["frames"]] == layout["thetas"] == [p[1] for p in m["settings"]["frames"]]
 
 
 def test_keyframe_refusals(pipe, keyframes):

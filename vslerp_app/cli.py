@@ -483,9 +483,12 @@ def _add_path_options(p) -> None:
     path.add_argument("--loop", action="store_true", help="go back from the last keyframe to the first")
     path.add_argument("--frames", type=int, metavar="N",
                       help="the path's frame count (default: 8 a segment, +1 for an open path's end)")
-    path.add_argument("--spacing", choices=["uniform", "angle"],
+    path.add_argument("--spacing", choices=["uniform", "angle", "perceptual"],
                       help="uniform: the same frames per segment (default); angle: frames in proportion "
-                           "to each segment's angle on its vSLERP arc (one speed throughout)")
+                           "to each segment's angle on its vSLERP arc, turning by equal angles (one speed "
+                           "throughout); perceptual: a preview pass measures the distance between "
+                           "re-encoded frames along each segment, and neighbours are placed equally far "
+                           "apart as measured")
     path.add_argument("--ease", action="store_true", help="ease in and out of every keyframe")
 
 

@@ -307,9 +307,9 @@ def plan_path(keyframes: int, frames: int, alphas: Sequence[float] = (0.0,), *, 
         steps = angle_steps(total, [c.length for c in curves])
     theta_of = _theta_map(spacing, angles, ratios, curves)
     marks = [sum(steps[:k]) for k in range(segments + 1)]
-    points = [_point(f, marks, steps, alphas, ease, theta_of) for f in range(frames)]
-    if not loop:  # the last frame closes the last segment
-        points[-1] = PathPoint(frames - 1, segments - 1, 1.0, alphas[-1], keyframes - 1)
+    points = [_point(f, marks, steps, alphas, ease, theta_of) for f in range(frames if loop else frames - 1)]
+    if not loop:  # the last frame closes the last segment (which may be a hold of no steps)
+        points.append(PathPoint(frames - 1, segments - 1, 1.0, alphas[-1], keyframes - 1))
     keyframe_frames = [marks[k] % frames if loop else marks[k] for k in range(keyframes)]
     return PathPlan(keyframes=keyframes, loop=loop, spacing=spacing, ease=ease, alphas=alphas,
                     angles=None if angles is None else [float(a) for a in angles], steps=steps,

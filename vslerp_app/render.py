@@ -435,8 +435,15 @@ def _path_plan(pipe, keyframes, frames, alphas, seed, loop: bool, spacing: str, 
     seed = check_seed(seed)
     chunk, overrides = _chunk_and_overrides(pipe, max_batch, sampling)
     images = [image for image, _ in loaded]
-    path = pipe.plan_path(images, frames, alpha_values, loop=bool(loop), spacing=spacing, ease=bool(ease))
+    started = time.perf_counter()
+    path = pipe.plan_path(images, frames, alpha_values, loop=bool(loop), spacing=spacing, ease=bool(ease),
+                          seed=seed, measure={"max_batch": chunk, **{k: v for k, v in overrides.items()
+                                                                      if k == "guidance_scale"}})
     points = path.points
+    layout = path.describe()
+    if spacing == "perceptual":  # the preview pass's cost, beside the curves it measured
+        layout["measure_seconds"] = round(time.perf_counter() - started, 3)
+        layout["thetas"] = [p.theta for p in points]
     request = {
         "model": mf.model_id(pipe.model), "keyframes": [desc["sha256"] for _, desc in loaded],
         "loop": bool(loop), "spacing": spacing, "ease": bool(ease), "alphas": path.alphas,
@@ -452,7 +459,7 @@ def _path_plan(pipe, keyframes, frames, alphas, seed, loop: bool, spacing: str, 
     return _Plan(pairs=[(p.theta, p.alpha) for p in points], thetas=[p.theta for p in points],
                  alphas=[p.alpha for p in points], grid=False, seed=seed,
                  inputs={"keyframes": (images, [desc for _, desc in loaded])}, request=request,
-                 sampling=overrides, chunk=chunk, render=render, path=path.describe(), keys=keys)
+                 sampling=overrides, chunk=chunk, render=render, path=layout, keys=keys)
 
 
 def render_path(pipe, keyframes, out_dir, *, progress: Callable[[int, int], None] | None = None,
