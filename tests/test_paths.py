@@ -641,7 +641,8 @@ def _readme_path_commands() -> list[list[str]]:
 
 def test_the_readme_path_commands_run(karlo_dir, keyframes, tmp_path):
     commands = _readme_path_commands()
-    assert len(commands) == 2 and all("--keyframes" in c for c in commands)
+    assert len(commands) == 3 and all("--keyframes" in c for c in commands)
+    assert commands[2][commands[2].index("--spacing") + 1] == "perceptual"
     for name, source in zip(("cat.png", "dog.png", "car.png"), keyframes, strict=True):
         (tmp_path / name).write_bytes(source.read_bytes())
     for words in commands:
