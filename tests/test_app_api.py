@@ -468,6 +468,19 @@ def test_an_open_path_with_angle_spacing_and_ease(client):
     assert sum(c.startswith("key") for c in captions) == 3
 
 
+def test_a_path_with_perceptual_spacing_keeps_its_measured_curve(client):
+    *_, zip_path, smoothness = client.predict(**_keyframes(SOURCE, TARGET), frames=5, spacing="perceptual",
+                                              alpha="1", seed=2, quality="preview", api_name="/path", **FAST)
+    with zipfile.ZipFile(zip_path) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+    layout = manifest["path"]
+    (curve,) = layout["measured"]
+    assert layout["spacing"] == "perceptual" and len(curve["thetas"]) == 13 and layout["measure_seconds"] > 0
+    fractions = np.interp(layout["thetas"], curve["thetas"], curve["distances"]) / curve["length"]
+    np.testing.assert_allclose(fractions, [0, 0.25, 0.5, 0.75, 1], atol=1e-9)  # equally far apart
+    assert f"Smoothness {manifest['smoothness']['model']['smoothness']:.3f} " in smoothness
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"keyframe_1": handle_file(SOURCE), "keyframe_2": None}, "A path needs at least 2 keyframes, got 1"),
     ({"frames": 500}, "frames must be between 2 and 96, got 500"),
