@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="preset or local pipeline directory (default: the tiny fixture)")
     parser.add_argument("--frames", type=int, default=24, help="the loop's frames (default 24)")
     parser.add_argument("--device", help="cuda, cpu, ... (default: CUDA if available)")
+    parser.add_argument("--preview", action="store_true",
+                        help="render at preview quality, the quality perceptual spacing measures at")
     parser.add_argument("--smoke", action="store_true", help="tiny and quick: 6 frames at preview quality")
     args = parser.parse_args(argv)
 
@@ -80,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         model = args.model or write_fixture("karlo", Path(tmp) / "tiny-karlo")
         pipe = load_pipeline(model, device=args.device)
         frames = 6 if args.smoke else args.frames
-        sampling = {"preview": True} if args.smoke else {}
+        sampling = {"preview": True} if args.smoke or args.preview else {}
         result = run(pipe, Path(tmp) / "runs", frames, sampling)
-    result.update(model=str(args.model or "tiny karlo fixture"), mode="smoke" if args.smoke else "full")
+    result.update(model=str(args.model or "tiny karlo fixture"),
+                  mode="smoke" if args.smoke else "preview" if args.preview else "full")
     _table(result)
     print(json.dumps(result))
     return 0

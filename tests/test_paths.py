@@ -399,7 +399,7 @@ def test_angle_spacing_follows_the_measured_angles(pipe, keyframes):
 
 
 def test_perceptual_spacing_measures_a_preview_pass_and_inverts_it(pipe, keyframes, tmp_path):
-    """The curves are the cosine distances of the preview frames at the grid's thetas, re-encoded
+    """The curves sum the angles between the preview frames at the grid's thetas, re-encoded
     (checked against those frames rendered on their own); the frames' thetas invert the curves;
     the manifest keeps both, and the preview pass's cost."""
     a, b, _ = keyframes
@@ -409,7 +409,7 @@ def test_perceptual_spacing_measures_a_preview_pass_and_inverts_it(pipe, keyfram
                                       preview=True)
     u = torch.stack([f.frame_embedding for f in shots]).double()
     u = u / u.norm(dim=1, keepdim=True)
-    expected = np.concatenate([[0], np.cumsum(1 - (u[:-1] * u[1:]).sum(1).numpy())])
+    expected = np.concatenate([[0], np.cumsum(np.arccos((u[:-1] * u[1:]).sum(1).clamp(-1, 1).numpy()))])
     assert list(curves[0].thetas) == grid
     np.testing.assert_allclose(curves[0].distances, expected, rtol=1e-5, atol=1e-12)
     m = render_path(pipe, [a, b], tmp_path / "even", frames=7, alphas=1.0, seed=2, spacing="perceptual",

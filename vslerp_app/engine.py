@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import PIL.Image
 import torch
 
@@ -558,9 +559,12 @@ class VSLERPPipeline:
         """The perceived distance along every segment of a path, measured by a preview pass.
 
         Each segment is rendered at ``samples`` + 1 evenly spaced thetas (preview quality, the
-        path's seed), every frame re-encoded, and the cosine distances of neighbouring frames
+        path's seed), every frame re-encoded, and the angles between neighbouring frames
         summed into a `paths.MeasuredCurve` (shared frames, such as the keyframes, are
-        denoised once). ``alphas``: one per segment; ``options`` as in `generate` (preview on).
+        denoised once). Angles, not cosine distances: along a smooth path 1 - cos grows with
+        the square of the step, so only angles add up to a length; frames equally far apart
+        in angle are equally far apart in cosine distance too. ``alphas``: one per segment;
+        ``options`` as in `generate` (preview on).
         """
         segments = paths.segment_count(len(images), loop)
         thetas = [j / samples for j in range(samples + 1)]
@@ -569,7 +573,8 @@ class VSLERPPipeline:
         curves = []
         for k in range(segments):
             mine = torch.stack([f.frame_embedding for f in frames[k * len(thetas):(k + 1) * len(thetas)]])
-            curves.append(paths.MeasuredCurve.from_steps(thetas, smoothness.cosine_steps(mine)))
+            angles = np.arccos(np.clip(1.0 - smoothness.cosine_steps(mine), -1.0, 1.0))
+            curves.append(paths.MeasuredCurve.from_steps(thetas, angles))
         return curves
 
     def path_embeddings(self, vectors: torch.Tensor, points: list[paths.PathPoint]) -> torch.Tensor:
