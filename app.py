@@ -360,6 +360,7 @@ def _sequence_panel(config: ui.StudioConfig, c: SimpleNamespace) -> None:
             c.stop_button = gr.Button("Stop", variant="stop", scale=1, elem_id="stop-sequence")
         c.gallery = gr.Gallery(label="Frames", columns=8, fit_columns=False, height="auto", format="png",
                                elem_id="gallery")
+        c.smoothness = gr.Markdown(elem_id="smoothness")  # how evenly the finished sequence moves
         with gr.Row():
             # The plot larger than the video: its labels must be readable.
             c.plot = gr.Image(label="Conformity plot", type="filepath", interactive=False, height=560,
@@ -407,7 +408,8 @@ def _path_panel(config: ui.StudioConfig, c: SimpleNamespace, has_stats: bool) ->
                                       elem_id="path_alpha")
         with gr.Row():
             c.loop = gr.Checkbox(False, label="loop back to the first keyframe", elem_id="loop")
-            c.spacing = gr.Radio([("same frames per segment", "uniform"), ("one speed (by angle)", "angle")],
+            c.spacing = gr.Radio([("same frames per segment", "uniform"), ("one speed (by angle)", "angle"),
+                                  ("even as measured (a preview pass first)", "perceptual")],
                                  value="uniform", label="spacing", elem_id="spacing")
             c.ease = gr.Checkbox(False, label="ease in and out of each keyframe", elem_id="ease")
         with gr.Row():
@@ -415,6 +417,7 @@ def _path_panel(config: ui.StudioConfig, c: SimpleNamespace, has_stats: bool) ->
             c.path_stop_button = gr.Button("Stop", variant="stop", scale=1, elem_id="stop-path")
         c.path_gallery = gr.Gallery(label="Path frames", columns=PATH_COLUMNS, fit_columns=False,
                                     height="auto", format="png", elem_id="path-gallery")
+        c.path_smoothness = gr.Markdown(elem_id="path-smoothness")
         with gr.Row():
             c.path_plot = gr.Image(label="Conformity along the path", type="filepath", interactive=False,
                                    height=560, scale=3, elem_id="path-plot")
@@ -489,9 +492,9 @@ def _frame_handlers(studio: ui.Studio) -> dict:
 
 
 def _files(update: ui.SequenceUpdate) -> tuple:
-    """The plot, MP4, GIF and ZIP of a streamed render (None until its last update)."""
+    """The plot, MP4, GIF, ZIP and smoothness line of a streamed render (None until its last update)."""
     files = update.files or {}
-    return files.get("plot"), files.get("mp4"), files.get("gif"), files.get("zip")
+    return files.get("plot"), files.get("mp4"), files.get("gif"), files.get("zip"), files.get("smoothness")
 
 
 def _sequence_handlers(studio: ui.Studio) -> dict:
@@ -509,8 +512,8 @@ def _sequence_handlers(studio: ui.Studio) -> dict:
                      alpha_start, alpha_stop, alpha_frames, seed, quality, steps, super_res_steps,
                      preview_steps, guidance_scale, max_batch, fps, session, target_conformity=None,
                      progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
-        """/sequence: a sweep of theta, alpha or both: gallery, plot, MP4, GIF and ZIP; with a
-        target_conformity (theta sweep), every frame's alpha gives it.
+        """/sequence: a sweep of theta, alpha or both: gallery, plot, MP4, GIF, ZIP and smoothness
+        line; with a target_conformity (theta sweep), every frame's alpha gives it.
 
         Streamed: the gallery grows batch by batch (its progress in frames); the files come
         with the last update.
@@ -552,8 +555,9 @@ def _path_handlers(studio: ui.Studio) -> dict:
                     preview_steps=None, guidance_scale=None, max_batch=None, fps=None,
                     progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
         """/path: a path through 2 to 8 keyframes (in order; unused ones None), open or a loop:
-        gallery, plot, MP4, GIF and ZIP. alpha: one value, or one per segment ("0, 1, 2");
-        spacing "uniform" or "angle"; ease in and out of each keyframe. Streamed like /sequence."""
+        gallery, plot, MP4, GIF, ZIP and smoothness line. alpha: one value, or one per segment ("0, 1, 2");
+        spacing "uniform", "angle" or "perceptual"; ease in and out of each keyframe. Streamed like
+        /sequence."""
         keyframes = [keyframe_1, keyframe_2, keyframe_3, keyframe_4, keyframe_5, keyframe_6, keyframe_7,
                      keyframe_8]
         request = (frames, loop, spacing, ease, alpha, seed, quality, steps, super_res_steps, preview_steps,
@@ -685,7 +689,7 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
     c.use_frame_button.click(_frame_as_source, c.frame, c.source, **check)
     c.readouts.change(lambda r: ui.readouts_markdown(r, studio.pipe.stats_note), c.readouts, c.readout,
                       queue=False, **private)
-    sequence_outputs = [c.gallery, c.plot, c.video, c.gif_file, c.zip_file, session]
+    sequence_outputs = [c.gallery, c.plot, c.video, c.gif_file, c.zip_file, c.smoothness, session]
     sequence = c.sequence_button.click(h.check_sequence, sequence_inputs, None, **check).success(
         h.render_sweep_page, [*sequence_inputs, session], sequence_outputs, show_progress="hidden",
         **gpu, **private)
@@ -731,7 +735,7 @@ def _wire_path(h: SimpleNamespace, c: SimpleNamespace, settings: list, check: di
     c.clear_button.click(lambda: ([], None), None, [strip, selected], queue=False, **private)
 
     shape = [c.path_frames, c.loop, c.spacing, c.ease, c.path_alpha, c.seed, *settings, c.fps]
-    outputs = [c.path_gallery, c.path_plot, c.path_video, c.path_gif, c.path_zip]
+    outputs = [c.path_gallery, c.path_plot, c.path_video, c.path_gif, c.path_zip, c.path_smoothness]
     render = c.path_button.click(h.check_path, [strip, *shape], None, **check).success(
         h.render_path_page, [strip, *shape], outputs, show_progress="hidden", **gpu, **private)
     c.path_stop_button.click(lambda: gr.Gallery(label="Path frames (stopped)"), None, c.path_gallery,

@@ -289,9 +289,9 @@ def test_api_preview_and_sequence_take_a_target_conformity(pipe, client):
                           **API_FAST)
     assert "aim" not in r and r["alpha"] == 1.0  # left out: not aiming, as before
 
-    *_, zip_path = client.predict(source=src, target=tgt, sweep="theta", theta_start=0.2, theta_stop=0.8,
-                                  theta_frames=3, seed=2, target_conformity=wanted, api_name="/sequence",
-                                  **API_FAST)
+    *_, zip_path, _smoothness = client.predict(
+        source=src, target=tgt, sweep="theta", theta_start=0.2, theta_stop=0.8, theta_frames=3, seed=2,
+        target_conformity=wanted, api_name="/sequence", **API_FAST)
     with zipfile.ZipFile(zip_path) as z:
         m = json.loads(z.read("manifest.json"))
     assert [f["aim"]["wanted"] for f in m["frames"]] == [wanted] * 3

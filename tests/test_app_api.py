@@ -154,7 +154,7 @@ def test_preview_returns_the_frame_and_numeric_readouts(client):
 
 
 def test_sequence_returns_gallery_plot_gif_mp4_and_zip(client):
-    gallery, plot, mp4, gif, zip_path = client.predict(
+    gallery, plot, mp4, gif, zip_path, smoothness = client.predict(
         source=handle_file(SOURCE), target=handle_file(TARGET), sweep="theta", alpha=1.0,
         theta_start=0.0, theta_stop=1.0, theta_frames=4, seed=3, fps=4, quality="full",
         api_name="/sequence", **FAST)
@@ -178,21 +178,29 @@ def test_sequence_returns_gallery_plot_gif_mp4_and_zip(client):
     assert [f["theta"] for f in manifest["frames"]] == pytest.approx([0, 1 / 3, 2 / 3, 1], abs=1e-5)
     assert all(_finite_number(f["frame_conformity"]) for f in manifest["frames"])
     assert manifest["settings"]["seed"] == 3 and manifest["settings"]["steps"] == 2
+    # How evenly it moves, in plain words, with the manifest's numbers
+    measured = manifest["smoothness"]["model"]
+    assert len(measured["steps"]) == 3 and measured["directness"]["steps"] == 3
+    assert smoothness.startswith("**Smoothness in the model's CLIP:** Smoothness ")
+    assert f"Smoothness {measured['smoothness']:.3f} " in smoothness
+    jump = measured["largest_jump"]["frames"]
+    assert f"largest jump between frames {jump[0] + 1} and {jump[1] + 1}" in smoothness
 
 
 def test_the_zip_holds_what_the_page_says(client):
     """The page: "The ZIP holds the frames and manifest.json ..., with the GIF, MP4 and plot"."""
     from vslerp_app.outputs import GIF_NAME, MP4_NAME, PLOT_NAME
 
-    *_, zip_path = client.predict(source=handle_file(SOURCE), target=handle_file(TARGET), theta_frames=2,
-                                  quality="preview", api_name="/sequence", **FAST)
+    *_, zip_path, _smoothness = client.predict(source=handle_file(SOURCE), target=handle_file(TARGET),
+                                               theta_frames=2, quality="preview", api_name="/sequence",
+                                               **FAST)
     with zipfile.ZipFile(zip_path) as zf:
         names = set(zf.namelist())
     assert {"manifest.json", "frames/0000.png", "frames/0001.png", GIF_NAME, MP4_NAME, PLOT_NAME} <= names
 
 
 def test_grid_sequence_at_preview_quality(client):
-    gallery, plot, mp4, gif, zip_path = client.predict(
+    gallery, plot, mp4, gif, zip_path, smoothness = client.predict(
         source=handle_file(SOURCE), target=handle_file(TARGET), sweep="grid", theta_start=0.0,
         theta_stop=1.0, theta_frames=2, alpha_start=-1.0, alpha_stop=2.0, alpha_frames=2,
         quality="preview", api_name="/sequence", **FAST)
@@ -280,7 +288,7 @@ def test_a_sequence_too_long_is_refused_before_rendering(client):
 
 def test_the_papers_demo_grid_renders_through_the_api(client, tmp_path):
     """6 thetas x 16 alphas over linspace(-1, 3, 16), the authors' demo, fits the default cap."""
-    gallery, _plot, _mp4, _gif, zip_path = client.predict(
+    gallery, _plot, _mp4, _gif, zip_path, _smoothness = client.predict(
         source=handle_file(SOURCE), target=handle_file(TARGET), sweep="grid", theta_start=0.0,
         theta_stop=1.0, theta_frames=6, alpha_start=-1.0, alpha_stop=3.0, alpha_frames=16,
         quality="preview", api_name="/sequence", **FAST)
@@ -424,7 +432,7 @@ def _keyframes(*paths) -> dict:
 
 
 def test_a_loop_through_three_keyframes(client):
-    gallery, plot, mp4, gif, zip_path = client.predict(
+    gallery, plot, mp4, gif, zip_path, smoothness = client.predict(
         **_keyframes(*KEYFRAMES), frames=6, loop=True, alpha="0, 1, 2", seed=5, quality="preview", fps=4,
         api_name="/path", **FAST)
     # A, A-B, B, B-C, C, C-A: the loop does not repeat its first frame.
@@ -439,6 +447,10 @@ def test_a_loop_through_three_keyframes(client):
     assert [(f["segment"], f["theta"]) for f in manifest["frames"]] == [
         (0, 0.0), (0, 0.5), (1, 0.0), (1, 0.5), (2, 0.0), (2, 0.5)]
     assert manifest["settings"]["seed"] == 5 and "/tmp" not in json.dumps(manifest["inputs"])
+    measured = manifest["smoothness"]["model"]  # a loop: 6 steps, the last back to the first frame
+    assert len(measured["steps"]) == 6 and measured["largest_jump"]["frames"][1] == (
+        measured["largest_jump"]["frames"][0] + 1) % 6
+    assert f"Smoothness {measured['smoothness']:.3f} " in smoothness
     # Keyframe 2's frame is the frame of that image alone at theta 0, with the same seed.
     alone, _ = client.predict(source=handle_file(TARGET), target=handle_file(SOURCE), theta=0.0, alpha=0.0,
                               seed=5, quality="preview", api_name="/preview", **FAST)
@@ -454,6 +466,19 @@ def test_an_open_path_with_angle_spacing_and_ease(client):
     captions = [g["caption"] for g in gallery]
     assert len(captions) == 7 and captions[0].startswith("key 1") and captions[-1].startswith("key 3")
     assert sum(c.startswith("key") for c in captions) == 3
+
+
+def test_a_path_with_perceptual_spacing_keeps_its_measured_curve(client):
+    *_, zip_path, smoothness = client.predict(**_keyframes(SOURCE, TARGET), frames=5, spacing="perceptual",
+                                              alpha="1", seed=2, quality="preview", api_name="/path", **FAST)
+    with zipfile.ZipFile(zip_path) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+    layout = manifest["path"]
+    (curve,) = layout["measured"]
+    assert layout["spacing"] == "perceptual" and len(curve["thetas"]) == 13 and layout["measure_seconds"] > 0
+    fractions = np.interp(layout["thetas"], curve["thetas"], curve["distances"]) / curve["length"]
+    np.testing.assert_allclose(fractions, [0, 0.25, 0.5, 0.75, 1], atol=1e-9)  # equally far apart
+    assert f"Smoothness {manifest['smoothness']['model']['smoothness']:.3f} " in smoothness
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -690,7 +715,7 @@ def _frames_of(outputs) -> list[int]:
 def test_a_sequence_streams_batch_by_batch(client):
     job = client.submit(source=handle_file(SOURCE), target=handle_file(TARGET), theta_frames=6, max_batch=2,
                         api_name="/sequence", **FAST)
-    gallery, plot, mp4, gif, zip_path = job.result(timeout=300)
+    gallery, plot, mp4, gif, zip_path, smoothness = job.result(timeout=300)
     counts = _frames_of(job.outputs())
     assert counts[0] == 0 and counts[-1] == 6 and len(gallery) == 6
     assert {2, 4} <= set(counts), f"no partial gallery was streamed: {counts}"

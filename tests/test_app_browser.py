@@ -174,6 +174,12 @@ def test_upload_slide_generate_sequence_and_download_the_gif(app, browser, tmp_p
         assert im.format == "GIF" and im.n_frames == 3
     expect(page.locator("#plot img")).to_have_count(1)
     expect(page.locator("#zip a").first).to_have_attribute("download", "sequence.zip")
+    # How evenly it moved, in words under the gallery, and the step strip under the plot
+    smooth = page.locator("#smoothness")
+    expect(smooth).to_contain_text("Smoothness in the model's CLIP:")
+    expect(smooth).to_contain_text(re.compile(r"Smoothness [01]\.\d{3} \(1 − Gini of the steps"))
+    expect(smooth).to_contain_text("largest jump between frames")
+    _assert_step_strip(_download_src(page, "#plot img", tmp_path / "plot.png"))
     assert _gallery_columns(page, "gallery") == 8  # 3 frames keep a frame's size, not a third of the page
     page.get_by_text("grid (a row per theta, a column per alpha)").click()  # 2 thetas x 3 alphas
     _set_number(page, "theta_frames", 2)
@@ -335,6 +341,8 @@ def test_a_three_keyframe_loop_is_built_rendered_and_its_gif_downloaded(app, bro
     with Image.open(_download_link(page, "#path-gif", tmp_path / "path.gif")) as im:
         assert im.format == "GIF" and im.n_frames == 6
     expect(page.locator("#path-video video")).to_have_count(1)
+    expect(page.locator("#path-smoothness")).to_contain_text("% of steps head straight from source to target")
+    _assert_step_strip(_download_src(page, "#path-plot img", tmp_path / "path-plot.png"))
     page.locator("#path").screenshot(path=str(ARTIFACTS / "app-path.png"))
     assert not page.errors, page.errors
     page.close()
@@ -379,6 +387,20 @@ def _download_link(page, selector: str, dest: Path) -> Path:
         link.click()
     download.value.save_as(dest)
     return dest
+
+
+def _assert_step_strip(png: Path) -> None:
+    """The plot ends with the step-size strip: the largest jump's crimson bar in its bottom part."""
+    from vslerp_app.outputs import JUMP_COLOR, STRIP_INCHES
+
+    with Image.open(png) as im:
+        rgb = im.convert("RGB")
+    crimson = tuple(int(JUMP_COLOR[i:i + 2], 16) for i in (1, 3, 5))
+    pixels = rgb.load()
+    strip_top = rgb.height - int(STRIP_INCHES * 100)  # the plot is drawn at 100 dpi
+    hits = [y for y in range(rgb.height) for x in range(0, rgb.width, 2)
+            if max(abs(a - b) for a, b in zip(pixels[x, y], crimson, strict=True)) <= 8]
+    assert hits and min(hits) >= strip_top, (len(hits), strip_top)
 
 
 def _download_src(page, selector: str, dest: Path) -> Path:

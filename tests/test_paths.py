@@ -124,11 +124,132 @@ def test_ease_in_out():
     assert [p.theta for p in plan.points] == [0.0, paths.ease_in_out(0.25), 0.5, paths.ease_in_out(0.75), 1.0]
 
 
+# -- even turning inside a segment (spacing="angle") ----------------------------------------------
+def _slerp64(p0: np.ndarray, p1: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """SLERP in float64 numpy, written from the formula: (sin((1-t)W) p0 + sin(tW) p1) / sin W."""
+    w = math.acos(float(np.clip(p0 @ p1 / (np.linalg.norm(p0) * np.linalg.norm(p1)), -1, 1)))
+    t = np.asarray(t, float)[:, None]
+    return (np.sin((1 - t) * w) * p0 + np.sin(t * w) * p1) / math.sin(w)
+
+
+def _turns(q: np.ndarray, closed: bool = False) -> np.ndarray:
+    """Angles between the directions of neighbouring rows of q (and last to first when closed)."""
+    u = q / np.linalg.norm(q, axis=1, keepdims=True)
+    nxt = np.roll(u, -1, axis=0) if closed else u[1:]
+    u = u if closed else u[:-1]
+    return np.arccos(np.clip(np.sum(u * nxt, axis=1), -1, 1))
+
+
+def _clip_like(rng, count: int, radii, d: int = 768) -> tuple[np.ndarray, np.ndarray]:
+    """(keyframes (count, d), mean): CLIP-like raw vectors on a shell of the given radii about
+    a mean that lies well away from the origin (the double-ellipsoid picture)."""
+    mean = rng.normal(size=d)
+    mean *= 10 / np.linalg.norm(mean)
+    offsets = rng.normal(size=(count, d))
+    offsets *= np.asarray(radii, float)[:, None] / np.linalg.norm(offsets, axis=1, keepdims=True)
+    return mean + offsets, mean
+
+
+def test_even_angle_theta_turns_by_equal_angles_against_a_float64_reference():
+    """Frames at even_angle_theta's thetas, computed by an independent float64 SLERP at d = 768,
+    turn about the centre by equal angles (within 1%; in fact to ~1e-10) for unequal norms, while
+    theta = j / n does not: its first and last steps differ by about (|p1| / |p0|)^2."""
+    rng = np.random.default_rng(24)
+    for _ in range(200):
+        v, mean = _clip_like(rng, 2, rng.uniform(2, 12, 2))
+        alpha = float(rng.uniform(-3, 3))
+        p0, p1 = v[0] - alpha * mean, v[1] - alpha * mean
+        angle = math.acos(float(p0 @ p1 / (np.linalg.norm(p0) * np.linalg.norm(p1))))
+        ratio = float(np.linalg.norm(p0) / np.linalg.norm(p1))
+        n = int(rng.integers(2, 40))
+        thetas = [paths.even_angle_theta(j / n, angle, ratio) for j in range(n + 1)]
+        assert thetas[0] == 0.0 and thetas[-1] == 1.0 and np.all(np.diff(thetas) > 0)
+        turns = _turns(_slerp64(p0, p1, thetas))
+        assert turns.max() / turns.min() < 1.01
+        np.testing.assert_allclose(turns, angle / n, rtol=1e-8)
+        naive = _turns(_slerp64(p0, p1, np.linspace(0, 1, 201)))
+        assert naive[0] / naive[-1] == pytest.approx((1 / ratio) ** 2, rel=0.05)
+    # equal norms: theta = phi / W
+    assert paths.even_angle_theta(0.3, 1.0, 1.0) == pytest.approx(0.3, rel=1e-15)
+    assert paths.even_angle_theta(0.3, 0.0, 2.0) == 0.3  # no turn, or no rotation plane: linear
+    assert paths.even_angle_theta(0.3, math.pi, 2.0) == 0.3
+
+
+def _path_turns(plan: paths.PathPlan, v: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Each step's turn of the direction about the segment's centre, over the whole path."""
+    k = len(v)
+    turns = []
+    for a, b in zip(plan.points, plan.points[1:] + ([plan.points[0]] if plan.loop else []), strict=False):
+        centre = a.alpha * mean
+        end = b.theta if b.segment == a.segment and b.theta > 0 else 1.0  # b opens the next segment
+        q = _slerp64(v[a.segment] - centre, v[(a.segment + 1) % k] - centre, [a.theta, end])
+        turns.append(_turns(q)[0])
+    return np.array(turns)
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_angle_spacing_evens_every_step_of_a_61_frame_path(loop, capsys):
+    """A 61-frame path through CLIP-like keyframes of unequal norms (d = 768, alpha 1): with the
+    turn evened inside each segment, steps inside a segment are equal and the largest is within
+    one step's rounding of the smallest (segments get whole steps); theta = j / n was ~1.4 times."""
+    rng = np.random.default_rng(7)
+    v, mean = _clip_like(rng, 3, [1.0, 0.83, 1.2])
+    segments = 3 if loop else 2
+    p = [v[k] - mean for k in range(3)]
+    ends = [(p[k], p[(k + 1) % 3]) for k in range(segments)]
+    angles = [math.acos(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))) for a, b in ends]
+    ratios = [float(np.linalg.norm(a) / np.linalg.norm(b)) for a, b in ends]
+    before = paths.plan_path(3, 61, [1.0], loop=loop, spacing="angle", angles=angles)  # no ratios: j / n
+    after = paths.plan_path(3, 61, [1.0], loop=loop, spacing="angle", angles=angles, ratios=ratios)
+    assert after.steps == before.steps and after.ratios == pytest.approx(ratios)
+    spread_before = _path_turns(before, v, mean)
+    spread_after = _path_turns(after, v, mean)
+    with capsys.disabled():
+        print(f"\n61 frames, alpha 1, loop={loop}: largest/smallest step "
+              f"{spread_before.max() / spread_before.min():.3f} before, "
+              f"{spread_after.max() / spread_after.min():.4f} after")
+    assert spread_before.max() / spread_before.min() > 1.3
+    # between segments, whole steps: within one step of proportional
+    assert spread_after.max() / spread_after.min() < 1 + 1 / min(after.steps) + 1e-9
+    for s in range(segments):  # inside a segment: equal to 1%
+        inside = spread_after[[i for i, pt in enumerate(after.points[:len(spread_after)]) if pt.segment == s]]
+        assert inside.max() / inside.min() < 1.01
+
+
+# -- perceptual spacing: frames placed by a measured distance curve ------------------------------------
+def test_perceptual_spacing_places_frames_equally_far_apart_along_the_measured_curves():
+    """Segments measured at 13 thetas (distance 2 theta^2 on the first, sin(pi theta / 2) on the
+    second, nothing on a hold): steps go by measured length, and inside a segment every
+    neighbour pair is equally far apart on the measured curve, and nearly so on the true one."""
+    grid = np.linspace(0, 1, 13)
+    truth = [lambda t: 2 * t ** 2, lambda t: np.sin(np.pi * t / 2), lambda t: 0 * t]
+    curves = [paths.MeasuredCurve.from_steps(grid, np.diff(f(grid))) for f in truth]
+    assert [c.length for c in curves] == pytest.approx([2.0, 1.0, 0.0])
+    plan = paths.plan_path(4, 31, [1.0], spacing="perceptual", curves=curves)
+    assert plan.steps == [20, 10, 0] and plan.curves == curves
+    for k, f in enumerate(truth[:2]):
+        thetas = [p.theta for p in plan.points if p.segment == k] + [1.0]
+        measured = np.interp(thetas, grid, curves[k].distances)
+        np.testing.assert_allclose(np.diff(measured), curves[k].length / plan.steps[k], rtol=1e-9)
+        true_steps = np.diff(f(np.array(thetas)))
+        assert true_steps.max() / true_steps.min() < 1.25  # linear between 13 samples
+        uniform = np.diff(f(np.linspace(0, 1, plan.steps[k] + 1)))
+        assert uniform.max() / uniform.min() > 1.5  # what theta = j / n would have done
+    described = plan.describe()["measured"]
+    assert described[0]["thetas"] == grid.tolist() and described[0]["length"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="needs the measured curves"):
+        paths.plan_path(3, 9, [1.0], spacing="perceptual")
+    with pytest.raises(ValueError, match="must start at 0 and not decrease"):
+        paths.MeasuredCurve((0.0, 0.5, 1.0), (0.0, 0.3, 0.2))
+    with pytest.raises(ValueError, match="increasing thetas from 0 to 1"):
+        paths.MeasuredCurve((0.0, 0.5), (0.0, 0.3))
+
+
 @pytest.mark.parametrize("call, words", [
     (lambda: paths.plan_path(1, 5), "at least 2 keyframes, got 1"),
     (lambda: paths.plan_path(3, 2), "an open path through 3 keyframes needs at least 3 frames"),
     (lambda: paths.plan_path(3, 2, loop=True), "a loop through 3 keyframes needs at least 3 frames"),
-    (lambda: paths.plan_path(3, 5, spacing="speed"), "spacing must be one of uniform, angle"),
+    (lambda: paths.plan_path(3, 5, spacing="speed"), "spacing must be one of uniform, angle, perceptual"),
     (lambda: paths.plan_path(3, 5.0), "frames must be a whole number"),
     (lambda: paths.plan_path(3, 5, [0, 1, 2]), "alpha has 3 values for a path of 2 segments"),
     (lambda: paths.check_values(3, 97, 0, max_frames=96), "frames must be at most 96, got 97"),
@@ -267,6 +388,39 @@ def test_angle_spacing_follows_the_measured_angles(pipe, keyframes):
     assert sum(plan.steps) == 30 and np.all(np.abs(np.array(plan.steps) - proportional) < 1)
     uniform = pipe.plan_path([a, b, a, c], frames=31, alphas=alphas)
     assert uniform.steps == [10, 10, 10] and uniform.angles == plan.angles
+    # the frames the engine renders turn about their segment's centre by equal angles
+    emb = pipe.path_embeddings(torch.stack([pipe.encode(x) for x in (a, b, a, c)]), plan.points).double()
+    for k, alpha in enumerate(alphas):
+        rows = sorted({i for i, p in enumerate(plan.points) if p.segment == k}
+                      | {plan.keyframe_frames[k + 1]})
+        turns = _turns((emb[rows] - alpha * m).numpy())
+        assert turns.max() / turns.min() < 1.01
+        assert turns.sum() == pytest.approx(plan.angles[k], rel=1e-5)
+
+
+def test_perceptual_spacing_measures_a_preview_pass_and_inverts_it(pipe, keyframes, tmp_path):
+    """The curves sum the angles between the preview frames at the grid's thetas, re-encoded
+    (checked against those frames rendered on their own); the frames' thetas invert the curves;
+    the manifest keeps both, and the preview pass's cost."""
+    a, b, _ = keyframes
+    curves = pipe.measure_segments([a, b], [1.0], seed=2, samples=4)
+    grid = [0.0, 0.25, 0.5, 0.75, 1.0]
+    shots = pipe.generate_path_points([a, b], [paths.PathPoint(i, 0, t, 1.0) for i, t in enumerate(grid)], 2,
+                                      preview=True)
+    u = torch.stack([f.frame_embedding for f in shots]).double()
+    u = u / u.norm(dim=1, keepdim=True)
+    expected = np.concatenate([[0], np.cumsum(np.arccos((u[:-1] * u[1:]).sum(1).clamp(-1, 1).numpy()))])
+    assert list(curves[0].thetas) == grid
+    np.testing.assert_allclose(curves[0].distances, expected, rtol=1e-5, atol=1e-12)
+    m = render_path(pipe, [a, b], tmp_path / "even", frames=7, alphas=1.0, seed=2, spacing="perceptual",
+                    plot=False, contact=False, **FAST)
+    layout = m["path"]
+    assert layout["spacing"] == "perceptual" and layout["measure_seconds"] > 0
+    (measured,) = layout["measured"]
+    assert measured["thetas"] == [j / 12 for j in range(13)]
+    fractions = np.interp(layout["thetas"], measured["thetas"], measured["distances"]) / measured["length"]
+    np.testing.assert_allclose(fractions, np.linspace(0, 1, 7), atol=1e-9)
+    assert [f["theta"] for f in m["frames"]] == layout["thetas"] == [p[1] for p in m["settings"]["frames"]]
 
 
 def test_keyframe_refusals(pipe, keyframes):
@@ -302,7 +456,7 @@ def test_render_path_files_and_manifest(pipe, keyframes, tmp_path):
     assert m["status"] == "complete" and m["frame_count"] == 6 == len(m["frames"])
     assert m["path"] == {"keyframes": 3, "segments": 3, "frames": 6, "loop": True, "spacing": "uniform",
                          "ease": True, "alphas": [1.0, 0.0, -1.0], "angles": m["path"]["angles"],
-                         "steps": [2, 2, 2], "keyframe_frames": [0, 2, 4]}
+                         "ratios": m["path"]["ratios"], "steps": [2, 2, 2], "keyframe_frames": [0, 2, 4]}
     assert [(e["index"], e["segment"], e["keyframe"], e["theta"], e["alpha"]) for e in m["frames"]] == [
         (0, 0, 0, 0.0, 1.0), (1, 0, None, 0.5, 1.0), (2, 1, 1, 0.0, 0.0), (3, 1, None, 0.5, 0.0),
         (4, 2, 2, 0.0, -1.0), (5, 2, None, 0.5, -1.0)]
@@ -487,7 +641,8 @@ def _readme_path_commands() -> list[list[str]]:
 
 def test_the_readme_path_commands_run(karlo_dir, keyframes, tmp_path):
     commands = _readme_path_commands()
-    assert len(commands) == 2 and all("--keyframes" in c for c in commands)
+    assert len(commands) == 3 and all("--keyframes" in c for c in commands)
+    assert commands[2][commands[2].index("--spacing") + 1] == "perceptual"
     for name, source in zip(("cat.png", "dog.png", "car.png"), keyframes, strict=True):
         (tmp_path / name).write_bytes(source.read_bytes())
     for words in commands:

@@ -224,6 +224,11 @@ def check_promises(argv: list[str], cwd: Path, stdout: str) -> str:
     elif args.command == "stats":
         stats = ModalityStats.load(cwd / args.out)
         assert stats.n == 96 and stats.whitening is not None and "pearson=" in stdout  # 3 d
+    elif args.command == "score" and args.sequence:  # morphs side by side
+        summary = json.loads((cwd / args.out / "sequences.json").read_text())
+        assert len(summary["sequences"]) == len(args.sequence)
+        assert (cwd / args.out / "sequences.png").is_file()
+        return "score --sequence"
     elif args.command == "score":
         scores = json.loads((cwd / args.out / "scores.json").read_text())
         assert {"scores.csv", "report.png"} <= {p.name for p in (cwd / args.out).iterdir()}

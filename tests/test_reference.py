@@ -319,6 +319,14 @@ def test_render_command_writes_reference_readouts_into_the_manifest(python_run, 
         v = encoder.encode([Image.open(out / entry["file"]).convert("RGB")])[0]
         assert ref["space"] == SPEC
         assert ref["frame_conformity"] == pytest.approx(float(stats.conformity(v)), abs=1e-5)
+    # the frames' smoothness in the reference space too, from its own embeddings of the frames
+    from vslerp_app.smoothness import cosine_steps
+
+    frames = [Image.open(out / e["file"]).convert("RGB") for e in manifest["frames"]]
+    measured = manifest["smoothness"]["reference"]
+    assert measured["space"] == SPEC
+    expected = cosine_steps(encoder.encode(frames)).tolist()
+    assert measured["steps"] == pytest.approx(expected, rel=1e-4, abs=1e-7)
 
 
 def test_app_shows_the_reference_readout_when_configured(python_run, tiny_config, tmp_path):

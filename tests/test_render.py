@@ -567,3 +567,59 @@ def test_a_jobs_file_that_cannot_be_read_is_refused_whole(tmp_path):
         read_jobs(tmp_path / "missing.jsonl")
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"source": "a", "target": "b", "theta": 0}).encode())
     assert read_jobs(path).refused[0].line == 1  # a BOM is fine (the image is what is missing)
+
+
+# -- smoothness: every render measured (vslerp_app.smoothness) -------------------------------------
+def _crimson_rows(png: Path) -> np.ndarray:
+    """Rows of the plot holding the largest jump's crimson (outputs.JUMP_COLOR)."""
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    hit = np.all(np.abs(rgb - np.array([0xDC, 0x14, 0x3C])) <= 8, axis=2)
+    return np.nonzero(hit.any(axis=1))[0]
+
+
+def test_every_render_is_measured_and_the_plot_has_the_step_strip(pipe, images, tmp_path, monkeypatch):
+    """The manifest's smoothness is the frames' re-encoded embeddings measured: the same numbers
+    when recomputed from the PNGs on disk (a resumed render reads earlier frames back); the plot
+    grows a strip under the readouts with the largest jump in crimson at its bottom."""
+    import torch
+
+    from vslerp_app import smoothness
+
+    out = tmp_path / "sweep"
+    m = render_sequence(pipe, *images, "0:1:6", 1.0, seed=4, out_dir=out, preview=True, steps=2)
+    measured = m["smoothness"]["model"]
+    frames = [Image.open(out / e["file"]).convert("RGB") for e in m["frames"]]
+    again = torch.stack(pipe.encoder.encode_batched(frames, 8))
+    expected = smoothness.describe(again, sources=again[0], targets=again[-1], space=pipe.encoder.name)
+    assert measured["steps"] == pytest.approx(expected["steps"], rel=1e-4, abs=1e-9)
+    assert measured["smoothness"] == pytest.approx(expected["smoothness"], abs=1e-4)
+    assert measured["directness"] == expected["directness"] and measured["space"] == pipe.encoder.name
+    assert "reference" not in m["smoothness"] and "lpips" not in m["smoothness"]  # neither configured here
+    rows = _crimson_rows(out / "conformity.png")
+    height = Image.open(out / "conformity.png").height
+    assert len(rows) and rows.min() > height - outputs.STRIP_INCHES * 100  # in the strip, at the bottom
+    # a stopped render resumed: earlier frames read back from disk give the same numbers
+    for name in ("frames/0004.png", "frames/0005.png"):
+        (out / name).unlink()
+    kept_frames = _mtimes(out)
+    resumed = render_sequence(pipe, *images, "0:1:6", 1.0, seed=4, out_dir=out, preview=True, steps=2)
+    assert resumed["runs"][-1]["frames_rendered"] == 2 and all(
+        _mtimes(out)[name] == t for name, t in kept_frames.items())
+    # (frames 4 and 5 rendered alone may differ from their batch by a uint8 level on a few pixels)
+    assert resumed["smoothness"]["model"]["steps"] == pytest.approx(measured["steps"], rel=1e-4, abs=1e-7)
+    # nothing rendered: kept as it was
+    monkeypatch.setattr(smoothness, "describe_sequence", None)
+    kept = render_sequence(pipe, *images, "0:1:6", 1.0, seed=4, out_dir=out, preview=True, steps=2)
+    assert kept["smoothness"] == resumed["smoothness"]
+
+
+def test_a_grid_is_measured_by_rows_and_columns(pipe, images, tmp_path):
+    m = render_sequence(pipe, *images, "0:1:3", "-1,0.5,2,3", seed=4, out_dir=tmp_path / "g", grid=True,
+                        preview=True, steps=2)
+    g = m["smoothness"]["model"]
+    assert [len(r["steps"]) for r in g["rows"]] == [3, 3, 3]  # one theta each, alpha changing
+    assert [len(c["steps"]) for c in g["columns"]] == [2] * 4  # one alpha each, theta changing
+    assert len(_crimson_rows(tmp_path / "g" / "conformity.png"))
+    from vslerp_app.smoothness import summary_line
+
+    assert summary_line(g).startswith("Grid rows (one theta each): smoothness ")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pipelines.fixtures import fixture_images
@@ -292,3 +293,85 @@ def test_cli_score_in_a_reference_space(tmp_path):
     expected = readout.readouts([Image.open(scored / r["file"]).convert("RGB") for r in data["rows"]])
     for row, ref in zip(data["rows"], expected, strict=True):
         assert row["conformity"] == pytest.approx(ref["frame_conformity"], abs=1e-6)
+
+
+# -- sequences: a morph's frames scored for smoothness, side by side ------------------------------
+@pytest.fixture(scope="module")
+def morphs(tmp_path_factory):
+    """Two 12-frame morphs from A to B: a crossfade (files frame1 ... frame12, so name order must
+    read digits as numbers) and a hard cut (six frames of A, then six of B)."""
+    root = tmp_path_factory.mktemp("morphs")
+    a, b = fixture_images(2, seed=31, size=48)
+    fade, cut = root / "crossfade", root / "cut"
+    fade.mkdir()
+    cut.mkdir()
+    for i in range(12):
+        Image.blend(a, b, i / 11).save(fade / f"frame{i + 1}.png")
+        (a if i < 6 else b).save(cut / f"{i:02d}.png")
+    return fade, cut
+
+
+def test_sequences_are_scored_frame_by_frame_and_measured(pipe, morphs, tmp_path):
+    from vslerp_app.score import score_sequences
+    from vslerp_app.smoothness import cosine_steps, gini
+
+    fade, cut = morphs
+    summary = score_sequences(pipe.encoder, pipe.stats, [fade, cut], tmp_path / "out")
+    by_name = {s["name"]: s for s in summary["sequences"]}
+    assert list(by_name) == ["crossfade", "cut"]
+    files = [r["file"] for r in by_name["crossfade"]["rows"]]
+    assert files == [f"frame{i}.png" for i in range(1, 13)]  # frame2 before frame10
+    # each frame's readouts are the engine's readouts of that image
+    emb = torch.stack([pipe.encode(fade / f) for f in files]).double()
+    for row, e in zip(by_name["crossfade"]["rows"], emb, strict=True):
+        expected = pipe.stats.readouts(e.float())
+        assert row["conformity"] == pytest.approx(expected["conformity"], abs=1e-6)
+        assert row["conformity_percentile"] == pytest.approx(expected["conformity_percentile"], abs=1e-3)
+    measured = by_name["crossfade"]["smoothness"]["model"]
+    u = (emb / emb.norm(dim=1, keepdim=True)).numpy()
+    reference = 1 - np.sum(u[:-1] * u[1:], axis=1)
+    np.testing.assert_allclose(measured["steps"], reference, rtol=1e-4, atol=1e-7)
+    assert measured["smoothness"] == pytest.approx(1 - gini(reference), abs=1e-4)
+    np.testing.assert_allclose(cosine_steps(emb), reference, rtol=1e-9, atol=1e-12)
+    # a hard cut: one step makes the whole change
+    jump = by_name["cut"]["smoothness"]["model"]
+    assert jump["largest_jump"]["frames"] == [5, 6] and jump["smoothness"] == pytest.approx(1 / 11, abs=1e-6)
+    assert jump["ppl"] == pytest.approx(11 * jump["path_length"] ** 2, rel=1e-6)
+    # the files
+    out = tmp_path / "out"
+    with open(out / "sequences.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 24 and rows[0]["sequence"] == "crossfade" and rows[11]["step_to_next"] == ""
+    assert float(rows[12 + 5]["step_to_next"]) == pytest.approx(jump["largest_jump"]["distance"])
+    assert json.loads((out / "sequences.json").read_text())["sequences"][1]["name"] == "cut"
+    with Image.open(out / "sequences.png") as im:
+        assert im.format == "PNG" and im.height > 500
+
+
+def test_cli_scores_a_video_beside_a_folder_and_refuses_what_is_not_a_sequence(karlo_dir, morphs, tmp_path):
+    from vslerp_app.outputs import write_video
+
+    fade, cut = morphs
+    video = tmp_path / "fade.mp4"
+    frames = [np.asarray(Image.open(fade / f"frame{i}.png").convert("RGB")) for i in range(1, 13)]
+    write_video(str(video), frames, 4.0, "mp4")
+    out = tmp_path / "report"
+    result = vslerp("score", "--model", karlo_dir, "--video", video, "--sequence", cut, "--out", out)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("fade.mp4: 12 frames, smoothness (1 - Gini) ")
+    assert lines[1].startswith("cut: 12 frames, smoothness (1 - Gini) 0.091,") and "(frames 5-6)" in lines[1]
+    summary = json.loads((out / "sequences.json").read_text())
+    assert [s["frames"] for s in summary["sequences"]] == [12, 12]
+    assert [r["file"] for r in summary["sequences"][0]["rows"]][:2] == ["fade.mp4#0000", "fade.mp4#0001"]
+    one = tmp_path / "one"
+    one.mkdir()
+    Image.open(cut / "00.png").save(one / "only.png")
+    (tmp_path / "notes.mp4").write_text("not a video")
+    for flag, path, words in (("--sequence", one, "1 frame; a sequence needs at least 2"),
+                              ("--video", tmp_path / "notes.mp4", "not a video ffmpeg can read"),
+                              ("--sequence", tmp_path / "nope", "neither a folder of frames nor a video")):
+        refused = vslerp("score", "--model", karlo_dir, flag, path, "--out", tmp_path / "x")
+        assert refused.returncode == 2 and words in refused.stderr and str(path) in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()  # refused before anything was written

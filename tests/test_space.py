@@ -345,7 +345,7 @@ def test_path_through_gradio_client_runs_in_the_decorated_function(space, client
     from gradio_client import handle_file
 
     before = _calls(space.records(), "Studio._run_path")
-    gallery, plot, mp4, gif, zip_path = client.predict(
+    gallery, plot, mp4, gif, zip_path, smoothness = client.predict(
         keyframe_1=handle_file(EXAMPLES / "coffee.jpg"), keyframe_2=handle_file(EXAMPLES / "astronaut.jpg"),
         frames=4, loop=True, alpha="0.5", seed=3, quality="preview", api_name="/path", **FAST)
     assert len(gallery) == 4 and Image.open(gif).n_frames == 4
@@ -362,7 +362,7 @@ def test_sequence_through_gradio_client_runs_in_the_decorated_function_with_prog
         source=handle_file(EXAMPLES / "coffee.jpg"), target=handle_file(EXAMPLES / "astronaut.jpg"),
         sweep="theta", alpha=0.5, theta_start=0.0, theta_stop=1.0, theta_frames=3, seed=3, fps=4,
         quality="preview", api_name="/sequence", **FAST)
-    gallery, plot, mp4, gif, zip_path = job.result(timeout=300)
+    gallery, plot, mp4, gif, zip_path, smoothness = job.result(timeout=300)
     assert len(gallery) == 3
     with zipfile.ZipFile(zip_path) as zf:
         manifest = json.loads(zf.read("manifest.json"))

@@ -362,26 +362,24 @@ def _render_jobs(args) -> int:
 
 
 def _cmd_score(args) -> int:
-    """`vslerp score`: conformity and likelihood of every image, on the stats population's scale."""
+    """`vslerp score`: conformity and likelihood of every image, on the stats population's scale;
+    with --sequence/--video, each sequence's smoothness too."""
     from vslerp_app.folder_stats import find_images
-    from vslerp_app.score import score_folders
+    from vslerp_app.score import check_sequence, score_folders
 
-    for folder in args.images:  # refuse a wrong folder before loading a model
+    sequences = args.sequence or []  # --sequence and --video, in the order given
+    if not args.images and not sequences:
+        raise CLIError("give --images DIR (folders of images), or --sequence DIR / --video FILE "
+                       "(morph sequences), at least once")
+    for folder in args.images or []:  # refuse a wrong folder before loading a model
         find_images(folder)
-    if args.reference is not None:
-        from vslerp_app.reference import ReferenceReadout
-
-        readout = ReferenceReadout.load(args.reference, stats=args.stats, device=args.device)
-        encoder, stats, space = readout.encoder, readout.stats, readout.space
-    else:
-        from vslerp_app import load_pipeline
-
-        pipe = load_pipeline(args.model, device=args.device, stats=args.stats)
-        if pipe.stats is None:
-            raise CLIError(f"no image statistics for {args.model} ({pipe.stats_note}); compute them "
-                           f"with `vslerp stats --model {args.model} --images DIR --out FILE` and pass "
-                           "--stats FILE")
-        encoder, stats, space = pipe.encoder, pipe.stats, f"{args.model} ({pipe.encoder.name})"
+    for source in sequences:
+        check_sequence(source)
+    encoder, stats, space = _score_encoder(args)
+    if sequences:
+        _score_sequences(encoder, stats, space, sequences, args)
+        if not args.images:
+            return 0
     report = score_folders(encoder, stats, args.images, args.out, space=space, batch_size=args.batch_size,
                            sheet_count=args.sheet)
     for f in report.folders:
@@ -404,6 +402,39 @@ def _cmd_score(args) -> int:
     for name, reason in report.skipped[:10]:
         print(f"  skipped {name}: {reason}", file=sys.stderr)
     return 0
+
+
+def _score_encoder(args):
+    """(encoder, its image stats, what the space is called) of `vslerp score`."""
+    if args.reference is not None:
+        from vslerp_app.reference import ReferenceReadout
+
+        readout = ReferenceReadout.load(args.reference, stats=args.stats, device=args.device)
+        return readout.encoder, readout.stats, readout.space
+    from vslerp_app import load_pipeline
+
+    pipe = load_pipeline(args.model, device=args.device, stats=args.stats)
+    if pipe.stats is None:
+        raise CLIError(f"no image statistics for {args.model} ({pipe.stats_note}); compute them "
+                       f"with `vslerp stats --model {args.model} --images DIR --out FILE` and pass "
+                       "--stats FILE")
+    return pipe.encoder, pipe.stats, f"{args.model} ({pipe.encoder.name})"
+
+
+def _score_sequences(encoder, stats, space: str, sources: list[str], args) -> None:
+    """`vslerp score --sequence/--video`: one line per sequence, files in OUT."""
+    from vslerp_app.score import score_sequences
+
+    summary = score_sequences(encoder, stats, sources, args.out, space=space, batch_size=args.batch_size)
+    for s in summary["sequences"]:
+        m = s["smoothness"]["model"]
+        jump = m["largest_jump"]
+        print(f"{s['name']}: {s['frames']} frames, smoothness (1 - Gini) {m['smoothness']:.3f}, "
+              f"PDV {m['pdv']:.3g}, PPL {m['ppl']:.3g}, path length {m['path_length']:.3g}, largest jump "
+              f"{jump['distance']:.3g} (frames {jump['frames'][0]}-{jump['frames'][1]}), directness "
+              f"{100 * m['directness']['directness']:.0f}%")
+    print(f"scored {len(summary['sequences'])} sequence(s) in {space}; wrote {args.out}/: "
+          "sequences.csv, sequences.json, sequences.png")
 
 
 def _version() -> str:
@@ -559,9 +590,12 @@ def _add_path_options(p) -> None:
     path.add_argument("--loop", action="store_true", help="go back from the last keyframe to the first")
     path.add_argument("--frames", type=int, metavar="N",
                       help="the path's frame count (default: 8 a segment, +1 for an open path's end)")
-    path.add_argument("--spacing", choices=["uniform", "angle"],
+    path.add_argument("--spacing", choices=["uniform", "angle", "perceptual"],
                       help="uniform: the same frames per segment (default); angle: frames in proportion "
-                           "to each segment's angle on its vSLERP arc (one speed throughout)")
+                           "to each segment's angle on its vSLERP arc, turning by equal angles (one speed "
+                           "throughout); perceptual: a preview pass measures the distance between "
+                           "re-encoded frames along each segment, and neighbours are placed equally far "
+                           "apart as measured")
     path.add_argument("--ease", action="store_true", help="ease in and out of every keyframe")
 
 
@@ -645,8 +679,14 @@ def _add_score(sub) -> None:
                             "%(default)s)")
     which.add_argument("--reference", metavar="SPEC",
                        help="score in an open_clip reference space instead, open_clip:MODEL/PRETRAINED")
-    p.add_argument("--images", required=True, action="append", metavar="DIR",
+    p.add_argument("--images", action="append", metavar="DIR",
                    help="folder of images (recursive); repeat to compare folders")
+    p.add_argument("--sequence", action="append", metavar="DIR",
+                   help="a morph's frames, a folder of images in name order (ours or any tool's); "
+                        "repeat to compare sequences side by side: smoothness, steps, conformity per frame "
+                        "(sequences.csv, .json, .png)")
+    p.add_argument("--video", action="append", dest="sequence", metavar="FILE",
+                   help="a morph as a video (its frames in order); scored as --sequence, side by side")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--stats", metavar="FILE",
                    help="stats file of the encoder (default: the model's, or the reference space's "

@@ -15,11 +15,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import PIL.Image
 import torch
 
 from pipelines import RenderSettings, UnclipRunner
-from vslerp_app import geometry, paths, specs
+from vslerp_app import geometry, paths, smoothness, specs
 from vslerp_app.images import image_fingerprint, load_image
 from vslerp_app.stats import ModalityStats
 
@@ -35,6 +36,8 @@ _AIM_SAMPLES = 1201
 # theta 0 or 1 it is the tolerance against the end's own conformity (readouts of the same
 # vector differ by ~1e-16 between a batch and a single one).
 _AIM_TOUCH = 1e-9
+# spacing="perceptual": each segment's preview pass renders thetas 0, 1/12, ..., 1.
+MEASURE_SAMPLES = 12
 
 
 @dataclass
@@ -532,12 +535,14 @@ class VSLERPPipeline:
         return torch.stack(vectors)
 
     def plan_path(self, images, frames: int | None = None, alphas=0.0, *, loop: bool = False,
-                  spacing: str = "uniform", ease: bool = False) -> paths.PathPlan:
+                  spacing: str = "uniform", ease: bool = False, seed: int = 0,
+                  measure: dict | None = None) -> paths.PathPlan:
         """Where each frame of a path through ``images`` sits (`vslerp_app.paths.plan_path`).
 
         The keyframes are encoded (cached by content) to measure each segment's angle on
-        its vSLERP arc, which spacing="angle" allots the frames by. Arguments as in
-        `generate_path`.
+        its vSLERP arc, which spacing="angle" allots the frames by. spacing="perceptual"
+        renders a preview pass first (`measure_segments`, with ``seed`` and the options in
+        ``measure``). Other arguments as in `generate_path`.
         """
         images = paths.keyframe_list(images)
         segments = paths.segment_count(len(images), loop)
@@ -546,12 +551,40 @@ class VSLERPPipeline:
         alpha_values = paths.segment_alphas(specs.as_values(alphas, "alpha"), segments)
         for alpha in alpha_values:
             self.check_alpha(alpha)
-        vectors = self.encode_keyframes(images)
+        vectors = self.encode_keyframes(images).double()
         mean = None if self.stats is None else self.stats.mean.double()
-        angles = [float(geometry.arc_angle(vectors[k].double(), vectors[(k + 1) % len(images)].double(),
-                                           alpha, mean)) for k, alpha in enumerate(alpha_values)]
+        ends = [(vectors[k], vectors[(k + 1) % len(images)]) for k in range(segments)]
+        angles = [float(geometry.arc_angle(v0, v1, alpha, mean))
+                  for (v0, v1), alpha in zip(ends, alpha_values, strict=True)]
+        centres = [0.0 if mean is None else alpha * mean for alpha in alpha_values]
+        ratios = [float((v0 - c).norm() / (v1 - c).norm()) for (v0, v1), c in zip(ends, centres, strict=True)]
+        curves = (self.measure_segments(images, alpha_values, loop=loop, seed=seed, **(measure or {}))
+                  if spacing == "perceptual" else None)
         return paths.plan_path(len(images), frames, alpha_values, loop=loop, spacing=spacing, ease=ease,
-                               angles=angles)
+                               angles=angles, ratios=ratios, curves=curves)
+
+    def measure_segments(self, images, alphas, *, loop: bool = False, seed: int = 0,
+                         samples: int = MEASURE_SAMPLES, **options) -> list[paths.MeasuredCurve]:
+        """The perceived distance along every segment of a path, measured by a preview pass.
+
+        Each segment is rendered at ``samples`` + 1 evenly spaced thetas (preview quality, the
+        path's seed), every frame re-encoded, and the angles between neighbouring frames
+        summed into a `paths.MeasuredCurve` (shared frames, such as the keyframes, are
+        denoised once). Angles, not cosine distances: along a smooth path 1 - cos grows with
+        the square of the step, so only angles add up to a length; frames equally far apart
+        in angle are equally far apart in cosine distance too. ``alphas``: one per segment;
+        ``options`` as in `generate` (preview on).
+        """
+        segments = paths.segment_count(len(images), loop)
+        thetas = [j / samples for j in range(samples + 1)]
+        points = [paths.PathPoint(0, k, t, float(alphas[k])) for k in range(segments) for t in thetas]
+        frames = self.generate_path_points(images, points, seed, **{"preview": True, **options})
+        curves = []
+        for k in range(segments):
+            mine = torch.stack([f.frame_embedding for f in frames[k * len(thetas):(k + 1) * len(thetas)]])
+            angles = np.arccos(np.clip(1.0 - smoothness.cosine_steps(mine), -1.0, 1.0))
+            curves.append(paths.MeasuredCurve.from_steps(thetas, angles))
+        return curves
 
     def path_embeddings(self, vectors: torch.Tensor, points: list[paths.PathPoint]) -> torch.Tensor:
         """The Eq. 12 embedding (float32, computed in float64) of each path point; vectors (K, d)."""
@@ -608,8 +641,11 @@ class VSLERPPipeline:
                 whichever segment it closes or opens, and equal to the keyframe rendered
                 alone at theta 0.
             loop: add the segment from the last keyframe back to the first.
-            spacing: "uniform" (the same frames per segment) or "angle" (frames in
-                proportion to each segment's angle on its vSLERP arc: one speed throughout).
+            spacing: "uniform" (the same frames per segment), "angle" (frames in
+                proportion to each segment's angle on its vSLERP arc, turning by equal angles
+                inside it: one speed throughout) or "perceptual" (a preview pass measures the
+                distance between re-encoded frames along every segment, and the frames are
+                placed so that neighbours are equally far apart as measured).
             ease: ease in and out of each keyframe (smoothstep on theta within a segment).
             options: preview, steps, super_res_steps, guidance_scale, noise_level,
                 resolution, max_batch, callback, as in `generate`.
@@ -618,5 +654,7 @@ class VSLERPPipeline:
             theta and its alpha, and `segment` and `keyframe` say where the frame sits.
         """
         images = paths.keyframe_list(images)
-        plan = self.plan_path(images, frames, alphas, loop=loop, spacing=spacing, ease=ease)
+        measure = {k: v for k, v in options.items() if k in ("max_batch", "guidance_scale")}
+        plan = self.plan_path(images, frames, alphas, loop=loop, spacing=spacing, ease=ease, seed=seed,
+                              measure=measure)
         return self.generate_path_points(images, plan.points, seed, **options)

@@ -23,8 +23,8 @@ from vslerp_app.files import OutputDir, RenderError
 from vslerp_app.manifest import FRAMES_DIR, MANIFEST_NAME
 
 __all__ = ["CONTACT_SHEET_NAME", "DEFAULT_FPS", "GIF_NAME", "MP4_NAME", "OutputRequest", "PLOT_NAME",
-           "ZIP_NAME", "contact_sheet", "conformity_figure", "conformity_plot", "drop_missing_outputs",
-           "write_outputs", "write_video"]
+           "ZIP_NAME", "add_step_strip", "contact_sheet", "conformity_figure", "conformity_plot",
+           "drop_missing_outputs", "plot_with_steps", "write_outputs", "write_video"]
 
 CONTACT_SHEET_NAME = "contact_sheet.png"
 PLOT_NAME = "conformity.png"
@@ -378,14 +378,15 @@ def _write_videos(d: _Derived, ask: OutputRequest) -> None:
                        "size": list(arrays[0].shape[1::-1])}
 
 
-def _write_sheet_and_plot(d: _Derived, ask: OutputRequest, columns: int, plot_args: tuple) -> None:
+def _write_sheet_and_plot(d: _Derived, ask: OutputRequest, columns: int, plot_args: tuple,
+                          steps: dict | None = None) -> None:
     if ask.contact and d.wanted("contact_sheet", CONTACT_SHEET_NAME):
         buf = io.BytesIO()
         contact_sheet(d.images(), d.entries, columns).save(buf, format="PNG")
         d.out.write(CONTACT_SHEET_NAME, buf.getvalue())
         d.meta["contact_sheet"] = {"file": CONTACT_SHEET_NAME}
     if ask.plot and d.wanted("plot", PLOT_NAME):
-        png = conformity_plot(d.entries, *plot_args)
+        png = plot_with_steps(d.entries, plot_args, steps)
         if png is None:
             d.meta["plot"] = {"file": None, "note": "no conformity readouts (no stats)"}
         else:
@@ -402,7 +403,7 @@ def drop_missing_outputs(outputs_meta: dict, out_dir: Path) -> None:
 
 def write_outputs(out: OutputDir, entries: list[dict], outputs_meta: dict, ask: OutputRequest, *,
                   changed: bool, columns: int, plot_args: tuple,
-                  save_manifest: Callable[[], dict]) -> dict:
+                  save_manifest: Callable[[], dict], steps: dict | None = None) -> dict:
     """Write the asked-for outputs of a finished render; return the final manifest.
 
     The manifest lists a file only once it is on disk and whole: the ZIP (which holds the
@@ -418,9 +419,11 @@ def write_outputs(out: OutputDir, entries: list[dict], outputs_meta: dict, ask: 
         columns: contact sheet columns.
         plot_args: `conformity_plot`'s (thetas, alphas, grid, title[, references]).
         save_manifest: writes the manifest (status complete) and returns it.
+        steps: the frames' step sizes in one space (`smoothness.describe_sequence`), drawn as a
+            strip under the plot (`add_step_strip`).
     """
     d = _Derived(out=out, entries=entries, meta=outputs_meta, changed=changed)
-    _write_sheet_and_plot(d, ask, columns, plot_args)
+    _write_sheet_and_plot(d, ask, columns, plot_args, steps)
     _write_videos(d, ask)
     if ask.zip:
         outputs_meta.pop("zip", None)  # the manifest inside the archive lists what is in it
@@ -450,3 +453,91 @@ def _write_zip(tmp: str, out_dir: Path, members: list[str]) -> None:
         for name in members:  # PNG, GIF and MP4 are compressed already; JSON is not
             compress = zipfile.ZIP_DEFLATED if name.endswith(".json") else zipfile.ZIP_STORED
             zf.write(out_dir / name, name, compress_type=compress)
+
+
+# -- the step-size strip (vslerp_app.smoothness) under the readouts ------------------------------
+STRIP_INCHES = 2.2  # the strip's height, added below the readout panels
+JUMP_COLOR = "#dc143c"  # crimson: the largest jump, a colour no readout line uses
+
+
+def _step_series(measured: dict) -> list[tuple[list[float], list[float]]]:
+    """(x, step size) per line of frames: a sweep or a path, one line with a step between frames
+    i and i + 1 at x = i + 0.5; a grid, one line per alpha column (theta changing), x = the row."""
+    if "columns" in measured:
+        return [(list(range(len(m["steps"]))), m["steps"]) for m in measured["columns"] if m["steps"]]
+    steps = measured.get("steps") or []
+    return [([i + 0.5 for i in range(len(steps))], steps)] if steps else []
+
+
+def _make_room_below(fig, inches: float) -> None:
+    """Grow ``fig`` by ``inches`` at the bottom, keeping every panel and text where it was drawn."""
+    fig.draw_without_rendering()  # run the layout engine once, then freeze what it placed
+    fig.set_layout_engine("none")
+    width, height = fig.get_size_inches()
+    grown = height + inches
+    fig.set_size_inches(width, grown)
+    for ax in fig.axes:
+        box = ax.get_position()
+        ax.set_position([box.x0, (box.y0 * height + inches) / grown, box.width, box.height * height / grown])
+    for text in fig.texts:  # the suptitle, in figure fractions
+        x, y = text.get_position()
+        text.set_position((x, (y * height + inches) / grown))
+
+
+def add_step_strip(fig, measured: dict) -> None:
+    """A strip of the step sizes (neighbouring frames' distances) under the panels of ``fig``.
+
+    ``measured`` is one space of a render's ``smoothness`` (`smoothness.describe_sequence`):
+    a bar per step (for a grid, a line per alpha column), the largest jump in crimson and
+    named, smoothness (1 - Gini) and PDV in the strip's title.
+    """
+    series = _step_series(measured)
+    if not series:
+        return
+    _make_room_below(fig, STRIP_INCHES)
+    height = fig.get_size_inches()[1]
+    boxes = [ax.get_position() for ax in fig.axes if ax.get_position().width > 0.2]  # panels, not colour bars
+    x0, x1 = (min(b.x0 for b in boxes), max(b.x1 for b in boxes)) if boxes else (0.08, 0.85)
+    ax = fig.add_axes([x0, 0.5 / height, x1 - x0, (STRIP_INCHES - 1.1) / height])
+    jump_at, jump = max(((x, v) for xs, steps in series for x, v in zip(xs, steps, strict=True)),
+                        key=lambda p: p[1])
+    if len(series) == 1:
+        xs, steps = series[0]
+        ax.bar(xs, steps, width=0.8, color=[JUMP_COLOR if x == jump_at else "0.45" for x in xs])
+    else:
+        for k, (xs, steps) in enumerate(series):
+            ax.plot(xs, steps, "-", lw=1, color=f"C{k % 10}")
+        ax.plot([jump_at], [jump], "o", color=JUMP_COLOR, markersize=6)
+    ax.annotate(f"largest jump {jump:.3g}", xy=(jump_at, jump), xytext=(0, 3), textcoords="offset points",
+                fontsize=7, color=JUMP_COLOR, ha="center", va="bottom")
+    ax.set_ylim(0, jump * 1.35 if jump > 0 else 1)
+    what = "step" if len(series) == 1 else "step along theta (one line per alpha)"
+    ax.set_xlabel(f"{what}: between frames" if len(series) == 1 else what, fontsize=8, labelpad=1)
+    ax.set_ylabel("step size", fontsize=8)
+    ax.tick_params(labelsize=7)
+    summary = measured if "steps" in measured else {}
+    title = "Step sizes: cosine distance of neighbouring frames, re-encoded"
+    if summary:
+        title += f"; smoothness (1 − Gini) {summary['smoothness']:.3f}, PDV {summary['pdv']:.3g}"
+    ax.set_title(f"{title}\n{measured.get('space')}", fontsize=8, loc="left", pad=12)
+    ax.grid(True, axis="y", alpha=0.3)
+
+
+def plot_with_steps(entries: list[dict], plot_args: tuple, measured: dict | None) -> bytes | None:
+    """`conformity_figure` with the step-size strip under it, as PNG bytes; the strip alone
+    without conformity readouts; None with neither."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = conformity_figure(entries, *plot_args)
+    if measured and _step_series(measured):
+        if fig is None:
+            fig = Figure(figsize=(8, 0.4))
+            fig.suptitle(plot_args[3], fontsize=9)
+        add_step_strip(fig, measured)
+    if fig is None:
+        return None
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()

@@ -30,8 +30,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import PIL.Image
+import torch
+
 from vslerp_app import manifest as mf
-from vslerp_app import paths
+from vslerp_app import paths, smoothness
 from vslerp_app.files import OutputDir, RenderError, describe_os_error, output_path, remove_partials
 from vslerp_app.images import ImageInputError, image_fingerprint, load_image
 from vslerp_app.manifest import FRAMES_DIR, MANIFEST_FORMAT, MANIFEST_NAME
@@ -241,6 +244,8 @@ class _Run:
     frames_denoised: int = 0  # distinct embeddings denoised (equal frames are rendered once)
     frames_reused: int = field(init=False)
     outputs_meta: dict = field(init=False)
+    embeddings: dict = field(default_factory=dict)  # index -> this run's re-encoded frame (model's CLIP)
+    smoothness: dict | None = None  # `_measure_smoothness`, once every frame is done
 
     def __post_init__(self):
         self.frames_reused = len(self.entries)
@@ -262,6 +267,7 @@ class _Run:
             "grid": self.plan.grid,
             "shape": [len(self.plan.thetas), len(self.plan.alphas)] if self.plan.grid else [n],
             **({} if self.plan.path is None else {"path": self.plan.path}),
+            **({} if self.smoothness is None else {"smoothness": self.smoothness}),
             "frame_count": n, "frames_done": len(done), "frames": done,
             "outputs": self.outputs_meta, "versions": mf.library_versions(),
             "timings": {"render_seconds": round(self.render_seconds, 3),
@@ -320,6 +326,7 @@ def _render_missing(pipe, run: _Run, eff) -> Iterator[RenderProgress]:
                               "width": frame.image.width, "height": frame.image.height,
                               "sha256": hashlib.sha256(data).hexdigest()}
             run.frames_rendered += 1
+            run.embeddings[i] = frame.frame_embedding
         run.save("partial")
         yield RenderProgress(len(run.entries), n, [run.entries[i] for i in sorted(run.entries)], run.out.path)
 
@@ -428,8 +435,15 @@ def _path_plan(pipe, keyframes, frames, alphas, seed, loop: bool, spacing: str, 
     seed = check_seed(seed)
     chunk, overrides = _chunk_and_overrides(pipe, max_batch, sampling)
     images = [image for image, _ in loaded]
-    path = pipe.plan_path(images, frames, alpha_values, loop=bool(loop), spacing=spacing, ease=bool(ease))
+    started = time.perf_counter()
+    path = pipe.plan_path(images, frames, alpha_values, loop=bool(loop), spacing=spacing, ease=bool(ease),
+                          seed=seed, measure={"max_batch": chunk, **{k: v for k, v in overrides.items()
+                                                                      if k == "guidance_scale"}})
     points = path.points
+    layout = path.describe()
+    if spacing == "perceptual":  # the preview pass's cost, beside the curves it measured
+        layout["measure_seconds"] = round(time.perf_counter() - started, 3)
+        layout["thetas"] = [p.theta for p in points]
     request = {
         "model": mf.model_id(pipe.model), "keyframes": [desc["sha256"] for _, desc in loaded],
         "loop": bool(loop), "spacing": spacing, "ease": bool(ease), "alphas": path.alphas,
@@ -445,7 +459,7 @@ def _path_plan(pipe, keyframes, frames, alphas, seed, loop: bool, spacing: str, 
     return _Plan(pairs=[(p.theta, p.alpha) for p in points], thetas=[p.theta for p in points],
                  alphas=[p.alpha for p in points], grid=False, seed=seed,
                  inputs={"keyframes": (images, [desc for _, desc in loaded])}, request=request,
-                 sampling=overrides, chunk=chunk, render=render, path=path.describe(), keys=keys)
+                 sampling=overrides, chunk=chunk, render=render, path=layout, keys=keys)
 
 
 def render_path(pipe, keyframes, out_dir, *, progress: Callable[[int, int], None] | None = None,
@@ -509,15 +523,58 @@ def _render(pipe, plan: _Plan, out_dir, ask: OutputRequest) -> Iterator[RenderPr
     run.save("partial")
     yield from _render_missing(pipe, run, eff)
 
-    # 5. Derived outputs (rebuilt when frames changed, missing, or asked anew), then the manifest
+    # 5. How smoothly the frames move, then the derived outputs (rebuilt when frames changed,
+    # missing, or asked anew), then the manifest
     done = [run.entries[i] for i in range(len(plan.pairs))]
+    old_measure = (old or {}).get("smoothness")
+    run.smoothness = (old_measure if run.frames_rendered == 0 and isinstance(old_measure, dict)
+                      else _measure_smoothness(pipe, plan, run, done))
     label = (run.info.get("stats") or {}).get("conformity_label", "no conformity")
     title = f"{Path(plan.request['model']).name} ({pipe.kind}), seed {plan.seed}, {label}"
     manifest = write_outputs(run.out, done, run.outputs_meta, ask, changed=run.frames_rendered > 0,
                              columns=len(plan.alphas) if plan.grid else min(len(done), 8),
                              plot_args=(plan.thetas, plan.alphas, plan.grid, title, references),
-                             save_manifest=lambda: run.save("complete"))
+                             save_manifest=lambda: run.save("complete"), steps=run.smoothness.get("model"))
     yield RenderProgress(len(done), len(done), done, out_dir, manifest)
+
+
+def _measure_smoothness(pipe, plan: _Plan, run: _Run, entries: list[dict]) -> dict:
+    """`smoothness.describe_sequence` of the finished frames, re-encoded: in the model's CLIP
+    space ("model"), the reference space when there is one ("reference"), and LPIPS ("lpips")
+    where its package and weights are installed. Frames of earlier runs are read from disk."""
+    images: list = []
+
+    def frames_on_disk() -> list:
+        if not images:
+            images.extend(PIL.Image.open(run.out.path / e["file"]).convert("RGB") for e in entries)
+        return images
+
+    missing = [i for i in range(len(entries)) if i not in run.embeddings]
+    if missing:
+        encoded = pipe.encoder.encode_batched([frames_on_disk()[i] for i in missing], plan.chunk)
+        run.embeddings.update(zip(missing, encoded, strict=True))
+    layout = _smoothness_layout(plan, entries)
+    model = torch.stack([run.embeddings[i].float().cpu() for i in range(len(entries))])
+    out = {"model": smoothness.describe_sequence(model, space=pipe.encoder.name, **layout)}
+    if pipe.reference is not None:
+        ref = pipe.reference
+        encoded = [ref.encoder.encode(frames_on_disk()[i:i + ref.batch_size])
+                   for i in range(0, len(entries), ref.batch_size)]
+        out["reference"] = smoothness.describe_sequence(torch.cat(encoded), space=ref.space, **layout)
+    if "grid" not in layout and smoothness.lpips_weights_present():
+        steps = smoothness.lpips_steps(frames_on_disk(), closed=layout.get("loop", False))
+        out["lpips"] = {"space": "lpips-alex", "distance": "lpips", **smoothness.measure(steps)}
+    return out
+
+
+def _smoothness_layout(plan: _Plan, entries: list[dict]) -> dict:
+    """How the frames line up for `smoothness.describe_sequence`: a grid, a path or a sweep."""
+    if plan.grid:
+        return {"grid": (len(plan.thetas), len(plan.alphas))}
+    if plan.path is not None:
+        return {"segments": [e["segment"] for e in entries], "keyframe_frames": plan.path["keyframe_frames"],
+                "loop": plan.path["loop"]}
+    return {}
 
 
 def _input_readouts(pipe, plan: _Plan) -> dict:

@@ -52,7 +52,8 @@ from vslerp_app.images import ImageInputError, load_image
 from vslerp_app.outputs import label_font
 from vslerp_app.stats import ModalityStats, StatsError
 
-__all__ = ["SCORE_FORMAT", "ScoreReport", "extremes", "ks_statistic", "score_folders", "wasserstein_1"]
+__all__ = ["SCORE_FORMAT", "SEQUENCE_FORMAT", "ScoreReport", "extremes", "ks_statistic", "score_folders",
+           "check_sequence", "score_sequences", "sequence_frames", "sequences_png", "wasserstein_1"]
 
 logger = logging.getLogger(__name__)
 
@@ -484,3 +485,200 @@ def _write_files(out_dir: OutputDir, rows, folders, stats, comparisons, space, s
             out_dir.write(name, buf.getvalue())
             files["sheets"][folder] = name
     return files
+
+
+# -- sequences: how evenly and directly a morph moves (vslerp_app.smoothness) ------------------
+SEQUENCE_FORMAT = "vslerp-score-sequences/1"
+SEQUENCE_COLUMNS = ("sequence", "index", "file", "conformity", "conformity_percentile", "log_likelihood",
+                    "log_likelihood_percentile", "step_to_next")
+
+
+def _name_order(path: Path) -> list:
+    """Sort key: the name with its runs of digits as numbers (frame2 before frame10)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def check_sequence(source: str | os.PathLike) -> None:
+    """Refuse (StatsError, naming it) a source that is not a sequence of 2 frames or more, without
+    decoding it: a folder's image files are counted, a video's frames counted by ffmpeg."""
+    path = Path(source)
+    if path.is_dir():
+        count = sum(1 for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    elif path.is_file():
+        import imageio_ffmpeg
+
+        try:
+            count = imageio_ffmpeg.count_frames_and_secs(str(path))[0]
+        except (RuntimeError, OSError) as e:
+            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            raise StatsError(f"{path}: not a video ffmpeg can read ({reason})") from None
+    else:
+        raise StatsError(f"{path}: neither a folder of frames nor a video file")
+    if count < 2:
+        raise StatsError(f"sequence {path}: {count} frame{'' if count == 1 else 's'}; a sequence needs at "
+                         f"least 2 (looked for {', '.join(sorted(IMAGE_SUFFIXES))} files, or a video)")
+
+
+def sequence_frames(source: str | os.PathLike) -> tuple[list[str], list[PIL.Image.Image]]:
+    """(names, RGB frames) of a sequence: a folder's images in name order (not its subfolders),
+    or a video's frames in order (any format ffmpeg reads); StatsError naming what is wrong."""
+    path = Path(source)
+    if path.is_dir():
+        files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                       key=_name_order)
+        frames = []
+        for p in files:
+            try:
+                frames.append(load_image(p))
+            except ImageInputError as e:
+                raise StatsError(f"sequence {path}: frame {p.name} cannot be read ({e})") from None
+        names = [p.name for p in files]
+    elif path.is_file():
+        names, frames = _video_frames(path)
+    else:
+        raise StatsError(f"{path}: neither a folder of frames nor a video file")
+    if len(frames) < 2:
+        raise StatsError(f"sequence {path}: {len(frames)} frame{'' if len(frames) == 1 else 's'}; a sequence "
+                         f"needs at least 2 (looked for {', '.join(sorted(IMAGE_SUFFIXES))} files)")
+    return names, frames
+
+
+def _video_frames(path: Path) -> tuple[list[str], list[PIL.Image.Image]]:
+    import imageio_ffmpeg
+
+    try:
+        reader = imageio_ffmpeg.read_frames(str(path))
+        meta = next(reader)
+        w, h = meta["size"]
+        frames = [PIL.Image.frombytes("RGB", (w, h), bytes(buf)) for buf in reader]
+    except (RuntimeError, OSError, StopIteration, KeyError) as e:
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise StatsError(f"{path}: not a video ffmpeg can read ({reason})") from None
+    return [f"{path.name}#{i:04d}" for i in range(len(frames))], frames
+
+
+def _sequence_names(sources: Sequence[str]) -> list[str]:
+    """A short, unique name per sequence: its folder's or file's name; with its parent folder
+    when two share a name (runs/a/frames, runs/b/frames: a/frames, b/frames); else numbered."""
+    parts = [Path(source).resolve().parts for source in sources]
+    bases = [p[-1] for p in parts]
+    names = [("/".join(p[-2:]) if bases.count(p[-1]) > 1 else p[-1]) for p in parts]
+    unique: list[str] = []
+    for name in names:
+        candidate, k = name, 2
+        while candidate in unique:
+            candidate, k = f"{name} ({k})", k + 1
+        unique.append(candidate)
+    return unique
+
+
+def _score_one(encoder, stats: ModalityStats, name: str, source: str, batch_size: int) -> dict:
+    """Every frame's readouts and the sequence's smoothness (model space; LPIPS where present)."""
+    from vslerp_app import smoothness
+
+    files, frames = sequence_frames(source)
+    embeddings = torch.cat([encoder.encode(frames[i:i + batch_size])
+                            for i in range(0, len(frames), batch_size)]).float().cpu()
+    measured = {"model": smoothness.describe_sequence(embeddings, space=encoder.name)}
+    lpips = smoothness.lpips_steps(frames)
+    if lpips is not None:
+        measured["lpips"] = {"space": "lpips-alex", "distance": "lpips", **smoothness.measure(lpips)}
+    steps = measured["model"]["steps"] + [None]
+    rows = [{"sequence": name, "index": i, "file": f, **{k: v[k] for k in VALUE_COLUMNS}, "step_to_next": s}
+            for i, (f, v, s) in enumerate(zip(files, _values(stats, embeddings), steps, strict=True))]
+    return {"name": name, "source": str(source), "frames": len(frames), "smoothness": measured, "rows": rows}
+
+
+def score_sequences(encoder, stats: ModalityStats, sources: Sequence[str | os.PathLike],
+                    out: str | os.PathLike, *, space: str | None = None, batch_size: int = 32) -> dict:
+    """Score morph sequences side by side: each frame's conformity and likelihood on the
+    population's scale, and each sequence's smoothness (`vslerp_app.smoothness`: steps, path
+    length, PPL, PDV, 1 - Gini, largest jump, directness from its first to its last frame).
+
+    Args:
+        encoder: the CLIP image encoder (``encode(list[PIL]) -> (N, d)``, ``name``).
+        stats: its image stats.
+        sources: folders of frames (images in name order, digits read as numbers) or video
+            files (frames in order), one per sequence; from our renders or any other tool's.
+        out: the output folder: sequences.csv (one row per frame), sequences.json (per
+            sequence its smoothness and frames) and sequences.png (the sequences side by side).
+    Returns:
+        The content of sequences.json.
+    """
+    sources = [str(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
+    if not sources:
+        raise StatsError("no sequence to score: give --sequence DIR or --video FILE at least once")
+    for source in sources:  # before anything is decoded or written
+        check_sequence(source)
+    stats.validate(getattr(encoder, "dim", None), "stats")
+    scored = [_score_one(encoder, stats, name, source, batch_size)
+              for name, source in zip(_sequence_names(sources), sources, strict=True)]
+    out_dir = OutputDir(Path(out))
+    out_dir.path.mkdir(parents=True, exist_ok=True)
+    rows = [r for s in scored for r in s["rows"]]
+    out_dir.write("sequences.csv", _sequence_csv(rows))
+    title = f"{space or encoder.name}: {stats.conformity_label}"
+    out_dir.write("sequences.png", sequences_png(scored, title))
+    summary = {"format": SEQUENCE_FORMAT, "stats": _stats_info(stats, space or encoder.name),
+               "sequences": scored, "files": {"csv": "sequences.csv", "json": "sequences.json",
+                                               "plot": "sequences.png"}}
+    out_dir.write("sequences.json", (json.dumps(summary, indent=1) + "\n").encode("utf-8"))
+    return summary
+
+
+def _sequence_csv(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SEQUENCE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{k: ("" if r[k] is None else r[k]) for k in SEQUENCE_COLUMNS} for r in rows])
+    return buf.getvalue().encode("utf-8")
+
+
+def sequences_png(scored: list[dict], title: str) -> bytes:
+    """Sequences side by side: conformity along each (0 = first frame, 1 = last), the step sizes
+    with each largest jump marked, and a table of the smoothness measures."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 7.6), layout="constrained")
+    ax_c, ax_s, ax_t = fig.subplots(3, 1, height_ratios=[1, 1, 0.25 + 0.12 * len(scored)])
+    for k, s in enumerate(scored):
+        n, color = s["frames"], f"C{k % 10}"
+        pos = np.linspace(0, 1, n)
+        ax_c.plot(pos, [math.nan if r["conformity"] is None else r["conformity"] for r in s["rows"]], "-o",
+                  color=color, markersize=3, label=s["name"])
+        m = s["smoothness"]["model"]
+        mids = (pos[:-1] + pos[1:]) / 2
+        ax_s.plot(mids, m["steps"], "-", color=color, lw=1.2, label=s["name"])
+        jump = m["largest_jump"]
+        ax_s.plot([mids[jump["step"]]], [jump["distance"]], "o", color=color, markersize=7, mfc="none", mew=2)
+    ax_c.set_ylabel("conformity")
+    ax_c.legend(fontsize=7, loc="best")
+    ax_s.set_ylabel("step size (cosine)")
+    ax_s.set_xlabel("position along the sequence (first frame 0, last frame 1); circles: largest jumps")
+    for ax in (ax_c, ax_s):
+        ax.grid(True, alpha=0.3)
+    _measures_table(ax_t, scored)
+    fig.suptitle(title, fontsize=9)
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _measures_table(ax, scored: list[dict]) -> None:
+    """The smoothness measures of each sequence as a table (one row per sequence)."""
+    ax.axis("off")
+    header = ["sequence", "frames", "1 − Gini", "PDV", "PPL", "path length", "largest jump",
+              "directness"]
+    cells = []
+    for s in scored:
+        m = s["smoothness"]["model"]
+        j = m["largest_jump"]
+        cells.append([s["name"][:28], str(s["frames"]), f"{m['smoothness']:.3f}", f"{m['pdv']:.3g}",
+                      f"{m['ppl']:.3g}", f"{m['path_length']:.3g}",
+                      f"{j['distance']:.3g} ({j['frames'][0]}→{j['frames'][1]})",
+                      f"{100 * m['directness']['directness']:.0f}%"])
+    table = ax.table(cellText=cells, colLabels=header, loc="center", cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(7)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from pipelines import GenerationError
+from vslerp_app import smoothness
 from vslerp_app.engine import AIM_ALPHA_RANGE
 from vslerp_app.files import RenderError
 from vslerp_app.images import (
@@ -508,7 +509,7 @@ def sequence_outputs(manifest: dict, out_dir: Path) -> dict:
 
     gallery = [(str(out_dir / e["file"]), frame_caption(e)) for e in manifest["frames"]]
     return {"gallery": gallery, "plot": path("plot"), "gif": path("gif"), "mp4": path("mp4"),
-            "zip": path("zip")}
+            "zip": path("zip"), "smoothness": smoothness.markdown(manifest.get("smoothness"))}
 
 
 def model_markdown(info: dict, defaults: dict | None = None) -> str:
