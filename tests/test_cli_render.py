@@ -327,3 +327,18 @@ def test_super_res_steps_on_stable_unclip_is_said_to_be_ignored(inputs, tmp_path
     assert proc.returncode == 0, proc.stderr
     assert "--super-res-steps is Karlo's; stable-unclip has no super-resolution stage" in proc.stderr
     assert json.loads((out / "manifest.json").read_text())["frames"][0]["file"]
+
+
+def test_without_the_hub_render_writes_nothing_and_points_to_the_fixture(inputs, tmp_path):
+    """`vslerp render --model karlo` offline: no folder left behind, and the tiny fixture named,
+    as `python app.py` does."""
+    env = {k: v for k, v in ENV.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://hub.invalid")
+    out = tmp_path / "offline" / "o"
+    proc = _run(_cmd("--model", "karlo", "--source", inputs / "a.png", "--target", inputs / "b.png",
+                     "--theta", "0:1:3", "--out", out), env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "cannot reach the Hugging Face hub at http://hub.invalid" in proc.stderr
+    assert "vslerp fixture karlo /tmp/tiny-karlo" in proc.stderr
+    assert "vslerp render --model /tmp/tiny-karlo" in proc.stderr
+    assert not (tmp_path / "offline").exists()  # no empty frames/ folder

@@ -155,6 +155,8 @@ def _cmd_render(args) -> int:
             if missing:
                 raise CLIError(f"missing {', '.join(missing)} (or give --keyframes, or --jobs FILE)")
             m = _render_one(args)
+    except CLIError:
+        raise
     except Exception as e:
         if args.debug:
             raise
@@ -183,15 +185,24 @@ def _progress(done: int, total: int) -> None:
     print(f"render: {done}/{total} frames", file=sys.stderr, flush=True)
 
 
+OFFLINE_HINT = """Without the hub, try a tiny random-weight model (its frames are noise):
+    vslerp fixture karlo /tmp/tiny-karlo
+    vslerp render --model /tmp/tiny-karlo ...
+or pass a downloaded copy of the model: --model DIR"""
+
+
 def _load_for_render(args):
-    """The model, once the output folder is known to be writable."""
-    from pathlib import Path
-
+    """The model, once the output folder is known to be creatable (nothing is written before it loads)."""
+    from pipelines import HubUnreachableError
     from vslerp_app import load_pipeline
-    from vslerp_app.render import prepare_output
+    from vslerp_app.render import check_output_folder
 
-    prepare_output(Path(args.out))
-    pipe = load_pipeline(args.model, device=args.device, max_batch=args.max_batch or 8, **_load_kwargs(args))
+    check_output_folder(args.out)
+    try:
+        pipe = load_pipeline(args.model, device=args.device, max_batch=args.max_batch or 8,
+                             **_load_kwargs(args))
+    except HubUnreachableError as e:  # offline: say what works without the hub, as app.py does
+        raise CLIError(f"cannot load model {args.model!r}: {e}.\n{OFFLINE_HINT}") from None
     if args.super_res_steps is not None and pipe.kind != "karlo":
         print(f"vslerp render: warning: --super-res-steps is Karlo's; {pipe.kind} has no super-resolution "
               "stage, so it is ignored", file=sys.stderr)

@@ -48,7 +48,7 @@ from vslerp_app.specs import (
 )
 
 __all__ = ["FRAMES_DIR", "MANIFEST_NAME", "RenderError", "RenderProgress", "check_conformity_request",
-           "check_path_request", "check_request", "iter_render_path", "iter_render_sequence",
+           "check_output_folder", "check_path_request", "check_request", "iter_render_path", "iter_render_sequence",
            "prepare_output", "render_path", "render_sequence"]
 
 logger = logging.getLogger(__name__)
@@ -197,6 +197,21 @@ def _settings(pipe, plan: _Plan) -> tuple[dict, object]:
         "reference": None if info.get("reference") is None else mf.short(info["reference"]),
     }
     return settings, eff
+
+
+def check_output_folder(out_dir) -> None:
+    """RenderError unless out_dir/frames could be created (or exists, writable); creates nothing.
+
+    The CLI asks this before loading the model, so a model that cannot load leaves no folder.
+    """
+    out_dir = output_path(out_dir)
+    folder = Path(os.path.abspath(out_dir / FRAMES_DIR))
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        raise RenderError(f"cannot create output directory {out_dir / FRAMES_DIR}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == folder else f"cannot be created in {existing} (not writable)"
+        raise RenderError(f"output directory {out_dir / FRAMES_DIR} {what}")
 
 
 def prepare_output(out_dir: Path) -> None:
