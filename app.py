@@ -950,8 +950,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"vSLERP Studio: cannot load model {args.model!r}: {e}") from None
     config = ui.StudioConfig(max_sequence_frames=args.max_sequence_frames, queue_size=args.queue_size,
                              session_queue_size=args.session_queue_size, max_file_size=args.max_file_size)
-    build_demo(pipe, config).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                    **launch_options(config))
+    demo = build_demo(pipe, config)
+    # Quiet start: Gradio's own lines (and httpx's requests to the new server) are left out; the
+    # one line printed is where the studio runs.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True,
+                prevent_thread_lock=True, **launch_options(config))
+    print(f"vSLERP Studio: {demo.share_url or demo.local_url}", flush=True)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -342,3 +342,14 @@ def test_without_the_hub_render_writes_nothing_and_points_to_the_fixture(inputs,
     assert "vslerp fixture karlo /tmp/tiny-karlo" in proc.stderr
     assert "vslerp render --model /tmp/tiny-karlo" in proc.stderr
     assert not (tmp_path / "offline").exists()  # no empty frames/ folder
+
+
+def test_python_app_py_starts_quietly_with_only_its_url(karlo_dir, tmp_path):
+    """`python app.py`: the one line on the terminal is where the studio runs (no library chatter)."""
+    from test_app_api import launched_app
+
+    with launched_app(karlo_dir, tmp_path / "app") as app:
+        deadline = time.monotonic() + 30  # the line is printed just after the server answers
+        while not app.log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert app.log.read_text().splitlines() == [f"vSLERP Studio: {app.url}"], app.log.read_text()

@@ -48,8 +48,8 @@ from vslerp_app.specs import (
 )
 
 __all__ = ["FRAMES_DIR", "MANIFEST_NAME", "RenderError", "RenderProgress", "check_conformity_request",
-           "check_output_folder", "check_path_request", "check_request", "iter_render_path", "iter_render_sequence",
-           "prepare_output", "render_path", "render_sequence"]
+           "check_output_folder", "check_path_request", "check_request", "iter_render_path",
+           "iter_render_sequence", "prepare_output", "render_path", "render_sequence"]
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,8 @@ def check_output_folder(out_dir) -> None:
     folder = Path(os.path.abspath(out_dir / FRAMES_DIR))
     existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
     if not existing.is_dir():
-        raise RenderError(f"cannot create output directory {out_dir / FRAMES_DIR}: {existing} is not a folder")
+        raise RenderError(f"cannot create output directory {out_dir / FRAMES_DIR}: "
+                          f"{existing} is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         what = "is not writable" if existing == folder else f"cannot be created in {existing} (not writable)"
         raise RenderError(f"output directory {out_dir / FRAMES_DIR} {what}")
