@@ -353,3 +353,15 @@ def test_python_app_py_starts_quietly_with_only_its_url(karlo_dir, tmp_path):
         while not app.log.read_text() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert app.log.read_text().splitlines() == [f"vSLERP Studio: {app.url}"], app.log.read_text()
+
+
+def test_a_refused_re_render_says_what_changed_and_how_to_go_on(karlo_dir, inputs, tmp_path):
+    out = tmp_path / "used"
+    proc = _run(_base(karlo_dir, inputs, out, "--theta", "0:1:5", "--alpha", "1", "--preview"))
+    assert proc.returncode == 0, proc.stderr
+    before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    proc = _run(_base(karlo_dir, inputs, out, "--theta", "0:1:5", "--alpha", "2", "--preview"))
+    assert _error_line(proc) == (
+        f"vslerp render: error: {out} holds a render with other settings (alpha 1 -> 2); refusing to mix "
+        "frames: use another --out folder, or delete this one to start over")
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before

@@ -310,8 +310,11 @@ def test_changed_settings_are_refused(pipe, images, tmp_path):
         render_sequence(pipe, *images, "0,1", 0.0, 4, out, steps=2, super_res_steps=3)
     with pytest.raises(RenderError, match="target"):
         render_sequence(pipe, images[0], images[0], "0,1", 0.0, 4, out, **FAST)
-    with pytest.raises(RenderError, match="frames"):
+    with pytest.raises(RenderError, match=r"other settings \(theta 0,1 -> 0,0.5\)"):
         render_sequence(pipe, *images, "0,0.5", 0.0, 4, out, **FAST)
+    with pytest.raises(RenderError, match=r"\(grid false -> true; alpha 0 -> -1:3:16; frame count 2 -> 32\); "
+                                          r"refusing to mix frames: use another --out folder, or delete"):
+        render_sequence(pipe, *images, "0,1", "-1:3:16", 4, out, grid=True, **FAST)
     assert _mtimes(out) == before
 
 
