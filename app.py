@@ -682,9 +682,12 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
     # always_last: clicks faster than the preview end on the last seed's frame, as slider drags do.
     render_after(c.random_seed_button.click(lambda: random.randrange(2**32), None, c.seed, queue=False,
                                             **private), trigger_mode="always_last")
-    c.use_frame_button.click(_frame_as_source, c.frame, c.source, **check)
-    c.readouts.change(lambda r: ui.readouts_markdown(r, studio.pipe.stats_note), c.readouts, c.readout,
-                      queue=False, **private)
+    # The frame becomes the source: the readout says its comparisons wait for the next render.
+    c.use_frame_button.click(_frame_as_source, c.frame, c.source, **check).success(
+        ui.source_replaced_markdown, c.readouts, c.readout, queue=False, **private)
+    population = None if studio.pipe.stats is None else studio.pipe.stats.n
+    c.readouts.change(lambda r: ui.readouts_markdown(r, studio.pipe.stats_note, population), c.readouts,
+                      c.readout, queue=False, **private)
     sequence_outputs = [c.gallery, c.plot, c.video, c.gif_file, c.zip_file, session]
     sequence = c.sequence_button.click(h.check_sequence, sequence_inputs, None, **check).success(
         h.render_sweep_page, [*sequence_inputs, session], sequence_outputs, show_progress="hidden",
@@ -769,6 +772,7 @@ def _wire_aim(studio: ui.Studio, c: SimpleNamespace, session, frame_inputs, fram
     named_range(c.api_target_conformity, "target_conformity")
     inputs = [*frame_inputs, session, c.target_conformity]
     on_gpu = {"show_progress": "minimal", "concurrency_id": GPU_QUEUE, **private}
+    c.aim_button.click(lambda: "", None, c.aim_note, queue=False, **private)  # no old note beside a refusal
     # Queued (cheap, its own queue): an unqueued event's gr.Error never reaches the page.
     c.aim_button.click(h.check, inputs, None, concurrency_limit=4, concurrency_id="check-aim",
                        show_progress="hidden", **private).success(
@@ -872,7 +876,7 @@ def build_demo(pipe, config: ui.StudioConfig | None = None) -> gr.Blocks:
             "# vSLERP Studio\n"
             "Edit an image by moving through CLIP's geometry: **theta** walks from the source (0) "
             "to the target (1); **alpha** moves the centre of rotation along the image-modality "
-            "mean (0 is plain SLERP, 1 the ellipsoid centre; -2 to 2 works best). Each frame shows "
+            f"mean (0 is plain SLERP, 1 the ellipsoid centre): {ui.ALPHA_ADVICE}. Each frame shows "
             "its *conformity* (how typical it is among natural images; higher is more typical), "
             "beside the source's and the target's. "
             "Levi & Gilboa, *The Double-Ellipsoid Geometry of CLIP*, ICML 2025."

@@ -16,6 +16,7 @@ import sys
 
 from pipelines.presets import DEFAULT_MODEL
 from vslerp_app.outputs import DEFAULT_FPS
+from vslerp_app.specs import ALPHA_ADVICE
 
 # Options whose value may start with a minus (`_spec_argument`). argparse reads "-1:3:16" or
 # "-1,0,1" after an option as another option (only plain negative numbers pass), so
@@ -486,7 +487,7 @@ def _add_render(sub) -> None:
     _spec_argument(p, "--theta", help="theta values in [0, 1]")
     which_alpha = p.add_mutually_exclusive_group()
     _spec_argument(which_alpha, "--alpha",
-                   help="alpha values (default 0: plain SLERP; the paper's demo: -1:3:16)")
+                   help=f"alpha values (default 0: plain SLERP); {ALPHA_ADVICE}")
     _spec_argument(which_alpha, "--conformity",
                    help="instead of --alpha: the conformity wanted for each frame's embedding "
                         "(one value, or a SPEC paired with --theta); each alpha is the one "

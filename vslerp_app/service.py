@@ -49,10 +49,11 @@ from vslerp_app.outputs import DEFAULT_FPS
 from vslerp_app.paths import MIN_KEYFRAMES
 from vslerp_app.paths import check_values as check_path_values
 from vslerp_app.render import iter_render_path, iter_render_sequence
-from vslerp_app.specs import ALPHA_LIMIT, STUDIO_ALPHA_RANGE, SpecError, combine, linspace
+from vslerp_app.specs import ALPHA_ADVICE, ALPHA_LIMIT, STUDIO_ALPHA_RANGE, SpecError, combine, linspace
 from vslerp_app.stats import CONFORMITY_LABELS
 
 __all__ = [
+    "ALPHA_ADVICE",
     "DEFAULT_FPS",
     "MAX_SEQUENCE_FRAMES",
     "STUDIO_ALPHA_RANGE",
@@ -76,6 +77,7 @@ __all__ = [
     "json_safe",
     "model_markdown",
     "readouts_markdown",
+    "source_replaced_markdown",
     "sequence_outputs",
     "sweep_pairs",
     "sweep_values",
@@ -402,8 +404,13 @@ def _readout_line(r: dict, key: str, digits: int) -> str:
     return _placed(r.get(f"frame_{key}"), src.get(key), tgt.get(key), digits)
 
 
-def readouts_markdown(r: dict | None, stats_note: str = "") -> str:
-    """What a person reads under the frame: the numbers, and what they mean."""
+def readouts_markdown(r: dict | None, stats_note: str = "", population: int | None = None) -> str:
+    """What a person reads under the frame: the numbers, and what they mean.
+
+    One rule for decimals: theta, alpha and conformity with 3, log-likelihood with 1.
+    ``population``: how many images the statistics were computed from ("more typical than
+    all 5000").
+    """
     if not r:
         return "Add a source and a target image, then move a slider or press **Generate**."
     kind = r.get("conformity_kind")
@@ -424,9 +431,9 @@ def readouts_markdown(r: dict | None, stats_note: str = "") -> str:
             "**Whitened log-likelihood** (up to a constant): how probable the image is under the "
             "reference images' Gaussian; higher is more likely. "
             f"This frame: {_readout_line(r, 'log_likelihood', 1)}.")
-    lines += _percentile_lines(r)  # both on the reference images' scale, when the stats carry it
+    lines += _percentile_lines(r, population)  # both on the reference images' scale, when carried
     if r.get("aim"):
-        lines.append(aim_markdown(r["aim"]))
+        lines.append(aim_markdown(r["aim"], r.get("theta")))
     ref = r.get("reference")
     if ref:
         line = (f"Reference space `{ref.get('space')}`: frame conformity "
@@ -440,37 +447,69 @@ def readouts_markdown(r: dict | None, stats_note: str = "") -> str:
     return "  \n".join(lines)
 
 
-def _percentile_lines(r: dict) -> list[str]:
+def _compared(percent: float, population: int | None, adjective: str) -> str:
+    """A percentile in words: "more typical than 73%", "more typical than all 96", "less typical
+    than all 96"; never a rounded "100%" or "0%" for a value inside the population's range."""
+    everyone = f"all {population}" if population else "all"
+    if percent >= 100 or percent <= 0:
+        return f"{'more' if percent >= 100 else 'less'} {adjective} than {everyone}"
+    digits = 0 if 0.5 <= percent < 99.5 else 1
+    return f"more {adjective} than {percent:.{digits}f}%"
+
+
+def _percentile_lines(r: dict, population: int | None = None) -> list[str]:
     """The population's scale, when the stats carry it: "more typical than 73% of ..."."""
     lines = []
     c, f = r.get("conformity_percentile"), r.get("frame_conformity_percentile")
     if c is not None or f is not None:
-        parts = [f"the frame is more typical than {f:.0f}%" if f is not None else None,
-                 f"its embedding than {c:.0f}%" if c is not None else None]
+        parts = [f"the frame is {_compared(f, population, 'typical')}" if f is not None else None,
+                 f"its embedding {_compared(c, population, 'typical')}" if c is not None else None]
         lines.append("On the reference images' scale: " + ", ".join(p for p in parts if p)
                      + " of the images the statistics were computed from.")
     ll = r.get("frame_log_likelihood_percentile")
     if ll is not None:
-        lines.append(f"The frame is more likely than {ll:.0f}% of those images (whitened CLIP).")
+        lines.append(f"The frame is {_compared(ll, population, 'likely')} of those images (whitened CLIP).")
     return lines
 
 
-def aim_markdown(aim: dict) -> str:
-    """One sentence on an aimed alpha: the wanted conformity, the achieved one, and whether reached."""
+def _at_an_end(theta) -> str | None:
+    """What the frame is at theta 0 or 1 (the source or the target, whatever alpha), else None."""
+    if theta is None or float(theta) not in (0.0, 1.0):
+        return None
+    end = "source" if float(theta) == 0 else "target"
+    return f"at theta = {float(theta):g} the frame is the {end} itself"
+
+
+def aim_markdown(aim: dict, theta: float | None = None) -> str:
+    """One sentence on an aimed alpha: the wanted conformity, the achieved one, and whether reached
+    (3 decimals, as every readout)."""
     if aim.get("reachable"):
-        return (f"Aimed at conformity {aim['wanted']:.4f}: alpha = {aim['alpha']:.4f} gives "
-                f"{aim['achieved']:.4f}.")
-    return (f"Conformity {aim['wanted']:.4f} is out of reach for alpha in "
-            f"[{AIM_ALPHA_RANGE[0]:g}, {AIM_ALPHA_RANGE[1]:g}] here; the closest is {aim['achieved']:.4f}, "
-            f"at alpha = {aim['alpha']:.4f}.")
+        return (f"Aimed at conformity {aim['wanted']:.3f}: alpha = {aim['alpha']:.3f} gives "
+                f"{aim['achieved']:.3f}.")
+    end = _at_an_end(theta)
+    if end is not None:
+        return (f"Conformity {aim['wanted']:.3f} is out of reach: {end}, so alpha has no effect there "
+                f"(its conformity is {aim['achieved']:.3f}). Aim at a theta between 0 and 1.")
+    return (f"Conformity {aim['wanted']:.3f} is out of reach for alpha in "
+            f"[{AIM_ALPHA_RANGE[0]:g}, {AIM_ALPHA_RANGE[1]:g}] here; the closest is {aim['achieved']:.3f}, "
+            f"at alpha = {aim['alpha']:.3f}.")
 
 
 def aimed_alpha(readouts: dict | None) -> tuple[float, str]:
     """(alpha, sentence) of a frame rendered at an aimed alpha, for the slider and the note."""
-    aim = (readouts or {}).get("aim")
+    readouts = readouts or {}
+    aim = readouts.get("aim")
     if not aim:
         raise RequestError("This frame was not aimed at a conformity.")
-    return round(aim["alpha"], 4), aim_markdown(aim)  # the slider shows 4 decimals, not 16
+    return round(aim["alpha"], 3), aim_markdown(aim, readouts.get("theta"))  # 3 decimals, as the readouts
+
+
+def source_replaced_markdown(readouts: dict | None) -> str:
+    """The readout once the frame has become the source: the old comparisons no longer hold."""
+    c = (readouts or {}).get("frame_conformity")
+    what = "" if c is None else f" (its conformity {c:.3f} is now the source's)"
+    return (f"**This frame is now the source**{what}. Move a slider or press **Generate** to render "
+            "from it; the readouts then compare with the new source.")
 
 
 def wanted_conformity(pipe, value) -> float | None:
@@ -780,6 +819,10 @@ class Studio:
         is found where the frame renders (`frame`), so the model runs in one GPU call."""
         if wanted_conformity(self.pipe, request[-1]) is None:
             raise RequestError("Type the conformity to aim at first (e.g. 0.8).")
+        end = _at_an_end(_float(request[2], "theta"))
+        if end is not None:
+            raise RequestError(f"Cannot aim: {end}, so alpha has no effect there. "
+                               "Move theta between 0 and 1 first.")
         return self.frame_request(*request)
 
     def sequence_request(self, source, target, sweep, theta, alpha, theta_start, theta_stop,
