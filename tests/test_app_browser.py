@@ -34,6 +34,12 @@ THIRD = EXAMPLES / "coffee.jpg"  # a third keyframe
 expect.set_options(timeout=TIMEOUT_MS)  # renders share two cores with other work: wait as a person would
 
 
+# The two screens every rough edge is checked on: a desktop at 1440 px and a 390 px phone.
+SCREENS = {"desktop": {"viewport": {"width": 1440, "height": 1000}},
+           "phone": {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True,
+                     "has_touch": True}}
+
+
 @pytest.fixture(scope="module")
 def app(karlo_dir, tmp_path_factory):
     with launched_app(karlo_dir, tmp_path_factory.mktemp("app")) as running:
@@ -388,3 +394,50 @@ def _download_src(page, selector: str, dest: Path) -> Path:
     assert resp.ok, resp.status
     dest.write_bytes(resp.body())
     return dest
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_readouts_are_fresh_and_follow_one_rule(app, browser, screen):
+    """One sentence of alpha advice; a typed theta out of range refused in the box; Aim at an end
+    says alpha has no effect there; a refused Aim leaves no old note; 3 decimals in the readout and
+    the aim note; no "100%"; after "Use this frame as the source" the readout says so."""
+    page = _open(browser, app, **SCREENS[screen])
+    expect(page.locator("body")).to_contain_text(
+        "alpha from -2 to 2 gives visually appealing images (the paper); the authors' demo sweeps -1 to 3 "
+        "in 16 steps (--alpha -1:3:16); the studio's slider runs -3 to 3 and vslerp render takes up to ±10")
+    _both_images(page)
+    _fast_settings(page)
+    theta = page.locator("#theta input[type=number]")
+    _set_number(page, "theta", 1.5)  # refused as the box is left, before any Generate
+    _refusal_shown(page, "theta must be between 0 and 1, got 1.5.")
+    assert 0 <= float(theta.input_value()) <= 1
+
+    _set_number(page, "theta", 0)
+    aim_box, note = page.locator("#target_conformity input"), page.locator("#aim-note")
+    aim_box.fill("0.5")
+    page.locator("#aim").click()
+    _refusal_shown(page, "Cannot aim: at theta = 0 the frame is the source itself, so alpha has no effect "
+                         "there. Move theta between 0 and 1 first.")
+    _set_number(page, "theta", 0.5)
+    page.locator("#aim").click()
+    expect(note).to_contain_text(re.compile(r"(Aimed at conformity|out of reach)"))
+    readout = page.locator("#readout")
+    expect(readout).not_to_contain_text("(preview)")  # the full frame at the aimed alpha
+    for text in (note.inner_text(), readout.inner_text()):  # theta, alpha and conformity: 3 decimals
+        lines = [line for line in text.splitlines() if "log-likelihood" not in line and " s." not in line]
+        numbers = re.findall(r"-?\d+\.\d+", "\n".join(lines))
+        assert numbers and all(len(n.split(".")[1]) == 3 for n in numbers), text
+        assert not re.search(r"\b(100|0)%", text), text
+    assert "more typical than" in readout.inner_text()
+    aim_box.fill("")
+    page.locator("#aim").click()  # refused: the earlier note does not stay beside the refusal
+    _refusal_shown(page, "Type the conformity to aim at first")
+    expect(note).not_to_contain_text("onformity")
+
+    page.locator("#use-frame").click()
+    expect(readout).to_contain_text("This frame is now the source")
+    expect(readout).not_to_contain_text("between the source and the target")
+    readout.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / f"app-readouts-{screen}.png"))
+    assert not page.errors, page.errors
+    page.close()
