@@ -65,6 +65,8 @@ __all__ = [
     "aim_markdown",
     "aimed_alpha",
     "StudioConfig",
+    "RenderClock",
+    "RenderStopped",
     "RequestError",
     "check_input_image",
     "check_request",
@@ -736,9 +738,24 @@ class Studio:
         self.config = config or StudioConfig()
         self.frames = FrameCache(self.config.frame_cache_mb * 2**20)
         self.work_root = WORK_ROOT  # each sequence's folder lives here while it renders
+        self._stops: dict[str, threading.Event] = {}  # each page session's Stop of its render
         self.run_frame = gpu(60)(self._run_frame)
         self.run_sequence = gpu(240)(self._run_sequence)
         self.run_path = gpu(240)(self._run_path)
+
+    # -- Stop -------------------------------------------------------------------------
+    def stop_switch(self, session_id: str | None) -> threading.Event | None:
+        """A fresh Stop switch for a page session's new render (None without a session id)."""
+        if session_id is None:
+            return None
+        switch = self._stops[session_id] = threading.Event()
+        return switch
+
+    def stop(self, session_id: str | None) -> None:
+        """Stop the session's render: its batch in progress ends at the next denoising step."""
+        switch = self._stops.pop(session_id, None) if session_id is not None else None
+        if switch is not None:
+            switch.set()
 
     # -- model work --------------------------------------------------------------------
     def _embed_pair(self, source, target, session: dict):
@@ -764,36 +781,51 @@ class Studio:
         return frames[0], src, tgt
 
     def _run_sequence(self, source, target, session: dict, thetas, alphas, grid, seed, kwargs, fps,
-                      out_dir):
+                      out_dir, on_step=None):
         """Embed the inputs, then yield (RenderProgress, source entry, target entry) per chunk.
 
         The frames and files are `vslerp render`'s (`iter_render_sequence`); closing this
-        generator stops after the chunk in progress.
+        generator stops after the chunk in progress. ``on_step(step, total)`` runs after each
+        denoising step (and may raise `RenderStopped` to end the chunk there).
         """
         src, tgt = self._embed_pair(source, target, session)
         events = iter_render_sequence(self.pipe, src.embedding, tgt.embedding, thetas, alphas, seed,
                                       out_dir, grid=grid, gif=True, mp4=True, zip=True, fps=fps,
                                       contact=False, plot=True, **kwargs)
         try:
-            for event in events:
+            for event in self._stepped(events, on_step):
                 yield event, {"source": src, "target": tgt}
         finally:
             events.close()
 
     def _run_path(self, keyframes: list, frames: int, alphas: list[float], seed: int, options: dict,
-                  kwargs: dict, fps: float, out_dir):
+                  kwargs: dict, fps: float, out_dir, on_step=None):
         """Embed the keyframes, then yield (RenderProgress, None) per chunk of the path's render
-        (`iter_render_path`, as `vslerp render --keyframes`); closing it stops after the chunk."""
+        (`iter_render_path`, as `vslerp render --keyframes`); closing it stops after the chunk.
+        ``on_step`` as in `_run_sequence`."""
         embeddings = [embed_input(self.pipe, image, f"keyframe {k + 1}").embedding
                       for k, image in enumerate(keyframes)]
         events = iter_render_path(self.pipe, embeddings, out_dir, frames=frames, alphas=alphas, seed=seed,
                                   gif=True, mp4=True, zip=True, fps=fps, contact=False, plot=True,
                                   **options, **kwargs)
         try:
-            for event in events:
+            for event in self._stepped(events, on_step):
                 yield event, None
         finally:
             events.close()
+
+    def _stepped(self, events: Iterator, on_step) -> Iterator:
+        """``events`` with each chunk's denoising steps reported to ``on_step``.
+
+        The runner reports the steps of the calling thread only, and a streamed render may be
+        resumed by another thread for each chunk: the report is set up around every chunk.
+        """
+        while True:
+            with self.pipe.runner.on_step(on_step) if on_step is not None else nullcontext():
+                event = next(events, None)
+            if event is None:
+                return
+            yield event
 
     # -- requests ----------------------------------------------------------------------
     def frame_request(self, source, target, theta, alpha, seed, quality, steps, super_res_steps,
@@ -886,22 +918,26 @@ class Studio:
             self.frames.put(key, frame.image, readouts)
         return frame.image, readouts, {"source": src, "target": tgt}
 
-    def sequence(self, session, *request) -> Iterator[SequenceUpdate]:
+    def sequence(self, session, *request, progress: Callable[[float, str], None] | None = None,
+                 stop: threading.Event | None = None) -> Iterator[SequenceUpdate]:
         """A sweep, streamed: a `SequenceUpdate` after each batch, the last with every file.
 
         ``request`` as sequence_request. Each update's files stay on disk until the next
         update is asked for; when the generator ends (finished, failed or closed: a Stop)
         its work folder is removed, so nothing is left behind. A full disk is refused in
-        plain words, without the server's paths.
+        plain words, without the server's paths. ``progress(fraction, text)`` is told where
+        the render stands after every denoising step and batch (`RenderClock`); once ``stop``
+        is set, the batch in progress ends at its next step (`RenderStopped`).
         """
         thetas, alphas, grid, seed, kwargs, fps = self.sequence_request(*request)
         session = session if isinstance(session, dict) else {}
         cleanup_workdirs(self.work_root)
         out_dir = new_workdir(self.work_root)
         total = len(thetas) if alphas is None else len(sweep_pairs(thetas, alphas, grid))  # None: aimed
+        clock = RenderClock(total, kwargs.get("max_batch", self.pipe.max_batch), progress, stop)
         events = self.run_sequence(request[0], request[1], session, thetas, alphas, grid, seed, kwargs,
-                                   fps, out_dir)
-        yield from _stream(events, out_dir, total, session, frame_caption)
+                                   fps, out_dir, on_step=clock.on_step if clock.watched else None)
+        yield from _stream(events, out_dir, total, session, frame_caption, clock)
 
     def path_request(self, keyframes, frames, loop, spacing, ease, alpha, seed, quality, steps,
                      super_res_steps, preview_steps, guidance_scale, max_batch, fps):
@@ -933,29 +969,96 @@ class Studio:
         seed = check_request(self.pipe, images[0], images[1], [(0.0, a) for a in alphas], seed, kwargs)
         return images, count, alphas, seed, options, kwargs, _float(fps, "fps")
 
-    def path(self, *request) -> Iterator[SequenceUpdate]:
+    def path(self, *request, progress: Callable[[float, str], None] | None = None,
+             stop: threading.Event | None = None) -> Iterator[SequenceUpdate]:
         """A path through keyframes, streamed as `sequence`: a `SequenceUpdate` after each batch,
-        the last with every file; the work folder removed at the end. ``request`` as path_request."""
+        the last with every file; the work folder removed at the end. ``request`` as path_request;
+        ``progress`` and ``stop`` as in `sequence`."""
         images, frames, alphas, seed, options, kwargs, fps = self.path_request(*request)
         cleanup_workdirs(self.work_root)
         out_dir = new_workdir(self.work_root)
-        events = self.run_path(images, frames, alphas, seed, options, kwargs, fps, out_dir)
-        yield from _stream(events, out_dir, frames, None, lambda e: path_caption(e, len(images)))
+        clock = RenderClock(frames, kwargs.get("max_batch", self.pipe.max_batch), progress, stop)
+        events = self.run_path(images, frames, alphas, seed, options, kwargs, fps, out_dir,
+                               on_step=clock.on_step if clock.watched else None)
+        yield from _stream(events, out_dir, frames, None, lambda e: path_caption(e, len(images)), clock)
 
 
-def _stream(events, out_dir: Path, total: int, session, caption) -> Iterator[SequenceUpdate]:
+class RenderStopped(Exception):
+    """A streamed render's Stop: raised at the next denoising step, so its batch ends there."""
+
+
+class RenderClock:
+    """Where a streamed render stands, in one line: its batch's denoising steps, the frames done,
+    the time it has taken and an estimate of the time left.
+
+    ``progress(fraction, text)`` hears of every step (`on_step`, from the render's thread) and
+    every finished batch (`frames_done`); once ``stop`` is set, the next step raises `RenderStopped`.
+    """
+
+    def __init__(self, total: int, batch: int, progress: Callable[[float, str], None] | None = None,
+                 stop: threading.Event | None = None, clock: Callable[[], float] = time.monotonic):
+        self.total, self.batch = total, max(1, int(batch))
+        self.progress, self.stop, self.clock = progress, stop, clock
+        self.started = clock()
+        self.done, self.step, self.steps = 0, 0, 0
+
+    @property
+    def watched(self) -> bool:
+        """Whether anyone listens to the steps (a progress line or a Stop)."""
+        return self.progress is not None or self.stop is not None
+
+    @property
+    def fraction(self) -> float:
+        """The share of the render done, counting the batch in progress by its steps."""
+        in_batch = min(self.batch, self.total - self.done) * (self.step / self.steps if self.steps else 0.0)
+        return min(1.0, (self.done + in_batch) / self.total) if self.total else 1.0
+
+    def text(self) -> str:
+        elapsed = self.clock() - self.started
+        batches = math.ceil(self.total / self.batch)
+        parts = [f"{self.done} of {self.total} frames done"]
+        if self.done < self.total:
+            batch = f"batch {min(batches, self.done // self.batch + 1)} of {batches}"
+            parts.insert(0, f"{batch}, step {self.step} of {self.steps}" if self.steps else batch)
+        parts.append(f"{elapsed:.0f} s elapsed")
+        if 0.05 <= self.fraction < 1 and elapsed >= 1:  # an estimate from 5% of the work on
+            parts[-1] += f", about {elapsed * (1 - self.fraction) / self.fraction:.0f} s left"
+        return " · ".join(parts)
+
+    def on_step(self, step: int, steps: int) -> None:
+        """The runner's step callback: tell ``progress``, or end the batch if stopped."""
+        if self.stop is not None and self.stop.is_set():
+            raise RenderStopped("the render was stopped")
+        self.step, self.steps = step, steps
+        self._report()
+
+    def frames_done(self, done: int) -> None:
+        self.done, self.step = done, 0
+        self._report()
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.fraction, self.text())
+
+
+def _stream(events, out_dir: Path, total: int, session, caption,
+            clock: RenderClock | None = None) -> Iterator[SequenceUpdate]:
     """A render's events as `SequenceUpdate`s; ``events`` yield (RenderProgress, new session or None).
 
-    The work folder is removed when this generator ends (finished, failed or closed); a
-    full disk is refused in plain words, without the server's paths.
+    The work folder is removed when this generator ends (finished, failed, closed or stopped);
+    a full disk is refused in plain words, without the server's paths.
     """
     try:
         yield SequenceUpdate([], 0, total, None, session)
         for event, new_session in events:
+            if clock is not None:
+                clock.frames_done(event.done)
             gallery = [(str(out_dir / e["file"]), caption(e)) for e in event.frames]
             files = None if event.manifest is None else sequence_outputs(event.manifest, out_dir)
             yield SequenceUpdate(gallery, event.done, event.total, files,
                                  session if new_session is None else new_session)
+    except RenderStopped:  # a Stop: the page has moved on; nothing to report
+        return
     except (RenderError, OSError) as e:
         if isinstance(e, OSError) and e.errno not in _DISK_FULL:
             raise
