@@ -64,6 +64,15 @@ CSS = """
 }
 /* A render's status line: room for Gradio's progress bar and its text. */
 #sequence-status, #path-status { min-height: 3.2em; }
+#keyframes .grid-wrap.fixed-height { min-height: 0; }
+/* The conformity plots: never wider than drawn (their labels are sized for that), as wide as
+   the page allows below it. */
+#plot img, #path-plot img { max-width: 100%; width: auto; height: auto; }
+#plot .image-container, #path-plot .image-container { height: auto; }
+/* Phones keep the sliders' min and max labels (Gradio hides them below 480 px). */
+@media (max-width: 480px) {
+  .gradio-container .min_value, .gradio-container .max_value { display: inline !important; }
+}
 /* Phones: frame galleries of two columns, the keyframe strip of four. */
 @media (max-width: 640px) {
   #gallery .grid-container, #path-gallery .grid-container {
@@ -284,9 +293,10 @@ def _input_column(pipe, c: SimpleNamespace) -> None:
     _aim_controls(has_stats, c)
     with gr.Row():
         # No precision=0: Gradio would round 1.5 to 2 without a word; a fraction is refused instead.
-        c.seed = gr.Number(value=42, minimum=0, label="seed", elem_id="seed")
-        c.random_seed_button = gr.Button("New seed", size="sm", scale=0, elem_id="random-seed")
-        c.generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
+        # On a phone the seed and New seed share a line and Generate takes the next one whole.
+        c.seed = gr.Number(value=42, minimum=0, label="seed", min_width=110, elem_id="seed")
+        c.random_seed_button = gr.Button("New seed", size="sm", scale=0, min_width=90, elem_id="random-seed")
+        c.generate_button = gr.Button("Generate", variant="primary", min_width=180, elem_id="generate")
     with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
         c.quality = gr.Radio(["full", "preview"], value="full", label="quality",
                              info="preview: a fast low-resolution frame; full: the finished frame",
@@ -539,7 +549,7 @@ def _sequence_handlers(studio: ui.Studio) -> dict:
         watch = _page_watch(studio, request, progress)
         for update in studio.sequence(session, *values, **watch):
             frames = gr.Gallery(update.gallery, label=f"Frames: {update.status}", columns=columns,
-                                visible=True)
+                                visible=bool(update.gallery))  # no empty box before the first batch
             yield frames, *_shown_files(update), update.session, _status(update)
 
     return {"check_sequence": check_sequence, "render_sweep": render_sweep,
@@ -606,7 +616,7 @@ def _path_handlers(studio: ui.Studio) -> dict:
         watch = _page_watch(studio, request, progress)
         for update in studio.path(ui.strip_paths(strip), *values, **watch):
             yield (gr.Gallery(update.gallery, label=f"Path frames: {update.status}", columns=PATH_COLUMNS,
-                              visible=True), *_shown_files(update), _status(update))
+                              visible=bool(update.gallery)), *_shown_files(update), _status(update))
 
     return {"check_path": check_path, "render_path": render_path, "render_path_page": render_path_page}
 

@@ -35,7 +35,7 @@ from vslerp_app import paths
 from vslerp_app.files import OutputDir, RenderError, describe_os_error, output_path, remove_partials
 from vslerp_app.images import ImageInputError, image_fingerprint, load_image
 from vslerp_app.manifest import FRAMES_DIR, MANIFEST_FORMAT, MANIFEST_NAME
-from vslerp_app.outputs import DEFAULT_FPS, OutputRequest, drop_missing_outputs, write_outputs
+from vslerp_app.outputs import DEFAULT_FPS, OutputRequest, drop_missing_outputs, sheet_columns, write_outputs
 from vslerp_app.specs import (
     MAX_COUNT,
     SpecError,
@@ -528,7 +528,7 @@ def _render(pipe, plan: _Plan, out_dir, ask: OutputRequest) -> Iterator[RenderPr
     label = (run.info.get("stats") or {}).get("conformity_label", "no conformity")
     title = f"{Path(plan.request['model']).name} ({pipe.kind}), seed {plan.seed}, {label}"
     manifest = write_outputs(run.out, done, run.outputs_meta, ask, changed=run.frames_rendered > 0,
-                             columns=len(plan.alphas) if plan.grid else min(len(done), 8),
+                             columns=len(plan.alphas) if plan.grid else sheet_columns(len(done)),
                              plot_args=(plan.thetas, plan.alphas, plan.grid, title, references),
                              save_manifest=lambda: run.save("complete"))
     yield RenderProgress(len(done), len(done), done, out_dir, manifest)
