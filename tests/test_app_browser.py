@@ -441,3 +441,71 @@ def test_readouts_are_fresh_and_follow_one_rule(app, browser, screen):
     page.screenshot(path=str(ARTIFACTS / f"app-readouts-{screen}.png"))
     assert not page.errors, page.errors
     page.close()
+
+
+def _rendered_font_px(page, elem_id: str) -> float:
+    """The plot's smallest text as shown on the page, in CSS pixels: its size in the PNG
+    (`PLOT_FONT_PT` at `PLOT_DPI`) times the scale the page shows the PNG at."""
+    from vslerp_app.outputs import PLOT_DPI, PLOT_FONT_PT
+
+    shown, natural = page.locator(f"#{elem_id} img").evaluate("e => [e.clientWidth, e.naturalWidth]")
+    return PLOT_FONT_PT * PLOT_DPI / 72 * shown / natural
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_a_sequence_shows_progress_stops_at_once_and_its_plot_is_readable(app, browser, screen):
+    """No empty output boxes before a render; while it runs, Render is disabled and the status
+    line counts the batch's denoising steps, the frames done and the time; Stop ends the batch
+    and the next Render starts right away; the plot's labels are readable where shown."""
+    page = _open(browser, app, **SCREENS[screen])
+    for elem_id in ("gallery", "plot", "video", "gif", "zip", "sequence-status"):
+        expect(page.locator(f"#{elem_id}")).to_be_hidden()  # nothing rendered: no empty boxes
+    _both_images(page)
+    _fast_settings(page, max_batch=2)
+    _set_number(page, "steps", 40)
+    _set_number(page, "theta_frames", 12)
+    page.locator("#run-sequence").click()
+    status, render = page.locator("#sequence-status"), page.locator("#run-sequence")
+    expect(render).to_be_disabled()
+    expect(status).to_contain_text(re.compile(r"batch \d+ of 6, step \d+ of 42 · \d+ of 12 frames done · "
+                                              r"\d+ s elapsed"))
+    expect(status).to_contain_text(re.compile(r"s elapsed, about \d+ s left"))
+    expect(page.locator("#gallery img").first).to_be_visible()
+    page.locator("#stop-sequence").click()
+    expect(status).to_contain_text("Stopped")
+    expect(render).to_be_enabled()
+    stopped = time.monotonic()
+
+    # The next render starts at once (the stopped batch ends at its next step), a 3 x 3 grid.
+    _set_number(page, "steps", 2)
+    page.get_by_text("grid (a row per theta, a column per alpha)").click()
+    _set_number(page, "theta_frames", 3)
+    _set_number(page, "alpha_frames", 3)
+    page.locator("#run-sequence").click()
+    expect(page.locator("#gallery")).to_contain_text(re.compile(r"Frames: (frame [1-9]|all)"))
+    assert time.monotonic() - stopped < 30, "the new render waited for the stopped one"
+    expect(status).to_contain_text("Done: all 9 frames.")
+    expect(render).to_be_enabled()
+    for elem_id in ("plot", "video", "gif", "zip"):
+        expect(page.locator(f"#{elem_id}")).to_be_visible()
+    plot = page.locator("#plot img")
+    plot.scroll_into_view_if_needed()
+    expect(plot).to_have_js_property("complete", True)
+    assert _rendered_font_px(page, "plot") >= 9  # labels a person reads without zooming
+    assert page.evaluate("document.documentElement.scrollWidth") <= SCREENS[screen]["viewport"]["width"]
+    page.locator("#sequence").screenshot(path=str(ARTIFACTS / f"app-sequence-{screen}.png"))
+    assert not page.errors, page.errors
+    page.close()
+
+
+def test_on_a_phone_new_seed_sits_beside_the_seed_and_sliders_keep_their_ends(app, browser):
+    page = _open(browser, app, **SCREENS["phone"])
+    seed, new_seed = page.locator("#seed").bounding_box(), page.locator("#random-seed").bounding_box()
+    assert abs(seed["y"] - new_seed["y"]) < seed["height"], (seed, new_seed)  # one line
+    assert new_seed["x"] >= seed["x"] + seed["width"] - 1
+    for elem_id in ("theta", "alpha"):
+        expect(page.locator(f"#{elem_id} .min_value")).to_be_visible()
+        expect(page.locator(f"#{elem_id} .max_value")).to_be_visible()
+    page.locator("#seed").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "app-phone-seed.png"))
+    page.close()
