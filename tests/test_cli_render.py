@@ -365,3 +365,19 @@ def test_a_refused_re_render_says_what_changed_and_how_to_go_on(karlo_dir, input
         f"vslerp render: error: {out} holds a render with other settings (alpha 1 -> 2); refusing to mix "
         "frames: use another --out folder, or delete this one to start over")
     assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_one_sentence_of_alpha_advice_in_the_help_and_the_readme(capsys):
+    """`vslerp render --help` and the README give the same advice on alpha, naming where each
+    number comes from (the page's header shows it too: tests/test_app_browser.py)."""
+    from vslerp_app.cli import main
+    from vslerp_app.specs import ALPHA_ADVICE
+
+    with pytest.raises(SystemExit):
+        main(["render", "--help"])
+    flat = lambda text: " ".join(text.split())  # noqa: E731 (argparse and Markdown wrap lines)
+    assert flat(ALPHA_ADVICE) in flat(capsys.readouterr().out)
+    assert flat(ALPHA_ADVICE) in flat((ROOT / "README.md").read_text())
+    for source in ("(the paper)", "the authors' demo sweeps -1 to 3 in 16 steps", "slider runs -3 to 3",
+                   "takes up to ±10"):
+        assert source in ALPHA_ADVICE
