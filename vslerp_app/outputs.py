@@ -35,12 +35,12 @@ ZIP_NAME = "sequence.zip"
 # (25/100 s) plays exactly as the MP4 does; 6 fps would be 17/100 s (5.9 fps) in the GIF.
 DEFAULT_FPS = 4.0
 THUMB_SIDE = 192  # contact sheet tiles: frames scaled to this longer side
-# The conformity plots are drawn for the page: 560 px wide (PLOT_WIDTH_IN at PLOT_DPI), shown at
-# that size on a desktop and scaled to a phone's ~350 px; their smallest text, PLOT_FONT_PT,
-# is then 15 px on a desktop and 9.5 px on a phone.
+# The conformity plots are drawn for the page: 500 px wide (PLOT_WIDTH_IN at PLOT_DPI), shown at
+# that size on a desktop and scaled to the ~300 px a phone's page gives them; their smallest
+# text, PLOT_FONT_PT, is then 17 px on a desktop and 10 px on a phone.
 PLOT_DPI = 100
-PLOT_WIDTH_IN = 5.6
-PLOT_FONT_PT = 11
+PLOT_WIDTH_IN = 5.0
+PLOT_FONT_PT = 12
 
 
 def _load_frames(out_dir: Path, entries: list[dict]) -> list[PIL.Image.Image]:
@@ -213,7 +213,7 @@ def _sweep_figure(entries: list[dict], metrics: list[_Metric], refs: dict):
         ax.grid(True, alpha=0.3)
         # Below the panel (the figure is narrow): two columns of entries.
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14 if ax is axes[-1] else -0.04), ncol=2,
-                  frameon=False)
+                  frameon=False, handlelength=1.5, columnspacing=0.8)
     if ticks:
         axes[-1].set_xticks(xs, ticks)
     axes[-1].set_xlabel(xlabel)
@@ -275,7 +275,7 @@ def _heat_maps(fig, cells, entries, thetas, alphas, metric: _Metric, refs: dict)
         ax = fig.add_subplot(cells[k])
         image = ax.imshow(maps[key], origin="lower", aspect="auto", cmap="viridis", norm=norm,
                           interpolation="nearest")
-        ax.set_title(f"{metric.label}: {name}")
+        ax.set_title(name)  # the colour bar names the readout: short titles leave room for its marks
         _value_ticks(ax, "x", alphas)
         _value_ticks(ax, "y", thetas)
         ax.set_xlabel("alpha")
@@ -312,7 +312,8 @@ def _lines_per_alpha(fig, cell, bar_cell, entries, alphas, metric: _Metric, refs
     handles = [Line2D([], [], color="0.3", ls="-", label="embedding (Eq. 12)"),
                Line2D([], [], color="0.3", ls="", marker="s", markersize=3, label="frame, re-encoded")]
     ax.legend(handles=handles + ax.get_legend_handles_labels()[0], loc="upper center",
-              bbox_to_anchor=(0.5, -0.2), ncol=2, borderaxespad=0, frameon=False)
+              bbox_to_anchor=(0.5, -0.2), ncol=2, borderaxespad=0, frameon=False, handlelength=1.5,
+              columnspacing=0.8)
     ax.set_xlabel("theta", labelpad=1)
     ax.set_ylabel(metric.label)
     ax.grid(True, alpha=0.3)
@@ -327,7 +328,7 @@ def _grid_figure(entries, thetas, alphas, metrics: list[_Metric], refs: dict):
     fig.set_layout_engine(None)
     # Columns: the panels, room for the labels of the inputs' marks, the colour bar.
     height = fig.get_figheight()
-    spec = fig.add_gridspec(rows, 3, width_ratios=[1, 0.22, 0.05],
+    spec = fig.add_gridspec(rows, 3, width_ratios=[1, 0.36, 0.06],
                             height_ratios=[1, 1] + [1.1] * len(metrics), hspace=0.6, wspace=0.04,
                             left=0.15, right=0.84, top=1 - 0.85 / height, bottom=0.95 / height)
     _heat_maps(fig, [spec[0, 0], spec[1, 0], spec[0:2, 2]], entries, thetas, alphas, _CONFORMITY, refs)
