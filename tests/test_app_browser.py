@@ -319,6 +319,11 @@ def test_a_three_keyframe_loop_is_built_rendered_and_its_gif_downloaded(app, bro
     expect(page.locator("#keyframes img")).to_have_count(2)
     page.locator("#keyframe-add input[type=file]").set_input_files(str(THIRD))
     expect(page.locator("#keyframes img")).to_have_count(3)
+    strip = page.locator("#keyframes").bounding_box()
+    thumb = page.locator("#keyframes img").first.bounding_box()
+    assert strip["height"] < thumb["height"] + 100, (strip, thumb)  # no blank band under the thumbnails
+    for elem_id in ("path-gallery", "path-plot", "path-video", "path-gif", "path-zip"):
+        expect(page.locator(f"#{elem_id}")).to_be_hidden()  # no empty boxes before the path renders
     order = _keyframe_srcs(page)
     assert len(set(order)) == 3, order
     # Reorder: the third one place earlier, then back.
@@ -335,6 +340,8 @@ def test_a_three_keyframe_loop_is_built_rendered_and_its_gif_downloaded(app, bro
     page.locator("#run-path").click()
     gallery = page.locator("#path-gallery")
     expect(gallery).to_contain_text("Path frames: all 6")
+    expect(page.locator("#path-status")).to_contain_text("Done: all 6 frames.")
+    expect(page.locator("#run-path")).to_be_enabled()
     expect(page.locator("#path-gallery img")).to_have_count(6)
     captions = [c.inner_text() for c in page.locator("#path-gallery .caption-label").all()]
     assert [c.split()[0] for c in captions] == ["key", "1→2", "key", "2→3", "key", "3→1"], captions
