@@ -751,6 +751,12 @@ class Studio:
         switch = self._stops[session_id] = threading.Event()
         return switch
 
+    def _release(self, switch: threading.Event | None) -> None:
+        """Forget a finished render's Stop switch (a session's later render has its own)."""
+        for session_id, registered in list(self._stops.items()):
+            if registered is switch:
+                self._stops.pop(session_id, None)
+
     def stop(self, session_id: str | None) -> None:
         """Stop the session's render: its batch in progress ends at the next denoising step."""
         switch = self._stops.pop(session_id, None) if session_id is not None else None
@@ -937,7 +943,10 @@ class Studio:
         clock = RenderClock(total, kwargs.get("max_batch", self.pipe.max_batch), progress, stop)
         events = self.run_sequence(request[0], request[1], session, thetas, alphas, grid, seed, kwargs,
                                    fps, out_dir, on_step=clock.on_step if clock.watched else None)
-        yield from _stream(events, out_dir, total, session, frame_caption, clock)
+        try:
+            yield from _stream(events, out_dir, total, session, frame_caption, clock)
+        finally:
+            self._release(stop)
 
     def path_request(self, keyframes, frames, loop, spacing, ease, alpha, seed, quality, steps,
                      super_res_steps, preview_steps, guidance_scale, max_batch, fps):
@@ -980,7 +989,10 @@ class Studio:
         clock = RenderClock(frames, kwargs.get("max_batch", self.pipe.max_batch), progress, stop)
         events = self.run_path(images, frames, alphas, seed, options, kwargs, fps, out_dir,
                                on_step=clock.on_step if clock.watched else None)
-        yield from _stream(events, out_dir, frames, None, lambda e: path_caption(e, len(images)), clock)
+        try:
+            yield from _stream(events, out_dir, frames, None, lambda e: path_caption(e, len(images)), clock)
+        finally:
+            self._release(stop)
 
 
 class RenderStopped(Exception):
