@@ -387,8 +387,9 @@ def _file_outputs(c: SimpleNamespace, plot: str, video: str, gif: str, zip_file:
                   prefix: str) -> None:
     """A render's plot (full width: its labels must be readable), MP4, GIF and ZIP; hidden until
     a render has them."""
-    setattr(c, plot, gr.Image(label=plot_label, type="filepath", interactive=False, visible=False,
-                              elem_id=f"{prefix}plot"))
+    # No label badge: it would sit on the figure's title (which names the model, seed and readout).
+    setattr(c, plot, gr.Image(label=plot_label, show_label=False, type="filepath", interactive=False,
+                              visible=False, elem_id=f"{prefix}plot"))
     with gr.Row(equal_height=False):
         setattr(c, video, gr.Video(label="MP4 video", interactive=False, height=360, visible=False,
                                    scale=2, elem_id=f"{prefix}video"))
