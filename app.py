@@ -71,7 +71,7 @@ CSS = """
 #plot .image-container, #path-plot .image-container { height: auto; }
 /* Phones keep the sliders' min and max labels (Gradio hides them below 480 px). */
 @media (max-width: 480px) {
-  .gradio-container .min_value, .gradio-container .max_value { display: inline !important; }
+  .min_value, .max_value { display: inline !important; }
 }
 /* Phones: frame galleries of two columns, the keyframe strip of four. */
 @media (max-width: 640px) {
