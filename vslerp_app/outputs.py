@@ -176,7 +176,8 @@ def _reference_lines(ax, refs: dict, key: str) -> None:
     for k, (role, readouts) in enumerate(refs.items()):
         if readouts.get(key) is not None:
             style = _REFERENCE_STYLE.get(role, dict(color=f"C{(k + 2) % 10}", ls="--"))  # C0, C1: the frames'
-            ax.axhline(readouts[key], lw=1.2, label=f"{role} image ({readouts[key]:.3g})", **style)
+            name = role if role.startswith("keyframe") else f"{role} image"  # short: legends fit on a phone
+            ax.axhline(readouts[key], lw=1.2, label=f"{name} ({readouts[key]:.3g})", **style)
 
 
 def _sweep_axis(entries: list[dict]) -> tuple[list[float], str, list[str] | None]:
