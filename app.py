@@ -62,6 +62,17 @@ CSS = """
 #gallery .caption-label, #path-gallery .caption-label {
   white-space: normal; overflow-wrap: anywhere; max-width: 100%;
 }
+/* A render's status line: room for Gradio's progress bar and its text. */
+#sequence-status, #path-status { min-height: 3.2em; }
+#keyframes .grid-wrap.fixed-height { min-height: 0; }
+/* The conformity plots: never wider than drawn (their labels are sized for that), as wide as
+   the page allows below it. */
+#plot img, #path-plot img { max-width: 100%; width: auto; height: auto; }
+#plot .image-container, #path-plot .image-container { height: auto; }
+/* Phones keep the sliders' min and max labels (Gradio hides them below 480 px). */
+@media (max-width: 480px) {
+  .min_value, .max_value { display: inline !important; }
+}
 /* Phones: frame galleries of two columns, the keyframe strip of four. */
 @media (max-width: 640px) {
   #gallery .grid-container, #path-gallery .grid-container {
@@ -282,9 +293,10 @@ def _input_column(pipe, c: SimpleNamespace) -> None:
     _aim_controls(has_stats, c)
     with gr.Row():
         # No precision=0: Gradio would round 1.5 to 2 without a word; a fraction is refused instead.
-        c.seed = gr.Number(value=42, minimum=0, label="seed", elem_id="seed")
-        c.random_seed_button = gr.Button("New seed", size="sm", scale=0, elem_id="random-seed")
-        c.generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
+        # On a phone the seed and New seed share a line and Generate takes the next one whole.
+        c.seed = gr.Number(value=42, minimum=0, label="seed", min_width=110, elem_id="seed")
+        c.random_seed_button = gr.Button("New seed", size="sm", scale=0, min_width=90, elem_id="random-seed")
+        c.generate_button = gr.Button("Generate", variant="primary", min_width=180, elem_id="generate")
     with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
         c.quality = gr.Radio(["full", "preview"], value="full", label="quality",
                              info="preview: a fast low-resolution frame; full: the finished frame",
@@ -358,23 +370,35 @@ def _sequence_panel(config: ui.StudioConfig, c: SimpleNamespace) -> None:
             c.sequence_button = gr.Button("Render sequence", variant="primary", scale=3,
                                           elem_id="run-sequence")
             c.stop_button = gr.Button("Stop", variant="stop", scale=1, elem_id="stop-sequence")
+        c.sequence_status = gr.Markdown("", visible=False, elem_id="sequence-status")  # shown by a render
+        # Output boxes appear when there is output (the page handler shows them).
         c.gallery = gr.Gallery(label="Frames", columns=8, fit_columns=False, height="auto", format="png",
-                               elem_id="gallery")
-        c.smoothness = gr.Markdown(elem_id="smoothness")  # how evenly the finished sequence moves
-        with gr.Row():
-            # The plot larger than the video: its labels must be readable.
-            c.plot = gr.Image(label="Conformity plot", type="filepath", interactive=False, height=560,
-                              scale=3, elem_id="plot")
-            c.video = gr.Video(label="MP4 video", interactive=False, height=560, scale=2, elem_id="video")
-        with gr.Row():
-            c.gif_file = gr.File(label="GIF", interactive=False, height=110, elem_id="gif")
-            c.zip_file = gr.File(label="ZIP", interactive=False, height=110, elem_id="zip")
+                               visible=False, elem_id="gallery")
+        c.smoothness = gr.Markdown(visible=False, elem_id="smoothness")  # how evenly the finished sequence moves
+        _file_outputs(c, "plot", "video", "gif_file", "zip_file", "Conformity plot", "")
         gr.Markdown(f"Up to {config.max_sequence_frames} frames a sequence; each batch appears as it is "
                     "rendered, and *Stop* keeps the frames already shown. Captions: theta (θ), alpha (α) "
                     "and the frame's conformity C (how typical it is; higher is more typical). The plot "
                     "marks the source's and the target's conformity. The ZIP holds the frames and "
                     "`manifest.json` (theta, alpha, seed and readouts of every frame; the model, its "
                     "statistics and the settings), with the GIF, MP4 and plot.")
+
+
+def _file_outputs(c: SimpleNamespace, plot: str, video: str, gif: str, zip_file: str, plot_label: str,
+                  prefix: str) -> None:
+    """A render's plot (full width: its labels must be readable), MP4, GIF and ZIP; hidden until
+    a render has them."""
+    # No label badge: it would sit on the figure's title (which names the model, seed and readout).
+    setattr(c, plot, gr.Image(label=plot_label, show_label=False, type="filepath", interactive=False,
+                              visible=False, elem_id=f"{prefix}plot"))
+    with gr.Row(equal_height=False):
+        setattr(c, video, gr.Video(label="MP4 video", interactive=False, height=360, visible=False,
+                                   scale=2, elem_id=f"{prefix}video"))
+        with gr.Column(scale=1, min_width=200):
+            setattr(c, gif, gr.File(label="GIF", interactive=False, height=110, visible=False,
+                                    elem_id=f"{prefix}gif"))
+            setattr(c, zip_file, gr.File(label="ZIP", interactive=False, height=110, visible=False,
+                                         elem_id=f"{prefix}zip"))
 
 
 def _path_panel(config: ui.StudioConfig, c: SimpleNamespace, has_stats: bool) -> None:
@@ -415,17 +439,12 @@ def _path_panel(config: ui.StudioConfig, c: SimpleNamespace, has_stats: bool) ->
         with gr.Row():
             c.path_button = gr.Button("Render path", variant="primary", scale=3, elem_id="run-path")
             c.path_stop_button = gr.Button("Stop", variant="stop", scale=1, elem_id="stop-path")
+        c.path_status = gr.Markdown("", visible=False, elem_id="path-status")  # shown by a render
         c.path_gallery = gr.Gallery(label="Path frames", columns=PATH_COLUMNS, fit_columns=False,
-                                    height="auto", format="png", elem_id="path-gallery")
-        c.path_smoothness = gr.Markdown(elem_id="path-smoothness")
-        with gr.Row():
-            c.path_plot = gr.Image(label="Conformity along the path", type="filepath", interactive=False,
-                                   height=560, scale=3, elem_id="path-plot")
-            c.path_video = gr.Video(label="MP4 video", interactive=False, height=560, scale=2,
-                                    elem_id="path-video")
-        with gr.Row():
-            c.path_gif = gr.File(label="GIF", interactive=False, height=110, elem_id="path-gif")
-            c.path_zip = gr.File(label="ZIP", interactive=False, height=110, elem_id="path-zip")
+                                    height="auto", format="png", visible=False, elem_id="path-gallery")
+        c.path_smoothness = gr.Markdown(visible=False, elem_id="path-smoothness")
+        _file_outputs(c, "path_plot", "path_video", "path_gif", "path_zip", "Conformity along the path",
+                      "path-")
         gr.Markdown("One seed and one noise path for the whole path: a keyframe's frame is the same "
                     "whichever segment it opens or closes. Captions: the keyframe shown (key k), or the "
                     "segment (k→k+1) with its own theta and alpha; then the frame's conformity C. "
@@ -525,15 +544,45 @@ def _sequence_handlers(studio: ui.Studio) -> dict:
             progress((update.done, update.total), desc="Rendering frames", unit="frames")
             yield outputs
 
-    def render_sweep_page(*inputs):
-        """The page's sequence: as /sequence, with one readout "frame k of N" in the gallery's label."""
-        *request, session = inputs
-        columns = _gallery_columns(request[2], request[10])  # sweep, alpha_frames
-        for (gallery, *files, entries), update in updates(request, session):
-            yield (gr.Gallery(gallery, label=f"Frames: {update.status}", columns=columns), *files, entries)
+    def render_sweep_page(request: gr.Request, progress=gr.Progress(), *inputs):  # noqa: B008
+        """The page's sequence: as /sequence, with "frame k of N" in the gallery's label, the
+        batch's steps, frames done, time taken and left in the status line, and a Stop that ends
+        the batch in progress at its next step."""
+        *values, session = inputs
+        columns = _gallery_columns(values[2], values[10])  # sweep, alpha_frames
+        watch = _page_watch(studio, request, progress)
+        for update in studio.sequence(session, *values, **watch):
+            frames = gr.Gallery(update.gallery, label=f"Frames: {update.status}", columns=columns,
+                                visible=bool(update.gallery))  # no empty box before the first batch
+            yield frames, *_shown_files(update), update.session, _status(update)
 
     return {"check_sequence": check_sequence, "render_sweep": render_sweep,
             "render_sweep_page": render_sweep_page}
+
+
+def _page_watch(studio: ui.Studio, request: gr.Request | None, progress) -> dict:
+    """A page render's progress line (Gradio's bar over the status line) and Stop switch.
+
+    On ZeroGPU the render runs in another process, which neither can reach: the gallery's label
+    counts the frames there.
+    """
+    if on_zero_gpu():
+        return {}
+
+    def report(fraction: float, text: str) -> None:
+        progress(fraction, desc=text)
+
+    return {"progress": report, "stop": studio.stop_switch(getattr(request, "session_hash", None))}
+
+
+def _status(update: ui.SequenceUpdate) -> str:
+    """The status line under a page render's buttons: empty while Gradio's bar shows the progress."""
+    return "" if update.files is None else f"Done: all {update.total} frames."
+
+
+def _shown_files(update: ui.SequenceUpdate) -> tuple:
+    """The plot, MP4, GIF, ZIP and smoothness line as page updates: each shown once the render has it."""
+    return tuple(gr.update(value=f, visible=f is not None) for f in _files(update))
 
 
 def _path_handlers(studio: ui.Studio) -> dict:
@@ -566,10 +615,13 @@ def _path_handlers(studio: ui.Studio) -> dict:
             progress((update.done, update.total), desc="Rendering frames", unit="frames")
             yield outputs
 
-    def render_path_page(strip, *request):
-        """The page's path: as /path from the strip, with "frame k of N" in the gallery's label."""
-        for (gallery, *files), update in updates(ui.strip_paths(strip), request):
-            yield gr.Gallery(gallery, label=f"Path frames: {update.status}", columns=PATH_COLUMNS), *files
+    def render_path_page(request: gr.Request, progress=gr.Progress(), *inputs):  # noqa: B008
+        """The page's path: as /path from the strip, with progress and Stop as the page's sequence."""
+        strip, *values = inputs
+        watch = _page_watch(studio, request, progress)
+        for update in studio.path(ui.strip_paths(strip), *values, **watch):
+            yield (gr.Gallery(update.gallery, label=f"Path frames: {update.status}", columns=PATH_COLUMNS,
+                              visible=bool(update.gallery)), *_shown_files(update), _status(update))
 
     return {"check_path": check_path, "render_path": render_path, "render_path_page": render_path_page}
 
@@ -624,8 +676,13 @@ def _check_upload(image, role: str):
 
 def _handlers(studio: ui.Studio) -> SimpleNamespace:
     """The event functions, each turning any failure into a plain gr.Error."""
+
+    def stop_render(request: gr.Request):
+        """Stop this page session's sequence or path render (at its next denoising step)."""
+        studio.stop(getattr(request, "session_hash", None))
+
     handlers = {**_frame_handlers(studio), **_sequence_handlers(studio), **_path_handlers(studio),
-                **_strip_handlers(), "check_upload": _check_upload}
+                **_strip_handlers(), "check_upload": _check_upload, "stop_render": stop_render}
     return SimpleNamespace(**{name: plain_errors(fn) for name, fn in handlers.items()})
 
 
@@ -686,16 +743,16 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
     # always_last: clicks faster than the preview end on the last seed's frame, as slider drags do.
     render_after(c.random_seed_button.click(lambda: random.randrange(2**32), None, c.seed, queue=False,
                                             **private), trigger_mode="always_last")
-    c.use_frame_button.click(_frame_as_source, c.frame, c.source, **check)
-    c.readouts.change(lambda r: ui.readouts_markdown(r, studio.pipe.stats_note), c.readouts, c.readout,
-                      queue=False, **private)
+    # The frame becomes the source: the readout says its comparisons wait for the next render.
+    c.use_frame_button.click(_frame_as_source, c.frame, c.source, **check).success(
+        ui.source_replaced_markdown, c.readouts, c.readout, queue=False, **private)
+    population = None if studio.pipe.stats is None else studio.pipe.stats.n
+    c.readouts.change(lambda r: ui.readouts_markdown(r, studio.pipe.stats_note, population), c.readouts,
+                      c.readout, queue=False, **private)
     sequence_outputs = [c.gallery, c.plot, c.video, c.gif_file, c.zip_file, c.smoothness, session]
-    sequence = c.sequence_button.click(h.check_sequence, sequence_inputs, None, **check).success(
-        h.render_sweep_page, [*sequence_inputs, session], sequence_outputs, show_progress="hidden",
-        **gpu, **private)
-    # Stop closes the render after the batch in progress; its files are removed, the frames shown stay.
-    c.stop_button.click(lambda: gr.Gallery(label="Frames (stopped)"), None, c.gallery, cancels=[sequence],
-                        queue=False, **private)
+    _wire_render(h.stop_render, c.sequence_button, c.stop_button, c.gallery, c.sequence_status, "Frames",
+                 (h.check_sequence, sequence_inputs), h.render_sweep_page, [*sequence_inputs, session],
+                 sequence_outputs, check, gpu)
     # The API's /sequence: the same render with plain outputs (no trigger on the page); the API's
     # target_conformity (hidden on the page, where Aim sets the alpha slider instead) comes last.
     gr.on([], h.render_sweep, [*sequence_inputs, session, c.api_target_conformity], sequence_outputs,
@@ -736,12 +793,31 @@ def _wire_path(h: SimpleNamespace, c: SimpleNamespace, settings: list, check: di
 
     shape = [c.path_frames, c.loop, c.spacing, c.ease, c.path_alpha, c.seed, *settings, c.fps]
     outputs = [c.path_gallery, c.path_plot, c.path_video, c.path_gif, c.path_zip, c.path_smoothness]
-    render = c.path_button.click(h.check_path, [strip, *shape], None, **check).success(
-        h.render_path_page, [strip, *shape], outputs, show_progress="hidden", **gpu, **private)
-    c.path_stop_button.click(lambda: gr.Gallery(label="Path frames (stopped)"), None, c.path_gallery,
-                             cancels=[render], queue=False, **private)
+    _wire_render(h.stop_render, c.path_button, c.path_stop_button, c.path_gallery, c.path_status,
+                 "Path frames", (h.check_path, [strip, *shape]), h.render_path_page, [strip, *shape], outputs,
+                 check, gpu)
     gr.on([], h.render_path, [*c.api_keyframes, *shape], outputs, api_name="path", **gpu)
 
+
+def _wire_render(stop_render, button, stop_button, gallery, status, label: str, pre_check: tuple, render_fn,
+                 inputs: list, outputs: list, check: dict, gpu: dict) -> None:
+    """A page render with its Render and Stop buttons: Render is disabled while one runs (its
+    progress shown over the status line); Stop ends the batch in progress at its next denoising
+    step, keeps the frames shown and lets the next Render start right away."""
+    private = {"api_visibility": "private"}
+    checked = button.click(*pre_check, None, **check)  # (function, inputs)
+    checked.success(lambda: (gr.Button(interactive=False), gr.Markdown("", visible=True)), None,
+                    [button, status], queue=False, **private)
+    render = checked.success(render_fn, inputs, [*outputs, status], show_progress="full",
+                             show_progress_on=[status], **gpu, **private)
+    render.then(lambda: gr.Button(interactive=True), None, button, queue=False, **private)
+
+    def stop(request: gr.Request):
+        stop_render(request)
+        return (gr.Gallery(label=f"{label} (stopped)"), gr.Button(interactive=True),
+                "Stopped: the frames shown stay; the batch in progress ends at its next step.")
+
+    stop_button.click(stop, None, [gallery, button, status], cancels=[render], queue=False, **private)
 
 
 def _aim_handlers(studio: ui.Studio) -> SimpleNamespace:
@@ -773,6 +849,7 @@ def _wire_aim(studio: ui.Studio, c: SimpleNamespace, session, frame_inputs, fram
     named_range(c.api_target_conformity, "target_conformity")
     inputs = [*frame_inputs, session, c.target_conformity]
     on_gpu = {"show_progress": "minimal", "concurrency_id": GPU_QUEUE, **private}
+    c.aim_button.click(lambda: "", None, c.aim_note, queue=False, **private)  # no old note beside a refusal
     # Queued (cheap, its own queue): an unqueued event's gr.Error never reaches the page.
     c.aim_button.click(h.check, inputs, None, concurrency_limit=4, concurrency_id="check-aim",
                        show_progress="hidden", **private).success(
@@ -876,7 +953,7 @@ def build_demo(pipe, config: ui.StudioConfig | None = None) -> gr.Blocks:
             "# vSLERP Studio\n"
             "Edit an image by moving through CLIP's geometry: **theta** walks from the source (0) "
             "to the target (1); **alpha** moves the centre of rotation along the image-modality "
-            "mean (0 is plain SLERP, 1 the ellipsoid centre; -2 to 2 works best). Each frame shows "
+            f"mean (0 is plain SLERP, 1 the ellipsoid centre): {ui.ALPHA_ADVICE}. Each frame shows "
             "its *conformity* (how typical it is among natural images; higher is more typical), "
             "beside the source's and the target's. "
             "Levi & Gilboa, *The Double-Ellipsoid Geometry of CLIP*, ICML 2025."
@@ -954,8 +1031,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"vSLERP Studio: cannot load model {args.model!r}: {e}") from None
     config = ui.StudioConfig(max_sequence_frames=args.max_sequence_frames, queue_size=args.queue_size,
                              session_queue_size=args.session_queue_size, max_file_size=args.max_file_size)
-    build_demo(pipe, config).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                    **launch_options(config))
+    demo = build_demo(pipe, config)
+    # Quiet start: Gradio's own lines (and httpx's requests to the new server) are left out; the
+    # one line printed is where the studio runs.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True,
+                prevent_thread_lock=True, **launch_options(config))
+    print(f"vSLERP Studio: {demo.share_url or demo.local_url}", flush=True)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -34,6 +34,12 @@ THIRD = EXAMPLES / "coffee.jpg"  # a third keyframe
 expect.set_options(timeout=TIMEOUT_MS)  # renders share two cores with other work: wait as a person would
 
 
+# The two screens every rough edge is checked on: a desktop at 1440 px and a 390 px phone.
+SCREENS = {"desktop": {"viewport": {"width": 1440, "height": 1000}},
+           "phone": {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True,
+                     "has_touch": True}}
+
+
 @pytest.fixture(scope="module")
 def app(karlo_dir, tmp_path_factory):
     with launched_app(karlo_dir, tmp_path_factory.mktemp("app")) as running:
@@ -319,6 +325,11 @@ def test_a_three_keyframe_loop_is_built_rendered_and_its_gif_downloaded(app, bro
     expect(page.locator("#keyframes img")).to_have_count(2)
     page.locator("#keyframe-add input[type=file]").set_input_files(str(THIRD))
     expect(page.locator("#keyframes img")).to_have_count(3)
+    strip = page.locator("#keyframes").bounding_box()
+    thumb = page.locator("#keyframes img").first.bounding_box()
+    assert strip["height"] < thumb["height"] + 100, (strip, thumb)  # no blank band under the thumbnails
+    for elem_id in ("path-gallery", "path-plot", "path-video", "path-gif", "path-zip"):
+        expect(page.locator(f"#{elem_id}")).to_be_hidden()  # no empty boxes before the path renders
     order = _keyframe_srcs(page)
     assert len(set(order)) == 3, order
     # Reorder: the third one place earlier, then back.
@@ -335,6 +346,8 @@ def test_a_three_keyframe_loop_is_built_rendered_and_its_gif_downloaded(app, bro
     page.locator("#run-path").click()
     gallery = page.locator("#path-gallery")
     expect(gallery).to_contain_text("Path frames: all 6")
+    expect(page.locator("#path-status")).to_contain_text("Done: all 6 frames.")
+    expect(page.locator("#run-path")).to_be_enabled()
     expect(page.locator("#path-gallery img")).to_have_count(6)
     captions = [c.inner_text() for c in page.locator("#path-gallery .caption-label").all()]
     assert [c.split()[0] for c in captions] == ["key", "1→2", "key", "2→3", "key", "3→1"], captions
@@ -410,3 +423,118 @@ def _download_src(page, selector: str, dest: Path) -> Path:
     assert resp.ok, resp.status
     dest.write_bytes(resp.body())
     return dest
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_readouts_are_fresh_and_follow_one_rule(app, browser, screen):
+    """One sentence of alpha advice; a typed theta out of range refused in the box; Aim at an end
+    says alpha has no effect there; a refused Aim leaves no old note; 3 decimals in the readout and
+    the aim note; no "100%"; after "Use this frame as the source" the readout says so."""
+    page = _open(browser, app, **SCREENS[screen])
+    expect(page.locator("body")).to_contain_text(
+        "alpha from -2 to 2 gives visually appealing images (the paper); the authors' demo sweeps -1 to 3 "
+        "in 16 steps (--alpha -1:3:16); the studio's slider runs -3 to 3 and vslerp render takes up to ±10")
+    _both_images(page)
+    _fast_settings(page)
+    theta = page.locator("#theta input[type=number]")
+    _set_number(page, "theta", 1.5)  # refused as the box is left, before any Generate
+    _refusal_shown(page, "theta must be between 0 and 1, got 1.5.")
+    assert 0 <= float(theta.input_value()) <= 1
+
+    _set_number(page, "theta", 0)
+    aim_box, note = page.locator("#target_conformity input"), page.locator("#aim-note")
+    aim_box.fill("0.5")
+    page.locator("#aim").click()
+    _refusal_shown(page, "Cannot aim: at theta = 0 the frame is the source itself, so alpha has no effect "
+                         "there. Move theta between 0 and 1 first.")
+    _set_number(page, "theta", 0.5)
+    page.locator("#aim").click()
+    expect(note).to_contain_text(re.compile(r"(Aimed at conformity|out of reach)"))
+    readout = page.locator("#readout")
+    expect(readout).not_to_contain_text("(preview)")  # the full frame at the aimed alpha
+    for text in (note.inner_text(), readout.inner_text()):  # theta, alpha and conformity: 3 decimals
+        lines = [line for line in text.splitlines()  # the likelihood has 1 decimal, seconds 2
+                 if not any(words in line for words in ("log-likelihood", "Rendered in", "frame cache"))]
+        numbers = re.findall(r"-?\d+\.\d+", "\n".join(lines))
+        assert numbers and all(len(n.split(".")[1]) == 3 for n in numbers), text
+        assert not re.search(r"\b(100|0)%", text), text
+    assert "more typical than" in readout.inner_text()
+    aim_box.fill("")
+    page.locator("#aim").click()  # refused: the earlier note does not stay beside the refusal
+    _refusal_shown(page, "Type the conformity to aim at first")
+    expect(note).not_to_contain_text("onformity")
+
+    page.locator("#use-frame").click()
+    expect(readout).to_contain_text("This frame is now the source")
+    expect(readout).not_to_contain_text("between the source and the target")
+    readout.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / f"app-readouts-{screen}.png"))
+    assert not page.errors, page.errors
+    page.close()
+
+
+def _rendered_font_px(page, elem_id: str) -> float:
+    """The plot's smallest text as shown on the page, in CSS pixels: its size in the PNG
+    (`PLOT_FONT_PT` at `PLOT_DPI`) times the scale the page shows the PNG at."""
+    from vslerp_app.outputs import PLOT_DPI, PLOT_FONT_PT
+
+    shown, natural = page.locator(f"#{elem_id} img").evaluate("e => [e.clientWidth, e.naturalWidth]")
+    return PLOT_FONT_PT * PLOT_DPI / 72 * shown / natural
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_a_sequence_shows_progress_stops_at_once_and_its_plot_is_readable(app, browser, screen):
+    """No empty output boxes before a render; while it runs, Render is disabled and the status
+    line counts the batch's denoising steps, the frames done and the time; Stop ends the batch
+    and the next Render starts right away; the plot's labels are readable where shown."""
+    page = _open(browser, app, **SCREENS[screen])
+    for elem_id in ("gallery", "plot", "video", "gif", "zip", "sequence-status"):
+        expect(page.locator(f"#{elem_id}")).to_be_hidden()  # nothing rendered: no empty boxes
+    _both_images(page)
+    _fast_settings(page, max_batch=2)
+    _set_number(page, "steps", 40)
+    _set_number(page, "theta_frames", 12)
+    page.locator("#run-sequence").click()
+    status, render = page.locator("#sequence-status"), page.locator("#run-sequence")
+    expect(render).to_be_disabled()
+    expect(status).to_contain_text(re.compile(r"batch \d+ of 6, step \d+ of 42 · \d+ of 12 frames done · "
+                                              r"\d+ s elapsed"))
+    expect(status).to_contain_text(re.compile(r"s elapsed, about \d+ s left"))
+    expect(page.locator("#gallery img").first).to_be_visible()
+    page.locator("#stop-sequence").click()
+    expect(status).to_contain_text("Stopped")
+    expect(render).to_be_enabled()
+    shown = page.locator("#gallery img").count()
+
+    # The next render starts at once (the stopped batch ends at its next step), a 3 x 3 grid.
+    _set_number(page, "steps", 2)
+    page.get_by_text("grid (a row per theta, a column per alpha)").click()
+    _set_number(page, "theta_frames", 3)
+    _set_number(page, "alpha_frames", 3)
+    page.locator("#run-sequence").click()
+    assert 1 <= shown < 12
+    expect(status).to_contain_text("Done: all 9 frames.", timeout=3 * TIMEOUT_MS)
+    expect(render).to_be_enabled()
+    for elem_id in ("plot", "video", "gif", "zip"):
+        expect(page.locator(f"#{elem_id}")).to_be_visible()
+    plot = page.locator("#plot img")
+    plot.scroll_into_view_if_needed()
+    expect(plot).to_have_js_property("complete", True)
+    assert _rendered_font_px(page, "plot") >= 9  # labels a person reads without zooming
+    assert page.evaluate("document.documentElement.scrollWidth") <= SCREENS[screen]["viewport"]["width"]
+    page.locator("#sequence").screenshot(path=str(ARTIFACTS / f"app-sequence-{screen}.png"))
+    assert not page.errors, page.errors
+    page.close()
+
+
+def test_on_a_phone_new_seed_sits_beside_the_seed_and_sliders_keep_their_ends(app, browser):
+    page = _open(browser, app, **SCREENS["phone"])
+    seed, new_seed = page.locator("#seed").bounding_box(), page.locator("#random-seed").bounding_box()
+    assert abs(seed["y"] - new_seed["y"]) < seed["height"], (seed, new_seed)  # one line
+    assert new_seed["x"] >= seed["x"] + seed["width"] - 1
+    for elem_id in ("theta", "alpha"):
+        expect(page.locator(f"#{elem_id} .min_value")).to_be_visible()
+        expect(page.locator(f"#{elem_id} .max_value")).to_be_visible()
+    page.locator("#seed").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "app-phone-seed.png"))
+    page.close()

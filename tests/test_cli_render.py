@@ -327,3 +327,57 @@ def test_super_res_steps_on_stable_unclip_is_said_to_be_ignored(inputs, tmp_path
     assert proc.returncode == 0, proc.stderr
     assert "--super-res-steps is Karlo's; stable-unclip has no super-resolution stage" in proc.stderr
     assert json.loads((out / "manifest.json").read_text())["frames"][0]["file"]
+
+
+def test_without_the_hub_render_writes_nothing_and_points_to_the_fixture(inputs, tmp_path):
+    """`vslerp render --model karlo` offline: no folder left behind, and the tiny fixture named,
+    as `python app.py` does."""
+    env = {k: v for k, v in ENV.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://hub.invalid")
+    out = tmp_path / "offline" / "o"
+    proc = _run(_cmd("--model", "karlo", "--source", inputs / "a.png", "--target", inputs / "b.png",
+                     "--theta", "0:1:3", "--out", out), env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "cannot reach the Hugging Face hub at http://hub.invalid" in proc.stderr
+    assert "vslerp fixture karlo /tmp/tiny-karlo" in proc.stderr
+    assert "vslerp render --model /tmp/tiny-karlo" in proc.stderr
+    assert not (tmp_path / "offline").exists()  # no empty frames/ folder
+
+
+def test_python_app_py_starts_quietly_with_only_its_url(karlo_dir, tmp_path):
+    """`python app.py`: the one line on the terminal is where the studio runs (no library chatter)."""
+    from test_app_api import launched_app
+
+    with launched_app(karlo_dir, tmp_path / "app") as app:
+        deadline = time.monotonic() + 30  # the line is printed just after the server answers
+        while not app.log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert app.log.read_text().splitlines() == [f"vSLERP Studio: {app.url}"], app.log.read_text()
+
+
+def test_a_refused_re_render_says_what_changed_and_how_to_go_on(karlo_dir, inputs, tmp_path):
+    out = tmp_path / "used"
+    proc = _run(_base(karlo_dir, inputs, out, "--theta", "0:1:5", "--alpha", "1", "--preview"))
+    assert proc.returncode == 0, proc.stderr
+    before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    proc = _run(_base(karlo_dir, inputs, out, "--theta", "0:1:5", "--alpha", "2", "--preview"))
+    assert _error_line(proc) == (
+        f"vslerp render: error: {out} holds a render with other settings (alpha 1 -> 2); refusing to mix "
+        "frames: use another --out folder, or delete this one to start over")
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_one_sentence_of_alpha_advice_in_the_help_and_the_readme(capsys):
+    """`vslerp render --help` and the README give the same advice on alpha, naming where each
+    number comes from (the page's header shows it too: tests/test_app_browser.py)."""
+    from vslerp_app.cli import main
+    from vslerp_app.specs import ALPHA_ADVICE
+
+    with pytest.raises(SystemExit):
+        main(["render", "--help"])
+    flat = lambda text: " ".join(text.split())  # noqa: E731 (argparse and Markdown wrap lines)
+    assert flat(ALPHA_ADVICE) in flat(capsys.readouterr().out)
+    assert flat(ALPHA_ADVICE) in flat((ROOT / "README.md").read_text())
+    for source in ("(the paper)", "the authors' demo sweeps -1 to 3 in 16 steps", "slider runs -3 to 3",
+                   "takes up to ±10"):
+        assert source in ALPHA_ADVICE

@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import imageio_ffmpeg
+import matplotlib.text
 import numpy as np
 import pytest
 from PIL import Image, ImageSequence
@@ -310,8 +311,11 @@ def test_changed_settings_are_refused(pipe, images, tmp_path):
         render_sequence(pipe, *images, "0,1", 0.0, 4, out, steps=2, super_res_steps=3)
     with pytest.raises(RenderError, match="target"):
         render_sequence(pipe, images[0], images[0], "0,1", 0.0, 4, out, **FAST)
-    with pytest.raises(RenderError, match="frames"):
+    with pytest.raises(RenderError, match=r"other settings \(theta 0,1 -> 0,0.5\)"):
         render_sequence(pipe, *images, "0,0.5", 0.0, 4, out, **FAST)
+    with pytest.raises(RenderError, match=r"\(grid false -> true; alpha 0 -> -1:3:16; frame count 2 -> 32\); "
+                                          r"refusing to mix frames: use another --out folder, or delete"):
+        render_sequence(pipe, *images, "0,1", "-1:3:16", 4, out, grid=True, **FAST)
     assert _mtimes(out) == before
 
 
@@ -495,7 +499,41 @@ def test_a_rendered_grid_plot_shows_its_manifest(pipe, images, tmp_path):
     # theta = 0 is the source for every alpha, theta = 1 the target (Eq. 12's end points).
     ref = m["inputs"]["source"]["readouts"]["conformity"]
     assert all(e["conformity"] == pytest.approx(ref, abs=1e-5) for e in m["frames"][:3])
-    assert Image.open(tmp_path / "g" / "conformity.png").size[0] >= 800
+    # Drawn for the page: its width, every text at least PLOT_FONT_PT (the browser test checks the
+    # size it is shown at); heat-map ticks at the rendered alphas and thetas.
+    width = Image.open(tmp_path / "g" / "conformity.png").size[0]
+    assert width == round(outputs.PLOT_WIDTH_IN * outputs.PLOT_DPI)
+    texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_text().strip() and t.get_visible()]
+    assert texts and min(t.get_fontsize() for t in texts) >= outputs.PLOT_FONT_PT
+    assert [t.get_text() for t in heat.get_xticklabels()] == ["-1", "0", "1"]
+    assert [t.get_text() for t in heat.get_yticklabels()] == ["0", "1"]
+
+
+def test_heat_map_ticks_sit_on_rendered_alphas_rounded_to_tell_them_apart():
+    """linspace(-1, 3, 16) (the authors' demo): six labelled cells, first and last included,
+    each the value rendered there with the fewest decimals that keep the labels apart."""
+    from matplotlib.figure import Figure
+
+    from vslerp_app.specs import linspace
+
+    alphas = linspace(-1, 3, 16)
+    ax = Figure().add_subplot()
+    outputs._value_ticks(ax, "x", alphas)
+    ticks, labels = list(ax.get_xticks()), [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks == [0, 3, 6, 9, 12, 15]
+    assert labels == ["-1", "-0.2", "0.6", "1.4", "2.2", "3"]
+    for i, label in zip(ticks, labels, strict=True):
+        assert abs(float(label) - alphas[int(i)]) < 0.05
+    outputs._value_ticks(ax, "y", [0.5, 0.501, 0.502])  # a narrow range: enough digits to differ
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0.5", "0.501", "0.502"]
+
+
+@pytest.mark.parametrize("count, columns", [(3, 3), (8, 8), (9, 3), (10, 5), (12, 6), (16, 8), (17, 6),
+                                            (96, 8)])
+def test_contact_sheet_columns_fit_the_count(count, columns):
+    assert outputs.sheet_columns(count) == columns
+    rows = -(-count // columns)
+    assert rows * columns - count < columns / 2 or count <= 8  # no nearly empty last row
 
 
 # -- jobs files ----------------------------------------------------------------------------
@@ -623,3 +661,32 @@ def test_a_grid_is_measured_by_rows_and_columns(pipe, images, tmp_path):
     from vslerp_app.smoothness import summary_line
 
     assert summary_line(g).startswith("Grid rows (one theta each): smoothness ")
+
+
+def test_a_streamed_render_reports_every_step_and_a_stop_ends_its_batch_at_the_next(pipe, images, tmp_path):
+    """The studio's sequence (the page's Render): a progress line after every denoising step and
+    batch; once Stop is pressed, the batch in progress ends at its next step, nothing is kept."""
+    import threading
+
+    from vslerp_app.service import Studio
+
+    studio = Studio(pipe)
+    studio.work_root = tmp_path / "work"
+    heard, stop = [], threading.Event()
+
+    def progress(fraction: float, text: str) -> None:
+        heard.append((fraction, text))
+        if text.startswith("batch 2 of 3, step 3 of"):
+            stop.set()  # pressed while the second batch denoises
+
+    src, tgt = (str(p) for p in images)
+    request = (src, tgt, "theta", 0.5, 1.0, 0.0, 1.0, 6, -1.0, 2.0, 3, 0, "full", 5, 2, 2, None, 2, 4.0)
+    updates = list(studio.sequence({}, *request, progress=progress, stop=stop))
+    assert [u.done for u in updates] == [0, 2] and updates[-1].files is None  # the first batch only
+    texts = [t for _, t in heard]
+    assert texts[0].startswith("batch 1 of 3, step 1 of 7 · 0 of 6 frames done · ")
+    assert [t.split(" · ")[0] for t in texts[:7]] == [f"batch 1 of 3, step {k} of 7" for k in range(1, 8)]
+    assert texts[-1].startswith("batch 2 of 3, step 3 of 7 · 2 of 6 frames done")  # step 4 never ran
+    fractions = [f for f, _ in heard]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx((2 + 2 * 3 / 7) / 6)
+    assert not any(studio.work_root.iterdir())

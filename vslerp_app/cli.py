@@ -17,6 +17,7 @@ import sys
 from pipelines.presets import DEFAULT_MODEL
 from vslerp_app.outputs import DEFAULT_FPS
 from vslerp_app.registry import DEFAULT_DATASET, DEFAULT_SPLIT, user_stats_path
+from vslerp_app.specs import ALPHA_ADVICE
 
 # Options whose value may start with a minus (`_spec_argument`). argparse reads "-1:3:16" or
 # "-1,0,1" after an option as another option (only plain negative numbers pass), so
@@ -234,6 +235,8 @@ def _cmd_render(args) -> int:
             if missing:
                 raise CLIError(f"missing {', '.join(missing)} (or give --keyframes, or --jobs FILE)")
             m = _render_one(args)
+    except CLIError:
+        raise
     except Exception as e:
         if args.debug:
             raise
@@ -262,15 +265,24 @@ def _progress(done: int, total: int) -> None:
     print(f"render: {done}/{total} frames", file=sys.stderr, flush=True)
 
 
+OFFLINE_HINT = """Without the hub, try a tiny random-weight model (its frames are noise):
+    vslerp fixture karlo /tmp/tiny-karlo
+    vslerp render --model /tmp/tiny-karlo ...
+or pass a downloaded copy of the model: --model DIR"""
+
+
 def _load_for_render(args):
-    """The model, once the output folder is known to be writable."""
-    from pathlib import Path
-
+    """The model, once the output folder is known to be creatable (nothing is written before it loads)."""
+    from pipelines import HubUnreachableError
     from vslerp_app import load_pipeline
-    from vslerp_app.render import prepare_output
+    from vslerp_app.render import check_output_folder
 
-    prepare_output(Path(args.out))
-    pipe = load_pipeline(args.model, device=args.device, max_batch=args.max_batch or 8, **_load_kwargs(args))
+    check_output_folder(args.out)
+    try:
+        pipe = load_pipeline(args.model, device=args.device, max_batch=args.max_batch or 8,
+                             **_load_kwargs(args))
+    except HubUnreachableError as e:  # offline: say what works without the hub, as app.py does
+        raise CLIError(f"cannot load model {args.model!r}: {e}.\n{OFFLINE_HINT}") from None
     if args.super_res_steps is not None and pipe.kind != "karlo":
         print(f"vslerp render: warning: --super-res-steps is Karlo's; {pipe.kind} has no super-resolution "
               "stage, so it is ignored", file=sys.stderr)
@@ -616,7 +628,7 @@ def _add_render(sub) -> None:
     _spec_argument(p, "--theta", help="theta values in [0, 1]")
     which_alpha = p.add_mutually_exclusive_group()
     _spec_argument(which_alpha, "--alpha",
-                   help="alpha values (default 0: plain SLERP; the paper's demo: -1:3:16)")
+                   help=f"alpha values (default 0: plain SLERP); {ALPHA_ADVICE}")
     _spec_argument(which_alpha, "--conformity",
                    help="instead of --alpha: the conformity wanted for each frame's embedding "
                         "(one value, or a SPEC paired with --theta); each alpha is the one "

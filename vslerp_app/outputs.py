@@ -24,7 +24,7 @@ from vslerp_app.manifest import FRAMES_DIR, MANIFEST_NAME
 
 __all__ = ["CONTACT_SHEET_NAME", "DEFAULT_FPS", "GIF_NAME", "MP4_NAME", "OutputRequest", "PLOT_NAME",
            "ZIP_NAME", "add_step_strip", "contact_sheet", "conformity_figure", "conformity_plot",
-           "drop_missing_outputs", "plot_with_steps", "write_outputs", "write_video"]
+           "drop_missing_outputs", "plot_with_steps", "sheet_columns", "write_outputs", "write_video"]
 
 CONTACT_SHEET_NAME = "contact_sheet.png"
 PLOT_NAME = "conformity.png"
@@ -35,6 +35,12 @@ ZIP_NAME = "sequence.zip"
 # (25/100 s) plays exactly as the MP4 does; 6 fps would be 17/100 s (5.9 fps) in the GIF.
 DEFAULT_FPS = 4.0
 THUMB_SIDE = 192  # contact sheet tiles: frames scaled to this longer side
+# The conformity plots are drawn for the page: 500 px wide (PLOT_WIDTH_IN at PLOT_DPI), shown at
+# that size on a desktop and scaled to the ~300 px a phone's page gives them; their smallest
+# text, PLOT_FONT_PT, is then 17 px on a desktop and 10 px on a phone.
+PLOT_DPI = 100
+PLOT_WIDTH_IN = 5.0
+PLOT_FONT_PT = 12
 
 
 def _load_frames(out_dir: Path, entries: list[dict]) -> list[PIL.Image.Image]:
@@ -64,6 +70,14 @@ def _caption(entry: dict) -> list[str]:
     if entry.get("frame_conformity") is not None:
         lines.append(f"conformity {entry['conformity']:.3f} / frame {entry['frame_conformity']:.3f}")
     return lines
+
+
+def sheet_columns(count: int, widest: int = 8) -> int:
+    """Contact sheet columns for ``count`` frames: one row up to ``widest``; beyond it, the widest
+    of 3..widest columns that leaves the fewest empty cells in the last row (9 frames: 3 x 3)."""
+    if count <= widest:
+        return max(1, count)
+    return min(range(3, widest + 1), key=lambda c: (-(-count // c) * c - count, -c))
 
 
 def contact_sheet(frames: list[PIL.Image.Image], entries: list[dict], columns: int) -> PIL.Image.Image:
@@ -125,11 +139,17 @@ def conformity_figure(entries: list[dict], thetas: list[float], alphas: list[flo
     if any(e.get("frame_log_likelihood") is not None for e in entries):
         metrics.append(_LIKELIHOOD)
     refs = {role: r for role, r in (references or {}).items() if isinstance(r, dict)}
-    if grid and len(thetas) > 1 and len(alphas) > 1:
-        fig = _grid_figure(entries, thetas, alphas, metrics, refs)
-    else:
-        fig = _sweep_figure(entries, metrics, refs)
-    fig.suptitle(title, fontsize=9)
+    from matplotlib import rc_context
+
+    # Every text at PLOT_FONT_PT (texts take their size when drawn into the figure).
+    sizes = {key: PLOT_FONT_PT for key in ("font.size", "axes.labelsize", "axes.titlesize", "xtick.labelsize",
+                                            "ytick.labelsize", "legend.fontsize", "figure.titlesize")}
+    with rc_context(sizes):
+        if grid and len(thetas) > 1 and len(alphas) > 1:
+            fig = _grid_figure(entries, thetas, alphas, metrics, refs)
+        else:
+            fig = _sweep_figure(entries, metrics, refs)
+        fig.suptitle(title)
     return fig
 
 
@@ -143,7 +163,7 @@ def conformity_plot(entries: list[dict], thetas: list[float], alphas: list[float
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=PLOT_DPI)
     return buf.getvalue()
 
 
@@ -156,7 +176,8 @@ def _reference_lines(ax, refs: dict, key: str) -> None:
     for k, (role, readouts) in enumerate(refs.items()):
         if readouts.get(key) is not None:
             style = _REFERENCE_STYLE.get(role, dict(color=f"C{(k + 2) % 10}", ls="--"))  # C0, C1: the frames'
-            ax.axhline(readouts[key], lw=1.2, label=f"{role} image ({readouts[key]:.3g})", **style)
+            name = role if role.startswith("keyframe") else f"{role} image"  # short: legends fit on a phone
+            ax.axhline(readouts[key], lw=1.2, label=f"{name} ({readouts[key]:.3g})", **style)
 
 
 def _sweep_axis(entries: list[dict]) -> tuple[list[float], str, list[str] | None]:
@@ -177,10 +198,8 @@ def _sweep_axis(entries: list[dict]) -> tuple[list[float], str, list[str] | None
 
 
 def _sweep_figure(entries: list[dict], metrics: list[_Metric], refs: dict):
-    from matplotlib.figure import Figure
-
     xs, xlabel, ticks = _sweep_axis(entries)
-    fig = Figure(figsize=(8, 1.0 + 2.9 * len(metrics)), layout="constrained")
+    fig = _figure(1.0 + 3.6 * len(metrics))
     axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
     for ax, metric in zip(axes, metrics, strict=True):
         ax.plot(xs, _values(entries, metric.embedding), "-o", color="0.2", markersize=3,
@@ -193,11 +212,20 @@ def _sweep_figure(entries: list[dict], metrics: list[_Metric], refs: dict):
         _reference_lines(ax, refs, metric.reference)
         ax.set_ylabel(metric.label)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        # Below the panel (the figure is narrow): two columns of entries.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14 if ax is axes[-1] else -0.04), ncol=2,
+                  frameon=False, handlelength=1.5, columnspacing=0.8)
     if ticks:
-        axes[-1].set_xticks(xs, ticks, fontsize=7)
+        axes[-1].set_xticks(xs, ticks)
     axes[-1].set_xlabel(xlabel)
     return fig
+
+
+def _figure(height_in: float):
+    """A figure drawn for the page, `PLOT_WIDTH_IN` wide (its texts: `conformity_figure`'s sizes)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(PLOT_WIDTH_IN, height_in), layout="constrained")
 
 
 def _grid_matrix(entries: list[dict], key: str, rows: int, cols: int) -> np.ndarray:
@@ -209,14 +237,28 @@ def _grid_matrix(entries: list[dict], key: str, rows: int, cols: int) -> np.ndar
     return z
 
 
+def _tick_cells(count: int, most: int = 6) -> list[int]:
+    """Which of ``count`` cells get a label: evenly spaced, the first and the last always, at
+    most ``most`` when a step divides the range (16 cells: every third)."""
+    if count <= most:
+        return list(range(count))
+    steps = [k for k in range(1, count) if (count - 1) % k == 0 and (count - 1) // k + 1 <= most]
+    step = steps[0] if steps else math.ceil((count - 1) / (most - 1))
+    cells = list(range(0, count, step))
+    if cells[-1] != count - 1:  # the last cell labelled too, in place of a close neighbour
+        cells[-1 if count - 1 - cells[-1] < step / 2 else len(cells):] = [count - 1]
+    return cells
+
+
 def _value_ticks(ax, axis: str, values: list[float]) -> None:
-    """Label a heat map's cells with their values (at most about 8 labels)."""
-    step = max(1, math.ceil(len(values) / 8))
-    idx = list(range(0, len(values), step))
-    labels = [f"{round(values[i], 2) + 0.0:g}" for i in idx]  # 2 decimals read at a glance (+0.0: no "-0")
-    if len(set(labels)) < len(labels):  # a narrow range: as many digits as tell the cells apart
-        labels = [f"{values[i]:.4g}" for i in idx]
-    (ax.set_xticks if axis == "x" else ax.set_yticks)(idx, labels, fontsize=7)
+    """Label a heat map's cells with the values rendered there, rounded to the fewest decimals
+    that still tell the labelled cells apart (linspace(-1, 3, 16): -1, -0.2, 0.6, 1.4, 2.2, 3)."""
+    idx = _tick_cells(len(values))
+    for decimals in range(0, 7):
+        labels = [f"{round(values[i], decimals) + 0.0:g}" for i in idx]  # +0.0: no "-0"
+        if len(set(labels)) == len(labels):
+            break
+    (ax.set_xticks if axis == "x" else ax.set_yticks)(idx, labels)
 
 
 def _heat_maps(fig, cells, entries, thetas, alphas, metric: _Metric, refs: dict) -> None:
@@ -234,14 +276,13 @@ def _heat_maps(fig, cells, entries, thetas, alphas, metric: _Metric, refs: dict)
         ax = fig.add_subplot(cells[k])
         image = ax.imshow(maps[key], origin="lower", aspect="auto", cmap="viridis", norm=norm,
                           interpolation="nearest")
-        ax.set_title(f"{metric.label}: {name}", fontsize=8)
+        ax.set_title(name)  # the colour bar names the readout: short titles leave room for its marks
         _value_ticks(ax, "x", alphas)
         _value_ticks(ax, "y", thetas)
         ax.set_xlabel("alpha")
-        if k == 0:
-            ax.set_ylabel("theta")
+        ax.set_ylabel("theta")
     bar = fig.colorbar(image, cax=fig.add_subplot(cells[2]))
-    bar.set_label(metric.label, fontsize=8)
+    bar.set_label(metric.label)
     for role, readouts in refs.items():
         value = readouts.get(metric.reference)
         if value is not None:
@@ -249,7 +290,7 @@ def _heat_maps(fig, cells, entries, thetas, alphas, metric: _Metric, refs: dict)
             bar.ax.axhline(value, lw=1.2, **_REFERENCE_STYLE.get(role, {}))
             bar.ax.annotate(f"{role} {value:.3g}", xy=(0, value), xycoords=("axes fraction", "data"),
                             xytext=(-3, 0), textcoords="offset points", ha="right", va="center",
-                            fontsize=7, color=_REFERENCE_STYLE.get(role, {}).get("color", "black"))
+                            color=_REFERENCE_STYLE.get(role, {}).get("color", "black"))
 
 
 def _lines_per_alpha(fig, cell, bar_cell, entries, alphas, metric: _Metric, refs: dict) -> None:
@@ -271,26 +312,29 @@ def _lines_per_alpha(fig, cell, bar_cell, entries, alphas, metric: _Metric, refs
     _reference_lines(ax, refs, metric.reference)
     handles = [Line2D([], [], color="0.3", ls="-", label="embedding (Eq. 12)"),
                Line2D([], [], color="0.3", ls="", marker="s", markersize=3, label="frame, re-encoded")]
-    ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, loc="upper left",
-              bbox_to_anchor=(0.0, -0.22), ncol=4, borderaxespad=0, frameon=False)
+    ax.legend(handles=handles + ax.get_legend_handles_labels()[0], loc="upper center",
+              bbox_to_anchor=(0.5, -0.2), ncol=2, borderaxespad=0, frameon=False, handlelength=1.5,
+              columnspacing=0.8)
     ax.set_xlabel("theta", labelpad=1)
     ax.set_ylabel(metric.label)
     ax.grid(True, alpha=0.3)
-    fig.colorbar(mappable, cax=fig.add_subplot(bar_cell)).set_label("alpha", fontsize=8)
+    fig.colorbar(mappable, cax=fig.add_subplot(bar_cell)).set_label("alpha")
 
 
 def _grid_figure(entries, thetas, alphas, metrics: list[_Metric], refs: dict):
-    """Heat maps of conformity over (theta, alpha), then each readout against theta per alpha."""
-    from matplotlib.figure import Figure
-
-    rows = 1 + len(metrics)
-    fig = Figure(figsize=(10, 3.4 + 3.3 * len(metrics)))
-    # Columns: two heat maps, room for the labels of the inputs' marks, the colour bar.
-    spec = fig.add_gridspec(rows, 4, width_ratios=[1, 1, 0.11, 0.035], hspace=0.55, wspace=0.22,
-                            left=0.09, right=0.93, top=0.93, bottom=0.07)
-    _heat_maps(fig, [spec[0, 0], spec[0, 1], spec[0, 3]], entries, thetas, alphas, _CONFORMITY, refs)
-    for r, metric in enumerate(metrics, start=1):
-        _lines_per_alpha(fig, spec[r, 0:3], spec[r, 3], entries, alphas, metric, refs)
+    """Heat maps of conformity over (theta, alpha), then each readout against theta per alpha:
+    one panel a row, so each keeps the figure's width (and its labels their size) on a phone."""
+    rows = 2 + len(metrics)
+    fig = _figure(0.6 + 3.4 * rows)
+    fig.set_layout_engine(None)
+    # Columns: the panels, room for the labels of the inputs' marks, the colour bar.
+    height = fig.get_figheight()
+    spec = fig.add_gridspec(rows, 3, width_ratios=[1, 0.36, 0.06],
+                            height_ratios=[1, 1] + [1.1] * len(metrics), hspace=0.6, wspace=0.04,
+                            left=0.15, right=0.84, top=1 - 0.85 / height, bottom=0.95 / height)
+    _heat_maps(fig, [spec[0, 0], spec[1, 0], spec[0:2, 2]], entries, thetas, alphas, _CONFORMITY, refs)
+    for r, metric in enumerate(metrics, start=2):
+        _lines_per_alpha(fig, spec[r, 0:2], spec[r, 2], entries, alphas, metric, refs)
     return fig
 
 

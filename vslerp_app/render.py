@@ -38,7 +38,7 @@ from vslerp_app import paths, smoothness
 from vslerp_app.files import OutputDir, RenderError, describe_os_error, output_path, remove_partials
 from vslerp_app.images import ImageInputError, image_fingerprint, load_image
 from vslerp_app.manifest import FRAMES_DIR, MANIFEST_FORMAT, MANIFEST_NAME
-from vslerp_app.outputs import DEFAULT_FPS, OutputRequest, drop_missing_outputs, write_outputs
+from vslerp_app.outputs import DEFAULT_FPS, OutputRequest, drop_missing_outputs, sheet_columns, write_outputs
 from vslerp_app.specs import (
     MAX_COUNT,
     SpecError,
@@ -51,8 +51,8 @@ from vslerp_app.specs import (
 )
 
 __all__ = ["FRAMES_DIR", "MANIFEST_NAME", "RenderError", "RenderProgress", "check_conformity_request",
-           "check_path_request", "check_request", "iter_render_path", "iter_render_sequence",
-           "prepare_output", "render_path", "render_sequence"]
+           "check_output_folder", "check_path_request", "check_request", "iter_render_path",
+           "iter_render_sequence", "prepare_output", "render_path", "render_sequence"]
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +200,22 @@ def _settings(pipe, plan: _Plan) -> tuple[dict, object]:
         "reference": None if info.get("reference") is None else mf.short(info["reference"]),
     }
     return settings, eff
+
+
+def check_output_folder(out_dir) -> None:
+    """RenderError unless out_dir/frames could be created (or exists, writable); creates nothing.
+
+    The CLI asks this before loading the model, so a model that cannot load leaves no folder.
+    """
+    out_dir = output_path(out_dir)
+    folder = Path(os.path.abspath(out_dir / FRAMES_DIR))
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        raise RenderError(f"cannot create output directory {out_dir / FRAMES_DIR}: "
+                          f"{existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == folder else f"cannot be created in {existing} (not writable)"
+        raise RenderError(f"output directory {out_dir / FRAMES_DIR} {what}")
 
 
 def prepare_output(out_dir: Path) -> None:
@@ -503,15 +519,13 @@ def _render(pipe, plan: _Plan, out_dir, ask: OutputRequest) -> Iterator[RenderPr
     # 1. What the folder holds: the same request, or refused
     out_dir = output_path(out_dir)
     old = mf.read_manifest(out_dir)
-    mf.refuse_if_changed(old, {**plan.request, **plan.sampling}, out_dir,
-                         keys=list(plan.request) + list(plan.sampling))
+    _refuse_other_render(old, {**plan.request, **plan.sampling}, out_dir)
 
     # 2. The effective settings and their fingerprint: the same, or refused
     settings, eff = _settings(pipe, plan)
     if old is not None and old.get("fingerprint") != mf.fingerprint(settings):
-        mf.refuse_if_changed(old, settings, out_dir)
-        raise RenderError(f"{out_dir} holds a render with another settings fingerprint; use another "
-                          "--out directory, or delete this one to start over")
+        _refuse_other_render(old, settings, out_dir, every_key=True)
+        raise RenderError(f"{out_dir} holds a render with another settings fingerprint; {_WHAT_TO_DO}")
 
     # 3. The output folder, and the frames already done there
     references = _input_readouts(pipe, plan)
@@ -532,7 +546,7 @@ def _render(pipe, plan: _Plan, out_dir, ask: OutputRequest) -> Iterator[RenderPr
     label = (run.info.get("stats") or {}).get("conformity_label", "no conformity")
     title = f"{Path(plan.request['model']).name} ({pipe.kind}), seed {plan.seed}, {label}"
     manifest = write_outputs(run.out, done, run.outputs_meta, ask, changed=run.frames_rendered > 0,
-                             columns=len(plan.alphas) if plan.grid else min(len(done), 8),
+                             columns=len(plan.alphas) if plan.grid else sheet_columns(len(done)),
                              plot_args=(plan.thetas, plan.alphas, plan.grid, title, references),
                              save_manifest=lambda: run.save("complete"), steps=run.smoothness.get("model"))
     yield RenderProgress(len(done), len(done), done, out_dir, manifest)
@@ -575,6 +589,55 @@ def _smoothness_layout(plan: _Plan, entries: list[dict]) -> dict:
         return {"segments": [e["segment"] for e in entries], "keyframe_frames": plan.path["keyframe_frames"],
                 "loop": plan.path["loop"]}
     return {}
+_WHAT_TO_DO = "use another --out folder, or delete this one to start over"
+_IMAGE_KEYS = ("source", "target", "keyframes")  # content hashes: said to have changed, not spelt out
+
+
+def _spec_text(values: list[float]) -> str:
+    """Values as a person typed them: one number, start:stop:count when evenly spaced, or a list."""
+    if len(values) == 1:
+        return f"{values[0]:g}"
+    steps = [b - a for a, b in zip(values, values[1:], strict=False)]
+    if len(values) > 2 and max(steps) - min(steps) < 1e-9 * max(1.0, *map(abs, values)):
+        return f"{values[0]:g}:{values[-1]:g}:{len(values)}"
+    if len(values) > 8:
+        return ",".join(f"{v:g}" for v in values[:3]) + f",... ({len(values)} values)," + f"{values[-1]:g}"
+    return ",".join(f"{v:g}" for v in values)
+
+
+def _readable_request(settings: dict) -> dict:
+    """A render's settings as a person compares them: a sweep's frames as its theta and alpha."""
+    out = {k: v for k, v in settings.items() if k not in ("frames", "thetas", "alphas")}
+    frames = settings.get("frames") or []
+    if frames and len(frames[0]) == 2:  # a sweep's (theta, alpha) pairs; a path's have a segment too
+        for k, name in enumerate(("theta", "alpha")):
+            out[name] = _spec_text(list(dict.fromkeys(float(f[k]) for f in frames)))
+        out["frame count"] = len(frames)
+    elif "alphas" in settings:
+        out["alpha"] = _spec_text([float(a) for a in settings["alphas"]])
+    return out
+
+
+def _refuse_other_render(old: dict | None, settings: dict, out_dir: Path, every_key: bool = False) -> None:
+    """RenderError when ``out_dir`` holds a render of other settings, saying what changed
+    ("alpha 1 -> 2") and how to go on; frames are never mixed."""
+    if old is None:
+        return
+    before, now = _readable_request(old.get("settings", {})), _readable_request(settings)
+    keys = list(dict.fromkeys([*now, *before])) if every_key else list(now)
+    diffs = [f"{k} image changed" if k in _IMAGE_KEYS else
+             f"{k} {_plain(before.get(k))} -> {_plain(now.get(k))}"
+             for k in keys if before.get(k) != now.get(k)]
+    if diffs:
+        raise RenderError(f"{out_dir} holds a render with other settings ({'; '.join(diffs)}); refusing to "
+                          f"mix frames: {_WHAT_TO_DO}")
+
+
+def _plain(value) -> str:
+    """A setting's value in a message: text and numbers as they are, anything else as short JSON."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return value if isinstance(value, str) else mf.short(value)
 
 
 def _input_readouts(pipe, plan: _Plan) -> dict:

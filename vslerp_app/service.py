@@ -50,10 +50,11 @@ from vslerp_app.outputs import DEFAULT_FPS
 from vslerp_app.paths import MIN_KEYFRAMES
 from vslerp_app.paths import check_values as check_path_values
 from vslerp_app.render import iter_render_path, iter_render_sequence
-from vslerp_app.specs import ALPHA_LIMIT, STUDIO_ALPHA_RANGE, SpecError, combine, linspace
+from vslerp_app.specs import ALPHA_ADVICE, ALPHA_LIMIT, STUDIO_ALPHA_RANGE, SpecError, combine, linspace
 from vslerp_app.stats import CONFORMITY_LABELS
 
 __all__ = [
+    "ALPHA_ADVICE",
     "DEFAULT_FPS",
     "MAX_SEQUENCE_FRAMES",
     "STUDIO_ALPHA_RANGE",
@@ -65,6 +66,8 @@ __all__ = [
     "aim_markdown",
     "aimed_alpha",
     "StudioConfig",
+    "RenderClock",
+    "RenderStopped",
     "RequestError",
     "check_input_image",
     "check_request",
@@ -77,6 +80,7 @@ __all__ = [
     "json_safe",
     "model_markdown",
     "readouts_markdown",
+    "source_replaced_markdown",
     "sequence_outputs",
     "sweep_pairs",
     "sweep_values",
@@ -403,8 +407,13 @@ def _readout_line(r: dict, key: str, digits: int) -> str:
     return _placed(r.get(f"frame_{key}"), src.get(key), tgt.get(key), digits)
 
 
-def readouts_markdown(r: dict | None, stats_note: str = "") -> str:
-    """What a person reads under the frame: the numbers, and what they mean."""
+def readouts_markdown(r: dict | None, stats_note: str = "", population: int | None = None) -> str:
+    """What a person reads under the frame: the numbers, and what they mean.
+
+    One rule for decimals: theta, alpha and conformity with 3, log-likelihood with 1.
+    ``population``: how many images the statistics were computed from ("more typical than
+    all 5000").
+    """
     if not r:
         return "Add a source and a target image, then move a slider or press **Generate**."
     kind = r.get("conformity_kind")
@@ -425,9 +434,9 @@ def readouts_markdown(r: dict | None, stats_note: str = "") -> str:
             "**Whitened log-likelihood** (up to a constant): how probable the image is under the "
             "reference images' Gaussian; higher is more likely. "
             f"This frame: {_readout_line(r, 'log_likelihood', 1)}.")
-    lines += _percentile_lines(r)  # both on the reference images' scale, when the stats carry it
+    lines += _percentile_lines(r, population)  # both on the reference images' scale, when carried
     if r.get("aim"):
-        lines.append(aim_markdown(r["aim"]))
+        lines.append(aim_markdown(r["aim"], r.get("theta")))
     ref = r.get("reference")
     if ref:
         line = (f"Reference space `{ref.get('space')}`: frame conformity "
@@ -441,37 +450,69 @@ def readouts_markdown(r: dict | None, stats_note: str = "") -> str:
     return "  \n".join(lines)
 
 
-def _percentile_lines(r: dict) -> list[str]:
+def _compared(percent: float, population: int | None, adjective: str) -> str:
+    """A percentile in words: "more typical than 73%", "more typical than all 96", "less typical
+    than all 96"; never a rounded "100%" or "0%" for a value inside the population's range."""
+    everyone = f"all {population}" if population else "all"
+    if percent >= 100 or percent <= 0:
+        return f"{'more' if percent >= 100 else 'less'} {adjective} than {everyone}"
+    digits = 0 if 0.5 <= percent < 99.5 else 1
+    return f"more {adjective} than {percent:.{digits}f}%"
+
+
+def _percentile_lines(r: dict, population: int | None = None) -> list[str]:
     """The population's scale, when the stats carry it: "more typical than 73% of ..."."""
     lines = []
     c, f = r.get("conformity_percentile"), r.get("frame_conformity_percentile")
     if c is not None or f is not None:
-        parts = [f"the frame is more typical than {f:.0f}%" if f is not None else None,
-                 f"its embedding than {c:.0f}%" if c is not None else None]
+        parts = [f"the frame is {_compared(f, population, 'typical')}" if f is not None else None,
+                 f"its embedding {_compared(c, population, 'typical')}" if c is not None else None]
         lines.append("On the reference images' scale: " + ", ".join(p for p in parts if p)
                      + " of the images the statistics were computed from.")
     ll = r.get("frame_log_likelihood_percentile")
     if ll is not None:
-        lines.append(f"The frame is more likely than {ll:.0f}% of those images (whitened CLIP).")
+        lines.append(f"The frame is {_compared(ll, population, 'likely')} of those images (whitened CLIP).")
     return lines
 
 
-def aim_markdown(aim: dict) -> str:
-    """One sentence on an aimed alpha: the wanted conformity, the achieved one, and whether reached."""
+def _at_an_end(theta) -> str | None:
+    """What the frame is at theta 0 or 1 (the source or the target, whatever alpha), else None."""
+    if theta is None or float(theta) not in (0.0, 1.0):
+        return None
+    end = "source" if float(theta) == 0 else "target"
+    return f"at theta = {float(theta):g} the frame is the {end} itself"
+
+
+def aim_markdown(aim: dict, theta: float | None = None) -> str:
+    """One sentence on an aimed alpha: the wanted conformity, the achieved one, and whether reached
+    (3 decimals, as every readout)."""
     if aim.get("reachable"):
-        return (f"Aimed at conformity {aim['wanted']:.4f}: alpha = {aim['alpha']:.4f} gives "
-                f"{aim['achieved']:.4f}.")
-    return (f"Conformity {aim['wanted']:.4f} is out of reach for alpha in "
-            f"[{AIM_ALPHA_RANGE[0]:g}, {AIM_ALPHA_RANGE[1]:g}] here; the closest is {aim['achieved']:.4f}, "
-            f"at alpha = {aim['alpha']:.4f}.")
+        return (f"Aimed at conformity {aim['wanted']:.3f}: alpha = {aim['alpha']:.3f} gives "
+                f"{aim['achieved']:.3f}.")
+    end = _at_an_end(theta)
+    if end is not None:
+        return (f"Conformity {aim['wanted']:.3f} is out of reach: {end}, so alpha has no effect there "
+                f"(its conformity is {aim['achieved']:.3f}). Aim at a theta between 0 and 1.")
+    return (f"Conformity {aim['wanted']:.3f} is out of reach for alpha in "
+            f"[{AIM_ALPHA_RANGE[0]:g}, {AIM_ALPHA_RANGE[1]:g}] here; the closest is {aim['achieved']:.3f}, "
+            f"at alpha = {aim['alpha']:.3f}.")
 
 
 def aimed_alpha(readouts: dict | None) -> tuple[float, str]:
     """(alpha, sentence) of a frame rendered at an aimed alpha, for the slider and the note."""
-    aim = (readouts or {}).get("aim")
+    readouts = readouts or {}
+    aim = readouts.get("aim")
     if not aim:
         raise RequestError("This frame was not aimed at a conformity.")
-    return round(aim["alpha"], 4), aim_markdown(aim)  # the slider shows 4 decimals, not 16
+    return round(aim["alpha"], 3), aim_markdown(aim, readouts.get("theta"))  # 3 decimals, as the readouts
+
+
+def source_replaced_markdown(readouts: dict | None) -> str:
+    """The readout once the frame has become the source: the old comparisons no longer hold."""
+    c = (readouts or {}).get("frame_conformity")
+    what = "" if c is None else f" (its conformity {c:.3f} is now the source's)"
+    return (f"**This frame is now the source**{what}. Move a slider or press **Generate** to render "
+            "from it; the readouts then compare with the new source.")
 
 
 def wanted_conformity(pipe, value) -> float | None:
@@ -703,9 +744,30 @@ class Studio:
         self.config = config or StudioConfig()
         self.frames = FrameCache(self.config.frame_cache_mb * 2**20)
         self.work_root = WORK_ROOT  # each sequence's folder lives here while it renders
+        self._stops: dict[str, threading.Event] = {}  # each page session's Stop of its render
         self.run_frame = gpu(60)(self._run_frame)
         self.run_sequence = gpu(240)(self._run_sequence)
         self.run_path = gpu(240)(self._run_path)
+
+    # -- Stop -------------------------------------------------------------------------
+    def stop_switch(self, session_id: str | None) -> threading.Event | None:
+        """A fresh Stop switch for a page session's new render (None without a session id)."""
+        if session_id is None:
+            return None
+        switch = self._stops[session_id] = threading.Event()
+        return switch
+
+    def _release(self, switch: threading.Event | None) -> None:
+        """Forget a finished render's Stop switch (a session's later render has its own)."""
+        for session_id, registered in list(self._stops.items()):
+            if registered is switch:
+                self._stops.pop(session_id, None)
+
+    def stop(self, session_id: str | None) -> None:
+        """Stop the session's render: its batch in progress ends at the next denoising step."""
+        switch = self._stops.pop(session_id, None) if session_id is not None else None
+        if switch is not None:
+            switch.set()
 
     # -- model work --------------------------------------------------------------------
     def _embed_pair(self, source, target, session: dict):
@@ -731,36 +793,51 @@ class Studio:
         return frames[0], src, tgt
 
     def _run_sequence(self, source, target, session: dict, thetas, alphas, grid, seed, kwargs, fps,
-                      out_dir):
+                      out_dir, on_step=None):
         """Embed the inputs, then yield (RenderProgress, source entry, target entry) per chunk.
 
         The frames and files are `vslerp render`'s (`iter_render_sequence`); closing this
-        generator stops after the chunk in progress.
+        generator stops after the chunk in progress. ``on_step(step, total)`` runs after each
+        denoising step (and may raise `RenderStopped` to end the chunk there).
         """
         src, tgt = self._embed_pair(source, target, session)
         events = iter_render_sequence(self.pipe, src.embedding, tgt.embedding, thetas, alphas, seed,
                                       out_dir, grid=grid, gif=True, mp4=True, zip=True, fps=fps,
                                       contact=False, plot=True, **kwargs)
         try:
-            for event in events:
+            for event in self._stepped(events, on_step):
                 yield event, {"source": src, "target": tgt}
         finally:
             events.close()
 
     def _run_path(self, keyframes: list, frames: int, alphas: list[float], seed: int, options: dict,
-                  kwargs: dict, fps: float, out_dir):
+                  kwargs: dict, fps: float, out_dir, on_step=None):
         """Embed the keyframes, then yield (RenderProgress, None) per chunk of the path's render
-        (`iter_render_path`, as `vslerp render --keyframes`); closing it stops after the chunk."""
+        (`iter_render_path`, as `vslerp render --keyframes`); closing it stops after the chunk.
+        ``on_step`` as in `_run_sequence`."""
         embeddings = [embed_input(self.pipe, image, f"keyframe {k + 1}").embedding
                       for k, image in enumerate(keyframes)]
         events = iter_render_path(self.pipe, embeddings, out_dir, frames=frames, alphas=alphas, seed=seed,
                                   gif=True, mp4=True, zip=True, fps=fps, contact=False, plot=True,
                                   **options, **kwargs)
         try:
-            for event in events:
+            for event in self._stepped(events, on_step):
                 yield event, None
         finally:
             events.close()
+
+    def _stepped(self, events: Iterator, on_step) -> Iterator:
+        """``events`` with each chunk's denoising steps reported to ``on_step``.
+
+        The runner reports the steps of the calling thread only, and a streamed render may be
+        resumed by another thread for each chunk: the report is set up around every chunk.
+        """
+        while True:
+            with self.pipe.runner.on_step(on_step) if on_step is not None else nullcontext():
+                event = next(events, None)
+            if event is None:
+                return
+            yield event
 
     # -- requests ----------------------------------------------------------------------
     def frame_request(self, source, target, theta, alpha, seed, quality, steps, super_res_steps,
@@ -786,6 +863,10 @@ class Studio:
         is found where the frame renders (`frame`), so the model runs in one GPU call."""
         if wanted_conformity(self.pipe, request[-1]) is None:
             raise RequestError("Type the conformity to aim at first (e.g. 0.8).")
+        end = _at_an_end(_float(request[2], "theta"))
+        if end is not None:
+            raise RequestError(f"Cannot aim: {end}, so alpha has no effect there. "
+                               "Move theta between 0 and 1 first.")
         return self.frame_request(*request)
 
     def sequence_request(self, source, target, sweep, theta, alpha, theta_start, theta_stop,
@@ -849,22 +930,29 @@ class Studio:
             self.frames.put(key, frame.image, readouts)
         return frame.image, readouts, {"source": src, "target": tgt}
 
-    def sequence(self, session, *request) -> Iterator[SequenceUpdate]:
+    def sequence(self, session, *request, progress: Callable[[float, str], None] | None = None,
+                 stop: threading.Event | None = None) -> Iterator[SequenceUpdate]:
         """A sweep, streamed: a `SequenceUpdate` after each batch, the last with every file.
 
         ``request`` as sequence_request. Each update's files stay on disk until the next
         update is asked for; when the generator ends (finished, failed or closed: a Stop)
         its work folder is removed, so nothing is left behind. A full disk is refused in
-        plain words, without the server's paths.
+        plain words, without the server's paths. ``progress(fraction, text)`` is told where
+        the render stands after every denoising step and batch (`RenderClock`); once ``stop``
+        is set, the batch in progress ends at its next step (`RenderStopped`).
         """
         thetas, alphas, grid, seed, kwargs, fps = self.sequence_request(*request)
         session = session if isinstance(session, dict) else {}
         cleanup_workdirs(self.work_root)
         out_dir = new_workdir(self.work_root)
         total = len(thetas) if alphas is None else len(sweep_pairs(thetas, alphas, grid))  # None: aimed
+        clock = RenderClock(total, kwargs.get("max_batch", self.pipe.max_batch), progress, stop)
         events = self.run_sequence(request[0], request[1], session, thetas, alphas, grid, seed, kwargs,
-                                   fps, out_dir)
-        yield from _stream(events, out_dir, total, session, frame_caption)
+                                   fps, out_dir, on_step=clock.on_step if clock.watched else None)
+        try:
+            yield from _stream(events, out_dir, total, session, frame_caption, clock)
+        finally:
+            self._release(stop)
 
     def path_request(self, keyframes, frames, loop, spacing, ease, alpha, seed, quality, steps,
                      super_res_steps, preview_steps, guidance_scale, max_batch, fps):
@@ -896,29 +984,99 @@ class Studio:
         seed = check_request(self.pipe, images[0], images[1], [(0.0, a) for a in alphas], seed, kwargs)
         return images, count, alphas, seed, options, kwargs, _float(fps, "fps")
 
-    def path(self, *request) -> Iterator[SequenceUpdate]:
+    def path(self, *request, progress: Callable[[float, str], None] | None = None,
+             stop: threading.Event | None = None) -> Iterator[SequenceUpdate]:
         """A path through keyframes, streamed as `sequence`: a `SequenceUpdate` after each batch,
-        the last with every file; the work folder removed at the end. ``request`` as path_request."""
+        the last with every file; the work folder removed at the end. ``request`` as path_request;
+        ``progress`` and ``stop`` as in `sequence`."""
         images, frames, alphas, seed, options, kwargs, fps = self.path_request(*request)
         cleanup_workdirs(self.work_root)
         out_dir = new_workdir(self.work_root)
-        events = self.run_path(images, frames, alphas, seed, options, kwargs, fps, out_dir)
-        yield from _stream(events, out_dir, frames, None, lambda e: path_caption(e, len(images)))
+        clock = RenderClock(frames, kwargs.get("max_batch", self.pipe.max_batch), progress, stop)
+        events = self.run_path(images, frames, alphas, seed, options, kwargs, fps, out_dir,
+                               on_step=clock.on_step if clock.watched else None)
+        try:
+            yield from _stream(events, out_dir, frames, None, lambda e: path_caption(e, len(images)), clock)
+        finally:
+            self._release(stop)
 
 
-def _stream(events, out_dir: Path, total: int, session, caption) -> Iterator[SequenceUpdate]:
+class RenderStopped(Exception):
+    """A streamed render's Stop: raised at the next denoising step, so its batch ends there."""
+
+
+class RenderClock:
+    """Where a streamed render stands, in one line: its batch's denoising steps, the frames done,
+    the time it has taken and an estimate of the time left.
+
+    ``progress(fraction, text)`` hears of every step (`on_step`, from the render's thread) and
+    every finished batch (`frames_done`); once ``stop`` is set, the next step raises `RenderStopped`.
+    """
+
+    def __init__(self, total: int, batch: int, progress: Callable[[float, str], None] | None = None,
+                 stop: threading.Event | None = None, clock: Callable[[], float] = time.monotonic):
+        self.total, self.batch = total, max(1, int(batch))
+        self.progress, self.stop, self.clock = progress, stop, clock
+        self.started = clock()
+        self.done, self.step, self.steps = 0, 0, 0
+
+    @property
+    def watched(self) -> bool:
+        """Whether anyone listens to the steps (a progress line or a Stop)."""
+        return self.progress is not None or self.stop is not None
+
+    @property
+    def fraction(self) -> float:
+        """The share of the render done, counting the batch in progress by its steps."""
+        in_batch = min(self.batch, self.total - self.done) * (self.step / self.steps if self.steps else 0.0)
+        return min(1.0, (self.done + in_batch) / self.total) if self.total else 1.0
+
+    def text(self) -> str:
+        elapsed = self.clock() - self.started
+        batches = math.ceil(self.total / self.batch)
+        parts = [f"{self.done} of {self.total} frames done"]
+        if self.done < self.total:
+            batch = f"batch {min(batches, self.done // self.batch + 1)} of {batches}"
+            parts.insert(0, f"{batch}, step {self.step} of {self.steps}" if self.steps else batch)
+        parts.append(f"{elapsed:.0f} s elapsed")
+        if 0.05 <= self.fraction < 1 and elapsed >= 1:  # an estimate from 5% of the work on
+            parts[-1] += f", about {elapsed * (1 - self.fraction) / self.fraction:.0f} s left"
+        return " · ".join(parts)
+
+    def on_step(self, step: int, steps: int) -> None:
+        """The runner's step callback: tell ``progress``, or end the batch if stopped."""
+        if self.stop is not None and self.stop.is_set():
+            raise RenderStopped("the render was stopped")
+        self.step, self.steps = step, steps
+        self._report()
+
+    def frames_done(self, done: int) -> None:
+        self.done, self.step = done, 0
+        self._report()
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.fraction, self.text())
+
+
+def _stream(events, out_dir: Path, total: int, session, caption,
+            clock: RenderClock | None = None) -> Iterator[SequenceUpdate]:
     """A render's events as `SequenceUpdate`s; ``events`` yield (RenderProgress, new session or None).
 
-    The work folder is removed when this generator ends (finished, failed or closed); a
-    full disk is refused in plain words, without the server's paths.
+    The work folder is removed when this generator ends (finished, failed, closed or stopped);
+    a full disk is refused in plain words, without the server's paths.
     """
     try:
         yield SequenceUpdate([], 0, total, None, session)
         for event, new_session in events:
+            if clock is not None:
+                clock.frames_done(event.done)
             gallery = [(str(out_dir / e["file"]), caption(e)) for e in event.frames]
             files = None if event.manifest is None else sequence_outputs(event.manifest, out_dir)
             yield SequenceUpdate(gallery, event.done, event.total, files,
                                  session if new_session is None else new_session)
+    except RenderStopped:  # a Stop: the page has moved on; nothing to report
+        return
     except (RenderError, OSError) as e:
         if isinstance(e, OSError) and e.errno not in _DISK_FULL:
             raise

@@ -16,16 +16,22 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
-    "ALPHA_LIMIT", "FPS_RANGE", "GUIDANCE_RANGE", "MAX_COUNT", "MAX_STEPS", "NOISE_LEVEL_RANGE",
-    "SEED_LIMIT", "STUDIO_ALPHA_RANGE", "THETA_RANGE", "SpecError", "as_values", "check_alpha", "check_fps",
-    "check_max_batch", "check_range", "check_seed", "check_settings", "check_theta", "combine",
-    "linspace", "parse_spec",
+    "ALPHA_ADVICE", "ALPHA_LIMIT", "FPS_RANGE", "GUIDANCE_RANGE", "MAX_COUNT", "MAX_STEPS",
+    "NOISE_LEVEL_RANGE", "SEED_LIMIT", "STUDIO_ALPHA_RANGE", "THETA_RANGE", "SpecError", "as_values",
+    "check_alpha", "check_fps", "check_max_batch", "check_range", "check_seed", "check_settings",
+    "check_theta", "combine", "linspace", "parse_spec",
 ]
 
 THETA_RANGE = (0.0, 1.0)
 ALPHA_LIMIT = 10.0  # the paper finds -2..2 useful; beyond +-10 frames are noise
 # The studio's alpha range (its slider, sweeps, paths, aiming); scripts go to +-ALPHA_LIMIT.
 STUDIO_ALPHA_RANGE = (-3.0, 3.0)
+# The one piece of advice on alpha, with where each number comes from (the studio's header, the
+# README, `vslerp render --help`).
+ALPHA_ADVICE = ("alpha from -2 to 2 gives visually appealing images (the paper); the authors' demo "
+                "sweeps -1 to 3 in 16 steps (`--alpha -1:3:16`); the studio's slider runs "
+                f"{STUDIO_ALPHA_RANGE[0]:g} to {STUDIO_ALPHA_RANGE[1]:g} and `vslerp render` takes up "
+                f"to ±{ALPHA_LIMIT:g}")
 MAX_STEPS = 1000
 GUIDANCE_RANGE = (0.0, 50.0)
 NOISE_LEVEL_RANGE = (0, 1000)
