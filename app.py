@@ -374,7 +374,7 @@ def _sequence_panel(config: ui.StudioConfig, c: SimpleNamespace) -> None:
         # Output boxes appear when there is output (the page handler shows them).
         c.gallery = gr.Gallery(label="Frames", columns=8, fit_columns=False, height="auto", format="png",
                                visible=False, elem_id="gallery")
-        c.smoothness = gr.Markdown(visible=False, elem_id="smoothness")  # how evenly the finished sequence moves
+        c.smoothness = gr.Markdown(visible=False, elem_id="smoothness")  # how evenly the sequence moves
         _file_outputs(c, "plot", "video", "gif_file", "zip_file", "Conformity plot", "")
         gr.Markdown(f"Up to {config.max_sequence_frames} frames a sequence; each batch appears as it is "
                     "rendered, and *Stop* keeps the frames already shown. Captions: theta (θ), alpha (α) "
