@@ -23,7 +23,6 @@ except ImportError:  # everywhere else: the decorator is a no-op
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
-import hashlib  # noqa: E402
 import inspect  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
@@ -34,8 +33,9 @@ from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 import gradio as gr  # noqa: E402
-from gradio.exceptions import InvalidPathError  # noqa: E402
 
+import gate  # noqa: E402
+from gate import checked_image  # noqa: E402
 from pipelines import DEFAULT_MODEL, HubUnreachableError  # noqa: E402
 from vslerp_app import load_pipeline  # noqa: E402
 from vslerp_app import service as ui  # noqa: E402
@@ -134,103 +134,6 @@ def plain_errors(fn):
         except Exception as e:
             raise _plain(e) from None
     return wrapper
-
-
-# -- every way an image arrives passes one gate -------------------------------------------
-_SUFFIXES = {"JPEG": "jpg", "MPO": "jpg", "TIFF": "tif", "JPEG2000": "jp2"}
-
-
-def checked_image(role: str, max_bytes: int, **kwargs) -> gr.Image:
-    """An image input that checks what arrives before anything decodes it.
-
-    Uploads, pastes and webcam shots arrive as uploaded files; an API call may also send
-    an inline ``data:`` URL (which the stock component decodes and re-saves with Pillow
-    before any check of ours) or a URL (which Gradio downloads whole). The instance's
-    preprocess is replaced by `vslerp_app.service.check_input_image` (byte size, format
-    allow-list, pixel count from the header; an upload's messages) and it returns the
-    file's path, decoding nothing; URLs are downloaded with a byte cap
-    (`_bounded_download`). A gr.Image subclass would make Gradio write a .pyi file.
-    """
-    image = gr.Image(**kwargs)
-    stock_move = image.async_move_resource_to_block_cache
-
-    def preprocess(payload):
-        if payload is None:
-            return None
-        url = payload.url if isinstance(payload.url, str) and payload.url.startswith("data:") else None
-        if url is None and not payload.path:
-            problem = ("came as a web address in \"url\" alone: send {\"path\": URL} (gradio_client's "
-                       "handle_file(URL) does) or upload the file" if payload.url
-                       else "is missing: no file was sent")
-            raise gr.Error(f"The {role} {problem}.", print_exception=False)
-        try:
-            inline = ui.check_input_image(url, payload.path, role, max_bytes)
-        except ui.RequestError as e:
-            raise gr.Error(str(e), print_exception=False) from None
-        if inline is None:
-            return str(payload.path)
-        data, header = inline
-        folder = Path(image.GRADIO_CACHE) / hashlib.sha256(data).hexdigest()[:32]
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"inline.{_SUFFIXES.get(header.format, header.format.lower())}"
-        if not path.is_file():
-            path.write_bytes(data)
-        return str(path)
-
-    async def move_to_cache(url_or_file_path):
-        if isinstance(url_or_file_path, str) and url_or_file_path.lower().startswith(("http://", "https://")):
-            return await _bounded_download(url_or_file_path, Path(image.GRADIO_CACHE), max_bytes, role)
-        return await stock_move(url_or_file_path)
-
-    image.preprocess = preprocess
-    image.async_move_resource_to_block_cache = move_to_cache
-    return image
-
-
-async def _bounded_download(url: str, cache_dir: Path, max_bytes: int, role: str, transport=None) -> str:
-    """Download an image URL to the cache, refusing non-public hosts and files over max_bytes.
-
-    Gradio's own download (safehttpx) reads the whole response into memory; this one
-    streams it to disk and stops at ``max_bytes``, with the refusal an upload gets. The
-    host must resolve to a public address (safehttpx's check, pinned for the request)
-    unless a ``transport`` is given.
-    """
-    import httpx
-    import safehttpx
-
-    def refuse(problem: str) -> gr.Error:
-        return gr.Error(f"The {role} {problem}.", print_exception=False)
-
-    if transport is None:
-        try:
-            verified_ip = await safehttpx.async_validate_url(httpx.URL(url).host)
-            transport = safehttpx.AsyncSecureTransport(verified_ip)
-        except Exception:
-            raise refuse("could not be downloaded: its host cannot be reached or is not public") from None
-    folder = cache_dir / hashlib.sha256(url.encode()).hexdigest()[:32]
-    folder.mkdir(parents=True, exist_ok=True)
-    path, received = folder / "download", 0
-    too_large = f"is too large; files up to {max_bytes / 2**20:g} MB are accepted"
-    try:
-        async with httpx.AsyncClient(transport=transport, timeout=30) as client, \
-                client.stream("GET", url) as r:
-            if r.status_code != 200:
-                raise refuse(f"could not be downloaded (the server answered {r.status_code})")
-            if int(r.headers.get("content-length") or 0) > max_bytes:
-                raise refuse(too_large)
-            with open(path, "wb") as f:
-                async for chunk in r.aiter_bytes():
-                    received += len(chunk)
-                    if received > max_bytes:
-                        raise refuse(too_large)
-                    f.write(chunk)
-    except gr.Error:
-        path.unlink(missing_ok=True)
-        raise
-    except httpx.HTTPError as e:
-        path.unlink(missing_ok=True)
-        raise refuse(f"could not be downloaded ({type(e).__name__})") from None
-    return str(path)
 
 
 def named_range(component, name: str):
@@ -799,21 +702,6 @@ def _bound_each_session(demo: gr.Blocks, limit: int) -> None:
     queue.push = bounded_push
 
 
-def _plain_path_errors(demo: gr.Blocks) -> None:
-    """A path on the server in an API call is refused in plain words: Gradio refuses it before
-    any component sees it, and its refusal reaches the client as a bare "error: null"."""
-    stock = demo.preprocess_data
-
-    async def preprocess_data(block_fn, inputs, state, explicit_call=False):
-        try:
-            return await stock(block_fn, inputs, state, explicit_call)
-        except InvalidPathError:
-            raise gr.Error("Images must be uploaded (or sent inline as a data: URL); a path on the server "
-                           "is not accepted.", print_exception=False) from None
-
-    demo.preprocess_data = preprocess_data
-
-
 class RequestBodyLimit:
     """ASGI middleware: a request body over ``max_bytes`` is refused (413) before it is read.
 
@@ -889,7 +777,8 @@ def build_demo(pipe, config: ui.StudioConfig | None = None) -> gr.Blocks:
         _wire(studio, c, session)
     demo.queue(default_concurrency_limit=1, max_size=config.queue_size)
     _bound_each_session(demo, config.session_queue_size)
-    _plain_path_errors(demo)
+    gate.name_file_input(c.keyframes, "keyframe strip")
+    gate.install_file_gate(demo)
     return demo
 
 

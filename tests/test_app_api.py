@@ -651,6 +651,113 @@ def test_keyframe_paths_and_urls_are_refused_in_plain_words(app, keyframe, messa
     assert event == "error" and message in data["error"], data
 
 
+# -- the file gate: only what Gradio stored, whatever the payload's shape ----------------------------
+ONE_REFUSAL = "must be uploaded (or sent inline as a data: URL); a path on the server is not accepted."
+
+
+def _server_paths(app) -> dict[str, str]:
+    """Paths a caller might try: a readable image and text outside the upload folder, a missing
+    file, a folder, and symlinks planted inside the upload folder that lead out of it."""
+    uploads = app.work / "gradio"
+    planted = uploads / "planted"
+    planted.mkdir(parents=True, exist_ok=True)
+    for name, to in (("image.jpg", SOURCE), ("folder", uploads.parent)):
+        with contextlib.suppress(FileExistsError):
+            (planted / name).symlink_to(to)
+    return {"image": str(SOURCE), "text": "/etc/passwd", "missing": "/no/such/file.png", "folder": "/tmp",
+            "escape": str(uploads / ".." / "app.log"), "symlink": str(planted / "image.jpg"),
+            "symlinked folder": str(planted / "folder" / "app.log")}
+
+
+def _settings_after(api_name: str) -> list:
+    return {"preview": [0.5, 1.0, 42, "preview", 2, 2, 2, 1.0, 8, None],
+            "sequence": ["theta", 0.5, 1.0, 0.0, 1.0, 2, -1.0, 2.0, 2, 42, "preview", 2, 2, 2, 1.0, 8, 4,
+                         None]}[api_name]
+
+
+@pytest.mark.parametrize("meta", [True, False], ids=["with meta", "without meta"])
+def test_a_server_path_is_refused_with_one_message_on_preview_and_sequence(app, meta):
+    """Every path the server did not store as an upload gets the same words, with or without
+    Gradio's meta: nothing tells the caller whether the file exists or what it holds."""
+    uploaded = _uploaded(app, TARGET)
+    seen = set()
+    for kind, path in _server_paths(app).items():
+        sent = {"path": path, **({"meta": {"_type": "gradio.FileData"}} if meta else {})}
+        for api_name, data in (("preview", [sent, uploaded]), ("sequence", [uploaded, sent])):
+            event, answer = _call(app, api_name, [*data, *_settings_after(api_name)])
+            assert event == "error", (kind, api_name, answer)
+            seen.add(answer["error"])
+    assert seen == {f"The source image {ONE_REFUSAL}", f"The target image {ONE_REFUSAL}"}
+
+
+def test_a_server_path_is_refused_for_every_path_keyframe(app):
+    uploaded = _uploaded(app, SOURCE)
+    shape = [3, False, "uniform", False, "1", 42, "preview", 2, 2, 2, 1.0, 8, 4]
+    for k in range(8):
+        for path in (str(SOURCE), "/etc/passwd", "/no/such/file.png"):
+            keyframes = [uploaded, uploaded, None, None, None, None, None, None]
+            keyframes[k] = {"path": path}
+            event, answer = _call(app, "path", [*keyframes, *shape])
+            assert event == "error" and answer["error"] == f"The keyframe {k + 1} {ONE_REFUSAL}", answer
+
+
+def _page_event(app, button: str, inputs: list[str], data: list):
+    """Call one of the page's own (private) events as the page does: POST queue/join by fn_index,
+    then read the queue's event stream; returns (success, output)."""
+    import uuid
+
+    import httpx
+
+    config = httpx.get(app.url + "config", timeout=10).json()
+    ids = {c["props"].get("elem_id"): c["id"] for c in config["components"] if c["props"].get("elem_id")}
+    fn = next(d["id"] for d in config["dependencies"] if any(t[0] == ids[button] for t in d["targets"])
+              and d["inputs"] == [ids[name] for name in inputs])
+    session = uuid.uuid4().hex
+    body = {"data": data, "fn_index": fn, "session_hash": session, "trigger_id": ids[button]}
+    r = httpx.post(app.url + "gradio_api/queue/join", json=body, timeout=10)
+    assert r.status_code == 200, r.text
+    with httpx.stream("GET", f"{app.url}gradio_api/queue/data?session_hash={session}", timeout=60) as s:
+        for line in s.iter_lines():
+            message = json.loads(line.removeprefix("data: ")) if line.startswith("data: ") else {}
+            if message.get("msg") == "process_completed":
+                return message.get("success"), message.get("output")
+    raise AssertionError("the queue's stream ended without a result")
+
+
+def test_the_pages_own_events_refuse_server_paths_too(app):
+    """The page's private events take files as well (the current frame, the keyframe strip, the
+    upload checks): a raw client calling them by number meets the same gate. Before, "use this
+    frame" copied any image under the app's folder into Gradio's cache and served it."""
+    for path in (str(SOURCE), "/etc/passwd"):
+        ok, out = _page_event(app, "use-frame", ["frame-out"], [{"path": path}])
+        assert not ok and out["error"] == f"The current frame {ONE_REFUSAL}", out
+        strip = [{"image": {"path": path}, "caption": "keyframe 1"},
+                 {"image": {"path": path}, "caption": None}]
+        ok, out = _page_event(app, "run-path", ["keyframes", "path_frames", "loop", "spacing", "ease",
+                                                "path_alpha", "seed", "quality", "steps", "super_res_steps",
+                                                "preview_steps", "guidance", "max_batch", "fps"],
+                              [strip, 3, False, "uniform", False, "1", 42, "preview", 2, 2, 2, 1.0, 8, 4])
+        assert not ok and out["error"] == f"The keyframe strip {ONE_REFUSAL}", out
+        ok, out = _page_event(app, "source", ["source"], [{"path": path}])
+        assert not ok and out["error"] == f"The source image {ONE_REFUSAL}", out
+    # An upload passes the same events.
+    ok, out = _page_event(app, "use-frame", ["frame-out"], [_uploaded(app, SOURCE)])
+    assert ok, out
+
+
+@pytest.mark.parametrize("api_name, index, role", [("preview", 0, "source image"),
+                                                   ("sequence", 1, "target image")])
+def test_a_bare_string_where_a_file_belongs_is_refused_in_words(app, api_name, index, role):
+    uploaded = _uploaded(app, SOURCE)
+    for bare in (str(SOURCE), "/etc/passwd", "cat.png"):
+        data = [uploaded, uploaded]
+        data[index] = bare
+        event, answer = _call(app, api_name, [*data, *_settings_after(api_name)])
+        assert event == "error" and answer["error"] is not None, answer
+        assert answer["error"].startswith(f"The {role} must be sent as a file: upload it"), answer
+        assert "got a bare string" in answer["error"] and bare not in answer["error"]
+
+
 def test_a_request_body_over_the_limit_is_refused_before_it_is_read(app):
     host, port = app.url.removeprefix("http://").rstrip("/").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
