@@ -887,6 +887,34 @@ def test_a_full_disk_is_refused_in_plain_words_and_its_folder_removed(small_disk
     assert Path(image).is_file()
 
 
+@pytest.fixture(scope="module")
+def small_cache_app(karlo_dir, tmp_path_factory):
+    """The app with Gradio's cache (GRADIO_TEMP_DIR: uploads and results) on a 360 KB file system
+    of its own: the examples and two uploads fit, a sequence's frames and files do not."""
+    work = tmp_path_factory.mktemp("small-cache")
+    cache = work / "gradio"
+    cache.mkdir()
+    prefix = ("unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+              'mount -t tmpfs -o size=360k tmpfs "$1" && shift && exec "$@"', "sh", str(cache))
+    probe = subprocess.run([*prefix, "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {probe.stderr.decode().strip()}")
+    with launched_app(karlo_dir, work, prefix=prefix) as running:
+        yield running
+
+
+def test_a_full_gradio_cache_during_a_sequence_is_said_in_words(small_cache_app, tmp_path):
+    """Before: {"error": null}. Gradio copies each streamed result into its cache; when that
+    folder is full the request ends with a message, without the server's paths."""
+    c = Client(small_cache_app.url, verbose=False, download_files=str(tmp_path))
+    with pytest.raises(AppError) as err:
+        c.predict(source=handle_file(SOURCE), target=handle_file(TARGET), theta_frames=16, max_batch=4,
+                  api_name="/sequence", **FAST)
+    message = str(err.value)
+    assert message.startswith("The server ran out of disk space while storing this result"), message
+    assert "/tmp" not in message and "gradio" not in message
+
+
 # -- offline -------------------------------------------------------------------------------------
 def test_without_the_hub_the_app_fails_at_once_naming_what_works_offline(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "GRADIO_SERVER_PORT")}
