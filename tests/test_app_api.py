@@ -511,6 +511,13 @@ def _nan_tiff() -> bytes:
     return buf.getvalue()
 
 
+def _short_jpeg(width: int, height: int) -> bytes:
+    data = bytearray(_encoded("JPEG"))
+    sof = data.find(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, height, width)
+    return bytes(data)
+
+
 HOSTILE = {  # what each must be refused with, whether uploaded or sent inline
     "text": (lambda: b"these are my holiday notes, not a picture\n", "is not an image (it looks like text)"),
     "eps": (lambda: b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "looks like PostScript/EPS"),
@@ -519,6 +526,8 @@ HOSTILE = {  # what each must be refused with, whether uploaded or sent inline
     "bomb-12000": (lambda: _png_bomb(12000), "is too large (12000x12000 = 144,000,000 pixels)"),
     "bomb-30000": (lambda: _png_bomb(8, claimed=30000), "is too large (900,000,000 pixels)"),
     "nan-tiff": (_nan_tiff, "contains NaN or infinite values"),
+    # 8 x 8 of data under a header claiming 7000 x 7000: was rendered as a flat grey frame.
+    "grey-jpeg": (lambda: _short_jpeg(7000, 7000), "is truncated or corrupt"),
 }
 
 
@@ -584,6 +593,32 @@ def test_inline_bombs_keep_the_servers_memory_bounded(app, client):
     assert all("144,000,000 pixels" in m for m in messages)
     grown = _peak_rss(app.proc.pid) - before
     assert grown < 150 * 2**20, f"the server's peak memory grew by {grown / 2**20:.0f} MB"
+
+
+def test_two_decodes_of_the_worst_accepted_file_at_once_stay_within_one(app, tmp_path):
+    """The 50-megapixel RGBA WebP (2 KB) through the page's upload check and /preview at the same
+    time: the server grows by under 1.1 GB at its peak (one decode is ~0.8 GB; the two ran side
+    by side before, 6.7 GB for two 10000 x 10000 files) and gives the memory back."""
+    if not Path(f"/proc/{app.proc.pid}/clear_refs").exists():
+        pytest.skip("needs Linux's /proc/PID/clear_refs")
+    from vslerp_app.images import MAX_PIXELS
+
+    side = int(MAX_PIXELS ** 0.5)
+    path = tmp_path / "worst.webp"
+    Image.new("RGBA", (side, side), (10, 200, 30, 128)).save(path, lossless=True)
+    uploaded, target = _uploaded(app, path), _uploaded(app, TARGET)
+    _page_event(app, "source", ["source"], [uploaded])  # warm up the decoders once
+    _peak_rss_reset(app.proc.pid)
+    before = _peak_rss(app.proc.pid)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        checked = pool.submit(_page_event, app, "source", ["source"], [uploaded])
+        rendered = pool.submit(_call, app, "preview", [uploaded, target, *_settings_after("preview")])
+        assert checked.result()[0] and rendered.result()[0] == "complete"
+    grown = _peak_rss(app.proc.pid) - before
+    assert grown < 1100 * 2**20, f"the server's peak memory grew by {grown / 2**20:.0f} MB"
+    held = int(next(line.split()[1] for line in Path(f"/proc/{app.proc.pid}/status").read_text().splitlines()
+                    if line.startswith("VmRSS"))) * 1024 - before
+    assert held < 300 * 2**20, f"{held / 2**20:.0f} MB held after"
 
 
 def _call(app, api_name: str, data: list) -> tuple[str, object]:
