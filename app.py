@@ -48,6 +48,7 @@ EXAMPLES_DIR = HERE / "examples"
 PATH_COLUMNS = 6  # a path frame's caption (1→2 θ α C) is longer than a sweep's and must fit
 GPU_QUEUE = "gpu"  # every event that runs the model shares this concurrency id: one GPU job at a time
 CHECK_QUEUE = "check"  # the pre-checks: header reads only, never a decode
+UPLOAD_FILES = 8  # most files one upload request may hold (the page sends one at a time)
 
 CSS = """
 #frame-out img { object-fit: contain; }
@@ -681,69 +682,22 @@ def _wire_aim(studio: ui.Studio, c: SimpleNamespace, session, frame_inputs, fram
 
 
 # -- serving: bounds on what one client may ask ---------------------------------------------
-def _bound_each_session(demo: gr.Blocks, limit: int) -> None:
-    """One session (a browser tab, a gradio_client Client) may have at most ``limit`` requests
-    waiting, so one client cannot fill the queue and shut everyone else out.
-
-    Gradio bounds only the whole queue (`queue(max_size=...)`); the queue's push is wrapped
-    on this instance and refuses like a full queue.
-    """
-    queue = demo._queue
-    push = queue.push
-
-    async def bounded_push(body, request, username):
-        waiting = sum(event.session_hash == body.session_hash
-                      for group in queue.event_queue_per_concurrency_id.values() for event in group.queue)
-        if body.session_hash is not None and waiting >= limit:
-            message = f"You already have {waiting} requests waiting; wait for one to finish."
-            return False, message, "queue_full"
-        return await push(body, request, username)
-
-    queue.push = bounded_push
-
-
-class RequestBodyLimit:
-    """ASGI middleware: a request body over ``max_bytes`` is refused (413) before it is read.
-
-    Inline images come inside the JSON body of an API call; without a bound, a huge body
-    would be parsed into memory before any check. Uploads have Gradio's own limit.
-    """
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].endswith("/upload"):
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            body = b'{"detail": "The request is too large."}'
-            await send({"type": "http.response.start", "status": 413,
-                        "headers": [(b"content-type", b"application/json")]})
-            return await send({"type": "http.response.body", "body": body})
-        received = 0
-
-        async def bounded_receive():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            return {"type": "http.disconnect"} if received > self.max_bytes else message
-
-        return await self.app(scope, bounded_receive, send)
-
-
 def launch_options(config: ui.StudioConfig) -> dict:
     """`demo.launch` keyword arguments for a page built by `build_demo(pipe, config)`."""
     from starlette.middleware import Middleware
 
     # Two inline images in base64 (4/3 of their bytes) and the other parameters.
     body_limit = 2 * (config.max_file_bytes * 4 // 3 + 4) + 2**20
+    quota = gate.UploadQuota(ui.parse_file_size(config.upload_quota))
+    uploads = Middleware(gate.UploadLimit, max_request_bytes=config.max_file_bytes + 2**20,
+                         max_files=UPLOAD_FILES, quota=quota,
+                         trusted=gate.trusted_proxies(config.trusted_proxies))
     return dict(
         max_file_size=config.max_file_size,
         allowed_paths=[],  # serve only uploads and what the app itself returns
         show_error=False,  # gr.Error messages only; unexpected errors stay in the server log
         css=CSS,
-        app_kwargs={"middleware": [Middleware(RequestBodyLimit, max_bytes=body_limit)]},
+        app_kwargs={"middleware": [Middleware(gate.RequestBodyLimit, max_bytes=body_limit), uploads]},
     )
 
 
@@ -776,7 +730,8 @@ def build_demo(pipe, config: ui.StudioConfig | None = None) -> gr.Blocks:
         _model_panel(pipe)
         _wire(studio, c, session)
     demo.queue(default_concurrency_limit=1, max_size=config.queue_size)
-    _bound_each_session(demo, config.session_queue_size)
+    gate.bound_waiting(demo, config.session_queue_size, config.address_queue_size,
+                       gate.trusted_proxies(config.trusted_proxies))
     gate.name_file_input(c.keyframes, "keyframe strip")
     gate.install_file_gate(demo)
     return demo
@@ -812,6 +767,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--session-queue-size", type=int, default=int(env("VSLERP_SESSION_QUEUE_SIZE", "4")),
                    help="most requests one browser tab or API client may have waiting (default: "
                         "%(default)s)")
+    p.add_argument("--address-queue-size", type=int, default=int(env("VSLERP_ADDRESS_QUEUE_SIZE", "8")),
+                   help="most requests one client address may have waiting (default: %(default)s)")
+    p.add_argument("--upload-quota", default=env("VSLERP_UPLOAD_QUOTA", "100mb"),
+                   help="most bytes one client address may upload an hour (default: %(default)s)")
+    p.add_argument("--trusted-proxies", default=env("VSLERP_TRUSTED_PROXIES", ""),
+                   help="addresses of reverse proxies whose X-Forwarded-For names the client, comma-"
+                        "separated, or * when only a proxy can connect (a Space); default: none")
     p.add_argument("--max-sequence-frames", type=int,
                    default=int(env("VSLERP_MAX_SEQUENCE_FRAMES", str(ui.MAX_SEQUENCE_FRAMES))),
                    help="most frames one sequence request may render (default: %(default)s, the "
@@ -822,6 +784,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--max-sequence-frames must be at least 1, got {args.max_sequence_frames}")
     if args.session_queue_size < 1:
         p.error(f"--session-queue-size must be at least 1, got {args.session_queue_size}")
+    if args.address_queue_size < 1:
+        p.error(f"--address-queue-size must be at least 1, got {args.address_queue_size}")
+    try:
+        ui.parse_file_size(args.upload_quota)
+    except ValueError as e:
+        p.error(f"--upload-quota: {e}")
     return args
 
 
@@ -838,7 +806,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # one clear line, no traceback
         raise SystemExit(f"vSLERP Studio: cannot load model {args.model!r}: {e}") from None
     config = ui.StudioConfig(max_sequence_frames=args.max_sequence_frames, queue_size=args.queue_size,
-                             session_queue_size=args.session_queue_size, max_file_size=args.max_file_size)
+                             session_queue_size=args.session_queue_size, max_file_size=args.max_file_size,
+                             address_queue_size=args.address_queue_size, upload_quota=args.upload_quota,
+                             trusted_proxies=args.trusted_proxies)
+    # The client's address is the gate's to judge (--trusted-proxies): uvicorn would otherwise
+    # take X-Forwarded-For from any local peer on its own.
+    os.environ["FORWARDED_ALLOW_IPS"] = ""
     build_demo(pipe, config).launch(server_name=args.host, server_port=args.port, share=args.share,
                                     **launch_options(config))
 

@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import stat
+import time
 import uuid
+from collections import deque
 from pathlib import Path
 
 import gradio as gr
@@ -33,6 +36,7 @@ from gradio import utils as gradio_utils
 from gradio.exceptions import InvalidPathError
 
 from vslerp_app import service as ui
+from vslerp_app.images import ImageInputError, check_image
 
 # Components whose values are files: their payloads pass the file gate.
 FILE_COMPONENTS = (gr.Image, gr.Gallery, gr.File, gr.Video)
@@ -279,3 +283,207 @@ async def bounded_download(url: str, cache_dir: Path, max_bytes: int, role: str,
         partial.unlink(missing_ok=True)
         raise (_disk_full() if e.errno in _DISK_FULL else refuse("could not be stored")) from None
     return str(path)
+
+
+# -- who is asking: the client's address ------------------------------------------------------------
+def client_address(scope: dict, trusted: frozenset[str] = frozenset()) -> str:
+    """The address a request comes from: the connection's peer, or, when that peer is a proxy
+    the operator trusts (``trusted``: its addresses, or "*" for whatever connects, as on a
+    Space where only the proxy can), the last X-Forwarded-For hop that is not a trusted proxy.
+
+    A client cannot choose its address by sending X-Forwarded-For itself: the header is read
+    only from a trusted peer, and only the hops that peer (and the proxies before it) added.
+    """
+    peer = (scope.get("client") or ("unknown", 0))[0]
+    if "*" not in trusted and peer not in trusted:
+        return peer
+    forwarded = b",".join(v for k, v in scope.get("headers") or [] if k == b"x-forwarded-for")
+    hops = [h.strip() for h in forwarded.decode("latin-1").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if hop not in trusted:
+            return hop
+    return hops[0] if hops else peer
+
+
+def trusted_proxies(value: str | None) -> frozenset[str]:
+    """The --trusted-proxies option: addresses separated by commas, or "*"; "" trusts none."""
+    return frozenset(p.strip() for p in (value or "").split(",") if p.strip())
+
+
+# -- bounded request bodies and uploads --------------------------------------------------------------
+async def _answer(send, status: int, message: str) -> None:
+    body = json.dumps({"detail": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _content_length(scope) -> int | None:
+    length = dict(scope.get("headers") or []).get(b"content-length")
+    return int(length) if length is not None and length.isdigit() else None
+
+
+def _bounded(receive, max_bytes: int):
+    """``receive`` that ends the request (a disconnect) once its body passes ``max_bytes``."""
+    received = 0
+
+    async def bounded_receive():
+        nonlocal received
+        message = await receive()
+        received += len(message.get("body", b""))
+        return {"type": "http.disconnect"} if received > max_bytes else message
+
+    return bounded_receive
+
+
+class RequestBodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is refused (413) before it is read.
+
+    Inline images come inside the JSON body of an API call; without a bound, a huge body
+    would be parsed into memory before any check. Uploads are bounded by `UploadLimit`.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].endswith("/upload"):
+            return await self.app(scope, receive, send)
+        length = _content_length(scope)
+        if length is not None and length > self.max_bytes:
+            return await _answer(send, 413, "The request is too large.")
+        return await self.app(scope, _bounded(receive, self.max_bytes), send)
+
+
+class UploadQuota:
+    """Bytes each client address stored through uploads in the last ``window_s`` seconds.
+
+    Gradio keeps uploads for an hour (the page's delete_cache), so an hour's bytes per
+    address are what one address can hold on the disk at once. Thread-safe enough for one
+    event loop: every call is synchronous.
+    """
+
+    def __init__(self, max_bytes: int, window_s: float = 3600.0):
+        self.max_bytes, self.window_s = max_bytes, window_s
+        self._spent: dict[str, deque] = {}
+
+    def used(self, address: str) -> int:
+        spent = self._spent.setdefault(address, deque())
+        while spent and spent[0][0] < time.monotonic() - self.window_s:
+            spent.popleft()
+        return sum(n for _, n in spent)
+
+    def spend(self, address: str, n: int) -> None:
+        self.used(address)
+        self._spent[address].append((time.monotonic(), n))
+
+
+class UploadLimit:
+    """ASGI middleware over Gradio's upload route (POST .../upload), which the body limit skips.
+
+    One request: at most ``max_request_bytes`` of body (one largest file and the form's
+    overhead) and ``max_files`` files; one client address (`client_address`): at most
+    `UploadQuota.max_bytes` an hour. What is not an image is refused as it arrives, from its
+    first bytes (`vslerp_app.images.check_image`: format and header, nothing decoded), and
+    a refused request keeps nothing on the disk.
+    """
+
+    def __init__(self, app, max_request_bytes: int, max_files: int, quota: UploadQuota,
+                 trusted: frozenset[str] = frozenset()):
+        self.app, self.max_request_bytes, self.max_files = app, max_request_bytes, max_files
+        self.quota, self.trusted = quota, trusted
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/upload"):
+            return await self.app(scope, receive, send)
+        address, length = client_address(scope, self.trusted), _content_length(scope)
+        if length is not None and length > self.max_request_bytes:
+            limit = self.max_request_bytes / 2**20
+            return await _answer(send, 413, f"An upload request may hold up to {limit:.0f} MB; "
+                                            "send one image at a time.")
+        used = self.quota.used(address)
+        if used + (length or 0) > self.quota.max_bytes:
+            return await _answer(send, 429, f"This address has uploaded {_kb(used)} in the last hour; "
+                                            f"the limit is {_kb(self.quota.max_bytes)}. Try again later.")
+        self.quota.spend(address, length or 0)  # held while it arrives, so parallel requests count
+        answer = []
+
+        async def keep(message):
+            answer.append(message)
+
+        await self.app(scope, _bounded(receive, self.max_request_bytes), keep)
+        status, body = answer[0].get("status"), b"".join(m.get("body", b"") for m in answer[1:])
+        stored = _stored_paths(body) if status == 200 else []
+        refusal = self._refusal(stored)
+        self.quota.spend(address, sum(_size(p) for p in stored) - (length or 0))
+        if refusal is not None:
+            for path in stored:
+                Path(path).unlink(missing_ok=True)
+            self.quota.spend(address, -sum(_size(p) for p in stored))
+            return await _answer(send, refusal[0], refusal[1])
+        for message in answer:
+            await send(message)
+
+    def _refusal(self, stored: list[str]) -> tuple[int, str] | None:
+        if len(stored) > self.max_files:
+            return 413, (f"An upload request may hold up to {self.max_files} files; this one held "
+                         f"{len(stored)}.")
+        for path in stored:
+            try:
+                check_image(path, name=Path(path).name)
+            except ImageInputError as e:
+                return 415, f"The file {e.name} {e.problem}; only images are accepted."
+        return None
+
+
+def _kb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 1024:.0f} KB"
+
+
+def _stored_paths(body: bytes) -> list[str]:
+    try:
+        paths = json.loads(body)
+    except ValueError:
+        return []
+    return [p for p in paths if isinstance(p, str)] if isinstance(paths, list) else []
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+# -- the queue: bounded per session and per address -------------------------------------------------
+def bound_waiting(demo: gr.Blocks, per_session: int, per_address: int,
+                  trusted: frozenset[str] = frozenset()) -> None:
+    """One session (a browser tab, a gradio_client Client) may have at most ``per_session``
+    requests waiting, and one client address (`client_address`) at most ``per_address``, so
+    neither one client nor one address sending a fresh session with each request can fill the
+    queue and shut everyone else out.
+
+    Gradio bounds only the whole queue (`queue(max_size=...)`); the queue's push is wrapped
+    on this instance and refuses like a full queue.
+    """
+    queue = demo._queue
+    push = queue.push
+
+    def address_of(event) -> str | None:
+        scope = getattr(getattr(event, "request", None), "scope", None)
+        return None if scope is None else client_address(scope, trusted)
+
+    async def bounded_push(body, request, username):
+        events = [event for group in queue.event_queue_per_concurrency_id.values() for event in group.queue]
+        address = client_address(request.scope, trusted)
+        mine = sum(event.session_hash == body.session_hash for event in events) if body.session_hash else 0
+        theirs = sum(address_of(event) == address for event in events)
+        if mine >= per_session:
+            return False, f"You already have {mine} requests waiting; wait for one to finish.", "queue_full"
+        if theirs >= per_address:
+            return (False, f"Your address already has {theirs} requests waiting; wait for one to finish.",
+                    "queue_full")
+        return await push(body, request, username)
+
+    queue.push = bounded_push

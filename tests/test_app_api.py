@@ -824,6 +824,80 @@ def test_one_client_cannot_fill_the_queue(app, tmp_path):
             j.cancel()
 
 
+def _stored_bytes(app) -> int:
+    files = [p for p in (app.work / "gradio").rglob("*") if p.is_file() and not p.is_symlink()]
+    return sum(p.stat().st_size for p in files)
+
+
+def test_an_upload_flood_stores_nothing(app):
+    """One request with 20 files of 1 MB of random bytes (before: 200 files stored 200 MB until
+    the hourly clean-up): refused, nothing kept; a text file alone is refused as it arrives."""
+    import httpx
+
+    before = _stored_bytes(app)
+    files = [("files", (f"noise{i}.png", os.urandom(2**20), "image/png")) for i in range(20)]
+    r = httpx.post(app.url + "gradio_api/upload", files=files, timeout=60)
+    assert r.status_code == 413 and "up to 8 files; this one held 20" in r.json()["detail"], r.text
+    upload = app.url + "gradio_api/upload"
+    r = httpx.post(upload, files=[("files", ("notes.png", b"my notes\n" * 100, "image/png"))], timeout=60)
+    assert r.status_code == 415, r.text
+    assert r.json()["detail"] == ("The file 'notes.png' is not an image (it looks like text); only images "
+                                  "are accepted.")
+    r = httpx.post(upload, files=[("files", ("noise.png", os.urandom(2**20), "image/png"))], timeout=60)
+    assert r.status_code == 415 and "the file format is not recognised" in r.json()["detail"], r.text
+    assert _stored_bytes(app) - before == 0
+    image = _uploaded(app, SOURCE)  # an image still goes through
+    assert Path(image["path"]).read_bytes() == SOURCE.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def tight_app(karlo_dir, tmp_path_factory):
+    """The app with a 200 KB upload quota per address and 2 waiting requests per address."""
+    with launched_app(karlo_dir, tmp_path_factory.mktemp("tight"),
+                      args=("--upload-quota", "200kb", "--address-queue-size", "2")) as running:
+        yield running
+
+
+def test_one_address_may_upload_only_its_quota(tight_app):
+    """A header claiming another address changes nothing (no proxy is trusted by default)."""
+    import httpx
+
+    answers = []
+    for i in range(8):
+        with open(EXAMPLES / "astronaut.jpg", "rb") as f:  # 66 KB
+            r = httpx.post(tight_app.url + "gradio_api/upload", headers={"X-Forwarded-For": f"10.0.0.{i}"},
+                           files={"files": (f"a{i}.jpg", f, "image/jpeg")}, timeout=30)
+        answers.append(r.status_code)
+    assert answers[:3] == [200, 200, 200] and set(answers[3:]) == {429}, answers
+    assert r.json()["detail"] == ("This address has uploaded 195 KB in the last hour; the limit is 200 KB. "
+                                  "Try again later.")
+    assert _stored_bytes(tight_app) < 200 * 1024 + 400 * 1024  # the examples Gradio copied, and 3 uploads
+
+
+def test_one_address_cannot_fill_the_queue_with_fresh_sessions(tight_app):
+    """20 sequences from one address, each with a session of its own (raw HTTP, as a flood
+    does): two wait, the rest are refused by address (before: 19 of 20 accepted)."""
+    import uuid
+
+    import httpx
+
+    config = httpx.get(tight_app.url + "config", timeout=10).json()
+    fn = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "sequence")
+    # Inline images: this app's upload quota is spent by the test before.
+    source, target = _inline(SOURCE.read_bytes(), "image/jpeg"), _inline(TARGET.read_bytes(), "image/jpeg")
+    data = [source, target, "theta", 0.5, 1.0, 0.0, 1.0, 24, -1.0, 2.0, 2, 42, "full", 2, 2, 2, 1.0, 1, 4, {},
+            None]
+    codes = []
+    for _ in range(20):
+        r = httpx.post(tight_app.url + "gradio_api/queue/join",
+                       json={"data": data, "fn_index": fn, "session_hash": uuid.uuid4().hex}, timeout=10)
+        codes.append((r.status_code, r.json().get("detail", "") if r.status_code != 200 else ""))
+    accepted = [c for c in codes if c[0] == 200]
+    refused = [c for c in codes if c[0] != 200]
+    assert len(accepted) <= 3 and len(refused) >= 17, codes
+    assert all("Your address already has 2 requests waiting" in d for _, d in refused), refused
+
+
 # -- streamed, stoppable, cached -----------------------------------------------------------------
 def _frames_of(outputs) -> list[int]:
     return [len(o[0]) for o in outputs]

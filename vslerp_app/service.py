@@ -132,6 +132,11 @@ class StudioConfig:
         max_file_size: largest image file, as Gradio reads it ("25mb"): uploads, inline
             ``data:`` URLs and downloads alike.
         frame_cache_mb: memory for the server's frame cache (frames already rendered).
+        address_queue_size: most requests one client address may have waiting (however
+            many sessions it opens).
+        upload_quota: most bytes one client address may upload an hour ("100mb").
+        trusted_proxies: addresses of reverse proxies whose X-Forwarded-For header names
+            the client, comma-separated, or "*" when only a proxy can connect; "" for none.
     """
 
     max_sequence_frames: int = MAX_SEQUENCE_FRAMES
@@ -139,13 +144,19 @@ class StudioConfig:
     session_queue_size: int = 4
     max_file_size: str = "25mb"
     frame_cache_mb: int = 128
+    address_queue_size: int = 8
+    upload_quota: str = "100mb"
+    trusted_proxies: str = ""
 
     def __post_init__(self):
         if self.max_sequence_frames < 1:
             raise ValueError(f"max_sequence_frames must be at least 1, got {self.max_sequence_frames}")
         if self.session_queue_size < 1:
             raise ValueError(f"session_queue_size must be at least 1, got {self.session_queue_size}")
+        if self.address_queue_size < 1:
+            raise ValueError(f"address_queue_size must be at least 1, got {self.address_queue_size}")
         parse_file_size(self.max_file_size)
+        parse_file_size(self.upload_quota)
 
     @property
     def max_file_bytes(self) -> int:
