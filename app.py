@@ -344,7 +344,7 @@ def _model_panel(pipe) -> None:
         defaults["super-resolution steps"] = full.super_res_steps
     with gr.Accordion("Model and statistics", open=False, elem_id="model-info"):
         gr.Markdown(ui.model_markdown(pipe.info(), defaults))
-        gr.JSON(ui.json_safe(pipe.info()), label="details")
+        gr.JSON(ui.json_safe(ui.without_server_paths(pipe.info())), label="details")
 
 
 # -- events ------------------------------------------------------------------------------
@@ -697,7 +697,8 @@ def launch_options(config: ui.StudioConfig) -> dict:
         allowed_paths=[],  # serve only uploads and what the app itself returns
         show_error=False,  # gr.Error messages only; unexpected errors stay in the server log
         css=CSS,
-        app_kwargs={"middleware": [Middleware(gate.RequestBodyLimit, max_bytes=body_limit), uploads]},
+        app_kwargs={"middleware": [Middleware(gate.RequestBodyLimit, max_bytes=body_limit), uploads,
+                                   Middleware(gate.CancelAtOnce)]},
     )
 
 

@@ -311,11 +311,13 @@ def trusted_proxies(value: str | None) -> frozenset[str]:
 
 
 # -- bounded request bodies and uploads --------------------------------------------------------------
-async def _answer(send, status: int, message: str) -> None:
-    body = json.dumps({"detail": message}).encode()
+async def _answer(send, status: int, message: str, plain: bool = False) -> None:
+    """An HTTP refusal: JSON {"detail": ...} as FastAPI answers, or ``plain`` text as Gradio's
+    upload route does (its page shows the text in a toast: "HTTP 415: The file ...")."""
+    body = message.encode() if plain else json.dumps({"detail": message}).encode()
+    kind = b"text/plain; charset=utf-8" if plain else b"application/json"
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -401,11 +403,12 @@ class UploadLimit:
         if length is not None and length > self.max_request_bytes:
             limit = self.max_request_bytes / 2**20
             return await _answer(send, 413, f"An upload request may hold up to {limit:.0f} MB; "
-                                            "send one image at a time.")
+                                            "send one image at a time.", plain=True)
         used = self.quota.used(address)
         if used + (length or 0) > self.quota.max_bytes:
             return await _answer(send, 429, f"This address has uploaded {_kb(used)} in the last hour; "
-                                            f"the limit is {_kb(self.quota.max_bytes)}. Try again later.")
+                                            f"the limit is {_kb(self.quota.max_bytes)}. Try again later.",
+                                 plain=True)
         self.quota.spend(address, length or 0)  # held while it arrives, so parallel requests count
         answer = []
 
@@ -421,7 +424,7 @@ class UploadLimit:
             for path in stored:
                 Path(path).unlink(missing_ok=True)
             self.quota.spend(address, -sum(_size(p) for p in stored))
-            return await _answer(send, refusal[0], refusal[1])
+            return await _answer(send, *refusal, plain=True)
         for message in answer:
             await send(message)
 
@@ -433,7 +436,7 @@ class UploadLimit:
             try:
                 check_image(path, name=Path(path).name)
             except ImageInputError as e:
-                return 415, f"The file {e.name} {e.problem}; only images are accepted."
+                return 415, f"The file {e.name} {e.problem}."
         return None
 
 
@@ -487,3 +490,59 @@ def bound_waiting(demo: gr.Blocks, per_session: int, per_address: int,
         return await push(body, request, username)
 
     queue.push = bounded_push
+
+
+# -- cancel: answered at once ------------------------------------------------------------------------
+class CancelAtOnce:
+    """ASGI middleware: POST .../cancel answers at once; Gradio's cancel goes on behind it.
+
+    Gradio's own route waits until the running event stops, which for a render is after the
+    batch in progress (seconds to minutes on a GPU), so gradio_client's ``job.cancel()``
+    timed out although the cancel worked. Here the request is read, answered
+    ``{"success": true}`` and handed to Gradio's route in the background; the batch
+    finishes there, and the stream closes as before.
+    """
+
+    def __init__(self, app):
+        self.app = app
+        self._running: set = set()  # the background cancels, kept until they end
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/cancel"):
+            return await self.app(scope, receive, send)
+        import asyncio
+
+        body, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            body.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        replayed = [{"type": "http.request", "body": b"".join(body), "more_body": False}]
+
+        async def replay():
+            return replayed.pop() if replayed else {"type": "http.disconnect"}
+
+        async def discard(message):
+            return None
+
+        if not _cancel_body(replayed[0]["body"]):  # Gradio's route says what is wrong with it, at once
+            return await self.app(scope, replay, send)
+        task = asyncio.create_task(self.app(scope, replay, discard))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        payload = b'{"success": true}'
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _cancel_body(body: bytes) -> bool:
+    """Whether ``body`` is a cancel request Gradio's route will take (its CancelBody's fields)."""
+    try:
+        fields = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(fields, dict) and {"session_hash", "fn_index", "event_id"} <= set(fields)
