@@ -772,9 +772,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="most requests one client address may have waiting (default: %(default)s)")
     p.add_argument("--upload-quota", default=env("VSLERP_UPLOAD_QUOTA", "100mb"),
                    help="most bytes one client address may upload an hour (default: %(default)s)")
-    p.add_argument("--trusted-proxies", default=env("VSLERP_TRUSTED_PROXIES", ""),
+    # On a Hugging Face Space (SPACE_ID set) only the Space's proxy can connect: trust it.
+    p.add_argument("--trusted-proxies", default=env("VSLERP_TRUSTED_PROXIES", "*" if env("SPACE_ID") else ""),
                    help="addresses of reverse proxies whose X-Forwarded-For names the client, comma-"
-                        "separated, or * when only a proxy can connect (a Space); default: none")
+                        "separated, or * when only a proxy can connect (default: * on a Space, else none)")
     p.add_argument("--max-sequence-frames", type=int,
                    default=int(env("VSLERP_MAX_SEQUENCE_FRAMES", str(ui.MAX_SEQUENCE_FRAMES))),
                    help="most frames one sequence request may render (default: %(default)s, the "

@@ -902,28 +902,68 @@ def test_one_address_may_upload_only_its_quota(tight_app):
     assert _stored_bytes(tight_app) < 200 * 1024 + 400 * 1024  # the examples Gradio copied, and 3 uploads
 
 
-def test_one_address_cannot_fill_the_queue_with_fresh_sessions(tight_app):
-    """20 sequences from one address, each with a session of its own (raw HTTP, as a flood
-    does): two wait, the rest are refused by address (before: 19 of 20 accepted)."""
+def _join_sequence(app, headers: dict | None = None):
+    """POST one /sequence to the queue with a fresh session (raw HTTP): (status, refusal or "")."""
     import uuid
 
     import httpx
 
-    config = httpx.get(tight_app.url + "config", timeout=10).json()
+    config = httpx.get(app.url + "config", timeout=10).json()
     fn = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "sequence")
-    # Inline images: this app's upload quota is spent by the test before.
     source, target = _inline(SOURCE.read_bytes(), "image/jpeg"), _inline(TARGET.read_bytes(), "image/jpeg")
     data = [source, target, "theta", 0.5, 1.0, 0.0, 1.0, 24, -1.0, 2.0, 2, 42, "full", 2, 2, 2, 1.0, 1, 4, {},
             None]
-    codes = []
-    for _ in range(20):
-        r = httpx.post(tight_app.url + "gradio_api/queue/join",
-                       json={"data": data, "fn_index": fn, "session_hash": uuid.uuid4().hex}, timeout=10)
-        codes.append((r.status_code, r.json().get("detail", "") if r.status_code != 200 else ""))
-    accepted = [c for c in codes if c[0] == 200]
-    refused = [c for c in codes if c[0] != 200]
-    assert len(accepted) <= 3 and len(refused) >= 17, codes
-    assert all("Your address already has 2 requests waiting" in d for _, d in refused), refused
+    r = httpx.post(app.url + "gradio_api/queue/join", headers=headers or {},
+                   json={"data": data, "fn_index": fn, "session_hash": uuid.uuid4().hex}, timeout=10)
+    return r.status_code, "" if r.status_code == 200 else r.json().get("detail", "")
+
+
+def test_the_client_address_is_forwarded_only_by_a_trusted_proxy(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    import gate
+
+    def scope(peer, forwarded=None):
+        headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+        return {"client": (peer, 5000), "headers": headers}
+
+    proxy = frozenset({"10.0.0.2"})
+    assert gate.client_address(scope("203.0.113.9", "10.1.1.1")) == "203.0.113.9"  # no proxy trusted
+    assert gate.client_address(scope("203.0.113.9", "10.1.1.1"), proxy) == "203.0.113.9"  # not from it
+    assert gate.client_address(scope("10.0.0.2", "198.51.100.7"), proxy) == "198.51.100.7"
+    # A hop the client wrote itself sits left of the one the proxy added: the proxy's counts.
+    assert gate.client_address(scope("10.0.0.2", "1.2.3.4, 198.51.100.7"), proxy) == "198.51.100.7"
+    two_proxies = proxy | {"10.0.0.3"}
+    assert gate.client_address(scope("10.0.0.2", "198.51.100.7, 10.0.0.3"), two_proxies) == "198.51.100.7"
+    assert gate.client_address(scope("10.9.9.9", "1.2.3.4, 198.51.100.7"), frozenset({"*"})) == "198.51.100.7"
+    assert gate.client_address(scope("10.9.9.9"), frozenset({"*"})) == "10.9.9.9"
+    assert gate.trusted_proxies(" 10.0.0.2, 10.0.0.3 ,") == {"10.0.0.2", "10.0.0.3"}
+    assert gate.trusted_proxies("") == frozenset()
+
+
+def test_one_address_cannot_fill_the_queue_with_fresh_sessions(tight_app):
+    """20 sequences from one address, each with a session of its own (raw HTTP, as a flood
+    does), claiming other addresses in X-Forwarded-For (no proxy is trusted): two wait, the rest
+    are refused by address (before: 17 of 20 accepted at the default bounds)."""
+    codes = [_join_sequence(tight_app, {"X-Forwarded-For": f"10.0.0.{i}"}) for i in range(20)]
+    refused = [detail for status, detail in codes if status != 200]
+    assert len(refused) >= 17, codes
+    assert all("Your address already has 2 requests waiting" in d for d in refused), refused
+
+
+@pytest.fixture(scope="module")
+def proxied_app(karlo_dir, tmp_path_factory):
+    """The app behind a proxy it trusts (127.0.0.1, where the tests connect from), 2 waiting
+    requests per address."""
+    with launched_app(karlo_dir, tmp_path_factory.mktemp("proxied"),
+                      args=("--trusted-proxies", "127.0.0.1", "--address-queue-size", "2")) as running:
+        yield running
+
+
+def test_behind_a_trusted_proxy_each_forwarded_address_has_its_own_bound(proxied_app):
+    flood = [_join_sequence(proxied_app, {"X-Forwarded-For": "198.51.100.7"}) for _ in range(10)]
+    assert sum(status != 200 for status, _ in flood) >= 7, flood
+    other = _join_sequence(proxied_app, {"X-Forwarded-For": "203.0.113.5"})
+    assert other == (200, ""), other  # another user behind the same proxy still gets in
 
 
 # -- streamed, stoppable, cached -----------------------------------------------------------------
