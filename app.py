@@ -23,7 +23,6 @@ except ImportError:  # everywhere else: the decorator is a no-op
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
-import hashlib  # noqa: E402
 import inspect  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
@@ -34,8 +33,9 @@ from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 import gradio as gr  # noqa: E402
-from gradio.exceptions import InvalidPathError  # noqa: E402
 
+import gate  # noqa: E402
+from gate import checked_image  # noqa: E402
 from pipelines import DEFAULT_MODEL, HubUnreachableError  # noqa: E402
 from vslerp_app import load_pipeline  # noqa: E402
 from vslerp_app import service as ui  # noqa: E402
@@ -48,6 +48,7 @@ EXAMPLES_DIR = HERE / "examples"
 PATH_COLUMNS = 6  # a path frame's caption (1→2 θ α C) is longer than a sweep's and must fit
 GPU_QUEUE = "gpu"  # every event that runs the model shares this concurrency id: one GPU job at a time
 CHECK_QUEUE = "check"  # the pre-checks: header reads only, never a decode
+UPLOAD_FILES = 8  # most files one upload request may hold (the page sends one at a time)
 
 CSS = """
 #frame-out img { object-fit: contain; }
@@ -145,103 +146,6 @@ def plain_errors(fn):
         except Exception as e:
             raise _plain(e) from None
     return wrapper
-
-
-# -- every way an image arrives passes one gate -------------------------------------------
-_SUFFIXES = {"JPEG": "jpg", "MPO": "jpg", "TIFF": "tif", "JPEG2000": "jp2"}
-
-
-def checked_image(role: str, max_bytes: int, **kwargs) -> gr.Image:
-    """An image input that checks what arrives before anything decodes it.
-
-    Uploads, pastes and webcam shots arrive as uploaded files; an API call may also send
-    an inline ``data:`` URL (which the stock component decodes and re-saves with Pillow
-    before any check of ours) or a URL (which Gradio downloads whole). The instance's
-    preprocess is replaced by `vslerp_app.service.check_input_image` (byte size, format
-    allow-list, pixel count from the header; an upload's messages) and it returns the
-    file's path, decoding nothing; URLs are downloaded with a byte cap
-    (`_bounded_download`). A gr.Image subclass would make Gradio write a .pyi file.
-    """
-    image = gr.Image(**kwargs)
-    stock_move = image.async_move_resource_to_block_cache
-
-    def preprocess(payload):
-        if payload is None:
-            return None
-        url = payload.url if isinstance(payload.url, str) and payload.url.startswith("data:") else None
-        if url is None and not payload.path:
-            problem = ("came as a web address in \"url\" alone: send {\"path\": URL} (gradio_client's "
-                       "handle_file(URL) does) or upload the file" if payload.url
-                       else "is missing: no file was sent")
-            raise gr.Error(f"The {role} {problem}.", print_exception=False)
-        try:
-            inline = ui.check_input_image(url, payload.path, role, max_bytes)
-        except ui.RequestError as e:
-            raise gr.Error(str(e), print_exception=False) from None
-        if inline is None:
-            return str(payload.path)
-        data, header = inline
-        folder = Path(image.GRADIO_CACHE) / hashlib.sha256(data).hexdigest()[:32]
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"inline.{_SUFFIXES.get(header.format, header.format.lower())}"
-        if not path.is_file():
-            path.write_bytes(data)
-        return str(path)
-
-    async def move_to_cache(url_or_file_path):
-        if isinstance(url_or_file_path, str) and url_or_file_path.lower().startswith(("http://", "https://")):
-            return await _bounded_download(url_or_file_path, Path(image.GRADIO_CACHE), max_bytes, role)
-        return await stock_move(url_or_file_path)
-
-    image.preprocess = preprocess
-    image.async_move_resource_to_block_cache = move_to_cache
-    return image
-
-
-async def _bounded_download(url: str, cache_dir: Path, max_bytes: int, role: str, transport=None) -> str:
-    """Download an image URL to the cache, refusing non-public hosts and files over max_bytes.
-
-    Gradio's own download (safehttpx) reads the whole response into memory; this one
-    streams it to disk and stops at ``max_bytes``, with the refusal an upload gets. The
-    host must resolve to a public address (safehttpx's check, pinned for the request)
-    unless a ``transport`` is given.
-    """
-    import httpx
-    import safehttpx
-
-    def refuse(problem: str) -> gr.Error:
-        return gr.Error(f"The {role} {problem}.", print_exception=False)
-
-    if transport is None:
-        try:
-            verified_ip = await safehttpx.async_validate_url(httpx.URL(url).host)
-            transport = safehttpx.AsyncSecureTransport(verified_ip)
-        except Exception:
-            raise refuse("could not be downloaded: its host cannot be reached or is not public") from None
-    folder = cache_dir / hashlib.sha256(url.encode()).hexdigest()[:32]
-    folder.mkdir(parents=True, exist_ok=True)
-    path, received = folder / "download", 0
-    too_large = f"is too large; files up to {max_bytes / 2**20:g} MB are accepted"
-    try:
-        async with httpx.AsyncClient(transport=transport, timeout=30) as client, \
-                client.stream("GET", url) as r:
-            if r.status_code != 200:
-                raise refuse(f"could not be downloaded (the server answered {r.status_code})")
-            if int(r.headers.get("content-length") or 0) > max_bytes:
-                raise refuse(too_large)
-            with open(path, "wb") as f:
-                async for chunk in r.aiter_bytes():
-                    received += len(chunk)
-                    if received > max_bytes:
-                        raise refuse(too_large)
-                    f.write(chunk)
-    except gr.Error:
-        path.unlink(missing_ok=True)
-        raise
-    except httpx.HTTPError as e:
-        path.unlink(missing_ok=True)
-        raise refuse(f"could not be downloaded ({type(e).__name__})") from None
-    return str(path)
 
 
 def named_range(component, name: str):
@@ -462,7 +366,7 @@ def _model_panel(pipe) -> None:
         defaults["super-resolution steps"] = full.super_res_steps
     with gr.Accordion("Model and statistics", open=False, elem_id="model-info"):
         gr.Markdown(ui.model_markdown(pipe.info(), defaults))
-        gr.JSON(ui.json_safe(pipe.info()), label="details")
+        gr.JSON(ui.json_safe(ui.without_server_paths(pipe.info())), label="details")
 
 
 # -- events ------------------------------------------------------------------------------
@@ -859,84 +763,23 @@ def _wire_aim(studio: ui.Studio, c: SimpleNamespace, session, frame_inputs, fram
 
 
 # -- serving: bounds on what one client may ask ---------------------------------------------
-def _bound_each_session(demo: gr.Blocks, limit: int) -> None:
-    """One session (a browser tab, a gradio_client Client) may have at most ``limit`` requests
-    waiting, so one client cannot fill the queue and shut everyone else out.
-
-    Gradio bounds only the whole queue (`queue(max_size=...)`); the queue's push is wrapped
-    on this instance and refuses like a full queue.
-    """
-    queue = demo._queue
-    push = queue.push
-
-    async def bounded_push(body, request, username):
-        waiting = sum(event.session_hash == body.session_hash
-                      for group in queue.event_queue_per_concurrency_id.values() for event in group.queue)
-        if body.session_hash is not None and waiting >= limit:
-            message = f"You already have {waiting} requests waiting; wait for one to finish."
-            return False, message, "queue_full"
-        return await push(body, request, username)
-
-    queue.push = bounded_push
-
-
-def _plain_path_errors(demo: gr.Blocks) -> None:
-    """A path on the server in an API call is refused in plain words: Gradio refuses it before
-    any component sees it, and its refusal reaches the client as a bare "error: null"."""
-    stock = demo.preprocess_data
-
-    async def preprocess_data(block_fn, inputs, state, explicit_call=False):
-        try:
-            return await stock(block_fn, inputs, state, explicit_call)
-        except InvalidPathError:
-            raise gr.Error("Images must be uploaded (or sent inline as a data: URL); a path on the server "
-                           "is not accepted.", print_exception=False) from None
-
-    demo.preprocess_data = preprocess_data
-
-
-class RequestBodyLimit:
-    """ASGI middleware: a request body over ``max_bytes`` is refused (413) before it is read.
-
-    Inline images come inside the JSON body of an API call; without a bound, a huge body
-    would be parsed into memory before any check. Uploads have Gradio's own limit.
-    """
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].endswith("/upload"):
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            body = b'{"detail": "The request is too large."}'
-            await send({"type": "http.response.start", "status": 413,
-                        "headers": [(b"content-type", b"application/json")]})
-            return await send({"type": "http.response.body", "body": body})
-        received = 0
-
-        async def bounded_receive():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            return {"type": "http.disconnect"} if received > self.max_bytes else message
-
-        return await self.app(scope, bounded_receive, send)
-
-
 def launch_options(config: ui.StudioConfig) -> dict:
     """`demo.launch` keyword arguments for a page built by `build_demo(pipe, config)`."""
     from starlette.middleware import Middleware
 
     # Two inline images in base64 (4/3 of their bytes) and the other parameters.
     body_limit = 2 * (config.max_file_bytes * 4 // 3 + 4) + 2**20
+    quota = gate.UploadQuota(ui.parse_file_size(config.upload_quota))
+    uploads = Middleware(gate.UploadLimit, max_request_bytes=config.max_file_bytes + 2**20,
+                         max_files=UPLOAD_FILES, quota=quota,
+                         trusted=gate.trusted_proxies(config.trusted_proxies))
     return dict(
         max_file_size=config.max_file_size,
         allowed_paths=[],  # serve only uploads and what the app itself returns
         show_error=False,  # gr.Error messages only; unexpected errors stay in the server log
         css=CSS,
-        app_kwargs={"middleware": [Middleware(RequestBodyLimit, max_bytes=body_limit)]},
+        app_kwargs={"middleware": [Middleware(gate.RequestBodyLimit, max_bytes=body_limit), uploads,
+                                   Middleware(gate.CancelAtOnce)]},
     )
 
 
@@ -969,8 +812,10 @@ def build_demo(pipe, config: ui.StudioConfig | None = None) -> gr.Blocks:
         _model_panel(pipe)
         _wire(studio, c, session)
     demo.queue(default_concurrency_limit=1, max_size=config.queue_size)
-    _bound_each_session(demo, config.session_queue_size)
-    _plain_path_errors(demo)
+    gate.bound_waiting(demo, config.session_queue_size, config.address_queue_size,
+                       gate.trusted_proxies(config.trusted_proxies))
+    gate.name_file_input(c.keyframes, "keyframe strip")
+    gate.install_file_gate(demo)
     return demo
 
 
@@ -1004,6 +849,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--session-queue-size", type=int, default=int(env("VSLERP_SESSION_QUEUE_SIZE", "4")),
                    help="most requests one browser tab or API client may have waiting (default: "
                         "%(default)s)")
+    p.add_argument("--address-queue-size", type=int, default=int(env("VSLERP_ADDRESS_QUEUE_SIZE", "8")),
+                   help="most requests one client address may have waiting (default: %(default)s)")
+    p.add_argument("--upload-quota", default=env("VSLERP_UPLOAD_QUOTA", "100mb"),
+                   help="most bytes one client address may upload an hour (default: %(default)s)")
+    # On a Hugging Face Space (SPACE_ID set) only the Space's proxy can connect: trust it.
+    p.add_argument("--trusted-proxies", default=env("VSLERP_TRUSTED_PROXIES", "*" if env("SPACE_ID") else ""),
+                   help="addresses of reverse proxies whose X-Forwarded-For names the client, comma-"
+                        "separated, or * when only a proxy can connect (default: * on a Space, else none)")
     p.add_argument("--max-sequence-frames", type=int,
                    default=int(env("VSLERP_MAX_SEQUENCE_FRAMES", str(ui.MAX_SEQUENCE_FRAMES))),
                    help="most frames one sequence request may render (default: %(default)s, the "
@@ -1014,6 +867,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--max-sequence-frames must be at least 1, got {args.max_sequence_frames}")
     if args.session_queue_size < 1:
         p.error(f"--session-queue-size must be at least 1, got {args.session_queue_size}")
+    if args.address_queue_size < 1:
+        p.error(f"--address-queue-size must be at least 1, got {args.address_queue_size}")
+    try:
+        ui.parse_file_size(args.upload_quota)
+    except ValueError as e:
+        p.error(f"--upload-quota: {e}")
     return args
 
 
@@ -1030,7 +889,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # one clear line, no traceback
         raise SystemExit(f"vSLERP Studio: cannot load model {args.model!r}: {e}") from None
     config = ui.StudioConfig(max_sequence_frames=args.max_sequence_frames, queue_size=args.queue_size,
-                             session_queue_size=args.session_queue_size, max_file_size=args.max_file_size)
+                             session_queue_size=args.session_queue_size, max_file_size=args.max_file_size,
+                             address_queue_size=args.address_queue_size, upload_quota=args.upload_quota,
+                             trusted_proxies=args.trusted_proxies)
+    # The client's address is the gate's to judge (--trusted-proxies): uvicorn would otherwise
+    # take X-Forwarded-For from any local peer on its own.
+    os.environ["FORWARDED_ALLOW_IPS"] = ""
     demo = build_demo(pipe, config)
     # Quiet start: Gradio's own lines (and httpx's requests to the new server) are left out; the
     # one line printed is where the studio runs.

@@ -233,15 +233,19 @@ def _broken_files(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("which, message", [
-    ("text", "The source image is not an image (it looks like text)."),
+    ("text", "The file 'notes.png' is not an image (it looks like text)."),
     ("truncated", "The source image is truncated or corrupt"),
 ])
 def test_broken_upload_is_refused_clearly_and_the_app_keeps_serving(client, app, tmp_path, which, message):
+    """A file that is not an image is refused by the upload itself (gradio_client raises its HTTP
+    error, the words in the answer); one that only turns out broken when decoded, by /preview."""
+    import httpx
+
     bad = _broken_files(tmp_path)[which]
-    with pytest.raises(AppError) as err:
+    with pytest.raises((AppError, httpx.HTTPStatusError)) as err:
         client.predict(source=handle_file(bad), target=handle_file(TARGET), theta=0.5, alpha=1.0,
                        api_name="/preview", **FAST)
-    text = str(err.value)
+    text = err.value.response.text if isinstance(err.value, httpx.HTTPStatusError) else str(err.value)
     assert message in text
     assert "Traceback" not in text and "/tmp" not in text and str(tmp_path) not in text
     # The next request is served.
@@ -489,6 +493,8 @@ def test_a_path_with_perceptual_spacing_keeps_its_measured_curve(client):
     ({"alpha": "strong"}, "alpha"),
     ({"alpha": " "}, "alpha is empty: type one value for every segment, or one per segment"),
     ({"alpha": "0, 9, 1"}, "alpha must be between -3 and 3 here, got 9"),  # the slider's range, as everywhere
+    ({"alpha": "12"}, "alpha must be between -3 and 3 here, got 12"),  # was "must be in [-10, 10]"
+    ({"alpha": "0, 3.5, 1"}, "alpha must be between -3 and 3 here, got 3.5"),
     ({"seed": -1}, "seed must be at least 0, got -1"),
 ])
 def test_bad_path_requests_are_refused_in_plain_words(client, kwargs, message):
@@ -536,6 +542,13 @@ def _nan_tiff() -> bytes:
     return buf.getvalue()
 
 
+def _short_jpeg(width: int, height: int) -> bytes:
+    data = bytearray(_encoded("JPEG"))
+    sof = data.find(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, height, width)
+    return bytes(data)
+
+
 HOSTILE = {  # what each must be refused with, whether uploaded or sent inline
     "text": (lambda: b"these are my holiday notes, not a picture\n", "is not an image (it looks like text)"),
     "eps": (lambda: b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "looks like PostScript/EPS"),
@@ -544,25 +557,34 @@ HOSTILE = {  # what each must be refused with, whether uploaded or sent inline
     "bomb-12000": (lambda: _png_bomb(12000), "is too large (12000x12000 = 144,000,000 pixels)"),
     "bomb-30000": (lambda: _png_bomb(8, claimed=30000), "is too large (900,000,000 pixels)"),
     "nan-tiff": (_nan_tiff, "contains NaN or infinite values"),
+    # 8 x 8 of data under a header claiming 7000 x 7000: was rendered as a flat grey frame.
+    "grey-jpeg": (lambda: _short_jpeg(7000, 7000), "is truncated or corrupt"),
 }
 
 
 def _refusal(client, source) -> str:
-    with pytest.raises(AppError) as err:
+    """The refusal's words: /preview's, or the upload route's when that refuses the file first."""
+    import httpx
+
+    with pytest.raises((AppError, httpx.HTTPStatusError)) as err:
         client.predict(source=source, target=handle_file(TARGET), theta=0.5, alpha=1.0,
                        quality="preview", api_name="/preview", **FAST)
-    return str(err.value)
+    return err.value.response.text if isinstance(err.value, httpx.HTTPStatusError) else str(err.value)
 
 
 @pytest.mark.parametrize("kind", list(HOSTILE))
 def test_a_hostile_image_is_refused_alike_uploaded_and_inline(client, tmp_path, kind):
+    """The same problem in the same words, whether the upload route refuses the file as it
+    arrives ("The file 'image.png' ...": what its bytes show) or /preview refuses it."""
     make, expected = HOSTILE[kind]
     data = make()
     path = tmp_path / "image.png"
     path.write_bytes(data)
     uploaded, inline = _refusal(client, handle_file(path)), _refusal(client, _inline(data))
-    assert uploaded == inline and inline.startswith("The source image ") and expected in inline, inline
-    assert "/tmp" not in inline and "Traceback" not in inline
+    assert inline.startswith("The source image ") and expected in inline, inline
+    upload_route = inline.replace("The source image ", "The file 'image.png' ")
+    assert uploaded in (inline, upload_route), (uploaded, inline)
+    assert "/tmp" not in inline + uploaded and "Traceback" not in inline + uploaded
 
 
 @pytest.mark.parametrize("kind", ["eps", "bomb-30000"])
@@ -570,14 +592,17 @@ def test_a_hostile_keyframe_is_refused_by_its_place_uploaded_and_inline(client, 
     make, expected = HOSTILE[kind]
     path = tmp_path / "image.png"
     path.write_bytes(make())
-    messages = []
-    for sent in (handle_file(path), _inline(path.read_bytes())):
-        with pytest.raises(AppError) as err:
-            client.predict(keyframe_1=handle_file(SOURCE), keyframe_2=sent, frames=3, quality="preview",
-                           api_name="/path", **FAST)
-        messages.append(str(err.value))
-    assert messages[0] == messages[1], messages
-    assert messages[0].startswith("The keyframe 2 ") and expected in messages[0], messages
+    import httpx
+
+    with pytest.raises(AppError) as err:
+        client.predict(keyframe_1=handle_file(SOURCE), keyframe_2=_inline(path.read_bytes()), frames=3,
+                       quality="preview", api_name="/path", **FAST)
+    inline = str(err.value)
+    assert inline.startswith("The keyframe 2 ") and expected in inline, inline
+    with pytest.raises(httpx.HTTPStatusError) as err:  # uploaded: refused as it arrives, the same words
+        client.predict(keyframe_1=handle_file(SOURCE), keyframe_2=handle_file(path), frames=3,
+                       quality="preview", api_name="/path", **FAST)
+    assert err.value.response.text == inline.replace("The keyframe 2 ", "The file 'image.png' ")
 
 
 def test_an_inline_image_over_the_size_limit_is_refused_as_an_upload_is(client):
@@ -609,6 +634,32 @@ def test_inline_bombs_keep_the_servers_memory_bounded(app, client):
     assert all("144,000,000 pixels" in m for m in messages)
     grown = _peak_rss(app.proc.pid) - before
     assert grown < 150 * 2**20, f"the server's peak memory grew by {grown / 2**20:.0f} MB"
+
+
+def test_two_decodes_of_the_worst_accepted_file_at_once_stay_within_one(app, tmp_path):
+    """The 50-megapixel RGBA WebP (2 KB) through the page's upload check and /preview at the same
+    time: the server grows by under 1.1 GB at its peak (one decode is ~0.8 GB; the two ran side
+    by side before, 6.7 GB for two 10000 x 10000 files) and gives the memory back."""
+    if not Path(f"/proc/{app.proc.pid}/clear_refs").exists():
+        pytest.skip("needs Linux's /proc/PID/clear_refs")
+    from vslerp_app.images import MAX_PIXELS
+
+    side = int(MAX_PIXELS ** 0.5)
+    path = tmp_path / "worst.webp"
+    Image.new("RGBA", (side, side), (10, 200, 30, 128)).save(path, lossless=True)
+    uploaded, target = _uploaded(app, path), _uploaded(app, TARGET)
+    _page_event(app, "source", ["source"], [uploaded])  # warm up the decoders once
+    _peak_rss_reset(app.proc.pid)
+    before = _peak_rss(app.proc.pid)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        checked = pool.submit(_page_event, app, "source", ["source"], [uploaded])
+        rendered = pool.submit(_call, app, "preview", [uploaded, target, *_settings_after("preview")])
+        assert checked.result()[0] and rendered.result()[0] == "complete"
+    grown = _peak_rss(app.proc.pid) - before
+    assert grown < 1100 * 2**20, f"the server's peak memory grew by {grown / 2**20:.0f} MB"
+    held = int(next(line.split()[1] for line in Path(f"/proc/{app.proc.pid}/status").read_text().splitlines()
+                    if line.startswith("VmRSS"))) * 1024 - before
+    assert held < 300 * 2**20, f"{held / 2**20:.0f} MB held after"
 
 
 def _call(app, api_name: str, data: list) -> tuple[str, object]:
@@ -676,6 +727,126 @@ def test_keyframe_paths_and_urls_are_refused_in_plain_words(app, keyframe, messa
     assert event == "error" and message in data["error"], data
 
 
+def test_the_model_panel_names_the_model_and_stats_without_server_paths(app, karlo_dir):
+    """The page's model panel (its Markdown and its details JSON, as /config hands them to the
+    browser) says `tiny-karlo` and `vslerp-stats.safetensors`, never the folder they are in."""
+    import httpx
+
+    config = httpx.get(app.url + "config", timeout=10).json()
+    panel = [c["props"].get("value") for c in config["components"]
+             if c["type"] in ("markdown", "json") and "Model" in json.dumps(c["props"].get("value"))]
+    text = json.dumps(panel)
+    assert "**Model**: `tiny-karlo`" in text and "from vslerp-stats.safetensors" in text, text[:400]
+    assert str(karlo_dir) not in text and str(karlo_dir.parent) not in text
+
+
+# -- the file gate: only what Gradio stored, whatever the payload's shape ----------------------------
+ONE_REFUSAL = "must be uploaded (or sent inline as a data: URL); a path on the server is not accepted."
+
+
+def _server_paths(app) -> dict[str, str]:
+    """Paths a caller might try: a readable image and text outside the upload folder, a missing
+    file, a folder, and symlinks planted inside the upload folder that lead out of it."""
+    uploads = app.work / "gradio"
+    planted = uploads / "planted"
+    planted.mkdir(parents=True, exist_ok=True)
+    for name, to in (("image.jpg", SOURCE), ("folder", uploads.parent)):
+        with contextlib.suppress(FileExistsError):
+            (planted / name).symlink_to(to)
+    return {"image": str(SOURCE), "text": "/etc/passwd", "missing": "/no/such/file.png", "folder": "/tmp",
+            "escape": str(uploads / ".." / "app.log"), "symlink": str(planted / "image.jpg"),
+            "symlinked folder": str(planted / "folder" / "app.log")}
+
+
+def _settings_after(api_name: str) -> list:
+    return {"preview": [0.5, 1.0, 42, "preview", 2, 2, 2, 1.0, 8, None],
+            "sequence": ["theta", 0.5, 1.0, 0.0, 1.0, 2, -1.0, 2.0, 2, 42, "preview", 2, 2, 2, 1.0, 8, 4,
+                         None]}[api_name]
+
+
+@pytest.mark.parametrize("meta", [True, False], ids=["with meta", "without meta"])
+def test_a_server_path_is_refused_with_one_message_on_preview_and_sequence(app, meta):
+    """Every path the server did not store as an upload gets the same words, with or without
+    Gradio's meta: nothing tells the caller whether the file exists or what it holds."""
+    uploaded = _uploaded(app, TARGET)
+    seen = set()
+    for kind, path in _server_paths(app).items():
+        sent = {"path": path, **({"meta": {"_type": "gradio.FileData"}} if meta else {})}
+        for api_name, data in (("preview", [sent, uploaded]), ("sequence", [uploaded, sent])):
+            event, answer = _call(app, api_name, [*data, *_settings_after(api_name)])
+            assert event == "error", (kind, api_name, answer)
+            seen.add(answer["error"])
+    assert seen == {f"The source image {ONE_REFUSAL}", f"The target image {ONE_REFUSAL}"}
+
+
+def test_a_server_path_is_refused_for_every_path_keyframe(app):
+    uploaded = _uploaded(app, SOURCE)
+    shape = [3, False, "uniform", False, "1", 42, "preview", 2, 2, 2, 1.0, 8, 4]
+    for k in range(8):
+        for path in (str(SOURCE), "/etc/passwd", "/no/such/file.png"):
+            keyframes = [uploaded, uploaded, None, None, None, None, None, None]
+            keyframes[k] = {"path": path}
+            event, answer = _call(app, "path", [*keyframes, *shape])
+            assert event == "error" and answer["error"] == f"The keyframe {k + 1} {ONE_REFUSAL}", answer
+
+
+def _page_event(app, button: str, inputs: list[str], data: list):
+    """Call one of the page's own (private) events as the page does: POST queue/join by fn_index,
+    then read the queue's event stream; returns (success, output)."""
+    import uuid
+
+    import httpx
+
+    config = httpx.get(app.url + "config", timeout=10).json()
+    ids = {c["props"].get("elem_id"): c["id"] for c in config["components"] if c["props"].get("elem_id")}
+    fn = next(d["id"] for d in config["dependencies"] if any(t[0] == ids[button] for t in d["targets"])
+              and d["inputs"] == [ids[name] for name in inputs])
+    session = uuid.uuid4().hex
+    body = {"data": data, "fn_index": fn, "session_hash": session, "trigger_id": ids[button]}
+    r = httpx.post(app.url + "gradio_api/queue/join", json=body, timeout=10)
+    assert r.status_code == 200, r.text
+    with httpx.stream("GET", f"{app.url}gradio_api/queue/data?session_hash={session}", timeout=60) as s:
+        for line in s.iter_lines():
+            message = json.loads(line.removeprefix("data: ")) if line.startswith("data: ") else {}
+            if message.get("msg") == "process_completed":
+                return message.get("success"), message.get("output")
+    raise AssertionError("the queue's stream ended without a result")
+
+
+def test_the_pages_own_events_refuse_server_paths_too(app):
+    """The page's private events take files as well (the current frame, the keyframe strip, the
+    upload checks): a raw client calling them by number meets the same gate. Before, "use this
+    frame" copied any image under the app's folder into Gradio's cache and served it."""
+    for path in (str(SOURCE), "/etc/passwd"):
+        ok, out = _page_event(app, "use-frame", ["frame-out"], [{"path": path}])
+        assert not ok and out["error"] == f"The current frame {ONE_REFUSAL}", out
+        strip = [{"image": {"path": path}, "caption": "keyframe 1"},
+                 {"image": {"path": path}, "caption": None}]
+        ok, out = _page_event(app, "run-path", ["keyframes", "path_frames", "loop", "spacing", "ease",
+                                                "path_alpha", "seed", "quality", "steps", "super_res_steps",
+                                                "preview_steps", "guidance", "max_batch", "fps"],
+                              [strip, 3, False, "uniform", False, "1", 42, "preview", 2, 2, 2, 1.0, 8, 4])
+        assert not ok and out["error"] == f"The keyframe strip {ONE_REFUSAL}", out
+        ok, out = _page_event(app, "source", ["source"], [{"path": path}])
+        assert not ok and out["error"] == f"The source image {ONE_REFUSAL}", out
+    # An upload passes the same events.
+    ok, out = _page_event(app, "use-frame", ["frame-out"], [_uploaded(app, SOURCE)])
+    assert ok, out
+
+
+@pytest.mark.parametrize("api_name, index, role", [("preview", 0, "source image"),
+                                                   ("sequence", 1, "target image")])
+def test_a_bare_string_where_a_file_belongs_is_refused_in_words(app, api_name, index, role):
+    uploaded = _uploaded(app, SOURCE)
+    for bare in (str(SOURCE), "/etc/passwd", "cat.png"):
+        data = [uploaded, uploaded]
+        data[index] = bare
+        event, answer = _call(app, api_name, [*data, *_settings_after(api_name)])
+        assert event == "error" and answer["error"] is not None, answer
+        assert answer["error"].startswith(f"The {role} must be sent as a file: upload it"), answer
+        assert "got a bare string" in answer["error"] and bare not in answer["error"]
+
+
 def test_a_request_body_over_the_limit_is_refused_before_it_is_read(app):
     host, port = app.url.removeprefix("http://").rstrip("/").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
@@ -705,6 +876,119 @@ def test_one_client_cannot_fill_the_queue(app, tmp_path):
     finally:
         for j in jobs:
             j.cancel()
+
+
+def _stored_bytes(app) -> int:
+    files = [p for p in (app.work / "gradio").rglob("*") if p.is_file() and not p.is_symlink()]
+    return sum(p.stat().st_size for p in files)
+
+
+def test_an_upload_flood_stores_nothing(app):
+    """One request with 20 files of 1 MB of random bytes (before: 200 files stored 200 MB until
+    the hourly clean-up): refused, nothing kept; a text file alone is refused as it arrives."""
+    import httpx
+
+    before = _stored_bytes(app)
+    files = [("files", (f"noise{i}.png", os.urandom(2**20), "image/png")) for i in range(20)]
+    r = httpx.post(app.url + "gradio_api/upload", files=files, timeout=60)
+    assert r.status_code == 413 and "up to 8 files; this one held 20" in r.text, r.text
+    upload = app.url + "gradio_api/upload"
+    r = httpx.post(upload, files=[("files", ("notes.png", b"my notes\n" * 100, "image/png"))], timeout=60)
+    assert r.status_code == 415, r.text
+    assert r.text == "The file 'notes.png' is not an image (it looks like text)."
+    r = httpx.post(upload, files=[("files", ("noise.png", os.urandom(2**20), "image/png"))], timeout=60)
+    assert r.status_code == 415 and "the file format is not recognised" in r.text, r.text
+    assert _stored_bytes(app) - before == 0
+    image = _uploaded(app, SOURCE)  # an image still goes through
+    assert Path(image["path"]).read_bytes() == SOURCE.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def tight_app(karlo_dir, tmp_path_factory):
+    """The app with a 200 KB upload quota per address and 2 waiting requests per address."""
+    with launched_app(karlo_dir, tmp_path_factory.mktemp("tight"),
+                      args=("--upload-quota", "200kb", "--address-queue-size", "2")) as running:
+        yield running
+
+
+def test_one_address_may_upload_only_its_quota(tight_app):
+    """A header claiming another address changes nothing (no proxy is trusted by default)."""
+    import httpx
+
+    answers = []
+    for i in range(8):
+        with open(EXAMPLES / "astronaut.jpg", "rb") as f:  # 66 KB
+            r = httpx.post(tight_app.url + "gradio_api/upload", headers={"X-Forwarded-For": f"10.0.0.{i}"},
+                           files={"files": (f"a{i}.jpg", f, "image/jpeg")}, timeout=30)
+        answers.append(r.status_code)
+    assert answers[:3] == [200, 200, 200] and set(answers[3:]) == {429}, answers
+    assert r.text == ("This address has uploaded 195 KB in the last hour; the limit is 200 KB. "
+                      "Try again later.")
+    assert _stored_bytes(tight_app) < 200 * 1024 + 400 * 1024  # the examples Gradio copied, and 3 uploads
+
+
+def _join_sequence(app, headers: dict | None = None):
+    """POST one /sequence to the queue with a fresh session (raw HTTP): (status, refusal or "")."""
+    import uuid
+
+    import httpx
+
+    config = httpx.get(app.url + "config", timeout=10).json()
+    fn = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "sequence")
+    source, target = _inline(SOURCE.read_bytes(), "image/jpeg"), _inline(TARGET.read_bytes(), "image/jpeg")
+    data = [source, target, "theta", 0.5, 1.0, 0.0, 1.0, 24, -1.0, 2.0, 2, 42, "full", 2, 2, 2, 1.0, 1, 4, {},
+            None]
+    r = httpx.post(app.url + "gradio_api/queue/join", headers=headers or {},
+                   json={"data": data, "fn_index": fn, "session_hash": uuid.uuid4().hex}, timeout=10)
+    return r.status_code, "" if r.status_code == 200 else r.json().get("detail", "")
+
+
+def test_the_client_address_is_forwarded_only_by_a_trusted_proxy(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    import gate
+
+    def scope(peer, forwarded=None):
+        headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+        return {"client": (peer, 5000), "headers": headers}
+
+    proxy = frozenset({"10.0.0.2"})
+    assert gate.client_address(scope("203.0.113.9", "10.1.1.1")) == "203.0.113.9"  # no proxy trusted
+    assert gate.client_address(scope("203.0.113.9", "10.1.1.1"), proxy) == "203.0.113.9"  # not from it
+    assert gate.client_address(scope("10.0.0.2", "198.51.100.7"), proxy) == "198.51.100.7"
+    # A hop the client wrote itself sits left of the one the proxy added: the proxy's counts.
+    assert gate.client_address(scope("10.0.0.2", "1.2.3.4, 198.51.100.7"), proxy) == "198.51.100.7"
+    two_proxies = proxy | {"10.0.0.3"}
+    assert gate.client_address(scope("10.0.0.2", "198.51.100.7, 10.0.0.3"), two_proxies) == "198.51.100.7"
+    assert gate.client_address(scope("10.9.9.9", "1.2.3.4, 198.51.100.7"), frozenset({"*"})) == "198.51.100.7"
+    assert gate.client_address(scope("10.9.9.9"), frozenset({"*"})) == "10.9.9.9"
+    assert gate.trusted_proxies(" 10.0.0.2, 10.0.0.3 ,") == {"10.0.0.2", "10.0.0.3"}
+    assert gate.trusted_proxies("") == frozenset()
+
+
+def test_one_address_cannot_fill_the_queue_with_fresh_sessions(tight_app):
+    """20 sequences from one address, each with a session of its own (raw HTTP, as a flood
+    does), claiming other addresses in X-Forwarded-For (no proxy is trusted): two wait, the rest
+    are refused by address (before: 17 of 20 accepted at the default bounds)."""
+    codes = [_join_sequence(tight_app, {"X-Forwarded-For": f"10.0.0.{i}"}) for i in range(20)]
+    refused = [detail for status, detail in codes if status != 200]
+    assert len(refused) >= 17, codes
+    assert all("Your address already has 2 requests waiting" in d for d in refused), refused
+
+
+@pytest.fixture(scope="module")
+def proxied_app(karlo_dir, tmp_path_factory):
+    """The app behind a proxy it trusts (127.0.0.1, where the tests connect from), 2 waiting
+    requests per address."""
+    with launched_app(karlo_dir, tmp_path_factory.mktemp("proxied"),
+                      args=("--trusted-proxies", "127.0.0.1", "--address-queue-size", "2")) as running:
+        yield running
+
+
+def test_behind_a_trusted_proxy_each_forwarded_address_has_its_own_bound(proxied_app):
+    flood = [_join_sequence(proxied_app, {"X-Forwarded-For": "198.51.100.7"}) for _ in range(10)]
+    assert sum(status != 200 for status, _ in flood) >= 7, flood
+    other = _join_sequence(proxied_app, {"X-Forwarded-For": "203.0.113.5"})
+    assert other == (200, ""), other  # another user behind the same proxy still gets in
 
 
 # -- streamed, stoppable, cached -----------------------------------------------------------------
@@ -740,6 +1024,53 @@ def test_a_cancelled_sequence_keeps_its_frames_and_leaves_nothing_on_disk(app, c
     while work.is_dir() and any(work.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not work.is_dir() or not any(work.iterdir())
+
+
+def test_cancel_answers_while_the_batch_goes_on(app):
+    """/cancel as gradio_client's job.cancel() posts it (with its HTTP timeout, 5 s by default;
+    1 s here, shorter than one batch of 8 frames at 20 + 10 steps: ~20 s on a shared CPU). Before,
+    /cancel waited for the batch in progress (24.8 s) and the documented call raised
+    httpx.ReadTimeout; now it answers at once while the batch goes on, and the render then stops
+    and removes its folder."""
+    import threading
+    import uuid
+
+    import httpx
+
+    config = httpx.get(app.url + "config", timeout=10).json()
+    fn = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "sequence")
+    source, target = _uploaded(app, SOURCE), _uploaded(app, TARGET)
+    data = [source, target, "theta", 0.5, 1.0, 0.0, 1.0, 8, -1.0, 2.0, 2, 42, "full", 20, 10, 2, 1.0, 8, 4,
+            {}, None]
+    session = uuid.uuid4().hex
+    joined = httpx.post(app.url + "gradio_api/queue/join", timeout=10,
+                        json={"data": data, "fn_index": fn, "session_hash": session})
+    event_id, messages = joined.json()["event_id"], []
+
+    def listen():
+        with httpx.stream("GET", f"{app.url}gradio_api/queue/data?session_hash={session}", timeout=900) as s:
+            for line in s.iter_lines():
+                if line.startswith("data: "):
+                    messages.append(json.loads(line.removeprefix("data: ")))
+                    if messages[-1].get("msg") == "process_completed":
+                        return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    work, deadline = app.work / "vslerp-studio", time.monotonic() + 120
+    while not any(m.get("msg") == "process_generating" for m in messages) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first (empty) update: the request's folder exists, its batch starts
+    assert work.is_dir() and any(work.iterdir()), messages
+    r = httpx.post(app.url + "gradio_api/cancel", timeout=1.0,
+                   json={"session_hash": session, "fn_index": fn, "event_id": event_id})
+    assert r.status_code == 200 and r.json() == {"success": True}
+    assert any(work.iterdir()), "the batch should still be running behind the answer"
+    listener.join(timeout=900)
+    assert messages[-1].get("msg") == "process_completed"
+    deadline = time.monotonic() + 900  # the batch in progress finishes, then the folder goes
+    while any(work.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(work.iterdir())
 
 
 def test_the_same_frame_twice_comes_from_the_cache(client):
@@ -803,6 +1134,34 @@ def test_a_full_disk_is_refused_in_plain_words_and_its_folder_removed(small_disk
     image, readouts = c.predict(source=handle_file(SOURCE), target=handle_file(TARGET), theta=0.5, alpha=1.0,
                                 quality="preview", api_name="/preview", **FAST)
     assert Path(image).is_file()
+
+
+@pytest.fixture(scope="module")
+def small_cache_app(karlo_dir, tmp_path_factory):
+    """The app with Gradio's cache (GRADIO_TEMP_DIR: uploads and results) on a 360 KB file system
+    of its own: the examples and two uploads fit, a sequence's frames and files do not."""
+    work = tmp_path_factory.mktemp("small-cache")
+    cache = work / "gradio"
+    cache.mkdir()
+    prefix = ("unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+              'mount -t tmpfs -o size=360k tmpfs "$1" && shift && exec "$@"', "sh", str(cache))
+    probe = subprocess.run([*prefix, "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {probe.stderr.decode().strip()}")
+    with launched_app(karlo_dir, work, prefix=prefix) as running:
+        yield running
+
+
+def test_a_full_gradio_cache_during_a_sequence_is_said_in_words(small_cache_app, tmp_path):
+    """Before: {"error": null}. Gradio copies each streamed result into its cache; when that
+    folder is full the request ends with a message, without the server's paths."""
+    c = Client(small_cache_app.url, verbose=False, download_files=str(tmp_path))
+    with pytest.raises(AppError) as err:
+        c.predict(source=handle_file(SOURCE), target=handle_file(TARGET), theta_frames=16, max_batch=4,
+                  api_name="/sequence", **FAST)
+    message = str(err.value)
+    assert message.startswith("The server ran out of disk space while storing this result"), message
+    assert "/tmp" not in message and "gradio" not in message
 
 
 # -- offline -------------------------------------------------------------------------------------
@@ -949,7 +1308,7 @@ def test_a_url_download_stops_at_the_size_limit(tmp_path, monkeypatch):
     import httpx
 
     monkeypatch.syspath_prepend(str(ROOT))
-    import app
+    import gate
 
     site = tmp_path / "site"
     site.mkdir()
@@ -961,7 +1320,7 @@ def test_a_url_download_stops_at_the_size_limit(tmp_path, monkeypatch):
     base = f"http://127.0.0.1:{server.server_address[1]}"
 
     def download(name: str) -> str:
-        return asyncio.run(app._bounded_download(f"{base}/{name}", tmp_path / "cache", 2**20, "source image",
+        return asyncio.run(gate.bounded_download(f"{base}/{name}", tmp_path / "cache", 2**20, "source image",
                                                  transport=httpx.AsyncHTTPTransport()))
 
     try:
@@ -973,5 +1332,17 @@ def test_a_url_download_stops_at_the_size_limit(tmp_path, monkeypatch):
             download("missing.png")
         kept = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
         assert [p.read_bytes() for p in kept] == [SOURCE.read_bytes()]
+
+        # Two requests for one URL at once: each downloads to a file of its own, then moves it
+        # into place, so neither reads the other's half-written file (they shared one before).
+        async def twice():
+            transport = httpx.AsyncHTTPTransport()
+            return await asyncio.gather(*(gate.bounded_download(f"{base}/cat.jpg", tmp_path / "twice", 2**20,
+                                                                "source image", transport=transport)
+                                          for _ in range(2)))
+
+        paths = asyncio.run(twice())
+        assert all(Path(p).read_bytes() == SOURCE.read_bytes() for p in paths)
+        assert [p.name for p in (tmp_path / "twice").rglob("*") if p.is_file()] == ["download"]
     finally:
         server.shutdown()

@@ -231,12 +231,13 @@ def test_every_refusal_is_on_the_page(app, browser, tmp_path):
     page.locator("#run-sequence").click()
     _refusal_shown(page, "Add a source image first")
 
-    # A text file as the source: refused on upload, and not kept in the box (the buttons then
-    # ask for a source; a broken file sent through the API is refused by /preview and /sequence).
+    # A text file as the source: refused by the upload route as it arrives (what its bytes show),
+    # and not kept in the box (the buttons then ask for a source; a file broken further in is
+    # refused by the box's check, and through the API by /preview and /sequence).
     notes = tmp_path / "notes.png"
     notes.write_text("these are my holiday notes, not a picture\n")
     page.locator("#source input[type=file]").set_input_files(str(notes))
-    _refusal_shown(page, "The source image is not an image (it looks like text).")
+    _refusal_shown(page, "The file 'notes.png' is not an image (it looks like text).")
     expect(page.locator("#source img")).to_have_count(0)
     page.locator("#target input[type=file]").set_input_files(str(TARGET))
     page.locator("#target img").wait_for()
@@ -247,7 +248,7 @@ def test_every_refusal_is_on_the_page(app, browser, tmp_path):
     # The same as a keyframe: refused, nothing added to the strip, the box emptied.
     page.get_by_text("Path: through several keyframes").click()
     page.locator("#keyframe-add input[type=file]").set_input_files(str(notes))
-    _refusal_shown(page, "The keyframe is not an image (it looks like text).")
+    _refusal_shown(page, "The file 'notes.png' is not an image (it looks like text).")
     expect(page.locator("#keyframe-add img")).to_have_count(0)
     expect(page.locator("#keyframes img")).to_have_count(0)
 

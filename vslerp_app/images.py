@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
+import ctypes.util
 import hashlib
 import io
+import math
 import os
 import re
 import stat
 import struct
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -39,7 +43,7 @@ from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, UnidentifiedImageError
 
 __all__ = ["MAX_PIXELS", "MAX_SIDE", "ImageHeader", "ImageInputError", "check_image", "data_url_bytes",
            "image_fingerprint", "load_image"]
@@ -49,9 +53,12 @@ __all__ = ["MAX_PIXELS", "MAX_SIDE", "ImageHeader", "ImageInputError", "check_im
 #: same photo gets the same embedding on every path.
 MAX_SIDE = 1024
 
-#: Largest accepted image, in pixels (width * height). 10000x10000 is accepted; one
-#: pixel more is refused before decoding as a possible decompression bomb.
-MAX_PIXELS = 100_000_000
+#: Largest accepted image, in pixels (width * height): a 50-megapixel photo (8660x5773, or
+#: 7071x7071) is accepted; one pixel more is refused before decoding as a possible
+#: decompression bomb. Models render at most 768x768 and every input is shrunk to MAX_SIDE,
+#: so this leaves room for photos while bounding a decode's memory (the worst accepted
+#: file, a 50-megapixel RGBA WebP, peaks near 810 MB: tests/test_images.py measures it).
+MAX_PIXELS = 50_000_000
 
 # Formats a user may upload. Restricting Image.open to these keeps Pillow away from
 # plugins that shell out or parse exotic containers on untrusted input (EPS runs
@@ -374,7 +381,21 @@ def _open_checked(fp: IO[bytes], label: str) -> Image.Image:
 
 
 def _decode(fp: IO[bytes], label: str, max_side: int | None) -> Image.Image:
-    """Open ``fp`` lazily, refuse bombs from the header, then decode the first frame."""
+    """Open ``fp`` lazily, refuse bombs from the header, then decode the first frame.
+
+    One decode at a time in the process (`_FULL_DECODES`): a server's upload checks and
+    renders never hold two big decodes in memory at once. Inside it, a big image is
+    reduced right after decoding (`_shrink`), before any conversion copies it, and the
+    memory is handed back to the system afterwards (`_give_memory_back`).
+    """
+    with _FULL_DECODES:
+        try:
+            return _decode_one(fp, label, max_side)
+        finally:
+            _give_memory_back()
+
+
+def _decode_one(fp: IO[bytes], label: str, max_side: int | None) -> Image.Image:
     im = _open_checked(fp, label)
     # The context manager closes the file only if Pillow opened it itself; im.close()
     # would also close a file object the caller still owns.
@@ -393,18 +414,109 @@ def _decode(fp: IO[bytes], label: str, max_side: int | None) -> Image.Image:
             raise ImageInputError(label, _too_large_msg(_claimed_pixels(e))) from None
         except _DECODE_ERRORS as e:
             raise ImageInputError(label, f"is truncated or corrupt ({_reason(e)})") from None
-        return _finish(im, label, max_side, target=target)
+        if im.format in ("JPEG", "MPO"):
+            _check_jpeg_data(fp, label)
+        im.fp = None  # decoded: WebP kept a copy of the whole frame as its "file" (fp stays open)
+        orientation = _orientation(im)
+        small = _shrink(im, target)
+        if small is not im:
+            Image.Image.close(im)  # the full-size pixels go now (ImageFile.close would close fp)
+        return _finish(small, label, max_side, target=target, orientation=orientation)
+
+
+def _shrink(im: Image.Image, target: tuple[int, int] | None) -> Image.Image:
+    """``im`` box-reduced by whole factors to within 3x of ``target``, or ``im`` itself.
+
+    The same reduction `Image.resize(..., reducing_gap=3.0)` starts with, done before the
+    mode conversions (transparency on white, 16-bit and float scaling) so they work on a
+    few megapixels instead of the whole decode. Palette, bilevel and 16-bit images (which
+    Pillow cannot average) and HSV (whose hue cannot be averaged) are left whole.
+    """
+    if target is None or im.mode in ("1", "P", "PA", "HSV") or im.mode.startswith("I;16"):
+        return im
+    factors = (int(im.width / target[0] / 3) or 1, int(im.height / target[1] / 3) or 1)
+    return im if factors == (1, 1) else im.reduce(factors)
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1 to 8) of ``im``; 1 when absent or unreadable."""
+    try:
+        value = im.getexif().get(0x0112, 1)
+    except Exception:  # unreadable EXIF must not cost the user the image
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _check_jpeg_data(fp: IO[bytes], label: str) -> None:
+    """Refuse a Huffman-coded JPEG whose coded data is too short for its header's size.
+
+    libjpeg fills what is missing with grey and only warns (a file that claims 10000x10000
+    and holds 8x8 of data decodes as flat grey); Pillow does not pass the warning on.
+    Every 8x8 block of the full-resolution component costs at least one bit (its DC
+    code), so scan data (everything after the first scan header) with fewer bits than
+    blocks is missing data. Arithmetic-coded JPEGs (SOF9-SOF15, rare), which can code a
+    block in less, are not judged.
+    """
+    fp.seek(0)
+    frame = _jpeg_frame(fp.read(1 << 20))
+    size = fp.seek(0, io.SEEK_END)
+    if frame is None or frame[0] in _ARITHMETIC_SOF:
+        return
+    _, w, h, scan_start = frame
+    if (size - scan_start) * 8 < math.ceil(w / 8) * math.ceil(h / 8):
+        raise ImageInputError(label, f"is truncated or corrupt (its {size:,} bytes cannot hold the "
+                                     f"{_dims((w, h))} pixels its header declares)")
+
+
+_ARITHMETIC_SOF = (0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
+
+
+def _jpeg_frame(head: bytes) -> tuple[int, int, int, int] | None:
+    """(SOF marker, width, height, where the first scan's data starts: 0 if not in ``head``)
+    of a JPEG, its header walked segment by segment; None without a frame header."""
+    i, frame = 2, None
+    while i + 4 <= len(head) and head[i] == 0xFF:
+        marker, length = head[i + 1], struct.unpack(">H", head[i + 2:i + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and i + 9 <= len(head):
+            height, width = struct.unpack(">HH", head[i + 5:i + 9])
+            frame = (marker, width, height)
+        if marker == 0xDA:
+            return None if frame is None else (*frame, i + 2 + length)
+        i += 2 + length
+    return None if frame is None else (*frame, 0)
+
+
+def _give_memory_back() -> None:
+    """Hand freed heap memory back to the system (glibc keeps it for reuse otherwise, which
+    after one big decode can hold gigabytes); nothing where malloc_trim does not exist."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
+_FULL_DECODES = threading.Lock()
 
 
 def _finish(
-    im: Image.Image, label: str, max_side: int | None, *, target: tuple[int, int] | None
+    im: Image.Image, label: str, max_side: int | None, *, target: tuple[int, int] | None,
+    orientation: int | None = None,
 ) -> Image.Image:
-    """Orientation, colour mode, size; always returns a new, detached RGB image."""
+    """Orientation, colour mode, size; always returns a new, detached RGB image.
+
+    ``orientation`` is the EXIF orientation when ``im`` no longer carries it (a reduced
+    decode); by default it is read from ``im``.
+    """
     orig_size = im.size
-    try:
-        out = ImageOps.exif_transpose(im)
-    except Exception:  # unreadable EXIF must not cost the user the image
-        out = im.copy()
+    method = _TRANSPOSE.get(_orientation(im) if orientation is None else orientation)
+    out = im if method is None else im.transpose(method)
     if target is not None and out.size != orig_size and out.size == orig_size[::-1]:
         target = (target[1], target[0])  # orientation 5-8 swapped width and height
 
@@ -420,6 +532,18 @@ def _finish(
     # describes these pixels.
     out.info = {}
     return out
+
+
+# EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose).
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def _to_l_or_rgb(im: Image.Image, label: str) -> Image.Image:
@@ -466,7 +590,10 @@ def _to_l_or_rgb(im: Image.Image, label: str) -> Image.Image:
 def _u16_to_u8(arr: np.ndarray) -> np.ndarray:
     # Round(v * 255 / 65535) == round(v / 257): 65535 -> 255, 0 -> 0, no clipping.
     a = arr.astype(np.uint32)
-    return ((a * 255 + 32767) // 65535).astype(np.uint8)
+    a *= 255  # in place: a 50-megapixel scan needs no second and third copy
+    a += 32767
+    a //= 65535
+    return a.astype(np.uint8)
 
 
 def _unit_float_to_u8(arr: np.ndarray) -> np.ndarray:
@@ -548,7 +675,7 @@ def _too_large_msg(pixels: int | None, size: tuple[int, int] | None = None) -> s
     elif pixels is not None:
         claimed = f" ({pixels:,} pixels)"
     return (
-        f"is too large{claimed}; the limit is {MAX_PIXELS:,} pixels (e.g. 10000x10000), "
+        f"is too large{claimed}; the limit is {MAX_PIXELS:,} pixels (e.g. 8660x5773), "
         "a guard against decompression bombs"
     )
 

@@ -50,7 +50,15 @@ from vslerp_app.outputs import DEFAULT_FPS
 from vslerp_app.paths import MIN_KEYFRAMES
 from vslerp_app.paths import check_values as check_path_values
 from vslerp_app.render import iter_render_path, iter_render_sequence
-from vslerp_app.specs import ALPHA_ADVICE, ALPHA_LIMIT, STUDIO_ALPHA_RANGE, SpecError, combine, linspace
+from vslerp_app.specs import (
+    ALPHA_ADVICE,
+    ALPHA_LIMIT,
+    STUDIO_ALPHA_RANGE,
+    SpecError,
+    as_values,
+    combine,
+    linspace,
+)
 from vslerp_app.stats import CONFORMITY_LABELS
 
 __all__ = [
@@ -79,6 +87,7 @@ __all__ = [
     "generate_kwargs",
     "json_safe",
     "model_markdown",
+    "without_server_paths",
     "readouts_markdown",
     "source_replaced_markdown",
     "sequence_outputs",
@@ -137,6 +146,11 @@ class StudioConfig:
         max_file_size: largest image file, as Gradio reads it ("25mb"): uploads, inline
             ``data:`` URLs and downloads alike.
         frame_cache_mb: memory for the server's frame cache (frames already rendered).
+        address_queue_size: most requests one client address may have waiting (however
+            many sessions it opens).
+        upload_quota: most bytes one client address may upload an hour ("100mb").
+        trusted_proxies: addresses of reverse proxies whose X-Forwarded-For header names
+            the client, comma-separated, or "*" when only a proxy can connect; "" for none.
     """
 
     max_sequence_frames: int = MAX_SEQUENCE_FRAMES
@@ -144,13 +158,19 @@ class StudioConfig:
     session_queue_size: int = 4
     max_file_size: str = "25mb"
     frame_cache_mb: int = 128
+    address_queue_size: int = 8
+    upload_quota: str = "100mb"
+    trusted_proxies: str = ""
 
     def __post_init__(self):
         if self.max_sequence_frames < 1:
             raise ValueError(f"max_sequence_frames must be at least 1, got {self.max_sequence_frames}")
         if self.session_queue_size < 1:
             raise ValueError(f"session_queue_size must be at least 1, got {self.session_queue_size}")
+        if self.address_queue_size < 1:
+            raise ValueError(f"address_queue_size must be at least 1, got {self.address_queue_size}")
         parse_file_size(self.max_file_size)
+        parse_file_size(self.upload_quota)
 
     @property
     def max_file_bytes(self) -> int:
@@ -553,8 +573,33 @@ def sequence_outputs(manifest: dict, out_dir: Path) -> dict:
             "zip": path("zip"), "smoothness": smoothness.markdown(manifest.get("smoothness"))}
 
 
+def without_server_paths(info: dict) -> dict:
+    """``info`` (`VSLERPPipeline.info`) with the server's paths cut to the names the operator
+    gave (the model folder's name, the stats file's name): the page shows no server paths."""
+    def source(stats) -> str | None:
+        return ((stats or {}).get("provenance") or {}).get("source")
+
+    paths = [info.get("model"), source(info.get("stats")), source((info.get("reference") or {}).get("stats"))]
+    local = sorted({p for p in paths if isinstance(p, str) and Path(p).is_absolute()}, key=len, reverse=True)
+
+    def cut(value):
+        if isinstance(value, str):
+            for p in local:
+                value = value.replace(p, Path(p).name)
+            return value
+        if isinstance(value, dict):
+            return {k: cut(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [cut(v) for v in value]
+        return value
+
+    return cut(info)
+
+
 def model_markdown(info: dict, defaults: dict | None = None) -> str:
-    """Which model and which statistics are in use, with their provenance."""
+    """Which model and which statistics are in use, with their provenance (names, not the
+    server's paths: `without_server_paths`)."""
+    info = without_server_paths(info)
     lines = [f"**Model**: `{info['model']}` ({info['pipeline_class']}, {info['kind']}), encoder "
              f"`{info['encoder']}` ({info['embedding_dim']}-d), on {info['device']} in {info['dtype']}."]
     stats = info.get("stats")
@@ -973,9 +1018,12 @@ class Studio:
         kwargs = generate_kwargs(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch)
         options = {"loop": _flag(loop, "loop"), "spacing": spacing, "ease": _flag(ease, "ease")}
         count = _as_int(frames, "frames")
+        spec = _alpha_spec(alpha)
         try:
-            count, alphas = check_path_values(len(images), count, _alpha_spec(alpha),
-                                              loop=options["loop"], spacing=spacing)
+            # The studio's alpha range first, so 3.5 and 12 get one rule and one message.
+            _check_studio_alphas(as_values(spec, "alpha"))
+            count, alphas = check_path_values(len(images), count, spec, loop=options["loop"],
+                                              spacing=spacing)
         except SpecError as e:
             raise RequestError(str(e)) from None
         if count > self.config.max_sequence_frames:
