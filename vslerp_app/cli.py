@@ -14,7 +14,7 @@ import os
 import re
 import sys
 
-from pipelines.presets import DEFAULT_MODEL
+from pipelines.presets import DEFAULT_MAX_BATCH, DEFAULT_MODEL
 from vslerp_app.outputs import DEFAULT_FPS
 
 # Options whose value may start with a minus (`_spec_argument`). argparse reads "-1:3:16" or
@@ -191,7 +191,8 @@ def _load_for_render(args):
     from vslerp_app.render import prepare_output
 
     prepare_output(Path(args.out))
-    pipe = load_pipeline(args.model, device=args.device, max_batch=args.max_batch or 8, **_load_kwargs(args))
+    pipe = load_pipeline(args.model, device=args.device, max_batch=args.max_batch or DEFAULT_MAX_BATCH,
+                         **_load_kwargs(args))
     if args.super_res_steps is not None and pipe.kind != "karlo":
         print(f"vslerp render: warning: --super-res-steps is Karlo's; {pipe.kind} has no super-resolution "
               "stage, so it is ignored", file=sys.stderr)
