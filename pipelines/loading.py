@@ -474,7 +474,7 @@ def load_model(model: str | os.PathLike, device=None, dtype=None, *,
         family.to(device)
     family.quiet()
     return LoadedModel(pipe=family.pipe, kind=family.name,
-                       preset=preset or get_preset(family.default_preset),
+                       preset=preset or family.directory_preset(get_preset(family.default_preset)),
                        from_preset=preset is not None, model=str(model), model_dir=model_dir,
                        device=device, dtype=dtype, offload=offload, family=family)
 

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 
+from pipelines.fixtures import FIXTURE_KINDS
 from pipelines.presets import DEFAULT_MAX_BATCH, DEFAULT_MODEL
 from vslerp_app.outputs import DEFAULT_FPS
 
@@ -399,9 +400,10 @@ def _add_fixture(sub) -> None:
                     "repository, with its statistics file (vslerp-stats.safetensors). Load it "
                     "anywhere a model is asked for (--model DIR). Its frames are noise: it is for "
                     "tests and for trying the plumbing without downloading weights.")
-    p.add_argument("kind", choices=["karlo", "stable-unclip"],
-                   help="karlo (UnCLIPImageVariationPipeline) or stable-unclip "
-                        "(StableUnCLIPImg2ImgPipeline)")
+    p.add_argument("kind", choices=list(FIXTURE_KINDS),
+                   help="karlo (UnCLIPImageVariationPipeline), stable-unclip "
+                        "(StableUnCLIPImg2ImgPipeline) or kandinsky (Kandinsky 2.2: the prior and "
+                        "decoder repositories as DIR/prior and DIR/decoder)")
     p.add_argument("dir", help="folder to write (created; files already there are overwritten)")
     p.add_argument("--layout", choices=["hub", "current"], default="hub",
                    help="hub: model_index.json as the real repository (saved by an older "

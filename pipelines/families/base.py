@@ -152,6 +152,11 @@ class Family:
         """The CLIPVisionModelWithProjection whose raw image_embeds drive the decoder."""
         return self.pipe.image_encoder
 
+    def directory_preset(self, preset):
+        """The settings of a directory that is no preset (a fixture, a fine-tune): ``preset``
+        (the family's default) with what the loaded model says otherwise."""
+        return preset
+
     # -- denoising -------------------------------------------------------------------------
     def denoisers(self) -> list[torch.nn.Module]:
         """The networks called once per denoising step (guidance batches both halves)."""

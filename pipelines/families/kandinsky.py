@@ -131,6 +131,14 @@ class Kandinsky22(Family):
         """Pixels per latent cell: a side must be a multiple of its square to come out as asked."""
         return int(self.pipe.movq_scale_factor)
 
+    def directory_preset(self, preset):
+        """A frame at the UNet's own sample size; a preview half its side."""
+        from dataclasses import replace
+
+        step = self.movq_factor ** 2
+        side = self.pipe.unet.config.sample_size * self.movq_factor
+        return replace(preset, resolution=side, preview_resolution=max(step, side // 2 // step * step))
+
     def denoisers(self) -> list[torch.nn.Module]:
         return [self.pipe.unet]
 
