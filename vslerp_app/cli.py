@@ -172,7 +172,20 @@ def _cmd_render(args) -> int:
 def _render_options(args) -> dict:
     """The options every render of this command shares: outputs and sampling."""
     return dict(gif=args.gif, mp4=args.mp4, zip=args.zip, fps=args.fps, preview=args.preview,
-                steps=args.steps, super_res_steps=args.super_res_steps, guidance_scale=args.guidance)
+                steps=args.steps, super_res_steps=args.super_res_steps, guidance_scale=args.guidance,
+                resolution=args.resolution, strength=args.strength)
+
+
+def _resolution(text: str) -> int | tuple[int, int]:
+    """--resolution: "768" (a square side) or "1024x768" (width x height)."""
+    import argparse
+
+    parts = text.lower().split("x")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() for p in parts):
+        sizes = [int(p) for p in parts]
+        return sizes[0] if len(sizes) == 1 else (sizes[0], sizes[1])
+    raise argparse.ArgumentTypeError(f"expected a side in pixels (768) or WIDTHxHEIGHT (1024x768), "
+                                     f"got {text!r}")
 
 
 def _load_kwargs(args) -> dict:
@@ -500,6 +513,12 @@ def _add_render(sub) -> None:
     p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
     p.add_argument("--super-res-steps", type=int, help="Karlo super-resolution steps")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 is off)")
+    p.add_argument("--resolution", type=_resolution, metavar="PX|WxH",
+                   help="frame size: a side or WIDTHxHEIGHT (Kandinsky 2.2: multiples of 64 up to 1024; "
+                        "default: the preset's)")
+    p.add_argument("--strength", type=float,
+                   help="below 1, start every frame from the source image's own latents, keeping its "
+                        "layout (Kandinsky 2.2 img2img); 1 (default) starts from noise")
     p.add_argument("--max-batch", type=int, help="frames per batch and per chunk written (default 8)")
     p.add_argument("--stats", metavar="FILE", help="image-modality stats file for alpha != 0")
     p.add_argument("--reference", metavar="SPEC",

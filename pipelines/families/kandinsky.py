@@ -179,6 +179,10 @@ class Kandinsky22(Family):
             return self.pipe(**common).images
         if source is None:
             raise ValueError("strength < 1 starts from the source image's latents: give the image")
+        # KandinskyV22Img2ImgPipeline (diffusers 0.42.1) uses height and width only in
+        # `image_processor.preprocess(i, width, height)`, whose arguments are (height, width):
+        # passed swapped here, a non-square frame comes out width x height as asked.
+        common.update(height=width, width=height)
         return self._img2img_pipe()(image=[source.convert("RGB")] * embeddings.shape[0],
                                     strength=settings.strength, **common).images
 
