@@ -125,7 +125,9 @@ def _check_sampling(sampling: dict, caller: str) -> None:
 def _chunk_and_overrides(pipe, max_batch, sampling: dict) -> tuple[int, dict]:
     """Frames per chunk, and the sampling overrides that are not None (preview aside)."""
     chunk = max_batch if max_batch is not None else pipe.max_batch
-    return chunk, {k: v for k, v in sampling.items() if v is not None and k != "preview"}
+    # A (width, height) is kept as the manifest's JSON has it: a list, so a resume compares equal.
+    return chunk, {k: list(v) if isinstance(v, tuple) else v for k, v in sampling.items()
+                   if v is not None and k != "preview"}
 
 
 def _plan(pipe, source, target, thetas, alphas, seed, grid: bool, max_batch, sampling: dict,
