@@ -466,3 +466,16 @@ def test_kandinsky_preset_downloads_only_what_it_needs_and_says_so_offline():
                                                   "kandinsky-community/kandinsky-2-2-prior"}
     with pytest.raises(ModelLoadError, match="kandinsky-community/kandinsky-2-2-decoder.*hub"):
         load_pipeline("kandinsky-2-2")
+
+
+def test_kandinsky_loads_fp16_variant_files_as_the_hub_names_them(dirs, pipes, images, tmp_path):
+    """A download of the fp16 variants only (what a CUDA load fetches) still loads, here in float32."""
+    copy = tmp_path / "kandinsky-fp16-files"
+    shutil.copytree(dirs["kandinsky"], copy)
+    for folder in ("decoder/unet", "decoder/movq", "prior/image_encoder"):
+        for weights in (copy / folder).glob("*.safetensors"):
+            weights.rename(weights.with_name(weights.name.replace(".safetensors", ".fp16.safetensors")))
+    variant = load_pipeline(copy)
+    a = variant.generate(*images, 0.5, 1.0, seed=2, **FAST["kandinsky"])[0]
+    b = pipes["kandinsky"].generate(*images, 0.5, 1.0, seed=2, **FAST["kandinsky"])[0]
+    assert np.array_equal(_px(a), _px(b))

@@ -34,9 +34,12 @@ MAX_SIDE = 1024  # the decoder was fine-tuned up to 1024 px; larger frames repea
 
 
 def _variant(folder: Path, dtype: torch.dtype) -> str | None:
-    """"fp16" when half-precision weights sit in ``folder`` and a half dtype is asked for."""
-    half = dtype in (torch.float16, torch.bfloat16)
-    return "fp16" if half and any(folder.glob("*.fp16.*")) else None
+    """"fp16" when half-precision weights sit in ``folder`` and a half dtype is asked for, or
+    when they are the only weights there (a CUDA download, now loaded in float32)."""
+    weights = [f for f in folder.iterdir() if f.suffix in (".safetensors", ".bin")]
+    fp16 = any(".fp16." in f.name for f in weights)
+    plain = any(".fp16." not in f.name for f in weights)
+    return "fp16" if fp16 and (dtype in (torch.float16, torch.bfloat16) or not plain) else None
 
 
 class Kandinsky22(Family):
