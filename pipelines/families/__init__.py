@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.families.base import Family, RenderSettings, read_index
+from pipelines.families.base import Family, RenderSettings
 from pipelines.families.kandinsky import Kandinsky22
 from pipelines.families.karlo import Karlo
 from pipelines.families.stable_unclip import StableUnclip
 
-__all__ = ["FAMILIES", "Family", "RenderSettings", "family_named", "family_of"]
+__all__ = ["FAMILIES", "Family", "RenderSettings", "family_named", "family_of", "supported_pipelines"]
 
 FAMILIES: dict[str, type[Family]] = {f.name: f for f in (Karlo, StableUnclip, Kandinsky22)}
 
@@ -34,9 +34,3 @@ def family_of(path: Path) -> type[Family] | None:
 def supported_pipelines() -> dict[str, str]:
     """diffusers pipeline class -> family name, of the single-repository families."""
     return {cls: f.name for f in FAMILIES.values() for cls in f.pipeline_classes}
-
-
-def describe_index(path: Path) -> str:
-    """What ``path``'s model_index.json names, for an error message."""
-    index = read_index(path)
-    return "no model_index.json" if index is None else f"a {index.get('_class_name')!r} pipeline"
