@@ -535,15 +535,29 @@ def _usable(mean: torch.Tensor | None) -> torch.Tensor | None:
     return mean
 
 
-def read_remote_tensor(repo: str, folder: str, key: str) -> torch.Tensor | None:
-    """One tensor of a hub repository's safetensors file in ``folder``, read by HTTP ranges.
+def read_safetensors_tensor(f, key: str) -> torch.Tensor | None:
+    """Tensor ``key`` of a safetensors file opened for binary reading, read piece by piece.
 
-    A safetensors file is an 8-byte header length, a JSON header of tensor offsets, then the
-    data: reading those three pieces fetches a few kB, not the file (Kandinsky 2.2's prior
-    weights are gigabytes; its ``clip_mean`` is 1280 values).
+    The format is an 8-byte little-endian header length, a JSON header of each tensor's
+    dtype, shape and byte offsets, then the data: three reads fetch one tensor, whatever the
+    file's size (over HTTP ranges, a few kB).
     """
     import struct
 
+    (length,) = struct.unpack("<Q", f.read(8))
+    entry = json.loads(f.read(length)).get(key)
+    if entry is None:
+        return None
+    begin, end = entry["data_offsets"]
+    f.seek(8 + length + begin)
+    raw = f.read(end - begin)
+    dtypes = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+    return torch.frombuffer(bytearray(raw), dtype=dtypes[entry["dtype"]]).reshape(entry["shape"])
+
+
+def read_remote_tensor(repo: str, folder: str, key: str) -> torch.Tensor | None:
+    """One tensor of a hub repository's safetensors file in ``folder``, read by HTTP ranges
+    (Kandinsky 2.2's prior weights are gigabytes; its ``clip_mean`` is 1280 values)."""
     from huggingface_hub import HfFileSystem
 
     _probe_hub()
@@ -553,16 +567,7 @@ def read_remote_tensor(repo: str, folder: str, key: str) -> torch.Tensor | None:
         return None
     name = next((n for n in names if ".fp16." not in n), names[0])  # full precision first
     with fs.open(name, "rb", block_size=0) as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-        entry = header.get(key)
-        if entry is None:
-            return None
-        begin, end = entry["data_offsets"]
-        f.seek(8 + length + begin)
-        raw = f.read(end - begin)
-    dtypes = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
-    return torch.frombuffer(bytearray(raw), dtype=dtypes[entry["dtype"]]).reshape(entry["shape"])
+        return read_safetensors_tensor(f, key)
 
 
 def _key_of(folder: str) -> str:

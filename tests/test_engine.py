@@ -479,3 +479,20 @@ def test_kandinsky_loads_fp16_variant_files_as_the_hub_names_them(dirs, pipes, i
     a = variant.generate(*images, 0.5, 1.0, seed=2, **FAST["kandinsky"])[0]
     b = pipes["kandinsky"].generate(*images, 0.5, 1.0, seed=2, **FAST["kandinsky"])[0]
     assert np.array_equal(_px(a), _px(b))
+
+
+def test_a_single_tensor_is_read_from_a_safetensors_stream_as_safetensors_reads_it(dirs):
+    """What the Kandinsky preset does over HTTP ranges to get the prior's clip_mean alone."""
+    from safetensors import safe_open
+
+    from pipelines.loading import read_safetensors_tensor
+
+    file = next((dirs["kandinsky"] / "prior" / "prior").glob("*.safetensors"))
+    with safe_open(str(file), framework="pt") as f:
+        keys = list(f.keys())
+        expected = {k: f.get_tensor(k) for k in ("clip_mean", "clip_std", keys[-1])}
+    for key, tensor in expected.items():
+        with open(file, "rb") as stream:
+            assert torch.equal(read_safetensors_tensor(stream, key), tensor), key
+    with open(file, "rb") as stream:
+        assert read_safetensors_tensor(stream, "no-such-tensor") is None
