@@ -3,8 +3,9 @@
 A family is one kind of unCLIP model (Karlo, Stable unCLIP, Kandinsky 2.2, ...). Its module
 subclasses `Family` and says, for its own repositories:
 
-- how to recognise a local directory in its hub layout (`recognises`), fetch a preset's
-  files from the hub (`fetch`) and load the components (`load`);
+- how to recognise a local directory in its hub layout (`recognises`), check it is
+  complete (`check_complete`) and load the components (`load`); a preset's files come
+  from the hub as its `ModelPreset.downloads` say (`pipelines.loading.fetch_preset`);
 - which CLIP image encoder turns images into the raw embeddings it is driven by
   (`feature_extractor`, `image_encoder`);
 - how to denoise a batch of embeddings on one noise path (`denoise`, given one generator
@@ -108,13 +109,6 @@ class Family:
     @classmethod
     def check_precision(cls, device: torch.device, dtype: torch.dtype) -> None:
         """Refuse (ModelLoadError) a device and dtype this family cannot run, before loading."""
-
-    @classmethod
-    def fetch(cls, preset) -> Path:
-        """A preset's files from the local hub cache or downloaded: the model directory."""
-        from pipelines.loading import download_repository
-
-        return download_repository(preset.hub_id)
 
     @classmethod
     def check_complete(cls, path: Path) -> None:
