@@ -5,7 +5,9 @@
 #
 # The default model (Karlo) downloads from the Hugging Face hub on first start into the
 # volume above, so later starts are quick. Another model: `-e VSLERP_MODEL=stable-unclip-l`,
-# or a local pipeline directory mounted into the container. The app listens on 0.0.0.0:7860.
+# `-e VSLERP_MODEL=kandinsky-2-2` (768 px up to 1024; ~6.3 GB of fp16 weights, from two
+# repositories, plus activations), or a local pipeline directory mounted into the container.
+# The app listens on 0.0.0.0:7860.
 #
 # The CUDA runtime base brings the NVIDIA container setup; torch's wheels from PyPI carry
 # their own CUDA libraries, so the base only needs a driver recent enough for them.

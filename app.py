@@ -218,6 +218,9 @@ def _input_column(pipe, c: SimpleNamespace) -> None:
                                    label="guidance scale (1 = off)", elem_id="guidance")
             c.max_batch = gr.Slider(1, 32, value=pipe.max_batch, step=1,
                                     label="batch limit (frames at once)", elem_id="max_batch")
+        c.strength = gr.Slider(0.05, 1, value=1.0, step=0.05, visible=pipe.runner.takes_strength,
+                               label="strength (1: from noise; lower keeps the source's layout)",
+                               elem_id="strength")
     c.examples = gr.Examples(
         examples=[[str(EXAMPLES_DIR / s), str(EXAMPLES_DIR / t), th, al if has_stats else 0.0]
                   for s, t, th, al, _ in EXAMPLES],
@@ -389,25 +392,25 @@ def _frame_handlers(studio: ui.Studio) -> dict:
     # The public endpoints spell out their parameters: Gradio names the API's after them.
     def render_frame(source, target, theta, alpha, seed, quality, steps, super_res_steps,
                      preview_steps, guidance_scale, max_batch, session, target_conformity=None,
-                     progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+                     strength=None, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
         """/preview: one frame at (theta, alpha), its image and readouts; with a
         target_conformity, at the alpha giving it (readouts["aim"]: wanted, achieved)."""
         def on_step(step, total):
             progress((step, total), desc="denoising", unit="steps")
 
         return studio.frame(session, source, target, theta, alpha, seed, quality, steps, super_res_steps,
-                            preview_steps, guidance_scale, max_batch, target_conformity,
+                            preview_steps, guidance_scale, max_batch, target_conformity, strength=strength,
                             # ZeroGPU pickles the arguments to its worker: a closure cannot go.
                             on_step=None if on_zero_gpu() else on_step)
 
     def slider(quality_wanted):
         def handler(*inputs):
-            *request, session = inputs
+            *request, session, strength = inputs
             source, target, quality = request[0], request[1], request[5]
             if source is None or target is None or (quality_wanted == "full" and quality == "preview"):
                 return gr.skip(), gr.skip(), gr.skip()
             request[5] = quality_wanted
-            return studio.frame(session, *request)
+            return studio.frame(session, *request, strength=strength)
         return handler
 
     return {"check_frame": check_frame, "render_frame": render_frame, "slider_preview": slider("preview"),
@@ -625,9 +628,9 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
     _wire_uploads(h, c)
     checked = c.generate_button.click(h.check_frame, frame_inputs, None, **check)
     checked.success(None, js=SCROLL_TO_FRAME, **private)
-    checked.success(h.render_frame, [*frame_inputs, session, c.api_target_conformity], frame_outputs,
-                    api_name="preview", **gpu)
-    slider_inputs = [*frame_inputs, session]
+    checked.success(h.render_frame, [*frame_inputs, session, c.api_target_conformity, c.strength],
+                    frame_outputs, api_name="preview", **gpu)
+    slider_inputs = [*frame_inputs, session, c.strength]
     for slider in (c.theta, c.alpha):
         slider.release(h.slider_preview, slider_inputs, frame_outputs, trigger_mode="always_last",
                        show_progress="minimal", **gpu, **private).success(

@@ -17,6 +17,14 @@ benchmark exercises the same code path as a user's model.
 - ``stable_configs("full")``: stabilityai/stable-diffusion-2-1-unclip (-h) at 768 px: its
   UNet (SD 2.1 768-v with a 2048-d class projection), the SD VAE, OpenCLIP ViT-H/14 image
   tower (1024-d embeddings) and text tower (23 layers, as the repository ships it).
+- ``kandinsky_configs("full")``: Kandinsky 2.2 at 768 px: the decoder's image-conditioned
+  UNet (Kandinsky 2.1/2.2's shape, 1.25 B parameters; the authors publish 1.22 B), the
+  MoVQ (67.8 M; published 67 M), OpenCLIP ViT-bigG/14's vision tower (1.84 B, 1280-d
+  embeddings). The prior (PriorTransformer) is never run by us: not built.
+- ``kandinsky_configs("quick")``: the same block types and layer counts with 1/8 of the
+  channels (the MoVQ 1/4, kept in multiples of 32) and 1/4 of the side (192 px frames, 24
+  latent cells); ``"smoke"`` the test
+  fixture's.
 
 The configurations are data; the components are built, saved and loaded by
 `pipelines.fixtures`, the same builders as the test fixtures. Tokenizers are its tiny BPE
@@ -31,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["karlo_configs", "stable_configs", "write_pipeline", "SCALES"]
+__all__ = ["kandinsky_configs", "karlo_configs", "stable_configs", "write_pipeline", "SCALES"]
 
 SCALES = ("full", "quick", "smoke")
 CLIP_VOCAB = 49408
@@ -103,6 +111,61 @@ _OPENCLIP_H_TEXT = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_
                     "max_position_embeddings": 77, "vocab_size": CLIP_VOCAB}
 
 
+# -- Kandinsky 2.2, full size (kandinsky-community/kandinsky-2-2-decoder, -prior) ---------
+_K22_UNET = {
+    "sample_size": 96,
+    "in_channels": 4,
+    "out_channels": 8,  # noise and learned variance
+    "layers_per_block": 3,
+    "down_block_types": ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D",
+                         "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D"),
+    "up_block_types": ("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D",
+                       "SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+    "mid_block_type": "UNetMidBlock2DSimpleCrossAttn",
+    "block_out_channels": (384, 768, 1152, 1536),
+    "attention_head_dim": 64,
+    "cross_attention_dim": 768,
+    "encoder_hid_dim": 1280,  # the ViT-bigG/14 image embedding
+    "encoder_hid_dim_type": "image_proj",
+    "addition_embed_type": "image",
+    "class_embed_type": None,
+    "resnet_time_scale_shift": "scale_shift",
+}
+_K22_MOVQ = {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2,
+             "down_block_types": ("DownEncoderBlock2D",) * 3 + ("AttnDownEncoderBlock2D",),
+             "up_block_types": ("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 3,
+             "block_out_channels": (128, 256, 256, 512), "norm_num_groups": 32, "norm_type": "spatial",
+             "num_vq_embeddings": 16384, "vq_embed_dim": 4}
+# laion/CLIP-ViT-bigG-14-laion2B-39B-b160k's vision tower
+_VIT_BIGG14 = {"hidden_size": 1664, "intermediate_size": 8192, "num_hidden_layers": 48,
+               "num_attention_heads": 16, "image_size": 224, "patch_size": 14,
+               "projection_dim": 1280, "hidden_act": "gelu"}
+
+
+def kandinsky_configs(scale: str = "full") -> dict:
+    """Configurations of Kandinsky 2.2's components at ``scale`` (see the module doc); the
+    prior side (text tower, prior) tiny at every scale: the engine never runs it."""
+    from pipelines.fixtures import TINY
+
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
+    if scale == "smoke":
+        return copy.deepcopy(TINY["kandinsky"])
+    unet, movq, vision = copy.deepcopy(_K22_UNET), copy.deepcopy(_K22_MOVQ), dict(_VIT_BIGG14)
+    if scale == "quick":
+        unet.update(sample_size=24, block_out_channels=(48, 96, 144, 192), attention_head_dim=8,
+                    cross_attention_dim=96, norm_num_groups=16, encoder_hid_dim=64)
+        # SpatialNorm groups by 32 whatever norm_num_groups says: channels stay multiples of 32
+        movq.update(block_out_channels=(32, 32, 32, 64), norm_num_groups=8, num_vq_embeddings=256)
+        vision = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 4,
+                  "num_attention_heads": 4, "image_size": 224, "patch_size": 14, "projection_dim": 64,
+                  "hidden_act": "gelu"}
+    tiny = TINY["kandinsky"]
+    prior = {**tiny["prior"], "embedding_dim": vision["projection_dim"]}
+    text = {**tiny["text_encoder"], "projection_dim": vision["projection_dim"]}
+    return {"unet": unet, "movq": movq, "image_encoder": vision, "prior": prior, "text_encoder": text}
+
+
 def karlo_configs(scale: str = "full") -> dict:
     """Configurations of Karlo's trainable components at ``scale`` (see the module doc)."""
     if scale not in SCALES:
@@ -158,7 +221,8 @@ def write_pipeline(kind: str, scale: str, directory: str | Path, *, device="cpu"
     from pipelines.fixtures import write_model
     from vslerp_app.stats import STATS_FILENAME, compute_stats
 
-    config = {"karlo": lambda: karlo_configs(scale), "stable-unclip": lambda: stable_configs(scale)}
+    config = {"karlo": lambda: karlo_configs(scale), "stable-unclip": lambda: stable_configs(scale),
+              "kandinsky": lambda: kandinsky_configs(scale)}
     if kind not in config:
         raise ValueError(f"unknown kind {kind!r}")
     written = write_model(kind, directory, config=config[kind](), seed=seed, images=48, device=device,

@@ -2,9 +2,10 @@
 """vSLERP Studio benchmarks: what a frame costs, against the stock pipeline and the hardware.
 
     python bench/run.py --quick               # CPU, < 3 min: overhead, preview and grid ratios
+    python bench/run.py --quick --cpu-model kandinsky-2-2   # the same on a Kandinsky-shaped model
     python bench/run.py --smoke               # seconds: the same code path, tiny (for tests)
     python bench/run.py --flops               # CPU, seconds: full-size FLOP arithmetic (meta device)
-    python bench/run.py --full                # GPU: full-size Karlo and Stable unCLIP-h, fp16
+    python bench/run.py --full                # GPU: full-size Karlo, Stable unCLIP-h, Kandinsky 2.2, fp16
     python bench/run.py --real karlo          # GPU + hub: real weights, checks only they can show
 
 Every mode prints a human-readable table and, as its last line, one JSON object.
@@ -15,6 +16,7 @@ by their medians: on a shared machine only ratios mean something. See BENCHMARKS
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import gc
 import json
@@ -119,6 +121,12 @@ def stock_frame(vp, embedding: torch.Tensor, seed: int, settings):
         return vp.pipe(image_embeddings=emb, decoder_num_inference_steps=settings.steps,
                        super_res_num_inference_steps=settings.super_res_steps,
                        decoder_guidance_scale=settings.guidance_scale, generator=generator).images[0]
+    if vp.kind == "kandinsky-2-2":  # diffusers' image-variation negative: the zero image's embedding
+        width, height = settings.size
+        negative = vp.runner.family.negative.to(vp.device, vp.dtype)
+        return vp.pipe(image_embeds=emb, negative_image_embeds=negative, height=height, width=width,
+                       num_inference_steps=settings.steps,
+                       guidance_scale=settings.guidance_scale, generator=generator).images[0]
     return vp.pipe(image_embeds=emb, prompt="", height=settings.resolution, width=settings.resolution,
                    num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
                    noise_level=settings.noise_level, generator=generator).images[0]
@@ -193,20 +201,49 @@ def _stable_flops(sc: dict) -> dict:
     }
 
 
+def _kandinsky_flops(kc: dict) -> dict:
+    from diffusers import UNet2DConditionModel, VQModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    unet, movq = UNet2DConditionModel(**kc["unet"]), VQModel(**kc["movq"])
+    vit = CLIPVisionModelWithProjection(CLIPVisionConfig(**kc["image_encoder"]))
+    dim = kc["unet"]["encoder_hid_dim"]
+
+    def unet_step(side):  # guidance on (the zero image's embedding): the batch doubles
+        return count_flops(lambda: unet(torch.empty(2, 4, side // 8, side // 8), torch.tensor(999),
+                                        encoder_hidden_states=None,
+                                        added_cond_kwargs={"image_embeds": torch.empty(2, dim)}))[0]
+
+    def decode(side):
+        latents = torch.empty(1, 4, side // 8, side // 8)
+        return count_flops(lambda: movq.decode(latents, force_not_quantize=True))[0]
+
+    return {
+        "kandinsky_unet_step_cfg_768px": unet_step(768), "kandinsky_unet_step_cfg_1024px": unet_step(1024),
+        "kandinsky_unet_step_cfg_256px": unet_step(256),
+        "kandinsky_movq_decode_768px": decode(768), "kandinsky_movq_decode_1024px": decode(1024),
+        "kandinsky_movq_decode_256px": decode(256),
+        "vit_bigg14_encode": count_flops(lambda: vit(torch.empty(1, 3, 224, 224)))[0],
+    }
+
+
 def full_size_flops() -> dict:
     """TFLOP of one call of each full-size component, counted on the meta device.
 
     Nothing is allocated: torch's flop counter sees the shapes only. Karlo: decoder step
     at 64 px (guidance off: batch 1), super-resolution step at 256 px, ViT-L/14 encode,
     text encoder (the empty prompt). Stable unCLIP-h: UNet step at 768 px with guidance
-    (batch 2), the same at the 384 px preview, VAE decode, ViT-H/14 encode. Per frame:
-    the preset's step counts, plus one re-encode of the frame (the engine's readout).
+    (batch 2), the same at the 384 px preview, VAE decode, ViT-H/14 encode. Kandinsky 2.2:
+    UNet step with guidance at 768 and 1024 px and at the 256 px preview, MoVQ decode at
+    each, ViT-bigG/14 encode. Per frame: the preset's step counts, plus one re-encode of
+    the frame (the engine's readout).
     """
-    from bench.models import karlo_configs, stable_configs
+    from bench.models import kandinsky_configs, karlo_configs, stable_configs
     from pipelines.presets import PRESETS
 
     with torch.device("meta"), torch.no_grad():
-        counts = {**_karlo_flops(karlo_configs("full")), **_stable_flops(stable_configs("full"))}
+        counts = {**_karlo_flops(karlo_configs("full")), **_stable_flops(stable_configs("full")),
+                  **_kandinsky_flops(kandinsky_configs("full"))}
     t = {k: v / 1e12 for k, v in counts.items()}
     k, s = PRESETS["karlo"], PRESETS["stable-unclip-h"]
     t["karlo_frame"] = (k.steps * t["karlo_decoder_step"] + k.super_res_steps * t["karlo_super_res_step"]
@@ -218,12 +255,19 @@ def full_size_flops() -> dict:
                            + t["vit_h14_encode"])
     t["stable_h_preview"] = (s.preview_steps * t["stable_h_unet_step_cfg_384px"]
                              + t["stable_h_vae_decode_384px"] + t["vit_h14_encode"])
+    kd = PRESETS["kandinsky-2-2"]
+    for side in (768, 1024):
+        t[f"kandinsky_frame_{side}px"] = (kd.steps * t[f"kandinsky_unet_step_cfg_{side}px"]
+                                          + t[f"kandinsky_movq_decode_{side}px"] + t["vit_bigg14_encode"])
+    t["kandinsky_preview"] = (kd.preview_steps * t["kandinsky_unet_step_cfg_256px"]
+                              + t["kandinsky_movq_decode_256px"] + t["vit_bigg14_encode"])
     return {key: round(v, 4) for key, v in t.items()}
 
 
 def _floor_rows(tflop: dict, tflops_per_s: float) -> list[tuple]:
     return [(name, f"{tflop[name]:.2f} TFLOP", f"floor {tflop[name] / tflops_per_s * 1000:.1f} ms")
-            for name in ("karlo_frame", "karlo_preview", "stable_h_frame", "stable_h_preview")]
+            for name in ("karlo_frame", "karlo_preview", "stable_h_frame", "stable_h_preview",
+                         "kandinsky_frame_768px", "kandinsky_frame_1024px", "kandinsky_preview")]
 
 
 def run_flops(args) -> int:
@@ -236,6 +280,8 @@ def run_flops(args) -> int:
     _json_line({"mode": "flops", "tflop": tflop, "achievable_tflops": args.achievable_tflops,
                 "karlo_frame_floor_ms": round(tflop["karlo_frame"] / args.achievable_tflops * 1000, 1),
                 "karlo_preview_floor_ms": round(tflop["karlo_preview"] / args.achievable_tflops * 1000, 1),
+                "kandinsky_frame_768px_floor_ms":
+                    round(tflop["kandinsky_frame_768px"] / args.achievable_tflops * 1000, 1),
                 "wall_s": round(time.perf_counter() - start, 1)})
     return 0
 
@@ -268,6 +314,21 @@ PLANS = {
                   grid_steps={"steps": 2, "super_res_steps": 2}, image_side=64,
                   full_size_flops=False, warmup=False),
 }
+
+
+# Kandinsky 2.2's preset runs 50 steps at guidance 4 (the UNet twice a step); the quick plan
+# times 20 so the run stays within minutes: the ratios compare equal work either way.
+KANDINSKY_STEPS = {"quick": ({"steps": 20}, {}, {"steps": 4}),
+                   "smoke": ({"steps": 2}, {"steps": 2}, {"steps": 2})}
+
+
+def cpu_plan(scale: str, model: str) -> Plan:
+    """The --quick / --smoke plan for a model: Karlo's as it is, Kandinsky's step counts."""
+    plan = PLANS[scale]
+    if model != "kandinsky-2-2":
+        return plan
+    steps, preview, grid = KANDINSKY_STEPS[scale]
+    return dataclasses.replace(plan, steps=steps, preview_steps=preview, grid_steps=grid)
 
 
 def run_cpu(plan: Plan, args) -> int:
@@ -354,7 +415,8 @@ def _run_cpu(plan: Plan, args, tmp: Path) -> int:
     from vslerp_app import load_pipeline
 
     wall = time.perf_counter()
-    model_dir, counts = write_pipeline("karlo", plan.scale, tmp / f"karlo-{plan.scale}")
+    kind = FULL_MODELS[args.cpu_model]
+    model_dir, counts = write_pipeline(kind, plan.scale, tmp / f"{kind}-{plan.scale}")
     vp = load_pipeline(model_dir, device="cpu", dtype=torch.float32)
     build_s = time.perf_counter() - wall
     source, target = _generated_images(2, plan.image_side)
@@ -377,7 +439,7 @@ def _run_cpu(plan: Plan, args, tmp: Path) -> int:
     flops = SimpleNamespace(frame=count_flops(full)[0], preview=count_flops(prev)[0],
                             full_size=full_size_flops() if plan.full_size_flops else None)
 
-    result = _cpu_result(plan, over, preview, grid, flops, counts, build_s)
+    result = {"model": args.cpu_model, **_cpu_result(plan, over, preview, grid, flops, counts, build_s)}
     _cpu_tables(plan, over, preview, grid, flops, args)
     result["wall_s"] = round(time.perf_counter() - wall, 1)
     print(f"\nwall {result['wall_s']} s")
@@ -437,7 +499,7 @@ def _cpu_tables(plan: Plan, over, preview, grid, flops, args) -> None:
     """The human-readable tables of --quick / --smoke."""
     n, overhead = plan.frames, over.ours_s / over.stock_s
     full_s, prev_s = preview.full_s, preview.prev_s
-    _table(f"vSLERP bench --{plan.scale}: Karlo-shaped pipeline, random weights, cpu, "
+    _table(f"vSLERP bench --{plan.scale}: {args.cpu_model}-shaped pipeline, random weights, cpu, "
            f"{torch.get_num_threads()} threads (medians of {plan.reps}/{plan.preview_reps}/{plan.grid_reps})",
            [("measure", "ours", "reference", "ratio", "goal"),
             (f"{n}-frame theta sweep vs stock per frame", _fmt_s(over.ours_s), _fmt_s(over.stock_s),
@@ -465,13 +527,15 @@ def _cpu_tables(plan: Plan, over, preview, grid, flops, args) -> None:
 
 
 # -- --full: full-size architectures on a GPU ---------------------------------------------
-FULL_MODELS = {"karlo": "karlo", "stable-unclip-h": "stable-unclip"}
+FULL_MODELS = {"karlo": "karlo", "stable-unclip-h": "stable-unclip", "kandinsky-2-2": "kandinsky"}
 TOGGLES = ("channels_last", "compile", "compile-cudagraphs")
 
 
 def _unets(vp) -> list:
     p = vp.pipe
-    return [p.decoder, p.super_res_first, p.super_res_last] if vp.kind == "karlo" else [p.unet, p.vae]
+    if vp.kind == "karlo":
+        return [p.decoder, p.super_res_first, p.super_res_last]
+    return [p.unet, p.movq if vp.kind == "kandinsky-2-2" else p.vae]
 
 
 def _apply_toggle(vp, toggle: str) -> None:
@@ -483,8 +547,8 @@ def _apply_toggle(vp, toggle: str) -> None:
         return
     mode = "reduce-overhead" if toggle == "compile-cudagraphs" else None  # CUDA graphs / default
     for m in _unets(vp):
-        if vp.kind == "stable-unclip" and m is vp.pipe.vae:
-            m.decoder.compile(mode=mode, dynamic=False)
+        if m is getattr(vp.pipe, "vae", None) or m is getattr(vp.pipe, "movq", None):
+            m.decoder.compile(mode=mode, dynamic=False)  # only its decoder runs per frame
         else:
             m.compile(mode=mode, dynamic=False)
 
@@ -573,7 +637,7 @@ def _write_full(model: str, scale: str, model_dir: Path, args):
     the scaled-down Karlo / the tiny Stable unCLIP fixture."""
     from bench.models import write_pipeline
 
-    if scale == "full" or model == "karlo":
+    if scale == "full" or model != "stable-unclip-h":
         return write_pipeline(FULL_MODELS[model], scale, model_dir, device=args.device,
                               dtype=torch.float16 if scale == "full" else torch.float32)[1]
     from vslerp_app.fixtures import write_fixture
@@ -632,7 +696,7 @@ def _full_models(args, weights_root: Path, name: str, result: dict) -> None:
     for model in args.models:
         model_dir = weights_root / model
         start = time.perf_counter()
-        if not (model_dir / "model_index.json").is_file():
+        if not any(model_dir.rglob("model_index.json")):
             _progress(f"{model}: writing {args.scale}-size random weights to {model_dir}")
             counts = _write_full(model, args.scale, model_dir, args)
         else:
@@ -793,6 +857,8 @@ def parse_args(argv=None):
                    help="--full: architecture size; quick/smoke run anywhere (a code-path check)")
     p.add_argument("--models", nargs="+", default=list(FULL_MODELS), choices=list(FULL_MODELS),
                    help="--full: which architectures")
+    p.add_argument("--cpu-model", default="karlo", choices=["karlo", "kandinsky-2-2"],
+                   help="--quick/--smoke: the architecture scaled down (default karlo)")
     p.add_argument("--toggles", nargs="*", default=["channels_last", "compile"], choices=TOGGLES,
                    help="--full: variants measured beside the baseline, each on a fresh load")
     p.add_argument("--frames", type=int, default=8, help="--full/--real: sequence length")
@@ -819,7 +885,7 @@ def main(argv=None) -> int:
         return run_real(args)
     if args.flops:
         return run_flops(args)
-    return run_cpu(PLANS["smoke" if args.smoke else "quick"], args)
+    return run_cpu(cpu_plan("smoke" if args.smoke else "quick", args.cpu_model), args)
 
 
 if __name__ == "__main__":

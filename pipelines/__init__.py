@@ -1,9 +1,11 @@
-"""The unCLIP side: model presets, loading, the CLIP encoders, the runner, tiny fixtures.
+"""The unCLIP side: model presets, one module per model family, loading, the CLIP encoders,
+the runner, tiny fixtures.
 
 Knows nothing of vSLERP, statistics or output files: `vslerp_app` builds on it.
 """
 
 from pipelines.encoders import ClipImageEncoder
+from pipelines.families import FAMILIES, Family, RenderSettings
 from pipelines.loading import (
     SUPPORTED_PIPELINES,
     HubUnreachableError,
@@ -14,11 +16,23 @@ from pipelines.loading import (
     hub_snapshot,
     load_model,
 )
-from pipelines.presets import DEFAULT_MODEL, PRESETS, ModelPreset, get_preset, list_presets
-from pipelines.runner import GenerationError, RenderSettings, UnclipRunner
+from pipelines.presets import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MODEL,
+    PRESETS,
+    HubFiles,
+    ModelPreset,
+    get_preset,
+    list_presets,
+)
+from pipelines.runner import GenerationError, UnclipRunner
 
 __all__ = [
+    "DEFAULT_MAX_BATCH",
     "DEFAULT_MODEL",
+    "FAMILIES",
+    "Family",
+    "HubFiles",
     "PRESETS",
     "SUPPORTED_PIPELINES",
     "ClipImageEncoder",

@@ -2,14 +2,21 @@
 
 `write_model("karlo", DIR)` writes an `UnCLIPImageVariationPipeline` laid out like
 kakaobrain/karlo-v1-alpha-image-variations; `write_model("stable-unclip", DIR)` writes a
-`StableUnCLIPImg2ImgPipeline` laid out like stabilityai/stable-diffusion-2-1-unclip(-small).
+`StableUnCLIPImg2ImgPipeline` laid out like stabilityai/stable-diffusion-2-1-unclip(-small);
+`write_model("kandinsky", DIR)` writes Kandinsky 2.2's two repositories,
+kandinsky-community/kandinsky-2-2-prior as ``DIR/prior`` (`KandinskyV22PriorPipeline`:
+image encoder, image processor, text encoder, tokenizer, prior scheduler and a
+`PriorTransformer` whose `clip_mean`/`clip_std` hold the statistics of the fixture images'
+embeddings) and kandinsky-community/kandinsky-2-2-decoder as ``DIR/decoder``
+(`KandinskyV22Pipeline`: UNet, DDPM scheduler, MoVQ).
 Every component is the real diffusers/transformers class, built in code from a seed
 (nothing is downloaded) and saved with `save_pretrained`; the same seed gives
 byte-identical weight files.
 
 The architecture is data: `TINY` holds the tiny configurations of the test fixtures (after
 diffusers' own fast tests, shrunk further for CPU: 32-d CLIP image embeddings, a 32 px Karlo
-decoder with 64 px super-resolution, a 32 px Stable unCLIP); the benchmark passes its
+decoder with 64 px super-resolution, a 32 px Stable unCLIP, a 32 px Kandinsky 2.2 whose
+UNet and MoVQ follow diffusers' own Kandinsky 2.2 fast tests); the benchmark passes its
 full-size and scaled-down configurations (`bench/models.py`) to the same builders.
 
 Layouts: "hub" rewrites Karlo's model_index.json so `text_proj` names the library "unclip",
@@ -36,12 +43,13 @@ import torch
 __all__ = ["FIXTURE_KINDS", "EMBEDDING_DIM", "TINY", "FixtureModel", "build_components",
            "fixture_images", "image_embeddings", "write_model", "write_tokenizer"]
 
-FIXTURE_KINDS = ("karlo", "stable-unclip")
+FIXTURE_KINDS = ("karlo", "stable-unclip", "kandinsky")
 EMBEDDING_DIM = 32  # projection_dim of the tiny CLIP encoders: raw image embeddings are 32-d
 IMAGE_SIZE = 32  # CLIP encoder input side (feature_extractor crop)
 STATS_IMAGES = 96
 MODEL_MAX_LENGTH = 77  # as the real CLIP tokenizers
-_PIPELINE_CLASS = {"karlo": "UnCLIPImageVariationPipeline", "stable-unclip": "StableUnCLIPImg2ImgPipeline"}
+_PIPELINE_CLASS = {"karlo": "UnCLIPImageVariationPipeline", "stable-unclip": "StableUnCLIPImg2ImgPipeline",
+                   "kandinsky": ("KandinskyV22PriorPipeline", "KandinskyV22Pipeline")}
 
 # Real repositories saved by an older diffusers name the library "unclip" for text_proj.
 _HUB_TEXT_PROJ = ["unclip", "UnCLIPTextProjModel"]
@@ -91,12 +99,32 @@ TINY = {
         "image_normalizer": {"embedding_dim": EMBEDDING_DIM},
         "scheduler": {},
     },
+    # The UNet and MoVQ of diffusers' tests/pipelines/kandinsky2_2 get_dummy_components, the
+    # UNet at 16 latent cells (a 32 px frame: the two-level MoVQ has factor 2).
+    "kandinsky": {
+        "unet": {"sample_size": 16, "in_channels": 4, "out_channels": 8, "addition_embed_type": "image",
+                 "down_block_types": ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+                 "up_block_types": ("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+                 "mid_block_type": "UNetMidBlock2DSimpleCrossAttn", "block_out_channels": (32, 64),
+                 "layers_per_block": 1, "encoder_hid_dim": EMBEDDING_DIM,
+                 "encoder_hid_dim_type": "image_proj", "cross_attention_dim": 32, "attention_head_dim": 4,
+                 "resnet_time_scale_shift": "scale_shift", "class_embed_type": None},
+        "movq": {"block_out_channels": (32, 64),
+                 "down_block_types": ("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+                 "in_channels": 3, "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 8,
+                 "norm_type": "spatial", "num_vq_embeddings": 12, "out_channels": 3,
+                 "up_block_types": ("AttnUpDecoderBlock2D", "UpDecoderBlock2D"), "vq_embed_dim": 4},
+        "prior": {"num_attention_heads": 2, "attention_head_dim": 12, "embedding_dim": EMBEDDING_DIM,
+                  "num_layers": 1},
+        "text_encoder": _TINY_TEXT,
+        "image_encoder": _TINY_VISION,
+    },
 }
 
 # Each component draws its weights from the seed plus its own offset, so changing one
 # component's size leaves the others' weights alone.
-_SEED_OFFSETS = {"decoder": 0, "unet": 0, "text_proj": 1, "vae": 1, "text_encoder": 2,
-                 "image_encoder": 3, "super_res_first": 4, "super_res_last": 5}
+_SEED_OFFSETS = {"decoder": 0, "unet": 0, "text_proj": 1, "vae": 1, "movq": 1, "text_encoder": 2,
+                 "image_encoder": 3, "super_res_first": 4, "super_res_last": 5, "prior": 6}
 
 
 # -- tokenizer ---------------------------------------------------------------------------
@@ -186,9 +214,34 @@ def _stable_modules(cfg: dict, tokenizer) -> dict:
     }
 
 
+def _kandinsky_modules(cfg: dict, tokenizer) -> dict:
+    """Constructors of Kandinsky 2.2's trainable components, both repositories' (prior side:
+    prior, image_encoder, text_encoder; decoder side: unet, movq)."""
+    from diffusers import PriorTransformer, UNet2DConditionModel, VQModel
+    from transformers import CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    return {
+        "unet": lambda: UNet2DConditionModel(**cfg["unet"]),
+        "movq": lambda: VQModel(**cfg["movq"]),
+        "text_encoder": lambda: CLIPTextModelWithProjection(_text_config(cfg["text_encoder"], tokenizer)),
+        "image_encoder": lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["image_encoder"])),
+        "prior": lambda: PriorTransformer(**cfg["prior"]),
+    }
+
+
+_MODULES = {"karlo": _karlo_modules, "stable-unclip": _stable_modules, "kandinsky": _kandinsky_modules}
+
+
 def _schedulers(kind: str, cfg: dict) -> dict:
     from diffusers import DDIMScheduler, DDPMScheduler, UnCLIPScheduler
 
+    if kind == "kandinsky":  # the prior's (as diffusers' tests) and the decoder's DDPM
+        return {"scheduler": UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample",
+                                             num_train_timesteps=1000, clip_sample=True,
+                                             clip_sample_range=10.0),
+                "decoder_scheduler": DDPMScheduler(beta_schedule="linear", beta_start=0.00085,
+                                                   beta_end=0.012, clip_sample=False, steps_offset=1,
+                                                   prediction_type="epsilon", variance_type="fixed_small")}
     if kind == "karlo":
         return {"decoder_scheduler": UnCLIPScheduler(variance_type="learned_range",
                                                      prediction_type="epsilon", num_train_timesteps=1000),
@@ -213,7 +266,7 @@ def build_components(kind: str, config: dict, tokenizer, *, seed: int = 0, devic
     """The components of a ``kind`` pipeline with random weights, built on ``device``.
 
     Args:
-        kind: "karlo" or "stable-unclip".
+        kind: one of `FIXTURE_KINDS`.
         config: the trainable components' configurations (`TINY[kind]`, or the benchmark's).
         tokenizer: the CLIP tokenizer (`write_tokenizer`).
         seed: every component's weights derive from it (its own offset each).
@@ -223,7 +276,7 @@ def build_components(kind: str, config: dict, tokenizer, *, seed: int = 0, devic
     """
     if kind not in FIXTURE_KINDS:
         raise ValueError(f"unknown fixture kind {kind!r}; known: {', '.join(FIXTURE_KINDS)}")
-    modules = (_karlo_modules if kind == "karlo" else _stable_modules)(config, tokenizer)
+    modules = _MODULES[kind](config, tokenizer)
     parts = {}
     with torch.device(device):
         for name, build in modules.items():
@@ -236,12 +289,24 @@ def build_components(kind: str, config: dict, tokenizer, *, seed: int = 0, devic
 
             parts["image_normalizer"] = StableUnCLIPImageNormalizer(**config["image_normalizer"])
     if zero_out:
-        for name in ("decoder", "super_res_first", "super_res_last", "unet"):
+        for name in ("decoder", "super_res_first", "super_res_last", "unet"):  # the denoisers
             if name in parts:
                 _zero_out(parts[name])
     parts.update(_schedulers(kind, config), tokenizer=tokenizer,
                  feature_extractor=_feature_extractor(config["image_encoder"]["image_size"]))
     return parts
+
+
+def _kandinsky_pipelines(components: dict):
+    """(prior pipeline, decoder pipeline) of Kandinsky 2.2 from `build_components`' parts."""
+    from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
+
+    c = components
+    prior = KandinskyV22PriorPipeline(prior=c["prior"], image_encoder=c["image_encoder"],
+                                      text_encoder=c["text_encoder"], tokenizer=c["tokenizer"],
+                                      scheduler=c["scheduler"], image_processor=c["feature_extractor"])
+    decoder = KandinskyV22Pipeline(unet=c["unet"], scheduler=c["decoder_scheduler"], movq=c["movq"])
+    return prior, decoder
 
 
 def param_counts(components: dict) -> dict[str, int]:
@@ -326,23 +391,35 @@ def _set_normalizer(normalizer, embeddings: torch.Tensor) -> None:
         normalizer.std.copy_(embeddings.std(0, keepdim=True).clamp_min(1e-3))
 
 
+def _set_prior_stats(prior, embeddings: torch.Tensor) -> None:
+    """Store the embeddings' mean and std as the prior's clip_mean/clip_std (what Kandinsky
+    2.2's prior holds for ViT-bigG/14 over its training set)."""
+    with torch.no_grad():
+        prior.clip_mean.copy_(embeddings.mean(0, keepdim=True))
+        prior.clip_std.copy_(embeddings.std(0, keepdim=True).clamp_min(1e-3))
+
+
 def _save(kind: str, components: dict, directory: Path, tokenizer_dir: Path, dtype) -> None:
     import diffusers
 
-    pipe = getattr(diffusers, _PIPELINE_CLASS[kind])(**components)
-    if dtype is not None:
-        pipe.to(dtype=dtype)
-    pipe.save_pretrained(directory, safe_serialization=True)
+    if kind == "kandinsky":  # two repositories, as on the hub
+        saved = dict(zip(("prior", "decoder"), _kandinsky_pipelines(components), strict=True))
+    else:
+        saved = {"": getattr(diffusers, _PIPELINE_CLASS[kind])(**components)}
+    for folder, pipe in saved.items():
+        if dtype is not None:
+            pipe.to(dtype=dtype)
+        pipe.save_pretrained(directory / folder, safe_serialization=True)
     umask = os.umask(0o022)
     os.umask(umask)
     for weights in directory.rglob("*.safetensors"):  # safetensors writes 0600: the usual mode instead
         weights.chmod(0o666 & ~umask)
     # Keep the BPE source files beside tokenizer.json, as the real repositories do (and
     # so a transformers without the tokenizers backend can read them too).
-    for name in ("vocab.json", "merges.txt"):
-        target = directory / "tokenizer" / name
-        if not target.exists():
-            target.write_bytes((tokenizer_dir / name).read_bytes())
+    for tokenizer in directory.rglob("tokenizer"):
+        for name in ("vocab.json", "merges.txt"):
+            if not (tokenizer / name).exists():
+                (tokenizer / name).write_bytes((tokenizer_dir / name).read_bytes())
 
 
 def write_model(kind: str, directory: str | os.PathLike, *, config: dict | None = None,
@@ -353,8 +430,10 @@ def write_model(kind: str, directory: str | os.PathLike, *, config: dict | None 
 
     Args:
         kind: "karlo" (UnCLIPImageVariationPipeline, like
-            kakaobrain/karlo-v1-alpha-image-variations) or "stable-unclip"
-            (StableUnCLIPImg2ImgPipeline, like stabilityai/stable-diffusion-2-1-unclip).
+            kakaobrain/karlo-v1-alpha-image-variations), "stable-unclip"
+            (StableUnCLIPImg2ImgPipeline, like stabilityai/stable-diffusion-2-1-unclip) or
+            "kandinsky" (Kandinsky 2.2's prior and decoder repositories as ``prior/`` and
+            ``decoder/``).
         directory: where to write (created if needed; existing files are overwritten).
         config: the components' configurations (default: `TINY[kind]`).
         layout: "hub" (Karlo's model_index.json names the "unclip" library for text_proj, as
@@ -384,6 +463,8 @@ def write_model(kind: str, directory: str | os.PathLike, *, config: dict | None 
         embeddings = image_embeddings(components, fixture_images(images, seed=seed, size=side))
         if kind == "stable-unclip" and embedded_mean == "stats":
             _set_normalizer(components["image_normalizer"], embeddings)
+        if kind == "kandinsky":
+            _set_prior_stats(components["prior"], embeddings)
         counts = param_counts(components)
         _save(kind, components, directory, Path(tmp) / "tokenizer", dtype)
         del components

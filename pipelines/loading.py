@@ -1,9 +1,10 @@
 """Load an unCLIP pipeline (a preset from the hub, or a local directory) on current diffusers.
 
-`load_model` is the one way in: a preset name (its hub repository, from the local cache or
-downloaded) or a local directory in the hub layout. model_index.json is read once and
-checked against one table of supported pipelines (`SUPPORTED_PIPELINES`), and every
-component it names must have its folder.
+`load_model` is the one way in: a preset name (its hub repositories, from the local cache
+or downloaded, only the files the preset names) or a local directory in the hub layout.
+The family whose layout the directory holds (`pipelines.families`) checks it is complete
+and loads it; here is only what every family shares: the hub, device and dtype, quiet
+libraries, and the mean a model carries.
 
 Current diffusers keeps the Karlo pipeline under ``diffusers.pipelines.deprecated.unclip``.
 A Karlo repository saved by an older diffusers (the real
@@ -16,7 +17,7 @@ is loaded with that class's ``from_pretrained(path, subfolder=name)`` and put in
 
 `carried_mean` reads the mean of the image embeddings a model carries (Stable unCLIP's
 ``image_normalizer.mean``, an unCLIP prior's ``clip_mean``) straight from the weights file,
-or from the repository its preset names.
+or from the repository its preset names (one tensor read over HTTP ranges, not the file).
 
 Start-up is quiet: `library_output` silences diffusers' and transformers' warnings and
 progress bars while a model loads (the deprecation warning for the Karlo pipeline, which we
@@ -37,7 +38,8 @@ from pathlib import Path
 
 import torch
 
-from pipelines.presets import KIND_DEFAULTS, PRESETS, ModelPreset, get_preset
+from pipelines.families import FAMILIES, Family, family_named, family_of, supported_pipelines
+from pipelines.presets import PRESETS, HubFiles, ModelPreset, get_preset
 
 __all__ = [
     "SUPPORTED_PIPELINES",
@@ -46,6 +48,9 @@ __all__ = [
     "ModelLoadError",
     "PipelineDirectoryError",
     "carried_mean",
+    "check_components",
+    "download_repository",
+    "dtype_kwarg",
     "hub_snapshot",
     "library_output",
     "load_diffusers_pipeline",
@@ -55,13 +60,13 @@ __all__ = [
     "read_model_index",
     "resolve_model_path",
     "set_verbose",
+    "weight_files",
 ]
 
 logger = logging.getLogger(__name__)
 
-# The one table of supported pipelines: diffusers class name -> our kind.
-SUPPORTED_PIPELINES = {"UnCLIPImageVariationPipeline": "karlo",
-                       "StableUnCLIPImg2ImgPipeline": "stable-unclip"}
+# The single-repository pipelines the families read: diffusers class name -> family name.
+SUPPORTED_PIPELINES = supported_pipelines()
 
 # Components whose model_index entry current diffusers may not resolve: class name -> module.
 _KNOWN_CLASSES = {
@@ -70,7 +75,7 @@ _KNOWN_CLASSES = {
 }
 
 # Where a model keeps the mean of the image embeddings it was trained on: (folder, tensor).
-_EMBEDDED_MEANS = (("image_normalizer", "mean"), ("prior", "clip_mean"))
+_EMBEDDED_MEANS = tuple(loc for f in FAMILIES.values() for loc in f.mean_locations)
 
 _DTYPES = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16,
            "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32,
@@ -91,12 +96,12 @@ class PipelineDirectoryError(ValueError):
 
 @dataclass
 class LoadedModel:
-    """A stock diffusers unCLIP pipeline, ready on its device, and what we know of it.
+    """A model of one family, ready on its device, and what we know of it.
 
     Attributes:
-        pipe: the diffusers pipeline.
-        kind: "karlo" or "stable-unclip".
-        preset: the preset loaded, or the defaults of its kind for a local directory.
+        pipe: the stock diffusers pipeline (`family.pipe`).
+        kind: the family's name ("karlo", "stable-unclip", "kandinsky-2-2").
+        preset: the preset loaded, or the defaults of its family for a local directory.
         from_preset: True when a preset name was loaded (so `preset.encoder` names the encoder).
         model: what was asked for (a preset name or a directory).
         model_dir: the local directory the weights were read from.
@@ -113,6 +118,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     offload: bool = False
+    family: Family | None = None
 
     @property
     def encoder_name(self) -> str:
@@ -176,12 +182,20 @@ def read_model_index(path: str | os.PathLike) -> dict:
     return data
 
 
-def _kind_of(path: Path, index: dict) -> str:
+def _check_class(path: Path, index: dict) -> None:
     class_name = index.get("_class_name")
     if class_name not in SUPPORTED_PIPELINES:
         raise PipelineDirectoryError(f"{path} holds a {class_name!r} pipeline; supported: "
-                                     f"{', '.join(SUPPORTED_PIPELINES)}")
-    return SUPPORTED_PIPELINES[class_name]
+                                     f"{', '.join(SUPPORTED_PIPELINES)}, or a Kandinsky 2.2 "
+                                     "directory holding prior/ and decoder/")
+
+
+def _family_for(path: Path) -> type[Family]:
+    """The family whose layout ``path`` holds; else why not (PipelineDirectoryError)."""
+    family = family_of(path)
+    if family is None:
+        _check_class(path, read_model_index(path))  # says what is wrong with it
+    return family
 
 
 def _components(index: dict) -> dict[str, tuple[str, str]]:
@@ -191,8 +205,9 @@ def _components(index: dict) -> dict[str, tuple[str, str]]:
             and entry[0] is not None}
 
 
-def _check_components(model_dir: Path, index: dict) -> None:
+def check_components(model_dir: Path) -> None:
     """Every component model_index.json names has its folder (else: an incomplete download)."""
+    index = read_model_index(model_dir)
     missing = [name for name in _components(index) if not (model_dir / name).is_dir()]
     if missing:
         raise ModelLoadError(f"{model_dir} is incomplete: no folder for {', '.join(missing)} "
@@ -200,7 +215,7 @@ def _check_components(model_dir: Path, index: dict) -> None:
 
 
 # -- diffusers -----------------------------------------------------------------------------
-def _dtype_kwarg(dtype: torch.dtype) -> dict:
+def dtype_kwarg(dtype: torch.dtype) -> dict:
     """``dtype=`` on diffusers that has it (``torch_dtype`` is deprecated there), else torch_dtype."""
     try:
         from diffusers.utils import deprecation_utils
@@ -263,9 +278,9 @@ def load_diffusers_pipeline(path: str | os.PathLike, *, torch_dtype: torch.dtype
     """
     path = Path(path)
     index = read_model_index(path) if index is None else index
-    _kind_of(path, index)
+    _check_class(path, index)
     pipeline_cls = _pipeline_class(index["_class_name"])
-    dtype_kw = _dtype_kwarg(torch_dtype)
+    dtype_kw = dtype_kwarg(torch_dtype)
 
     own: dict[str, object] = {}
     for name, (library, component_class) in _components(index).items():
@@ -322,18 +337,47 @@ def _probe_hub() -> None:
                                   f"({e.strerror or type(e).__name__})") from None
 
 
-def _download(hub_id: str) -> Path:
-    """Download a hub repository's diffusers files (not its single-file checkpoints)."""
+_SKIPPED_FORMATS = ["*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data"]
+
+
+def weight_files(files: list[str], wanted: HubFiles, half: bool) -> list[str]:
+    """The files of ``files`` (a repository listing) a model needs: ``wanted``'s own files, and
+    in each of its folders the configurations and one weights format.
+
+    Per folder: the fp16 variant when ``half`` and the repository has one, else the
+    unsuffixed safetensors, else the unsuffixed pickled ``.bin``.
+    """
+    chosen = [f for f in wanted.files if f in files]
+    for folder in wanted.folders:
+        inside = [f for f in files if f.startswith(f"{folder}/") and f.count("/") == 1]
+        chosen += [f for f in inside if f.endswith((".json", ".txt"))]
+        weights = [f for f in inside if f.endswith((".safetensors", ".bin"))]
+        fp16 = [f for f in weights if ".fp16." in f]
+        plain = [f for f in weights if ".fp16." not in f]
+        safetensors = [f for f in plain if f.endswith(".safetensors")]
+        chosen += (fp16 if half and fp16 else safetensors or [f for f in plain if f.endswith(".bin")])
+    return chosen
+
+
+def download_repository(hub_id: str, wanted: HubFiles | None = None, half: bool = False) -> Path:
+    """A hub repository's snapshot: from the local cache, else downloaded.
+
+    With ``wanted``, only the files `weight_files` picks (the local cache is used when they
+    are all in it); without, every diffusers file (not single-file checkpoints, one format).
+    """
     from huggingface_hub import HfApi, snapshot_download
 
     local = hub_snapshot(hub_id)  # offline use, a Space's preload_from_hub
-    if local is not None:
+    if local is not None and (wanted is None or all((local / f).exists() for f in wanted.files)
+                              and all((local / d).is_dir() for d in wanted.folders)):
         return local
     _probe_hub()
     try:
         files = HfApi().list_repo_files(hub_id)
+        if wanted is not None:
+            return Path(snapshot_download(hub_id, allow_patterns=weight_files(files, wanted, half)))
         # Prefer safetensors; skip the original single-file .ckpt and duplicate formats.
-        ignore = ["*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*fp16*"]
+        ignore = [*_SKIPPED_FORMATS, "*fp16*"]
         if any(f.endswith(".safetensors") for f in files if "/" in f):
             ignore.append("*.bin")
         return Path(snapshot_download(hub_id, ignore_patterns=ignore))
@@ -344,14 +388,39 @@ def _download(hub_id: str) -> Path:
             "layout as the model") from None
 
 
-def resolve_model_path(model: str | os.PathLike) -> tuple[Path, ModelPreset | None]:
-    """A local directory as given, or a preset's repository from the hub cache/download."""
+def linked_model_dir(name: str, parts: dict[str, Path]) -> Path:
+    """A directory of symbolic links, folder -> repository snapshot, for a model of several
+    repositories (Kandinsky 2.2's prior and decoder); kept beside the hub cache."""
+    from huggingface_hub import constants
+
+    root = Path(constants.HF_HUB_CACHE).parent / "vslerp-models" / name
+    root.mkdir(parents=True, exist_ok=True)
+    for folder, target in parts.items():
+        link = root / folder
+        if link.is_symlink() or link.exists():
+            if link.resolve() == target.resolve():
+                continue
+            link.unlink()
+        link.symlink_to(target.resolve(), target_is_directory=True)
+    return root
+
+
+def fetch_preset(preset: ModelPreset, half: bool = False) -> Path:
+    """A preset's model directory: one repository's snapshot, or links to several."""
+    if not preset.downloads:
+        return download_repository(preset.hub_id)
+    parts = {w.into: download_repository(w.repo, w, half) for w in preset.downloads}
+    return parts[""] if list(parts) == [""] else linked_model_dir(preset.name, parts)
+
+
+def resolve_model_path(model: str | os.PathLike, half: bool = False) -> tuple[Path, ModelPreset | None]:
+    """A local directory as given, or a preset's repositories from the hub cache/download."""
     path = Path(model).expanduser()
     if path.is_dir():
         return path, None
     if str(model) in PRESETS:
         preset = get_preset(str(model))
-        return _download(preset.hub_id), preset
+        return fetch_preset(preset, half), preset
     if path.exists():
         raise ModelLoadError(f"{model} is a file, not a pipeline directory")
     raise ModelLoadError(f"model {str(model)!r} is neither a preset ({', '.join(PRESETS)}) "
@@ -371,49 +440,43 @@ def pick_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtyp
     return device, dtype
 
 
-def _check_precision(kind: str, device: torch.device, dtype: torch.dtype) -> None:
-    if kind == "karlo" and device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
-        # Found on a full frame only, after the decoder: refuse before loading anything.
-        raise ModelLoadError(
-            f"Karlo cannot run in {str(dtype).removeprefix('torch.')} on the CPU: PyTorch has no "
-            "half-precision CPU kernel for the antialiased bicubic resize of its super-resolution "
-            "stage. Use fp32 (the CPU default) or a CUDA device")
-
-
 def load_model(model: str | os.PathLike, device=None, dtype=None, *,
                offload: bool = False) -> LoadedModel:
-    """Load an unCLIP pipeline onto its device.
+    """Load a model of any family onto its device.
 
     Args:
-        model: a preset name (`karlo`, `stable-unclip-h`, `stable-unclip-l`) or a local
-            directory in the hub layout (old or current model_index.json).
+        model: a preset name (`karlo`, `stable-unclip-h`, `stable-unclip-l`, `kandinsky-2-2`)
+            or a local directory in the hub layout (old or current model_index.json; for
+            Kandinsky 2.2 a directory holding the prior and decoder repositories).
         device: "cuda", "cpu", ... (default: CUDA if available).
         dtype: torch dtype or "fp16"/"bf16"/"fp32" (default: fp16 on CUDA, fp32 on CPU).
         offload: model CPU offload for small GPUs: weights stay in CPU memory and each
             component moves to the GPU while it runs (less GPU memory, slower; CUDA only).
     """
     device, dtype = pick_device_dtype(device, dtype)
-    model_dir, preset = resolve_model_path(model)
+    if str(model) in PRESETS and not Path(model).expanduser().is_dir():
+        family_named(get_preset(str(model)).kind).check_precision(device, dtype)
+    model_dir, preset = resolve_model_path(model, half=dtype in (torch.float16, torch.bfloat16))
     try:
-        index = read_model_index(model_dir)
-        kind = _kind_of(model_dir, index)
+        family_cls = _family_for(model_dir)
     except PipelineDirectoryError as e:
         raise ModelLoadError(str(e)) from None
-    _check_precision(kind, device, dtype)
-    _check_components(model_dir, index)
+    family_cls.check_precision(device, dtype)
+    family_cls.check_complete(model_dir)
     with library_output():
-        pipe = load_diffusers_pipeline(model_dir, torch_dtype=dtype, index=index)
+        family = family_cls.load(model_dir, dtype)
     if offload and device.type != "cuda":
         logger.warning("offload applies to CUDA devices only; the model runs on %s without it", device)
         offload = False
     if offload:  # each component moves to the GPU only while it runs
-        pipe.enable_model_cpu_offload(device=device)
+        family.enable_offload(device)
     else:
-        pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return LoadedModel(pipe=pipe, kind=kind, preset=preset or KIND_DEFAULTS[kind],
+        family.to(device)
+    family.quiet()
+    return LoadedModel(pipe=family.pipe, kind=family.name,
+                       preset=preset or family.directory_preset(get_preset(family.default_preset)),
                        from_preset=preset is not None, model=str(model), model_dir=model_dir,
-                       device=device, dtype=dtype, offload=offload)
+                       device=device, dtype=dtype, offload=offload, family=family)
 
 
 # -- the mean a model carries ----------------------------------------------------------------
@@ -441,8 +504,10 @@ def _read_tensor(file: Path, key: str) -> torch.Tensor | None:
 def read_embedded_mean(path: str | os.PathLike) -> torch.Tensor | None:
     """The image-embedding mean a model directory carries, as a 1-D float32 tensor, or None.
 
-    Looks in ``image_normalizer/`` (StableUnCLIPImageNormalizer ``mean``) and ``prior/``
-    (the unCLIP prior's ``clip_mean``, a PriorTransformer parameter). Missing, unreadable,
+    Looks where each family keeps it (`Family.mean_locations`): ``image_normalizer/``
+    (StableUnCLIPImageNormalizer ``mean``), ``prior/`` (a Karlo prior's ``clip_mean``) and
+    ``prior/prior/`` (Kandinsky 2.2's PriorTransformer ``clip_mean``; only that tensor is
+    read from the weights file). Missing, unreadable,
     all-zero (Stable unCLIP -h ships zeros) or non-finite means give None: "no mean".
     """
     path = Path(path)
@@ -454,35 +519,81 @@ def read_embedded_mean(path: str | os.PathLike) -> torch.Tensor | None:
             mean = _read_tensor(file, key)
         except Exception:  # a corrupt or foreign weights file carries no usable mean
             mean = None
-        if mean is None:
-            continue
-        mean = mean.detach().float().flatten().cpu()
-        if mean.numel() == 0 or not bool(torch.isfinite(mean).all()):
-            continue
-        if not bool(mean.abs().sum() > 0):
-            continue
-        return mean
+        mean = _usable(mean)
+        if mean is not None:
+            return mean
     return None
+
+
+def _usable(mean: torch.Tensor | None) -> torch.Tensor | None:
+    """A finite, non-zero mean as a 1-D float32 CPU tensor; else None ("no mean")."""
+    if mean is None:
+        return None
+    mean = mean.detach().float().flatten().cpu()
+    if mean.numel() == 0 or not bool(torch.isfinite(mean).all()) or not bool(mean.abs().sum() > 0):
+        return None
+    return mean
+
+
+def read_safetensors_tensor(f, key: str) -> torch.Tensor | None:
+    """Tensor ``key`` of a safetensors file opened for binary reading, read piece by piece.
+
+    The format is an 8-byte little-endian header length, a JSON header of each tensor's
+    dtype, shape and byte offsets, then the data: three reads fetch one tensor, whatever the
+    file's size (over HTTP ranges, a few kB).
+    """
+    import struct
+
+    (length,) = struct.unpack("<Q", f.read(8))
+    entry = json.loads(f.read(length)).get(key)
+    if entry is None:
+        return None
+    begin, end = entry["data_offsets"]
+    f.seek(8 + length + begin)
+    raw = f.read(end - begin)
+    dtypes = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+    return torch.frombuffer(bytearray(raw), dtype=dtypes[entry["dtype"]]).reshape(entry["shape"])
+
+
+def read_remote_tensor(repo: str, folder: str, key: str) -> torch.Tensor | None:
+    """One tensor of a hub repository's safetensors file in ``folder``, read by HTTP ranges
+    (Kandinsky 2.2's prior weights are gigabytes; its ``clip_mean`` is 1280 values)."""
+    from huggingface_hub import HfFileSystem
+
+    _probe_hub()
+    fs = HfFileSystem()
+    names = sorted(p for p in fs.ls(f"{repo}/{folder}", detail=False) if p.endswith(".safetensors"))
+    if not names:
+        return None
+    name = next((n for n in names if ".fp16." not in n), names[0])  # full precision first
+    with fs.open(name, "rb", block_size=0) as f:
+        return read_safetensors_tensor(f, key)
+
+
+def _key_of(folder: str) -> str:
+    return next(key for f, key in _EMBEDDED_MEANS if f.split("/")[-1] == folder.split("/")[-1])
 
 
 def carried_mean(loaded: LoadedModel) -> tuple[torch.Tensor | None, str]:
     """(the image-embedding mean the model carries or its preset names, where it came from).
 
     The model's own directory first; then the repository its preset names as the source of
-    that mean (downloaded: a few KB). (None, why) when there is none.
+    that mean: its snapshot in the local hub cache, else the one tensor read over the
+    network (a few kB). (None, why) when there is none.
     """
     mean = read_embedded_mean(loaded.model_dir)
     if mean is not None:
         return mean, f"{loaded.model_dir} (embedded mean)"
     source = loaded.preset.mean_source if loaded.from_preset else None
     if source is not None:
-        repo, subfolder = source
+        repo, folder = source
+        local = hub_snapshot(repo)
+        file = _weights_file(local / folder) if local is not None and (local / folder).is_dir() else None
         try:
-            from huggingface_hub import snapshot_download
-
-            mean = read_embedded_mean(snapshot_download(repo, allow_patterns=[f"{subfolder}/*"]))
+            mean = _usable(_read_tensor(file, _key_of(folder)) if file is not None
+                           else read_remote_tensor(repo, folder, _key_of(folder)))
         except Exception as e:
-            return None, f"could not download the mean from {repo}/{subfolder}: {e}"
+            return None, f"could not download the mean from {repo}/{folder}: {e}"
         if mean is not None:
-            return mean, f"{repo}/{subfolder}"
+            return mean, f"{repo}/{folder}"
     return None, "the model carries no usable mean (missing, all zeros or non-finite)"

@@ -8,7 +8,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["ModelPreset", "PRESETS", "get_preset", "list_presets", "DEFAULT_MODEL"]
+__all__ = ["DEFAULT_MAX_BATCH", "DEFAULT_MODEL", "HubFiles", "ModelPreset", "PRESETS", "get_preset",
+           "list_presets"]
+
+DEFAULT_MAX_BATCH = 8  # frames denoised at once unless asked otherwise (a GPU's sweet spot)
+
+
+@dataclass(frozen=True)
+class HubFiles:
+    """What to download of one hub repository (`pipelines.loading.weight_files` picks the weights).
+
+    Attributes:
+        repo: the hub repository.
+        folders: component folders needed: their configurations and one weights format each.
+        files: top-level files needed.
+        into: the folder of the model directory the repository becomes ("" for the root).
+    """
+
+    repo: str
+    folders: tuple[str, ...]
+    files: tuple[str, ...] = ("model_index.json",)
+    into: str = ""
 
 
 @dataclass(frozen=True)
@@ -17,8 +37,9 @@ class ModelPreset:
 
     Attributes:
         name: the short name users type (`--model karlo`).
-        hub_id: the Hugging Face hub repository.
-        kind: "karlo" (two-stage pixel unCLIP) or "stable-unclip" (latent diffusion).
+        hub_id: the Hugging Face hub repository (the decoder's, for a model of several).
+        kind: the model family (`pipelines.families`): "karlo" (two-stage pixel unCLIP),
+            "stable-unclip" (latent diffusion) or "kandinsky-2-2" (latent, MoVQ).
         pipeline_class: the diffusers class the repository holds.
         encoder: the CLIP image encoder whose embeddings drive generation.
         embedding_dim: the size of those raw image embeddings.
@@ -34,6 +55,9 @@ class ModelPreset:
             itself, or None. Karlo's image-variation repository ships no prior, but Stable
             unCLIP-small's image_normalizer holds the same ViT-L/14 mean as Karlo's prior
             `clip_mean`, a 6 KB download.
+        downloads: the repositories and files a model of several repositories needs (empty:
+            every diffusers file of ``hub_id``).
+        max_resolution: the largest side a frame may have (``resolution`` when fixed).
         description: one line for the UI.
     """
 
@@ -51,6 +75,8 @@ class ModelPreset:
     preview_steps: int = 10
     preview_resolution: int = 64
     mean_source: tuple[str, str] | None = None
+    downloads: tuple[HubFiles, ...] = ()
+    max_resolution: int = 0
     description: str = ""
 
 
@@ -68,6 +94,7 @@ _KARLO = ModelPreset(
     preview_steps=10,
     preview_resolution=64,
     mean_source=("stabilityai/stable-diffusion-2-1-unclip-small", "image_normalizer"),
+    max_resolution=256,
     description="Karlo unCLIP image variations (ViT-L/14, 64 px decoder + 256 px SR)",
 )
 _STABLE_UNCLIP_H = ModelPreset(
@@ -83,6 +110,7 @@ _STABLE_UNCLIP_H = ModelPreset(
     noise_level=0,
     preview_steps=8,
     preview_resolution=384,
+    max_resolution=768,
     description="Stable unCLIP 2.1-h (ViT-H/14, 768 px)",
 )
 # The -small checkpoint samples like -h; only its encoder (ViT-L/14, Karlo's) differs.
@@ -95,13 +123,33 @@ _STABLE_UNCLIP_L = replace(
     description="Stable unCLIP 2.1-small (ViT-L/14, 768 px)",
 )
 
-PRESETS: dict[str, ModelPreset] = {p.name: p for p in (_KARLO, _STABLE_UNCLIP_H, _STABLE_UNCLIP_L)}
+_KANDINSKY_PRIOR = "kandinsky-community/kandinsky-2-2-prior"
+# Guidance 4 and the DDPM decoder as diffusers' Kandinsky 2.2 pipelines default to; 50 steps
+# as their examples; a 256 px, 12-step preview (~1/25 of a full frame's UNet work).
+_KANDINSKY_2_2 = ModelPreset(
+    name="kandinsky-2-2",
+    hub_id="kandinsky-community/kandinsky-2-2-decoder",
+    kind="kandinsky-2-2",
+    pipeline_class="KandinskyV22Pipeline",
+    encoder="laion/CLIP-ViT-bigG-14-laion2B-39B-b160k",
+    embedding_dim=1280,
+    resolution=768,
+    steps=50,
+    guidance_scale=4.0,
+    preview_steps=12,
+    preview_resolution=256,
+    mean_source=(_KANDINSKY_PRIOR, "prior"),
+    downloads=(HubFiles("kandinsky-community/kandinsky-2-2-decoder", ("unet", "movq", "scheduler"),
+                        into="decoder"),
+               HubFiles(_KANDINSKY_PRIOR, ("image_encoder", "image_processor"), into="prior")),
+    max_resolution=1024,
+    description="Kandinsky 2.2 (ViT-bigG/14, 768 px, up to 1024, any multiple of 64)",
+)
+
+PRESETS: dict[str, ModelPreset] = {p.name: p for p in (_KARLO, _STABLE_UNCLIP_H, _STABLE_UNCLIP_L,
+                                                       _KANDINSKY_2_2)}
 
 DEFAULT_MODEL = "karlo"
-
-# Settings of a directory whose pipeline class is known but which is no preset (the tiny
-# fixtures, a user's fine-tune): the preset of the same kind, minus the hub.
-KIND_DEFAULTS = {"karlo": PRESETS["karlo"], "stable-unclip": PRESETS["stable-unclip-h"]}
 
 
 def list_presets() -> list[str]:

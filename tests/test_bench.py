@@ -96,6 +96,32 @@ def test_full_size_flop_arithmetic_matches_issue_6():
     assert t["karlo_frame_super_res_share"] == pytest.approx(0.8, abs=0.03)
     assert t["karlo_preview"] == pytest.approx(6.2, rel=0.05)
     assert t["stable_h_frame"] > t["stable_h_preview"] > 0
+    # Kandinsky 2.2: 50 guided UNet steps dominate; a 1024 px step has (1024/768)^2 = 1.78x the
+    # pixels (a little more work: attention grows faster); the 256 px, 12-step preview is cheap.
+    step_ratio = t["kandinsky_unet_step_cfg_1024px"] / t["kandinsky_unet_step_cfg_768px"]
+    assert step_ratio == pytest.approx(1.78, rel=0.1)
+    assert t["kandinsky_frame_1024px"] > t["kandinsky_frame_768px"] > 20 * t["kandinsky_preview"] > 0
+    assert 50 * t["kandinsky_unet_step_cfg_768px"] / t["kandinsky_frame_768px"] > 0.9
+
+
+def test_full_size_kandinsky_has_the_published_sizes():
+    """The authors' sizes: UNet 1.22 B, MoVQ 67 M, image encoder (ViT-bigG/14) 1.8 B."""
+    from diffusers import UNet2DConditionModel, VQModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from bench.models import kandinsky_configs
+
+    k = kandinsky_configs("full")
+    with torch.device("meta"):
+        unet = _millions(UNet2DConditionModel(**k["unet"]))
+        movq = _millions(VQModel(**k["movq"]))
+        vit = CLIPVisionModelWithProjection(CLIPVisionConfig(**k["image_encoder"]))
+    assert 1200 < unet < 1270 and 66 < movq < 69 and 1830 < _millions(vit) < 1860
+    assert vit.config.projection_dim == 1280
+    quick = kandinsky_configs("quick")
+    for key in ("down_block_types", "up_block_types", "layers_per_block", "mid_block_type"):
+        assert quick["unet"][key] == k["unet"][key]
+    assert quick["movq"]["down_block_types"] == k["movq"]["down_block_types"]
 
 
 def test_scaled_down_karlo_keeps_the_block_types():
@@ -131,6 +157,19 @@ def test_full_mode_code_path_runs_scaled_down_on_the_cpu(capsys):
     assert karlo["toggles"]["baseline"]["max_pixel_diff_vs_stock"] <= 1
     assert karlo["toggles"]["baseline"]["max_pixel_diff_batched_vs_single"] <= 1
     assert "meets" not in result  # goals are judged on a GPU at full size only
+
+
+def test_kandinsky_quick_and_full_code_paths_run_on_the_cpu(capsys):
+    """--smoke --cpu-model kandinsky-2-2 against the stock KandinskyV22Pipeline (same frames),
+    and --full --models kandinsky-2-2 scaled down: what a GPU run will go through."""
+    quick = _run_json(capsys, "--smoke", "--cpu-model", "kandinsky-2-2")
+    assert quick["model"] == "kandinsky-2-2" and quick["frames_equal"] is True
+    assert quick["flops_per_frame"] > quick["flops_per_preview"] > 0
+    full = _run_json(capsys, "--full", "--scale", "smoke", "--device", "cpu", "--models", "kandinsky-2-2",
+                     "--toggles", "--frames", "2", "--reps", "1", "--preview-reps", "1")
+    row = full["models"]["kandinsky-2-2"]["toggles"]["baseline"]
+    assert "error" not in row, row
+    assert row["max_pixel_diff_vs_stock"] <= 1 and row["max_pixel_diff_batched_vs_single"] <= 1
 
 
 def test_real_mode_code_path_runs_on_a_local_pipeline(tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 
 import numpy as np
@@ -18,9 +19,10 @@ from vslerp_app.fixtures import write_fixture
 from vslerp_app.images import ImageInputError
 from vslerp_app.stats import STATS_FILENAME, ModalityStats, StatsError
 
-FAST = {"karlo": dict(steps=2, super_res_steps=2), "stable-unclip": dict(steps=2)}
-FULL_SIDE = {"karlo": 64, "stable-unclip": 32}
-PREVIEW_SIDE = {"karlo": 32, "stable-unclip": 16}
+KINDS = ["karlo", "stable-unclip", "kandinsky"]
+FAST = {"karlo": dict(steps=2, super_res_steps=2), "stable-unclip": dict(steps=2), "kandinsky": dict(steps=2)}
+FULL_SIDE = {"karlo": 64, "stable-unclip": 32, "kandinsky": 32}
+PREVIEW_SIDE = {"karlo": 32, "stable-unclip": 16, "kandinsky": 16}
 
 
 @pytest.fixture(scope="session")
@@ -34,12 +36,14 @@ def dirs(tmp_path_factory):
         "stable-zeros": write_fixture("stable-unclip", root / "stable-zeros", write_stats=False,
                                       embedded_mean="zeros"),
         "karlo-nostats": write_fixture("karlo", root / "karlo-nostats", write_stats=False),
+        "kandinsky": write_fixture("kandinsky", root / "kandinsky"),
+        "kandinsky-embedded": write_fixture("kandinsky", root / "kandinsky-emb", write_stats=False),
     }
 
 
 @pytest.fixture(scope="session")
 def pipes(dirs):
-    return {kind: load_pipeline(dirs[kind]) for kind in ("karlo", "stable-unclip")}
+    return {kind: load_pipeline(dirs[kind]) for kind in KINDS}
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +56,7 @@ def _px(frame):
     return np.asarray(frame.image).astype(np.int16)
 
 
-@pytest.mark.parametrize("kind", ["karlo", "stable-unclip"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_frames_have_the_asked_parameters_sizes_and_readouts(pipes, images, kind):
     pipe = pipes[kind]
     frames = pipe.generate(*images, thetas=[0.0, 0.5, 1.0], alphas=[1.0, -1.5, 2.0], seed=7,
@@ -66,7 +70,7 @@ def test_frames_have_the_asked_parameters_sizes_and_readouts(pipes, images, kind
         json.dumps(f.readouts())  # manifest-ready
 
 
-@pytest.mark.parametrize("kind", ["karlo", "stable-unclip"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_readouts_equal_the_stats_applied_to_vslerp_and_to_the_reencoded_frame(pipes, images, kind):
     pipe = pipes[kind]
     (frame,) = pipe.generate(*images, thetas=0.3, alphas=1.5, seed=1, **FAST[kind])
@@ -81,7 +85,7 @@ def test_readouts_equal_the_stats_applied_to_vslerp_and_to_the_reencoded_frame(p
     assert frame.frame_log_likelihood == pytest.approx(float(ll), rel=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["karlo", "stable-unclip"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_one_noise_path_equal_embeddings_give_equal_frames_anywhere(pipes, images, kind):
     pipe = pipes[kind]
     thetas = [0.2, 0.6, 0.2, 0.9, 0.6]
@@ -94,7 +98,7 @@ def test_one_noise_path_equal_embeddings_give_equal_frames_anywhere(pipes, image
     assert np.abs(_px(seq[0]) - _px(seq[1])).max() > 0  # different embeddings do differ
 
 
-@pytest.mark.parametrize("kind", ["karlo", "stable-unclip"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_seed_decides_the_noise(pipes, images, kind):
     pipe = pipes[kind]
     a = pipe.generate(*images, 0.5, 0.0, seed=5, **FAST[kind])[0]
@@ -121,7 +125,7 @@ def test_endpoint_frames_are_computed_once_per_distinct_embedding(pipes, images)
     assert len(frames) == 9
 
 
-@pytest.mark.parametrize("kind", ["karlo", "stable-unclip"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_preview_is_smaller_and_skips_the_expensive_stage(pipes, images, kind):
     pipe = pipes[kind]
     (frame,) = pipe.generate(*images, 0.5, 1.0, seed=2, preview=True)
@@ -362,3 +366,133 @@ def test_a_preset_in_the_local_hub_cache_loads_offline(dirs, tmp_path, monkeypat
     pipe = load_pipeline("karlo")
     assert pipe.preset.name == "karlo" and pipe.encoder.name == "openai/clip-vit-large-patch14"
     assert pipe.stats is not None  # the copied fixture's vslerp-stats file, found in the snapshot
+
+
+# -- Kandinsky 2.2 ------------------------------------------------------------------------
+def test_kandinsky_guidance_negative_is_diffusers_zero_image_embedding(dirs, pipes):
+    """The image-variation recipe's negative: the stock prior pipeline's get_zero_embed."""
+    from diffusers import KandinskyV22PriorPipeline
+
+    prior = KandinskyV22PriorPipeline.from_pretrained(dirs["kandinsky"] / "prior")
+    expected = prior.get_zero_embed(batch_size=1, device="cpu").float()
+    family = pipes["kandinsky"].runner.family
+    torch.testing.assert_close(family.negative, expected)
+    assert family.negative.abs().sum() > 0  # an image's embedding, not a zero vector
+
+
+def test_kandinsky_mean_is_the_priors_clip_mean(dirs, images):
+    """Without a stats file the mean is the prior's clip_mean, read without loading the prior."""
+    from diffusers import PriorTransformer
+
+    pipe = load_pipeline(dirs["kandinsky-embedded"])
+    prior = PriorTransformer.from_pretrained(dirs["kandinsky-embedded"] / "prior", subfolder="prior")
+    torch.testing.assert_close(pipe.stats.mean, prior.clip_mean.detach().flatten())
+    assert pipe.stats.conformity_kind == "cosine" and pipe.stats_note == "embedded in the model"
+    (frame,) = pipe.generate(*images, 0.5, 1.0, seed=0, **FAST["kandinsky"])
+    assert frame.conformity is not None
+
+
+def _mean_abs(frame, image) -> float:
+    side = frame.image.size
+    return float(np.abs(_px(frame) - np.asarray(image.convert("RGB").resize(side)).astype(np.int16)).mean())
+
+
+def test_kandinsky_strength_starts_every_frame_from_the_source_latents(pipes, images):
+    pipe = pipes["kandinsky"]
+    source, _ = images
+    options = dict(seed=4, steps=10, strength=0.3)
+    seq = pipe.generate(*images, [0.0, 0.5, 0.0, 1.0], 0.5, max_batch=3, **options)
+    assert np.array_equal(_px(seq[0]), _px(seq[2]))  # equal embeddings, equal frames
+    alone = pipe.generate(*images, 1.0, 0.5, max_batch=1, **options)[0]
+    assert np.abs(_px(alone) - _px(seq[3])).max() <= 1  # alone equals it inside the sequence
+    # strength 1 is the frame from noise, as without the option
+    full = pipe.generate(*images, 0.5, 0.5, seed=4, steps=10)[0]
+    same = pipe.generate(*images, 0.5, 0.5, seed=4, steps=10, strength=1.0)[0]
+    assert np.array_equal(_px(full), _px(same))
+    # theta 0, alpha 0: the lower the strength, the nearer the source, in pixels and in CLIP
+    v = pipe.encode(source)
+    near, far = (pipe.generate(*images, 0.0, 0.0, seed=4, steps=20, strength=s)[0] for s in (0.1, 1.0))
+    assert _mean_abs(near, source) < 0.5 * _mean_abs(far, source)
+    cos = [float(torch.nn.functional.cosine_similarity(f.frame_embedding, v, dim=0)) for f in (near, far)]
+    assert cos[0] > 0.98 and cos[0] > cos[1]
+
+
+def test_kandinsky_sizes_up_to_1024_any_multiple_of_the_movq_cells(pipes, images):
+    pipe = pipes["kandinsky"]
+    (frame,) = pipe.generate(*images, 0.5, 0.0, seed=0, steps=2, resolution=(48, 32))
+    assert frame.image.size == (48, 32)
+    (frame,) = pipe.generate(*images, 0.5, 0.0, seed=0, steps=4, strength=0.5, resolution=(24, 40))
+    assert frame.image.size == (24, 40)
+    for bad in (30, (32, 1028), 0):
+        message = rf"resolution must be a multiple of 4 .*got {re.escape(str(bad))}"
+        with pytest.raises(ValueError, match=message):
+            pipe.generate(*images, 0.5, 0.0, seed=0, steps=2, resolution=bad)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(strength=0.0), r"strength must be in \(0, 1\], got 0.0"),
+    (dict(strength=1.5), r"strength must be in \(0, 1\], got 1.5"),
+    (dict(strength=0.2, steps=4), r"strength=0.2 with 4 steps leaves no denoising step"),
+])
+def test_kandinsky_bad_strength_is_refused_echoing_the_value(pipes, images, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipes["kandinsky"].generate(*images, 0.5, 0.0, seed=0, **{"steps": 2, **kwargs})
+
+
+def test_strength_needs_a_model_that_takes_it_and_the_source_image(pipes, images):
+    with pytest.raises(ValueError, match=r"strength=0.5 needs a model .*kandinsky-2-2.*karlo always"):
+        pipes["karlo"].generate(*images, 0.5, 0.0, seed=0, strength=0.5, **FAST["karlo"])
+    pipe = pipes["kandinsky"]
+    with pytest.raises(ValueError, match="give the source as an image, not an embedding"):
+        pipe.generate(pipe.encode(images[0]), images[1], 0.5, 0.0, seed=0, steps=4, strength=0.5)
+
+
+def test_kandinsky_preset_downloads_only_what_it_needs_and_says_so_offline():
+    from pipelines import HubFiles
+    from pipelines.loading import weight_files
+
+    listing = ["model_index.json", "README.md", "unet/config.json", "unet/diffusion_pytorch_model.bin",
+               "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+               "movq/config.json", "movq/diffusion_pytorch_model.bin", "scheduler/scheduler_config.json",
+               "text_encoder/model.safetensors"]
+    wanted = HubFiles("repo", ("unet", "movq", "scheduler"))
+    assert sorted(weight_files(listing, wanted, half=True)) == [
+        "model_index.json", "movq/config.json", "movq/diffusion_pytorch_model.bin",
+        "scheduler/scheduler_config.json", "unet/config.json",
+        "unet/diffusion_pytorch_model.fp16.safetensors"]
+    assert "unet/diffusion_pytorch_model.safetensors" in weight_files(listing, wanted, half=False)
+    preset = get_preset("kandinsky-2-2")
+    assert {w.repo for w in preset.downloads} == {"kandinsky-community/kandinsky-2-2-decoder",
+                                                  "kandinsky-community/kandinsky-2-2-prior"}
+    with pytest.raises(ModelLoadError, match="kandinsky-community/kandinsky-2-2-decoder.*hub"):
+        load_pipeline("kandinsky-2-2")
+
+
+def test_kandinsky_loads_fp16_variant_files_as_the_hub_names_them(dirs, pipes, images, tmp_path):
+    """A download of the fp16 variants only (what a CUDA load fetches) still loads, here in float32."""
+    copy = tmp_path / "kandinsky-fp16-files"
+    shutil.copytree(dirs["kandinsky"], copy)
+    for folder in ("decoder/unet", "decoder/movq", "prior/image_encoder"):
+        for weights in (copy / folder).glob("*.safetensors"):
+            weights.rename(weights.with_name(weights.name.replace(".safetensors", ".fp16.safetensors")))
+    variant = load_pipeline(copy)
+    a = variant.generate(*images, 0.5, 1.0, seed=2, **FAST["kandinsky"])[0]
+    b = pipes["kandinsky"].generate(*images, 0.5, 1.0, seed=2, **FAST["kandinsky"])[0]
+    assert np.array_equal(_px(a), _px(b))
+
+
+def test_a_single_tensor_is_read_from_a_safetensors_stream_as_safetensors_reads_it(dirs):
+    """What the Kandinsky preset does over HTTP ranges to get the prior's clip_mean alone."""
+    from safetensors import safe_open
+
+    from pipelines.loading import read_safetensors_tensor
+
+    file = next((dirs["kandinsky"] / "prior" / "prior").glob("*.safetensors"))
+    with safe_open(str(file), framework="pt") as f:
+        keys = list(f.keys())
+        expected = {k: f.get_tensor(k) for k in ("clip_mean", "clip_std", keys[-1])}
+    for key, tensor in expected.items():
+        with open(file, "rb") as stream:
+            assert torch.equal(read_safetensors_tensor(stream, key), tensor), key
+    with open(file, "rb") as stream:
+        assert read_safetensors_tensor(stream, "no-such-tensor") is None

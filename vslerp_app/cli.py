@@ -14,7 +14,8 @@ import os
 import re
 import sys
 
-from pipelines.presets import DEFAULT_MODEL
+from pipelines.fixtures import FIXTURE_KINDS
+from pipelines.presets import DEFAULT_MAX_BATCH, DEFAULT_MODEL
 from vslerp_app.outputs import DEFAULT_FPS
 from vslerp_app.registry import DEFAULT_DATASET, DEFAULT_SPLIT, user_stats_path
 from vslerp_app.specs import ALPHA_ADVICE
@@ -253,7 +254,20 @@ def _cmd_render(args) -> int:
 def _render_options(args) -> dict:
     """The options every render of this command shares: outputs and sampling."""
     return dict(gif=args.gif, mp4=args.mp4, zip=args.zip, fps=args.fps, preview=args.preview,
-                steps=args.steps, super_res_steps=args.super_res_steps, guidance_scale=args.guidance)
+                steps=args.steps, super_res_steps=args.super_res_steps, guidance_scale=args.guidance,
+                resolution=args.resolution, strength=args.strength)
+
+
+def _resolution(text: str) -> int | tuple[int, int]:
+    """--resolution: "768" (a square side) or "1024x768" (width x height)."""
+    import argparse
+
+    parts = text.lower().split("x")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() for p in parts):
+        sizes = [int(p) for p in parts]
+        return sizes[0] if len(sizes) == 1 else (sizes[0], sizes[1])
+    raise argparse.ArgumentTypeError(f"expected a side in pixels (768) or WIDTHxHEIGHT (1024x768), "
+                                     f"got {text!r}")
 
 
 def _load_kwargs(args) -> dict:
@@ -279,7 +293,7 @@ def _load_for_render(args):
 
     check_output_folder(args.out)
     try:
-        pipe = load_pipeline(args.model, device=args.device, max_batch=args.max_batch or 8,
+        pipe = load_pipeline(args.model, device=args.device, max_batch=args.max_batch or DEFAULT_MAX_BATCH,
                              **_load_kwargs(args))
     except HubUnreachableError as e:  # offline: say what works without the hub, as app.py does
         raise CLIError(f"cannot load model {args.model!r}: {e}.\n{OFFLINE_HINT}") from None
@@ -520,9 +534,10 @@ def _add_fixture(sub) -> None:
                     "repository, with its statistics file (vslerp-stats.safetensors). Load it "
                     "anywhere a model is asked for (--model DIR). Its frames are noise: it is for "
                     "tests and for trying the plumbing without downloading weights.")
-    p.add_argument("kind", choices=["karlo", "stable-unclip"],
-                   help="karlo (UnCLIPImageVariationPipeline) or stable-unclip "
-                        "(StableUnCLIPImg2ImgPipeline)")
+    p.add_argument("kind", choices=list(FIXTURE_KINDS),
+                   help="karlo (UnCLIPImageVariationPipeline), stable-unclip "
+                        "(StableUnCLIPImg2ImgPipeline) or kandinsky (Kandinsky 2.2: the prior and "
+                        "decoder repositories as DIR/prior and DIR/decoder)")
     p.add_argument("dir", help="folder to write (created; files already there are overwritten)")
     p.add_argument("--layout", choices=["hub", "current"], default="hub",
                    help="hub: model_index.json as the real repository (saved by an older "
@@ -650,6 +665,12 @@ def _add_render(sub) -> None:
     p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
     p.add_argument("--super-res-steps", type=int, help="Karlo super-resolution steps")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 is off)")
+    p.add_argument("--resolution", type=_resolution, metavar="PX|WxH",
+                   help="frame size: a side or WIDTHxHEIGHT (Kandinsky 2.2: multiples of 64 up to 1024; "
+                        "default: the preset's)")
+    p.add_argument("--strength", type=float,
+                   help="below 1, start every frame from the source image's own latents, keeping its "
+                        "layout (Kandinsky 2.2 img2img); 1 (default) starts from noise")
     p.add_argument("--max-batch", type=int, help="frames per batch and per chunk written (default 8)")
     p.add_argument("--stats", metavar="FILE", help="image-modality stats file for alpha != 0")
     p.add_argument("--reference", metavar="SPEC",

@@ -19,7 +19,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from pipelines import RenderSettings, UnclipRunner
+from pipelines import DEFAULT_MAX_BATCH, RenderSettings, UnclipRunner
 from vslerp_app import geometry, paths, smoothness, specs
 from vslerp_app.images import image_fingerprint, load_image
 from vslerp_app.stats import ModalityStats
@@ -277,7 +277,7 @@ def _check_alpha_range(alpha_range) -> tuple[float, float]:
 
 
 class VSLERPPipeline:
-    """An unCLIP model (Karlo or Stable unCLIP) driven by vSLERP embeddings.
+    """An unCLIP model (Karlo, Stable unCLIP, Kandinsky 2.2, ...) driven by vSLERP embeddings.
 
     Build it with `vslerp_app.load_pipeline`. Attributes: `runner` (the
     `pipelines.UnclipRunner`), `stats` (image-modality stats or None), `stats_note` (where
@@ -287,7 +287,7 @@ class VSLERPPipeline:
     """
 
     def __init__(self, runner: UnclipRunner, *, stats: ModalityStats | None, stats_note: str,
-                 max_batch: int = 8, reference=None):
+                 max_batch: int = DEFAULT_MAX_BATCH, reference=None):
         self.runner = runner
         self.stats = stats
         self.stats_note = stats_note
@@ -297,7 +297,7 @@ class VSLERPPipeline:
 
     # -- what is loaded ----------------------------------------------------------------
     pipe = property(lambda self: self.runner.pipe, doc="the stock diffusers pipeline")
-    kind = property(lambda self: self.runner.kind, doc='"karlo" or "stable-unclip"')
+    kind = property(lambda self: self.runner.kind, doc='the model family: "karlo", "stable-unclip", ...')
     preset = property(lambda self: self.runner.loaded.preset, doc="the preset (defaults)")
     model = property(lambda self: self.runner.loaded.model, doc="what was asked for")
     device = property(lambda self: self.runner.loaded.device)
@@ -373,6 +373,9 @@ class VSLERPPipeline:
             self.check_alpha(alpha)
         specs.check_seed(seed)
         specs.check_settings(settings, kind=self.kind, min_steps=self.runner.min_steps)
+        problem = self.runner.settings_problem(settings)
+        if problem is not None:
+            raise specs.SpecError(problem)
         specs.check_max_batch(max_batch)
 
     def check_alpha(self, alpha: float) -> None:
@@ -446,8 +449,8 @@ class VSLERPPipeline:
     def generate(self, source, target, thetas, alphas=0.0, seed: int = 0, *,
                  preview: bool = False, steps: int | None = None,
                  super_res_steps: int | None = None, guidance_scale: float | None = None,
-                 noise_level: int | None = None, resolution: int | None = None,
-                 max_batch: int | None = None,
+                 noise_level: int | None = None, resolution: int | tuple[int, int] | None = None,
+                 strength: float | None = None, max_batch: int | None = None,
                  callback: Callable[[int, int], None] | None = None) -> list[Frame]:
         """Render one frame per (theta, alpha) pair on one shared noise path.
 
@@ -462,7 +465,11 @@ class VSLERPPipeline:
             preview: a cheap frame for slider drags (Karlo: the 64 px decoder only, fewer
                 steps; Stable unCLIP: half resolution, fewer steps).
             steps, super_res_steps, guidance_scale, noise_level, resolution: override the
-                preset's defaults.
+                preset's defaults (resolution: a side, or (width, height) where the model
+                renders any size, e.g. Kandinsky 2.2).
+            strength: below 1, every frame starts from the source image's own latents noised
+                to this level (img2img: the source's layout kept); 1 (the default) starts
+                from noise. Needs the source as an image and a model that takes it.
             max_batch: most frames denoised at once (default: the pipeline's). On CUDA out
                 of memory the batch is split for this call and generation goes on.
             callback: called as callback(frames_done, frames_total) after each batch.
@@ -472,18 +479,30 @@ class VSLERPPipeline:
         # 1. Settings and checks
         settings = self.settings_for(preview, steps=steps, super_res_steps=super_res_steps,
                                      guidance_scale=guidance_scale, noise_level=noise_level,
-                                     resolution=resolution)
+                                     resolution=resolution, strength=strength)
         max_batch = max_batch or self.max_batch
         self.check_inputs(pair_up(thetas, alphas), seed, settings, max_batch)
         seed = int(seed)
+        start_image = self._start_image(source, settings)
 
         # 2. Encode each input once (cached by content) and interpolate every frame, Eq. 12
         pairs, embeddings = self.interpolate(source, target, thetas, alphas)
 
         # 3-4. Denoise the distinct embeddings, read out every frame
-        return self._render_frames(pairs, embeddings, seed, settings, max_batch, callback)
+        return self._render_frames(pairs, embeddings, seed, settings, max_batch, callback, start_image)
 
-    def _render_frames(self, pairs, embeddings, seed, settings, max_batch, callback) -> list[Frame]:
+    @staticmethod
+    def _start_image(source, settings: RenderSettings) -> PIL.Image.Image | None:
+        """The image every frame starts from when strength < 1 (its latents), else None."""
+        if settings.strength >= 1.0:
+            return None
+        if isinstance(source, torch.Tensor):
+            raise specs.SpecError(f"strength={settings.strength:g} starts every frame from the source "
+                                  "image's latents: give the source as an image, not an embedding")
+        return load_image(source)
+
+    def _render_frames(self, pairs, embeddings, seed, settings, max_batch, callback,
+                       start_image=None) -> list[Frame]:
         """One `Frame` per (theta, alpha) pair and embedding; equal embeddings are denoised once."""
         # 3. Denoise the distinct embeddings (equal embeddings give equal frames)
         keys = [hashlib.sha1(e.numpy().tobytes()).hexdigest() for e in embeddings]
@@ -491,7 +510,7 @@ class VSLERPPipeline:
         for i, key in enumerate(keys):
             first_index.setdefault(key, i)
         unique = torch.stack([embeddings[i] for i in first_index.values()])
-        images = self.runner.render(unique, seed, settings, max_batch, callback)
+        images = self.runner.render(unique, seed, settings, max_batch, callback, start_image)
         image_of = dict(zip(first_index, images, strict=True))
 
         # 4. Readouts: the interpolated embedding and the generated frame, re-encoded
@@ -602,24 +621,28 @@ class VSLERPPipeline:
     def generate_path_points(self, images, points: list[paths.PathPoint], seed: int = 0, *,
                              preview: bool = False, steps: int | None = None,
                              super_res_steps: int | None = None, guidance_scale: float | None = None,
-                             noise_level: int | None = None, resolution: int | None = None,
-                             max_batch: int | None = None,
+                             noise_level: int | None = None,
+                             resolution: int | tuple[int, int] | None = None,
+                             strength: float | None = None, max_batch: int | None = None,
                              callback: Callable[[int, int], None] | None = None) -> list[Frame]:
         """Render the given points of a path (from `plan_path`) on one noise path.
 
         A frame equals the same point rendered in any other call with the same seed, so a
         path may be rendered piece by piece (`vslerp_app.render.render_path` does). Equal
         embeddings (a keyframe, a hold, a segment walked back) are denoised once per call.
-        Options as in `generate`.
+        Options as in `generate`; with strength < 1 every frame starts from the first
+        keyframe's latents.
         """
         settings = self.settings_for(preview, steps=steps, super_res_steps=super_res_steps,
                                      guidance_scale=guidance_scale, noise_level=noise_level,
-                                     resolution=resolution)
+                                     resolution=resolution, strength=strength)
         max_batch = max_batch or self.max_batch
         pairs = [(p.theta, p.alpha) for p in points]
         self.check_inputs(pairs, seed, settings, max_batch)
         embeddings = self.path_embeddings(self.encode_keyframes(images), points)
-        frames = self._render_frames(pairs, embeddings, int(seed), settings, max_batch, callback)
+        start_image = self._start_image(paths.keyframe_list(images)[0], settings)
+        frames = self._render_frames(pairs, embeddings, int(seed), settings, max_batch, callback,
+                                     start_image)
         for frame, point in zip(frames, points, strict=True):
             frame.segment, frame.keyframe = point.segment, point.keyframe
         return frames
@@ -648,7 +671,7 @@ class VSLERPPipeline:
                 placed so that neighbours are equally far apart as measured).
             ease: ease in and out of each keyframe (smoothstep on theta within a segment).
             options: preview, steps, super_res_steps, guidance_scale, noise_level,
-                resolution, max_batch, callback, as in `generate`.
+                resolution, strength, max_batch, callback, as in `generate`.
         Returns:
             One `Frame` per path frame, in order; theta and alpha are the segment's local
             theta and its alpha, and `segment` and `keyframe` say where the frame sits.

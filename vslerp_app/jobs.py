@@ -25,6 +25,7 @@ import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
+from pipelines.presets import DEFAULT_MAX_BATCH
 from vslerp_app.files import OutputDir, RenderError, describe_os_error, output_path
 from vslerp_app.manifest import MANIFEST_NAME, now
 from vslerp_app.render import check_path_request, check_request, render_path, render_sequence
@@ -332,7 +333,8 @@ def run_jobs(model, jobs_file, out_dir, *, device=None, dtype=None, stats=None, 
 
     def load_pipe():
         return load_pipeline(model, device=where, dtype=dtype, stats=stats, offload=offload,
-                             max_batch=max_batch or 8, reference=reference, reference_stats=reference_stats)
+                             max_batch=max_batch or DEFAULT_MAX_BATCH, reference=reference,
+                             reference_stats=reference_stats)
 
     mine = _render_share(state, checked.jobs, out_dir, load_pipe, log,
                          dict(render_kwargs, max_batch=max_batch), where)

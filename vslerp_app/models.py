@@ -1,10 +1,10 @@
 """`load_pipeline`: a preset name or a local directory in, a ready `VSLERPPipeline` out.
 
-Stats are resolved in the order of DESIGN.md: an explicit file; the file registered for
-the preset in the repository's `stats/`; the user's cache, by encoder (what `vslerp stats
---dataset` writes); `vslerp-stats.safetensors` in the model directory; the mean the model
-carries (Stable unCLIP's image_normalizer, a Karlo prior's
-clip_mean, or the preset's declared source of it).
+Stats are resolved in this order (the contract of `load_pipeline`): an explicit file; the
+file registered for the preset in the repository's `stats/`; the user's cache, by encoder
+(what `vslerp stats --dataset` writes); `vslerp-stats.safetensors` in the model directory;
+the mean the model carries (Stable unCLIP's image_normalizer, an unCLIP prior's clip_mean
+such as Kandinsky 2.2's, or the preset's declared source of it).
 """
 
 from __future__ import annotations
@@ -13,7 +13,15 @@ import logging
 import os
 from dataclasses import asdict
 
-from pipelines import DEFAULT_MODEL, LoadedModel, UnclipRunner, carried_mean, get_preset, hub_snapshot
+from pipelines import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MODEL,
+    LoadedModel,
+    UnclipRunner,
+    carried_mean,
+    get_preset,
+    hub_snapshot,
+)
 from pipelines import load_model as _load_model
 from vslerp_app.engine import VSLERPPipeline
 from vslerp_app.registry import full_stats_command, preset_stats_path, user_stats_path
@@ -97,13 +105,15 @@ def resolve_stats(loaded: LoadedModel, dim: int,
 
 
 def load_pipeline(model: str | os.PathLike, device=None, dtype=None, stats=None, *,
-                  offload: bool = False, max_batch: int = 8, reference: str | None = None,
+                  offload: bool = False, max_batch: int = DEFAULT_MAX_BATCH, reference: str | None = None,
                   reference_stats=None) -> VSLERPPipeline:
     """Load an unCLIP pipeline wrapped for vSLERP.
 
     Args:
-        model: a preset name (`karlo`, `stable-unclip-h`, `stable-unclip-l`) or a local
-            directory in the hub layout (old or current model_index.json).
+        model: a preset name (`karlo`, `stable-unclip-h`, `stable-unclip-l`,
+            `kandinsky-2-2`) or a local directory in the hub layout (old or current
+            model_index.json; Kandinsky 2.2: the prior and decoder repositories as
+            ``prior/`` and ``decoder/``).
         device: "cuda", "cpu", ... (default: CUDA if available).
         dtype: torch dtype or "fp16"/"bf16"/"fp32" (default: fp16 on CUDA, fp32 on CPU).
         stats: a stats file (or ModalityStats) overriding the lookup order.

@@ -30,6 +30,7 @@ PRESET_STATS = {
     "karlo": "karlo-vit-l14-coco-val2017.safetensors",
     "stable-unclip-h": "stable-unclip-h-vit-h14-coco-val2017.safetensors",
     "stable-unclip-l": "karlo-vit-l14-coco-val2017.safetensors",
+    "kandinsky-2-2": "kandinsky-2-2-vit-bigg14-coco-val2017.safetensors",
 }
 
 

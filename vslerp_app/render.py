@@ -56,7 +56,8 @@ __all__ = ["FRAMES_DIR", "MANIFEST_NAME", "RenderError", "RenderProgress", "chec
 
 logger = logging.getLogger(__name__)
 
-SAMPLING_OPTIONS = ("preview", "steps", "super_res_steps", "guidance_scale", "noise_level", "resolution")
+SAMPLING_OPTIONS = ("preview", "steps", "super_res_steps", "guidance_scale", "noise_level", "resolution",
+                    "strength")
 
 
 def _load_input(src, role: str, label: str | None = None):
@@ -127,7 +128,9 @@ def _check_sampling(sampling: dict, caller: str) -> None:
 def _chunk_and_overrides(pipe, max_batch, sampling: dict) -> tuple[int, dict]:
     """Frames per chunk, and the sampling overrides that are not None (preview aside)."""
     chunk = max_batch if max_batch is not None else pipe.max_batch
-    return chunk, {k: v for k, v in sampling.items() if v is not None and k != "preview"}
+    # A (width, height) is kept as the manifest's JSON has it: a list, so a resume compares equal.
+    return chunk, {k: list(v) if isinstance(v, tuple) else v for k, v in sampling.items()
+                   if v is not None and k != "preview"}
 
 
 def _plan(pipe, source, target, thetas, alphas, seed, grid: bool, max_batch, sampling: dict,
@@ -196,6 +199,7 @@ def _settings(pipe, plan: _Plan) -> tuple[dict, object]:
         "guidance_scale": eff.guidance_scale,
         "noise_level": eff.noise_level,
         "resolution": eff.resolution,
+        "strength": eff.strength,
         "stats": None if info.get("stats") is None else info["stats"]["checksum"],
         "reference": None if info.get("reference") is None else mf.short(info["reference"]),
     }
@@ -325,7 +329,7 @@ def _render_missing(pipe, run: _Run, eff) -> Iterator[RenderProgress]:
     fingerprint = mf.fingerprint(run.settings)
     options = dict(preview=eff.preview, steps=eff.steps, super_res_steps=eff.super_res_steps,
                    guidance_scale=eff.guidance_scale, noise_level=eff.noise_level,
-                   resolution=eff.resolution, max_batch=plan.chunk)
+                   resolution=eff.resolution, strength=eff.strength, max_batch=plan.chunk)
     for idxs in _chunks(plan, run.entries):
         t0 = time.perf_counter()
         frames = plan.render(idxs, options)

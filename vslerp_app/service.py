@@ -302,7 +302,8 @@ def check_request(pipe, source, target, pairs, seed, kwargs: dict,
                            f"this one would have {len(pairs)}; lower the frame counts")
     _check_studio_alphas(a for _, a in pairs)
     settings = pipe.settings_for(kwargs.get("preview", False),
-                                 **{k: kwargs.get(k) for k in ("steps", "super_res_steps", "guidance_scale")})
+                                 **{k: kwargs.get(k) for k in ("steps", "super_res_steps", "guidance_scale",
+                                                               "strength")})
     try:
         pipe.check_inputs(pairs, seed, settings, kwargs.get("max_batch", pipe.max_batch))
     except ValueError as e:
@@ -831,8 +832,10 @@ class Studio:
         if wanted is not None:
             aim = self.pipe.alpha_for_conformity(src.embedding, tgt.embedding, theta, wanted)
             alpha = aim.alpha
+        # strength < 1 starts from the source image's latents: the engine needs the image itself
+        start = source if kwargs.get("strength", 1.0) < 1.0 else src.embedding
         with self.pipe.runner.on_step(on_step) if on_step is not None else nullcontext():
-            frames = self.pipe.generate(src.embedding, tgt.embedding, [theta], [alpha], seed, **kwargs)
+            frames = self.pipe.generate(start, tgt.embedding, [theta], [alpha], seed, **kwargs)
         if aim is not None:
             frames[0].aim = aim.as_dict()
         return frames[0], src, tgt
@@ -886,13 +889,15 @@ class Studio:
 
     # -- requests ----------------------------------------------------------------------
     def frame_request(self, source, target, theta, alpha, seed, quality, steps, super_res_steps,
-                      preview_steps, guidance_scale, max_batch, target_conformity=None):
+                      preview_steps, guidance_scale, max_batch, target_conformity=None, strength=None):
         """(pairs, seed, generate kwargs) of a one-frame request, or RequestError.
 
         With a ``target_conformity`` the alpha is aimed at it when the frame is rendered:
         kwargs then hold it under "target_conformity" (`frame` takes it out).
         """
         kwargs = generate_kwargs(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch)
+        if not _empty(strength):
+            kwargs["strength"] = _float(strength, "strength")
         pairs = [(_float(theta, "theta"), _float(alpha, "alpha"))]
         wanted = wanted_conformity(self.pipe, target_conformity)
         if wanted is not None:
@@ -942,20 +947,21 @@ class Studio:
                   wanted: float | None = None) -> tuple:
         """What decides a frame's pixels: the inputs' content, theta, alpha (or the conformity
         it is aimed at), seed, settings."""
-        overrides = {k: kwargs.get(k) for k in ("steps", "super_res_steps", "guidance_scale")}
+        overrides = {k: kwargs.get(k) for k in ("steps", "super_res_steps", "guidance_scale", "strength")}
         settings = self.pipe.settings_for(kwargs.get("preview", False), **overrides)
         return (file_key(source), file_key(target), theta, alpha, wanted, seed,
                 tuple(sorted(dataclasses.asdict(settings).items())))
 
     # -- whole requests ----------------------------------------------------------------
-    def frame(self, session, *request, on_step: Callable[[int, int], None] | None = None):
-        """One frame at (theta, alpha): (image, readouts, new session). ``request`` as frame_request.
+    def frame(self, session, *request, strength=None, on_step: Callable[[int, int], None] | None = None):
+        """One frame at (theta, alpha): (image, readouts, new session). ``request`` as frame_request;
+        ``strength`` as frame_request's.
 
         A frame rendered before with the same inputs and settings comes from the frame
         cache at once (readouts ``cached`` true). ``on_step(step, total)`` reports the
         denoising steps of a frame that is rendered.
         """
-        pairs, seed, kwargs = self.frame_request(*request)
+        pairs, seed, kwargs = self.frame_request(*request, strength=strength)
         wanted = kwargs.pop("target_conformity", None)
         session = session if isinstance(session, dict) else {}
         try:

@@ -207,5 +207,4 @@ def check_settings(settings, *, kind: str, min_steps: int = 1) -> None:
                             f"needs {min_steps} timesteps), got {value}")
     _in_range(settings.guidance_scale, "guidance_scale", *GUIDANCE_RANGE)
     _in_range(settings.noise_level, "noise_level", *NOISE_LEVEL_RANGE)
-    if kind == "stable-unclip" and (settings.resolution % 8 or settings.resolution < 8):
-        raise SpecError(f"resolution must be a positive multiple of 8, got {settings.resolution}")
+    # Sizes a model can render are its family's to say (`UnclipRunner.settings_problem`).
