@@ -46,6 +46,9 @@ def _tiny() -> dict:
     from pipelines.fixtures import TINY
 
     vae, text, vision = (TINY["stable-unclip"][k] for k in ("vae", "text_encoder", "image_encoder"))
+    # Latents of about unit variance, as SD's 0.18215 makes the real VAE's (this random VAE's
+    # posterior means have a std near 0.3).
+    vae = {**vae, "scaling_factor": 3.0}
     common = {"vae": vae, "text_encoder": text, "image_encoder": vision}
     return {"ip-adapter-sd15": {**common, "unet": {**_UNET, "cross_attention_dim": 32}},
             "ip-adapter-sdxl": {**common, "unet": _SDXL_UNET, "text_encoder_2": text}}
@@ -76,6 +79,7 @@ def _base_pipeline(kind: str, cfg: dict, tokenizer, seed: int, device):
         for offset, (name, build) in enumerate(builders.items()):
             torch.manual_seed(seed + offset)
             parts[name] = build().eval()
+    _narrow_posterior(parts["vae"])
     if kind == "ip-adapter-sdxl":
         scheduler = EulerDiscreteScheduler(timestep_spacing="leading", **_SCHEDULER)
         parts.update(tokenizer_2=tokenizer)
@@ -85,6 +89,13 @@ def _base_pipeline(kind: str, cfg: dict, tokenizer, seed: int, device):
     pipeline_class = getattr(diffusers, _LAYOUT[kind][0])
     return pipeline_class(tokenizer=tokenizer, scheduler=scheduler, feature_extractor=None,
                           image_encoder=None, **parts)
+
+
+def _narrow_posterior(vae) -> None:
+    """A trained VAE encodes almost deterministically (img2img samples its posterior): a log
+    variance of -12 instead of the random encoder's ~0, whose samples would be noise."""
+    with torch.no_grad():
+        vae.quant_conv.bias[vae.config.latent_channels:] = -12.0
 
 
 def adapter_state_dict(unet, embedding_dim: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -438,7 +438,8 @@ class VSLERPPipeline:
                  preview: bool = False, steps: int | None = None,
                  super_res_steps: int | None = None, guidance_scale: float | None = None,
                  noise_level: int | None = None, resolution: int | tuple[int, int] | None = None,
-                 strength: float | None = None, max_batch: int | None = None,
+                 strength: float | None = None, adapter_scale: float | None = None,
+                 prompt: str | None = None, max_batch: int | None = None,
                  callback: Callable[[int, int], None] | None = None) -> list[Frame]:
         """Render one frame per (theta, alpha) pair on one shared noise path.
 
@@ -458,6 +459,8 @@ class VSLERPPipeline:
             strength: below 1, every frame starts from the source image's own latents noised
                 to this level (img2img: the source's layout kept); 1 (the default) starts
                 from noise. Needs the source as an image and a model that takes it.
+            adapter_scale, prompt: IP-Adapter's image conditioning scale (1: the image
+                alone) and a text prompt steering every frame (default: the preset's).
             max_batch: most frames denoised at once (default: the pipeline's). On CUDA out
                 of memory the batch is split for this call and generation goes on.
             callback: called as callback(frames_done, frames_total) after each batch.
@@ -467,7 +470,8 @@ class VSLERPPipeline:
         # 1. Settings and checks
         settings = self.settings_for(preview, steps=steps, super_res_steps=super_res_steps,
                                      guidance_scale=guidance_scale, noise_level=noise_level,
-                                     resolution=resolution, strength=strength)
+                                     resolution=resolution, strength=strength,
+                                     adapter_scale=adapter_scale, prompt=prompt)
         max_batch = max_batch or self.max_batch
         self.check_inputs(pair_up(thetas, alphas), seed, settings, max_batch)
         seed = int(seed)
@@ -581,7 +585,8 @@ class VSLERPPipeline:
                              super_res_steps: int | None = None, guidance_scale: float | None = None,
                              noise_level: int | None = None,
                              resolution: int | tuple[int, int] | None = None,
-                             strength: float | None = None, max_batch: int | None = None,
+                             strength: float | None = None, adapter_scale: float | None = None,
+                             prompt: str | None = None, max_batch: int | None = None,
                              callback: Callable[[int, int], None] | None = None) -> list[Frame]:
         """Render the given points of a path (from `plan_path`) on one noise path.
 
@@ -593,7 +598,8 @@ class VSLERPPipeline:
         """
         settings = self.settings_for(preview, steps=steps, super_res_steps=super_res_steps,
                                      guidance_scale=guidance_scale, noise_level=noise_level,
-                                     resolution=resolution, strength=strength)
+                                     resolution=resolution, strength=strength,
+                                     adapter_scale=adapter_scale, prompt=prompt)
         max_batch = max_batch or self.max_batch
         pairs = [(p.theta, p.alpha) for p in points]
         self.check_inputs(pairs, seed, settings, max_batch)
@@ -626,7 +632,8 @@ class VSLERPPipeline:
                 proportion to each segment's angle on its vSLERP arc: one speed throughout).
             ease: ease in and out of each keyframe (smoothstep on theta within a segment).
             options: preview, steps, super_res_steps, guidance_scale, noise_level,
-                resolution, strength, max_batch, callback, as in `generate`.
+                resolution, strength, adapter_scale, prompt, max_batch, callback, as in
+                `generate`.
         Returns:
             One `Frame` per path frame, in order; theta and alpha are the segment's local
             theta and its alpha, and `segment` and `keyframe` say where the frame sits.

@@ -223,6 +223,8 @@ class IpAdapter(Family):
                     f"step (int(steps x strength) = 0): raise the steps or the strength")
         if not 0.0 <= settings.adapter_scale <= 2.0:
             return f"adapter_scale must be in [0, 2], got {settings.adapter_scale}"
+        if not isinstance(settings.prompt, str):
+            return f"prompt must be text, got {settings.prompt!r}"
         return super().settings_problem(settings)
 
     def steps_per_batch(self, settings: RenderSettings) -> int:
