@@ -170,10 +170,11 @@ def test_paths_and_aiming_work(pipes, images):
     assert len(frames) == 6 and {f.segment for f in frames} == {0, 1, 2}
     first = pipe.generate(keys[0], keys[1], 0.0, 0.5, seed=2, **FAST)[0]
     assert np.abs(_px(frames[0]) - _px(first)).max() <= 1  # a keyframe is the keyframe rendered alone
-    aim = pipe.alpha_for_conformity(*images, theta=0.5, conformity=0.6)
+    wanted = float(pipe.stats.conformity(pipe.interpolate(*images, 0.5, 0.7)[1][0]))
+    aim = pipe.alpha_for_conformity(*images, theta=0.5, conformity=wanted)
     assert aim.reachable
     (frame,) = pipe.generate(*images, 0.5, aim.alpha, seed=0, **FAST)
-    assert frame.conformity == pytest.approx(0.6, abs=1e-6)
+    assert frame.conformity == pytest.approx(wanted, abs=1e-6)
 
 
 def test_score_reads_the_adapters_encoder(pipes, tmp_path):
@@ -319,14 +320,14 @@ def test_cli_fixture_and_render_with_prompt_and_adapter_scale(tmp_path):
     for im, p in zip(fixture_images(2, seed=1), (src, dst), strict=True):
         im.save(p)
     out = tmp_path / "run"
-    run = vslerp("render", "--model", model, "--source", src, "--target", dst, "--thetas", "0,0.5,1",
-                 "--alphas", "0.5", "--steps", "2", "--prompt", "a photo", "--adapter-scale", "0.5",
+    run = vslerp("render", "--model", model, "--source", src, "--target", dst, "--theta", "0,0.5,1",
+                 "--alpha", "0.5", "--steps", "2", "--prompt", "a photo", "--adapter-scale", "0.5",
                  "--out", out)
     assert run.returncode == 0, run.stderr
     settings = json.loads((out / "manifest.json").read_text())["settings"]
     assert (settings["kind"], settings["prompt"], settings["adapter_scale"]) == ("ip-adapter", "a photo", 0.5)
     assert len(list((out / "frames").glob("*.png"))) == 3
-    bad = vslerp("render", "--model", model, "--source", src, "--target", dst, "--thetas", "0.5",
+    bad = vslerp("render", "--model", model, "--source", src, "--target", dst, "--theta", "0.5",
                  "--adapter-scale", "3", "--out", tmp_path / "bad")
     assert bad.returncode != 0 and "adapter_scale must be in [0, 2], got 3.0" in bad.stderr
     assert "Traceback" not in bad.stderr

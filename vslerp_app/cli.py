@@ -488,7 +488,8 @@ def _add_render(sub) -> None:
                     "with --grid, as a grid (theta major). Re-running the same command resumes: "
                     "finished frames are kept.")
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="preset name or local pipeline directory (default: %(default)s)")
+                   help="preset name, ip-adapter:BASE (an SD 1.5 or SDXL hub id, directory or "
+                        ".safetensors) or local pipeline directory (default: %(default)s)")
     p.add_argument("--source", help="source image (theta = 0)")
     p.add_argument("--target", help="target image (theta = 1)")
     _spec_argument(p, "--theta", help="theta values in [0, 1]")
