@@ -303,31 +303,65 @@ def test_a_preset_and_a_base_spec_in_the_hub_cache_load_offline(dirs, tmp_path, 
     assert (path / "base").resolve() == (dirs["ip-adapter-sd15"] / "base").resolve()
 
 
-# -- the command line ---------------------------------------------------------------------
-def test_cli_fixture_and_render_with_prompt_and_adapter_scale(tmp_path):
+# -- the command line and the studio's API ------------------------------------------------------
+def _vslerp(*args):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "vslerp_app", *map(str, args)], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=ROOT)
+
+
+def test_cli_fixture_stats_and_render_with_prompt_and_adapter_scale(tmp_path):
     model = tmp_path / "sd15"
-
-    def vslerp(*args):
-        return subprocess.run([sys.executable, "-m", "vslerp_app", *map(str, args)], capture_output=True,
-                              text=True, timeout=300, env=env, cwd=ROOT)
-
-    made = vslerp("fixture", "ip-adapter-sd15", model)
+    made = _vslerp("fixture", "ip-adapter-sd15", model)
     assert made.returncode == 0, made.stderr
     assert (model / "IP-Adapter" / "models" / "ip-adapter_sd15.safetensors").is_file()
-    assert (model / "vslerp-stats.safetensors").is_file()
+    (model / "vslerp-stats.safetensors").unlink()  # as a real model: no stats until made
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, im in enumerate(fixture_images(40, seed=5)):
+        im.save(folder / f"{i:02d}.png")
+    stats_file = tmp_path / "vit-h.safetensors"
+    stats = _vslerp("stats", "--model", model, "--images", folder, "--out", stats_file)
+    assert stats.returncode == 0, stats.stderr
     src, dst = tmp_path / "a.png", tmp_path / "b.png"
     for im, p in zip(fixture_images(2, seed=1), (src, dst), strict=True):
         im.save(p)
     out = tmp_path / "run"
-    run = vslerp("render", "--model", model, "--source", src, "--target", dst, "--theta", "0,0.5,1",
-                 "--alpha", "0.5", "--steps", "2", "--prompt", "a photo", "--adapter-scale", "0.5",
-                 "--out", out)
+    run = _vslerp("render", "--model", model, "--source", src, "--target", dst, "--theta", "0,0.5,1",
+                  "--alpha", "0.5", "--steps", "2", "--prompt", "a photo", "--adapter-scale", "0.5",
+                  "--stats", stats_file, "--out", out)
     assert run.returncode == 0, run.stderr
     settings = json.loads((out / "manifest.json").read_text())["settings"]
     assert (settings["kind"], settings["prompt"], settings["adapter_scale"]) == ("ip-adapter", "a photo", 0.5)
     assert len(list((out / "frames").glob("*.png"))) == 3
-    bad = vslerp("render", "--model", model, "--source", src, "--target", dst, "--theta", "0.5",
-                 "--adapter-scale", "3", "--out", tmp_path / "bad")
+    bad = _vslerp("render", "--model", model, "--source", src, "--target", dst, "--theta", "0.5",
+                  "--adapter-scale", "3", "--out", tmp_path / "bad")
     assert bad.returncode != 0 and "adapter_scale must be in [0, 2], got 3.0" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_models_lists_the_ip_adapter_presets():
+    result = _vslerp("models", "--json")
+    assert result.returncode == 0, result.stderr
+    presets = {p["name"]: p for p in json.loads(result.stdout)}
+    assert presets["ip-adapter-sd15"]["hub_id"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert presets["ip-adapter-sdxl"]["hub_id"] == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert {presets[k]["encoder"] for k in KINDS} == {presets["stable-unclip-h"]["encoder"]}
+
+
+def test_preview_through_gradio_client(dirs, tmp_path):
+    from gradio_client import Client, handle_file
+    from PIL import Image
+    from test_app_api import launched_app
+
+    source, target = (tmp_path / "a.png", tmp_path / "b.png")
+    for im, p in zip(fixture_images(2, seed=3), (source, target), strict=True):
+        im.save(p)
+    with launched_app(dirs["ip-adapter-sdxl"], tmp_path / "app") as app:
+        client = Client(app.url, verbose=False, download_files=str(tmp_path / "downloads"))
+        common = dict(source=handle_file(source), target=handle_file(target), seed=7, steps=3,
+                      preview_steps=2, api_name="/preview")
+        path, readouts = client.predict(theta=0.5, alpha=1.0, quality="full", **common)
+        assert Image.open(path).size == (32, 32) and readouts["conformity_kind"] == "exact"
+        path, quick = client.predict(theta=0.5, alpha=1.0, quality="preview", **common)
+        assert Image.open(path).size == (16, 16) and quick["preview"] is True

@@ -135,7 +135,10 @@ def test_models_and_preloads_name_what_the_code_loads():
     for name in models:
         assert isinstance(name, str) and len(name) <= 96 and REPO_ID.fullmatch(name), name
     mean_sources = {p.mean_source[0] for p in PRESETS.values() if p.mean_source}
-    loaded = {p.hub_id for p in PRESETS.values()} | mean_sources
+    downloads = {w.repo for p in PRESETS.values() for w in p.downloads}
+    loaded = {p.hub_id for p in PRESETS.values()} | mean_sources | downloads
+    # Every preset's repositories are declared (the Space card links them).
+    assert loaded <= set(models), f"repositories the code loads, not in models: {loaded - set(models)}"
     assert set(models) <= loaded, f"models the code never loads: {set(models) - loaded}"
     default = PRESETS[DEFAULT_MODEL]
     assert default.hub_id in models
