@@ -69,6 +69,23 @@ def test_one_noise_path_equal_embeddings_equal_frames_alone_equals_in_sequence(p
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_frame_equals_the_stock_diffusers_pipeline_fed_the_same_embedding(pipes, images, kind):
+    import diffusers
+
+    pipe = pipes[kind]
+    (frame,) = pipe.generate(*images, thetas=0.4, alphas=0.5, seed=9, steps=2)
+    settings = pipe.settings_for(False, steps=2)
+    sdxl = kind == "ip-adapter-sdxl"
+    stock_cls = diffusers.StableDiffusionXLPipeline if sdxl else diffusers.StableDiffusionPipeline
+    stock = stock_cls(**pipe.pipe.components, **({} if sdxl else {"requires_safety_checker": False}))
+    embeds = frame.embedding.reshape(1, 1, -1)
+    stock_frame = stock(prompt="", ip_adapter_image_embeds=[torch.cat([torch.zeros_like(embeds), embeds])],
+                        height=32, width=32, num_inference_steps=2, guidance_scale=settings.guidance_scale,
+                        generator=torch.Generator().manual_seed(9)).images[0]
+    assert np.abs(_px(frame) - np.asarray(stock_frame).astype(np.int16)).max() <= 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_readouts_are_the_stats_of_vslerp_and_of_the_reencoded_frame(pipes, images, kind):
     pipe = pipes[kind]
     (frame,) = pipe.generate(*images, thetas=0.3, alphas=1.5, seed=1, **FAST)
