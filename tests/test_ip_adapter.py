@@ -382,3 +382,37 @@ def test_preview_through_gradio_client(dirs, tmp_path):
         assert Image.open(path).size == (32, 32) and readouts["conformity_kind"] == "exact"
         path, quick = client.predict(theta=0.5, alpha=1.0, quality="preview", **common)
         assert Image.open(path).size == (16, 16) and quick["preview"] is True
+
+
+# -- the benchmark --------------------------------------------------------------------------
+def test_bench_full_size_configs_have_the_published_sizes():
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from bench.ip_adapter import ip_adapter_configs
+
+    def millions(module) -> float:
+        return sum(p.numel() for p in module.parameters()) / 1e6
+
+    sd15, sdxl = ip_adapter_configs("sd15"), ip_adapter_configs("sdxl")
+    with torch.device("meta"):
+        assert 859 < millions(UNet2DConditionModel(**sd15["unet"])) < 860  # SD 1.5: 859.5 M
+        assert 2567 < millions(UNet2DConditionModel(**sdxl["unet"])) < 2568  # SDXL base: 2567.5 M
+        assert 123 < millions(CLIPTextModel(CLIPTextConfig(**sd15["text_encoder"]))) < 124
+        assert 694 < millions(CLIPTextModelWithProjection(CLIPTextConfig(**sdxl["text_encoder_2"]))) < 695
+    assert sd15["image_encoder"] == sdxl["image_encoder"]  # one ViT-H/14 for both
+    assert sd15["image_encoder"]["projection_dim"] == 1024
+
+
+def test_bench_smoke_equals_stock_diffusers_and_full_needs_a_gpu(capsys):
+    from bench.ip_adapter import EXIT_NO_GPU, main
+
+    assert main(["--smoke"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["mode"] == "ip-adapter-smoke" and set(result["results"]) == {"sd15", "sdxl"}
+    for row in result["results"].values():
+        assert row["max_pixel_diff_vs_stock"] <= 1 and row["max_pixel_diff_batched_vs_single"] <= 1
+        assert row["overhead_ratio"] > 0 and row["batch_speedup_vs_stock"] > 0
+    if not torch.cuda.is_available():
+        assert main(["--full"]) == EXIT_NO_GPU
+        assert "needs a CUDA GPU" in capsys.readouterr().err
