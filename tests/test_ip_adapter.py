@@ -286,6 +286,12 @@ def test_ip_adapter_base_specs_and_their_errors(dirs, tmp_path):
     ckpt.write_bytes(b"x")
     with pytest.raises(ModelLoadError, match="not a .safetensors checkpoint"):
         load_pipeline(f"ip-adapter:{ckpt}")
+    single = tmp_path / "single"  # a model directory around a single-file SD 1.x checkpoint
+    shutil.copytree(dirs["ip-adapter-sd15"] / "IP-Adapter", single / "IP-Adapter")
+    save_file({"cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.ones(2)},
+              str(single / "base.safetensors"))
+    with pytest.raises(ModelLoadError, match=r"single-file checkpoint .*base.safetensors.*hub"):
+        load_pipeline(single)
     incomplete = tmp_path / "incomplete"
     shutil.copytree(dirs["ip-adapter-sdxl"], incomplete)
     (incomplete / "IP-Adapter" / "sdxl_models" / "ip-adapter_sdxl_vit-h.safetensors").unlink()

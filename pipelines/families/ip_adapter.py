@@ -92,6 +92,20 @@ def single_file_class(file: Path) -> str:
                          f"(no {_SD1_KEY}* or {_SDXL_KEY}* weights)")
 
 
+def _from_single_file(pipeline_cls: type, file: Path, parts: dict):
+    """diffusers' `from_single_file`; its failures (it reads the architecture's configuration
+    from the hub the first time) as a ModelLoadError naming the file."""
+    from pipelines.loading import ModelLoadError
+
+    try:
+        return pipeline_cls.from_single_file(str(file), **parts)
+    except Exception as e:
+        raise ModelLoadError(f"could not load the single-file checkpoint {file.resolve()} "
+                             f"({type(e).__name__}: {str(e)[:300]}); diffusers reads its "
+                             "architecture's configuration from the Hugging Face hub the first "
+                             "time: check the network, or convert it to a diffusers directory") from None
+
+
 class _RowwiseImageEmbeds:
     """Pipeline mixin: ``ip_adapter_image_embeds`` hold one row per prompt, used as given.
 
@@ -171,7 +185,7 @@ class IpAdapter(Family):
         no_checker = {"safety_checker": None, "requires_safety_checker": False} if base == SD15 else {}
         parts = dict(feature_extractor=None, image_encoder=None, **no_checker, **dtype_kwarg(dtype))
         if (path / BASE_FILE).is_file():
-            pipe = pipeline_cls.from_single_file(str(path / BASE_FILE), **parts)
+            pipe = _from_single_file(pipeline_cls, path / BASE_FILE, parts)
         else:
             half = dtype in (torch.float16, torch.bfloat16)
             variant = "fp16" if half and any((path / BASE_FOLDER).glob("*/*.fp16.*")) else None
