@@ -194,6 +194,26 @@ def test_paths_and_aiming_work(pipes, images):
     assert frame.conformity == pytest.approx(wanted, abs=1e-6)
 
 
+def test_jobs_render_each_line_with_the_prompt_and_scale(dirs, tmp_path):
+    from vslerp_app.jobs import run_jobs
+
+    names = []
+    for i, im in enumerate(fixture_images(3, seed=8)):
+        im.save(tmp_path / f"{i}.png")
+        names.append(str(tmp_path / f"{i}.png"))
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"source": names[0], "target": names[1], "theta": "0,1", "alpha": 0.5,
+                                "name": "a"}) + "\n"
+                    + json.dumps({"keyframes": names, "frames": 3, "alpha": 0.5, "name": "b"}) + "\n")
+    result = run_jobs(dirs["ip-adapter-sd15"], jobs, tmp_path / "out", device="cpu", steps=2,
+                      prompt="a photo", adapter_scale=0.7, log=lambda msg: None)
+    assert result["failed"] == 0 and [r["status"] for r in result["jobs"]] == ["complete"] * 2
+    for name, count in (("a", 2), ("b", 3)):
+        manifest = json.loads((tmp_path / "out" / name / "manifest.json").read_text())
+        assert (manifest["settings"]["prompt"], manifest["settings"]["adapter_scale"]) == ("a photo", 0.7)
+        assert len(list((tmp_path / "out" / name / "frames").glob("*.png"))) == count
+
+
 def test_score_reads_the_adapters_encoder(pipes, tmp_path):
     from vslerp_app.score import score_folders
 
