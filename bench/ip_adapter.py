@@ -96,8 +96,9 @@ def ip_adapter_configs(base: str, scale: str = "full") -> dict:
 
 # -- --flops: full size on the meta device --------------------------------------------------
 def _unet_with_adapter(cfg: dict, embedding_dim: int):
-    """A meta-device UNet with IP-Adapter attention loaded by diffusers (as `load_ip_adapter`)."""
-    from diffusers import UNet2DConditionModel
+    """A meta-device UNet with IP-Adapter attention, loaded by diffusers' `load_ip_adapter`
+    (from a state dict in h94's layout, through a pipeline holding only the UNet)."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     from pipelines.fixtures_ip_adapter import adapter_state_dict
 
@@ -107,7 +108,10 @@ def _unet_with_adapter(cfg: dict, embedding_dim: int):
     state = {part: {k[len(part) + 1:]: v for k, v in flat.items() if k.startswith(part + ".")}
              for part in ("image_proj", "ip_adapter")}
     with torch.device("meta"):
-        unet._load_ip_adapter_weights([state], low_cpu_mem_usage=False)
+        holder = StableDiffusionPipeline(vae=None, text_encoder=None, tokenizer=None, unet=unet,
+                                         scheduler=None, safety_checker=None, feature_extractor=None,
+                                         image_encoder=None, requires_safety_checker=False)
+        holder.load_ip_adapter(state, subfolder="", weight_name="", image_encoder_folder=None)
     return unet
 
 
