@@ -244,8 +244,11 @@ def test_without_stats_alpha_is_refused_never_a_zero_mean(dirs, tmp_path, images
 
 
 def test_presets_share_stable_unclip_h_encoder_and_its_statistics():
+    from vslerp_app.registry import preset_stats_path
+
     vit_h = get_preset("stable-unclip-h").encoder
     for name in KINDS:
+        assert preset_stats_path(name) == preset_stats_path("stable-unclip-h")
         preset = get_preset(name)
         assert (preset.kind, preset.encoder, preset.embedding_dim) == ("ip-adapter", vit_h, 1024)
         assert preset.mean_source is None and preset.adapter_scale == 1.0 and preset.prompt == ""
@@ -340,6 +343,7 @@ def test_a_preset_and_a_base_spec_in_the_hub_cache_load_offline(dirs, tmp_path, 
     assert preset.encoder.name == get_preset("stable-unclip-h").encoder  # stats keyed by ViT-H
     spec = load_pipeline(f"ip-adapter:{dirs['ip-adapter-sd15'] / 'base'}")
     assert spec.encoder.name == preset.encoder.name and spec.preset.hub_id.endswith("base")
+    assert spec.preset.name == "ip-adapter-sd15"  # its settings and its (the encoder's) stats file
     a, b = (p.generate(*images, 0.5, 0.0, seed=1, steps=2, resolution=32)[0] for p in (preset, spec))
     assert np.array_equal(_px(a), _px(b))  # one model, by either name
     path, _ = resolve_spec(str(dirs["ip-adapter-sd15"] / "base"))

@@ -20,6 +20,9 @@ PRESET_STATS = {
     "karlo": "karlo-vit-l14-coco-val2017.safetensors",
     "stable-unclip-h": "stable-unclip-h-vit-h14-coco-val2017.safetensors",
     "stable-unclip-l": "karlo-vit-l14-coco-val2017.safetensors",
+    # IP-Adapter's image encoder is Stable unCLIP-h's OpenCLIP ViT-H/14, whatever the base.
+    "ip-adapter-sd15": "stable-unclip-h-vit-h14-coco-val2017.safetensors",
+    "ip-adapter-sdxl": "stable-unclip-h-vit-h14-coco-val2017.safetensors",
 }
 
 

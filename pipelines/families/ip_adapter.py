@@ -325,8 +325,11 @@ def resolve_spec(base: str, half: bool = False):
     pipeline_class, local = _base_class_of(base)
     base_files, adapter = _downloads(pipeline_class)
     base_files = replace(base_files, repo=base)
-    preset = replace(get_preset(PRESET_OF[pipeline_class]), name=f"{SPEC_PREFIX}{base}", hub_id=base,
-                     downloads=() if local else (base_files, adapter))
+    # The base's preset (its settings, and its statistics: they are the encoder's, whatever
+    # the base) with this base's files.
+    family_preset = get_preset(PRESET_OF[pipeline_class])
+    preset = replace(family_preset, hub_id=base, downloads=() if local else (base_files, adapter),
+                     description=f"IP-Adapter on {base} ({family_preset.name}'s settings)")
     if local is None:
         parts = {BASE_FOLDER: download_repository(base, base_files, half)}
     else:
