@@ -34,7 +34,7 @@ from bench.models import _CLIP_L_TEXT, _SD_VAE, _VIT_H14, CLIP_VOCAB  # noqa: E4
 from bench.run import SEED, _env, _generated_images, _json_line, _max_diff, _progress, _quiet, _table  # noqa: E402
 from bench.timing import count_flops, median, side_by_side  # noqa: E402
 
-__all__ = ["ip_adapter_configs", "ip_adapter_flops", "stock_ip_adapter_frame"]
+__all__ = ["ip_adapter_configs", "ip_adapter_flops", "stock_ip_adapter_frame", "stock_pipeline"]
 
 EXIT_NO_GPU = 2
 OVERHEAD_GOAL = 1.05
@@ -187,15 +187,20 @@ def run_flops(args) -> int:
 
 
 # -- --quick / --smoke / --full: ours against the stock pipeline ------------------------------
-def stock_ip_adapter_frame(vp, embedding: torch.Tensor, seed: int, settings):
-    """One frame from diffusers' stock pipeline class on the same components: what a user
-    without us would call, with diffusers' zero negative when guidance is on."""
+def stock_pipeline(vp):
+    """diffusers' stock pipeline class on the loaded model's components (no weights copied)."""
     import diffusers
 
     sdxl = isinstance(vp.pipe, diffusers.StableDiffusionXLPipeline)
     stock_cls = diffusers.StableDiffusionXLPipeline if sdxl else diffusers.StableDiffusionPipeline
     stock = stock_cls(**vp.pipe.components, **({} if sdxl else {"requires_safety_checker": False}))
     stock.set_progress_bar_config(disable=True)
+    return stock
+
+
+def stock_ip_adapter_frame(stock, vp, embedding: torch.Tensor, seed: int, settings):
+    """One frame from the stock pipeline (`stock_pipeline`): what a user without us would
+    call, with diffusers' zero negative when guidance is on."""
     emb = embedding.reshape(1, 1, -1).to(vp.device, vp.dtype)
     if settings.guidance_scale > 1.0:
         emb = torch.cat([torch.zeros_like(emb), emb])
@@ -224,6 +229,7 @@ def _measure(vp, frames: int, reps: int, steps: dict, device: str) -> dict:
     thetas = np.linspace(0.0, 1.0, frames).tolist()
     settings = vp.settings_for(False, **steps)
     embeddings = vp.interpolate(source, target, thetas, 0.0)[1]
+    stock = stock_pipeline(vp)
     inner: list[float] = []  # seconds inside the diffusers pipeline's __call__ during one of ours
     outside: list[float] = []  # seconds of ours spent outside it (the engine), per run
 
@@ -237,7 +243,7 @@ def _measure(vp, frames: int, reps: int, steps: dict, device: str) -> dict:
     contenders = {
         "ours_per_frame": ours_per_frame,
         "ours_batched": lambda: vp.generate(source, target, thetas, 0.0, SEED, max_batch=frames, **steps),
-        "stock_per_frame": lambda: [stock_ip_adapter_frame(vp, e, SEED, settings) for e in embeddings],
+        "stock_per_frame": lambda: [stock_ip_adapter_frame(stock, vp, e, SEED, settings) for e in embeddings],
     }
     _progress(f"{frames}-frame sweep at {settings.size[0]} px, {settings.steps} steps: ours vs stock, "
               f"{reps} repetitions")
