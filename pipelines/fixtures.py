@@ -43,7 +43,8 @@ import torch
 __all__ = ["FIXTURE_KINDS", "EMBEDDING_DIM", "TINY", "FixtureModel", "build_components",
            "fixture_images", "image_embeddings", "write_model", "write_tokenizer"]
 
-FIXTURE_KINDS = ("karlo", "stable-unclip", "kandinsky")
+IP_ADAPTER_KINDS = ("ip-adapter-sd15", "ip-adapter-sdxl")  # `pipelines.fixtures_ip_adapter`
+FIXTURE_KINDS = ("karlo", "stable-unclip", "kandinsky", *IP_ADAPTER_KINDS)
 EMBEDDING_DIM = 32  # projection_dim of the tiny CLIP encoders: raw image embeddings are 32-d
 IMAGE_SIZE = 32  # CLIP encoder input side (feature_extractor crop)
 STATS_IMAGES = 96
@@ -410,13 +411,18 @@ def _save(kind: str, components: dict, directory: Path, tokenizer_dir: Path, dty
         if dtype is not None:
             pipe.to(dtype=dtype)
         pipe.save_pretrained(directory / folder, safe_serialization=True)
+    finish_files(directory, tokenizer_dir)
+
+
+def finish_files(directory: Path, tokenizer_dir: Path) -> None:
+    """Saved weights in the usual file mode, and the BPE files beside each tokenizer."""
     umask = os.umask(0o022)
     os.umask(umask)
     for weights in directory.rglob("*.safetensors"):  # safetensors writes 0600: the usual mode instead
         weights.chmod(0o666 & ~umask)
     # Keep the BPE source files beside tokenizer.json, as the real repositories do (and
     # so a transformers without the tokenizers backend can read them too).
-    for tokenizer in directory.rglob("tokenizer"):
+    for tokenizer in (d for d in directory.rglob("tokenizer*") if d.is_dir()):
         for name in ("vocab.json", "merges.txt"):
             if not (tokenizer / name).exists():
                 (tokenizer / name).write_bytes((tokenizer_dir / name).read_bytes())
@@ -433,7 +439,9 @@ def write_model(kind: str, directory: str | os.PathLike, *, config: dict | None 
             kakaobrain/karlo-v1-alpha-image-variations), "stable-unclip"
             (StableUnCLIPImg2ImgPipeline, like stabilityai/stable-diffusion-2-1-unclip) or
             "kandinsky" (Kandinsky 2.2's prior and decoder repositories as ``prior/`` and
-            ``decoder/``).
+            ``decoder/``), "ip-adapter-sd15" or "ip-adapter-sdxl" (a base pipeline as
+            ``base/`` and h94/IP-Adapter's files as ``IP-Adapter/``,
+            `pipelines.fixtures_ip_adapter`; layout and embedded_mean do not apply).
         directory: where to write (created if needed; existing files are overwritten).
         config: the components' configurations (default: `TINY[kind]`).
         layout: "hub" (Karlo's model_index.json names the "unclip" library for text_proj, as
@@ -448,6 +456,11 @@ def write_model(kind: str, directory: str | os.PathLike, *, config: dict | None 
     """
     if kind not in FIXTURE_KINDS:
         raise ValueError(f"unknown fixture kind {kind!r}; known: {', '.join(FIXTURE_KINDS)}")
+    if kind in IP_ADAPTER_KINDS:  # a base pipeline and h94's adapter files: their own module
+        from pipelines.fixtures_ip_adapter import write_ip_adapter_model
+
+        return write_ip_adapter_model(kind, directory, config=config, seed=seed, images=images,
+                                      device=device, dtype=dtype, zero_out=zero_out)
     if layout not in ("hub", "current"):
         raise ValueError(f"unknown layout {layout!r}; known: hub, current")
     if embedded_mean not in ("stats", "zeros"):

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from pipelines.families import FAMILIES, Family, family_named, family_of, supported_pipelines
+from pipelines.families.ip_adapter import SPEC_PREFIX, resolve_spec
 from pipelines.presets import PRESETS, HubFiles, ModelPreset, get_preset
 
 __all__ = [
@@ -340,6 +341,12 @@ def _probe_hub() -> None:
 _SKIPPED_FORMATS = ["*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data"]
 
 
+def _variant_of(file: str) -> str:
+    """The variant infix of a weights file ("fp16", "non_ema"), "" for the unsuffixed one."""
+    parts = file.rsplit("/", 1)[-1].split(".")
+    return parts[1] if len(parts) > 2 else ""
+
+
 def weight_files(files: list[str], wanted: HubFiles, half: bool) -> list[str]:
     """The files of ``files`` (a repository listing) a model needs: ``wanted``'s own files, and
     in each of its folders the configurations and one weights format.
@@ -349,11 +356,11 @@ def weight_files(files: list[str], wanted: HubFiles, half: bool) -> list[str]:
     """
     chosen = [f for f in wanted.files if f in files]
     for folder in wanted.folders:
-        inside = [f for f in files if f.startswith(f"{folder}/") and f.count("/") == 1]
+        inside = [f for f in files if f.startswith(f"{folder}/") and f.count("/") == folder.count("/") + 1]
         chosen += [f for f in inside if f.endswith((".json", ".txt"))]
         weights = [f for f in inside if f.endswith((".safetensors", ".bin"))]
-        fp16 = [f for f in weights if ".fp16." in f]
-        plain = [f for f in weights if ".fp16." not in f]
+        fp16 = [f for f in weights if _variant_of(f).startswith("fp16")]
+        plain = [f for f in weights if not _variant_of(f)]  # not .fp16., not .non_ema.
         safetensors = [f for f in plain if f.endswith(".safetensors")]
         chosen += (fp16 if half and fp16 else safetensors or [f for f in plain if f.endswith(".bin")])
     return chosen
@@ -418,13 +425,15 @@ def resolve_model_path(model: str | os.PathLike, half: bool = False) -> tuple[Pa
     path = Path(model).expanduser()
     if path.is_dir():
         return path, None
+    if str(model).startswith(SPEC_PREFIX):  # a family on a base of the user's choosing
+        return resolve_spec(str(model)[len(SPEC_PREFIX):], half)
     if str(model) in PRESETS:
         preset = get_preset(str(model))
         return fetch_preset(preset, half), preset
     if path.exists():
         raise ModelLoadError(f"{model} is a file, not a pipeline directory")
-    raise ModelLoadError(f"model {str(model)!r} is neither a preset ({', '.join(PRESETS)}) "
-                         "nor an existing directory")
+    raise ModelLoadError(f"model {str(model)!r} is neither a preset ({', '.join(PRESETS)}), "
+                         f"{SPEC_PREFIX}BASE nor an existing directory")
 
 
 # -- device and precision --------------------------------------------------------------------
@@ -445,9 +454,12 @@ def load_model(model: str | os.PathLike, device=None, dtype=None, *,
     """Load a model of any family onto its device.
 
     Args:
-        model: a preset name (`karlo`, `stable-unclip-h`, `stable-unclip-l`, `kandinsky-2-2`)
-            or a local directory in the hub layout (old or current model_index.json; for
-            Kandinsky 2.2 a directory holding the prior and decoder repositories).
+        model: a preset name (`karlo`, `stable-unclip-h`, `stable-unclip-l`, `kandinsky-2-2`,
+            `ip-adapter-sd15`, `ip-adapter-sdxl`), ``ip-adapter:BASE`` (BASE: an SD 1.5 or
+            SDXL hub id, diffusers directory or single-file .safetensors) or a local directory
+            in the hub layout (old or current model_index.json; for Kandinsky 2.2 a directory
+            holding the prior and decoder repositories; for IP-Adapter ``base/`` and
+            ``IP-Adapter/``).
         device: "cuda", "cpu", ... (default: CUDA if available).
         dtype: torch dtype or "fp16"/"bf16"/"fp32" (default: fp16 on CUDA, fp32 on CPU).
         offload: model CPU offload for small GPUs: weights stay in CPU memory and each

@@ -39,7 +39,8 @@ class ModelPreset:
         name: the short name users type (`--model karlo`).
         hub_id: the Hugging Face hub repository (the decoder's, for a model of several).
         kind: the model family (`pipelines.families`): "karlo" (two-stage pixel unCLIP),
-            "stable-unclip" (latent diffusion) or "kandinsky-2-2" (latent, MoVQ).
+            "stable-unclip" (latent diffusion), "kandinsky-2-2" (latent, MoVQ) or
+            "ip-adapter" (a Stable Diffusion 1.5 or SDXL base with h94's adapter).
         pipeline_class: the diffusers class the repository holds.
         encoder: the CLIP image encoder whose embeddings drive generation.
         embedding_dim: the size of those raw image embeddings.
@@ -59,6 +60,8 @@ class ModelPreset:
             every diffusers file of ``hub_id``).
         max_resolution: the largest side a frame may have (``resolution`` when fixed).
         description: one line for the UI.
+        adapter_scale: IP-Adapter's image conditioning scale (1.0: the image prompt alone).
+        prompt: IP-Adapter's text prompt for every frame ("" for none).
     """
 
     name: str
@@ -78,6 +81,8 @@ class ModelPreset:
     downloads: tuple[HubFiles, ...] = ()
     max_resolution: int = 0
     description: str = ""
+    adapter_scale: float = 1.0
+    prompt: str = ""
 
 
 _KARLO = ModelPreset(
@@ -146,8 +151,48 @@ _KANDINSKY_2_2 = ModelPreset(
     description="Kandinsky 2.2 (ViT-bigG/14, 768 px, up to 1024, any multiple of 64)",
 )
 
+# IP-Adapter (pipelines.families.ip_adapter): h94's ViT-H/14 adapters on a Stable Diffusion
+# 1.5 or SDXL base; ViT-H/14 is Stable unCLIP-h's encoder, so the two share statistics. Steps
+# and guidance as diffusers' pipelines default to (50; 7.5 for SD 1.5, 5.0 for SDXL); scale
+# 1.0, which diffusers' IP-Adapter guide calls conditioning "only on the image prompt".
+_IP_ADAPTER_SD15 = ModelPreset(
+    name="ip-adapter-sd15",
+    hub_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
+    kind="ip-adapter",
+    pipeline_class="StableDiffusionPipeline",
+    encoder=_STABLE_UNCLIP_H.encoder,
+    embedding_dim=1024,
+    resolution=512,
+    steps=50,
+    guidance_scale=7.5,
+    preview_steps=12,
+    preview_resolution=256,
+    downloads=(HubFiles("stable-diffusion-v1-5/stable-diffusion-v1-5",
+                        ("unet", "vae", "text_encoder", "tokenizer", "scheduler"), into="base"),
+               HubFiles("h94/IP-Adapter", ("models/image_encoder",),
+                        files=("models/ip-adapter_sd15.safetensors",), into="IP-Adapter")),
+    max_resolution=2048,
+    description="IP-Adapter on Stable Diffusion 1.5 (ViT-H/14, 512 px; any SD 1.5 checkpoint "
+                "as ip-adapter:BASE)",
+)
+_IP_ADAPTER_SDXL = replace(
+    _IP_ADAPTER_SD15,
+    name="ip-adapter-sdxl",
+    hub_id="stabilityai/stable-diffusion-xl-base-1.0",
+    pipeline_class="StableDiffusionXLPipeline",
+    resolution=1024,
+    guidance_scale=5.0,
+    preview_resolution=512,
+    downloads=(HubFiles("stabilityai/stable-diffusion-xl-base-1.0",
+                        ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                         "scheduler"), into="base"),
+               HubFiles("h94/IP-Adapter", ("models/image_encoder",),
+                        files=("sdxl_models/ip-adapter_sdxl_vit-h.safetensors",), into="IP-Adapter")),
+    description="IP-Adapter on SDXL 1.0 (ViT-H/14, 1024 px; any SDXL checkpoint as ip-adapter:BASE)",
+)
+
 PRESETS: dict[str, ModelPreset] = {p.name: p for p in (_KARLO, _STABLE_UNCLIP_H, _STABLE_UNCLIP_L,
-                                                       _KANDINSKY_2_2)}
+                                                       _KANDINSKY_2_2, _IP_ADAPTER_SD15, _IP_ADAPTER_SDXL)}
 
 DEFAULT_MODEL = "karlo"
 

@@ -255,7 +255,8 @@ def _render_options(args) -> dict:
     """The options every render of this command shares: outputs and sampling."""
     return dict(gif=args.gif, mp4=args.mp4, zip=args.zip, fps=args.fps, preview=args.preview,
                 steps=args.steps, super_res_steps=args.super_res_steps, guidance_scale=args.guidance,
-                resolution=args.resolution, strength=args.strength)
+                resolution=args.resolution, strength=args.strength,
+                adapter_scale=args.adapter_scale, prompt=args.prompt)
 
 
 def _resolution(text: str) -> int | tuple[int, int]:
@@ -536,8 +537,10 @@ def _add_fixture(sub) -> None:
                     "tests and for trying the plumbing without downloading weights.")
     p.add_argument("kind", choices=list(FIXTURE_KINDS),
                    help="karlo (UnCLIPImageVariationPipeline), stable-unclip "
-                        "(StableUnCLIPImg2ImgPipeline) or kandinsky (Kandinsky 2.2: the prior and "
-                        "decoder repositories as DIR/prior and DIR/decoder)")
+                        "(StableUnCLIPImg2ImgPipeline), kandinsky (Kandinsky 2.2: the prior and "
+                        "decoder repositories as DIR/prior and DIR/decoder), ip-adapter-sd15 or "
+                        "ip-adapter-sdxl (a Stable Diffusion 1.5 or SDXL base as DIR/base and "
+                        "h94/IP-Adapter's files as DIR/IP-Adapter)")
     p.add_argument("dir", help="folder to write (created; files already there are overwritten)")
     p.add_argument("--layout", choices=["hub", "current"], default="hub",
                    help="hub: model_index.json as the real repository (saved by an older "
@@ -637,7 +640,8 @@ def _add_render(sub) -> None:
                     "with --grid, as a grid (theta major). Re-running the same command resumes: "
                     "finished frames are kept.")
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="preset name or local pipeline directory (default: %(default)s)")
+                   help="preset name, ip-adapter:BASE (an SD 1.5 or SDXL hub id, directory or "
+                        ".safetensors) or local pipeline directory (default: %(default)s)")
     p.add_argument("--source", help="source image (theta = 0)")
     p.add_argument("--target", help="target image (theta = 1)")
     _spec_argument(p, "--theta", help="theta values in [0, 1]")
@@ -671,6 +675,10 @@ def _add_render(sub) -> None:
     p.add_argument("--strength", type=float,
                    help="below 1, start every frame from the source image's own latents, keeping its "
                         "layout (Kandinsky 2.2 img2img); 1 (default) starts from noise")
+    p.add_argument("--adapter-scale", type=float,
+                   help="IP-Adapter: how strongly the image embedding conditions the frames, in [0, 2] "
+                        "(default 1: the image alone, as diffusers recommends for variations)")
+    p.add_argument("--prompt", help="IP-Adapter: a text prompt steering every frame (default: none)")
     p.add_argument("--max-batch", type=int, help="frames per batch and per chunk written (default 8)")
     p.add_argument("--stats", metavar="FILE", help="image-modality stats file for alpha != 0")
     p.add_argument("--reference", metavar="SPEC",

@@ -22,6 +22,7 @@ import torch
 from pipelines import DEFAULT_MAX_BATCH, RenderSettings, UnclipRunner
 from vslerp_app import geometry, paths, smoothness, specs
 from vslerp_app.images import image_fingerprint, load_image
+from vslerp_app.registry import full_stats_command
 from vslerp_app.stats import ModalityStats
 
 __all__ = ["AIM_ALPHA_RANGE", "AimResult", "Frame", "VSLERPPipeline", "aim_alpha"]
@@ -384,9 +385,9 @@ class VSLERPPipeline:
         if alpha != 0 and self.stats is None:
             raise specs.SpecError(
                 f"alpha={alpha} needs the image-modality mean of this model's encoder, and "
-                f"no stats were found ({self.stats_note}). Compute them with `vslerp stats "
-                f"--model {self.model} --images DIR --out FILE` and pass stats=FILE "
-                "(--stats FILE), or use alpha=0 (plain SLERP)")
+                f"no stats were found ({self.stats_note}). Make them with `{full_stats_command(self.model)}` "
+                "(or from a folder: `vslerp stats --images DIR --out FILE`, then stats=FILE / --stats FILE), "
+                "or use alpha=0 (plain SLERP)")
 
     # -- generation --------------------------------------------------------------------
     def interpolate(self, source, target, thetas, alphas) -> tuple[list[tuple[float, float]], torch.Tensor]:
@@ -426,8 +427,8 @@ class VSLERPPipeline:
         if self.stats is None:
             raise specs.SpecError(
                 f"aiming at a conformity needs this model's image statistics, and none were found "
-                f"({self.stats_note}); compute them with `vslerp stats --model {self.model} "
-                "--images DIR --out FILE` and pass stats=FILE (--stats FILE)")
+                f"({self.stats_note}); make them with `{full_stats_command(self.model)}` (or from a "
+                "folder: `vslerp stats --images DIR --out FILE`, then stats=FILE / --stats FILE)")
         alpha_range = _check_alpha_range(AIM_ALPHA_RANGE if alpha_range is None else alpha_range)
         pairs = pair_up(thetas, conformities)
         v0, v1 = self.encode(source).double(), self.encode(target).double()
@@ -450,7 +451,8 @@ class VSLERPPipeline:
                  preview: bool = False, steps: int | None = None,
                  super_res_steps: int | None = None, guidance_scale: float | None = None,
                  noise_level: int | None = None, resolution: int | tuple[int, int] | None = None,
-                 strength: float | None = None, max_batch: int | None = None,
+                 strength: float | None = None, adapter_scale: float | None = None,
+                 prompt: str | None = None, max_batch: int | None = None,
                  callback: Callable[[int, int], None] | None = None) -> list[Frame]:
         """Render one frame per (theta, alpha) pair on one shared noise path.
 
@@ -470,6 +472,8 @@ class VSLERPPipeline:
             strength: below 1, every frame starts from the source image's own latents noised
                 to this level (img2img: the source's layout kept); 1 (the default) starts
                 from noise. Needs the source as an image and a model that takes it.
+            adapter_scale, prompt: IP-Adapter's image conditioning scale (1: the image
+                alone) and a text prompt steering every frame (default: the preset's).
             max_batch: most frames denoised at once (default: the pipeline's). On CUDA out
                 of memory the batch is split for this call and generation goes on.
             callback: called as callback(frames_done, frames_total) after each batch.
@@ -479,7 +483,8 @@ class VSLERPPipeline:
         # 1. Settings and checks
         settings = self.settings_for(preview, steps=steps, super_res_steps=super_res_steps,
                                      guidance_scale=guidance_scale, noise_level=noise_level,
-                                     resolution=resolution, strength=strength)
+                                     resolution=resolution, strength=strength,
+                                     adapter_scale=adapter_scale, prompt=prompt)
         max_batch = max_batch or self.max_batch
         self.check_inputs(pair_up(thetas, alphas), seed, settings, max_batch)
         seed = int(seed)
@@ -623,7 +628,8 @@ class VSLERPPipeline:
                              super_res_steps: int | None = None, guidance_scale: float | None = None,
                              noise_level: int | None = None,
                              resolution: int | tuple[int, int] | None = None,
-                             strength: float | None = None, max_batch: int | None = None,
+                             strength: float | None = None, adapter_scale: float | None = None,
+                             prompt: str | None = None, max_batch: int | None = None,
                              callback: Callable[[int, int], None] | None = None) -> list[Frame]:
         """Render the given points of a path (from `plan_path`) on one noise path.
 
@@ -635,7 +641,8 @@ class VSLERPPipeline:
         """
         settings = self.settings_for(preview, steps=steps, super_res_steps=super_res_steps,
                                      guidance_scale=guidance_scale, noise_level=noise_level,
-                                     resolution=resolution, strength=strength)
+                                     resolution=resolution, strength=strength,
+                                     adapter_scale=adapter_scale, prompt=prompt)
         max_batch = max_batch or self.max_batch
         pairs = [(p.theta, p.alpha) for p in points]
         self.check_inputs(pairs, seed, settings, max_batch)
@@ -671,7 +678,8 @@ class VSLERPPipeline:
                 placed so that neighbours are equally far apart as measured).
             ease: ease in and out of each keyframe (smoothstep on theta within a segment).
             options: preview, steps, super_res_steps, guidance_scale, noise_level,
-                resolution, strength, max_batch, callback, as in `generate`.
+                resolution, strength, adapter_scale, prompt, max_batch, callback, as in
+                `generate`.
         Returns:
             One `Frame` per path frame, in order; theta and alpha are the segment's local
             theta and its alpha, and `segment` and `keyframe` say where the frame sits.

@@ -27,6 +27,9 @@ STATS_DIR = Path(os.environ.get("VSLERP_STATS_DIR", Path(__file__).resolve().par
 # Preset name -> its stats file under STATS_DIR. Karlo and Stable unCLIP-small share
 # the ViT-L/14 encoder, so they share its statistics.
 PRESET_STATS = {
+    # IP-Adapter's image encoder is Stable unCLIP-h's OpenCLIP ViT-H/14, whatever the base.
+    "ip-adapter-sd15": "stable-unclip-h-vit-h14-coco-val2017.safetensors",
+    "ip-adapter-sdxl": "stable-unclip-h-vit-h14-coco-val2017.safetensors",
     "karlo": "karlo-vit-l14-coco-val2017.safetensors",
     "stable-unclip-h": "stable-unclip-h-vit-h14-coco-val2017.safetensors",
     "stable-unclip-l": "karlo-vit-l14-coco-val2017.safetensors",

@@ -57,7 +57,7 @@ __all__ = ["FRAMES_DIR", "MANIFEST_NAME", "RenderError", "RenderProgress", "chec
 logger = logging.getLogger(__name__)
 
 SAMPLING_OPTIONS = ("preview", "steps", "super_res_steps", "guidance_scale", "noise_level", "resolution",
-                    "strength")
+                    "strength", "adapter_scale", "prompt")
 
 
 def _load_input(src, role: str, label: str | None = None):
@@ -200,6 +200,8 @@ def _settings(pipe, plan: _Plan) -> tuple[dict, object]:
         "noise_level": eff.noise_level,
         "resolution": eff.resolution,
         "strength": eff.strength,
+        "adapter_scale": eff.adapter_scale,
+        "prompt": eff.prompt,
         "stats": None if info.get("stats") is None else info["stats"]["checksum"],
         "reference": None if info.get("reference") is None else mf.short(info["reference"]),
     }
@@ -329,7 +331,8 @@ def _render_missing(pipe, run: _Run, eff) -> Iterator[RenderProgress]:
     fingerprint = mf.fingerprint(run.settings)
     options = dict(preview=eff.preview, steps=eff.steps, super_res_steps=eff.super_res_steps,
                    guidance_scale=eff.guidance_scale, noise_level=eff.noise_level,
-                   resolution=eff.resolution, strength=eff.strength, max_batch=plan.chunk)
+                   resolution=eff.resolution, strength=eff.strength, adapter_scale=eff.adapter_scale,
+                   prompt=eff.prompt, max_batch=plan.chunk)
     for idxs in _chunks(plan, run.entries):
         t0 = time.perf_counter()
         frames = plan.render(idxs, options)

@@ -9,13 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines.families.base import Family, RenderSettings
+from pipelines.families.ip_adapter import IpAdapter
 from pipelines.families.kandinsky import Kandinsky22
 from pipelines.families.karlo import Karlo
 from pipelines.families.stable_unclip import StableUnclip
 
 __all__ = ["FAMILIES", "Family", "RenderSettings", "family_named", "family_of", "supported_pipelines"]
 
-FAMILIES: dict[str, type[Family]] = {f.name: f for f in (Karlo, StableUnclip, Kandinsky22)}
+FAMILIES: dict[str, type[Family]] = {f.name: f for f in (Karlo, StableUnclip, Kandinsky22, IpAdapter)}
 
 
 def family_named(name: str) -> type[Family]:

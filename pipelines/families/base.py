@@ -45,6 +45,8 @@ class RenderSettings:
             smaller, fewer steps).
         strength: how far the decoder starts from the source image's own latents
             (img2img); 1.0 starts from pure noise. Only families with `takes_strength`.
+        adapter_scale: IP-Adapter's image conditioning scale (ignored by the others).
+        prompt: IP-Adapter's text prompt, steering every frame (ignored by the others).
     """
 
     steps: int
@@ -54,6 +56,8 @@ class RenderSettings:
     resolution: int | tuple[int, int]
     preview: bool = False
     strength: float = 1.0
+    adapter_scale: float = 1.0
+    prompt: str = ""
 
     @property
     def size(self) -> tuple[int, int]:
