@@ -172,7 +172,14 @@ class Family:
         """Why this family cannot run ``settings`` (a sentence echoing the value), or None."""
         if settings.strength != 1.0 and not self.takes_strength:
             return (f"strength={settings.strength:g} needs a model that starts from the source "
-                    f"image's latents (kandinsky-2-2); {self.name} always starts from noise")
+                    f"image's latents (kandinsky-2-2, ip-adapter); {self.name} always starts from noise")
+        if not self.takes_strength:
+            return None
+        if not 0.0 < settings.strength <= 1.0:
+            return f"strength must be in (0, 1], got {settings.strength}"
+        if settings.strength < 1.0 and int(settings.steps * settings.strength) < 1:
+            return (f"strength={settings.strength:g} with {settings.steps} steps leaves no denoising "
+                    f"step (int(steps x strength) = 0): raise the steps or the strength")
         return None
 
     def denoise(self, embeddings: torch.Tensor, settings: RenderSettings,

@@ -230,11 +230,6 @@ class IpAdapter(Family):
         if min(width, height) < 8 or width % 8 or height % 8 or max(width, height) > MAX_SIDE:
             return (f"resolution must be a multiple of 8 between 8 and {MAX_SIDE} a side, "
                     f"got {settings.resolution}")
-        if not 0.0 < settings.strength <= 1.0:
-            return f"strength must be in (0, 1], got {settings.strength}"
-        if settings.strength < 1.0 and int(settings.steps * settings.strength) < 1:
-            return (f"strength={settings.strength:g} with {settings.steps} steps leaves no denoising "
-                    f"step (int(steps x strength) = 0): raise the steps or the strength")
         if not 0.0 <= settings.adapter_scale <= 2.0:
             return f"adapter_scale must be in [0, 2], got {settings.adapter_scale}"
         if not isinstance(settings.prompt, str):

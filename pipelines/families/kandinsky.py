@@ -160,11 +160,6 @@ class Kandinsky22(Family):
             return (f"resolution must be a multiple of {step} (the MoVQ's {self.movq_factor}x"
                     f"{self.movq_factor} latent cells) between {step} and {MAX_SIDE} a side, "
                     f"got {settings.resolution}")
-        if not 0.0 < settings.strength <= 1.0:
-            return f"strength must be in (0, 1], got {settings.strength}"
-        if settings.strength < 1.0 and int(settings.steps * settings.strength) < 1:
-            return (f"strength={settings.strength:g} with {settings.steps} steps leaves no denoising "
-                    f"step (int(steps x strength) = 0): raise the steps or the strength")
         return super().settings_problem(settings)
 
     def steps_per_batch(self, settings: RenderSettings) -> int:
