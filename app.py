@@ -380,6 +380,7 @@ def _name_the_numbers(c: SimpleNamespace) -> None:
                  "alpha_frames"):
         named_range(getattr(c, name), name)
     named_range(c.guidance, "guidance_scale")
+    named_range(c.strength, "strength")
     named_range(c.path_frames, "frames")
 
 

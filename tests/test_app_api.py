@@ -698,7 +698,7 @@ def _uploaded(app, path: Path) -> dict:
 def test_paths_and_urls_in_an_api_call_are_refused_in_plain_words(app, source, message):
     target = _uploaded(app, TARGET)
     event, data = _call(app, "preview", [{**source, "meta": {"_type": "gradio.FileData"}}, target,
-                                         0.5, 1.0, 42, "preview", 2, 2, 2, 1.0, 8, None])
+                                         0.5, 1.0, 42, "preview", 2, 2, 2, 1.0, 8, None, None])
     assert event == "error" and message in data["error"], data
 
 
@@ -706,11 +706,11 @@ def test_a_raw_http_call_may_leave_settings_out_as_null(app):
     """null for a slider's parameter takes its default, as gradio_client fills it in."""
     source, target = _uploaded(app, SOURCE), _uploaded(app, TARGET)
     event, data = _call(app, "preview", [source, target, 0.5, 1.0, 42, "preview", None, None, None, None,
-                                         None, None])
+                                         None, None, None])
     assert event == "complete", data
     readouts = data[1]
     assert readouts["seed"] == 42 and readouts["preview"] is True
-    event, data = _call(app, "preview", [source, target, 0.5, 1.0, None, "preview"] + [None] * 6)
+    event, data = _call(app, "preview", [source, target, 0.5, 1.0, None, "preview"] + [None] * 7)
     assert event == "error" and "seed is empty: type a whole number." in data["error"], data  # no default
 
 
@@ -759,7 +759,7 @@ def _server_paths(app) -> dict[str, str]:
 
 
 def _settings_after(api_name: str) -> list:
-    return {"preview": [0.5, 1.0, 42, "preview", 2, 2, 2, 1.0, 8, None],
+    return {"preview": [0.5, 1.0, 42, "preview", 2, 2, 2, 1.0, 8, None, None],
             "sequence": ["theta", 0.5, 1.0, 0.0, 1.0, 2, -1.0, 2.0, 2, 42, "preview", 2, 2, 2, 1.0, 8, 4,
                          None]}[api_name]
 
@@ -1224,7 +1224,8 @@ def test_stopping_a_sequence_stops_within_one_batch_and_removes_its_folder(pipe,
     # Run to the end: the files come with the last update, the folder goes with the generator.
     short = (*request[:7], 3, *request[8:])
     *_, last = studio.sequence({}, *short)
-    assert last.status == "all 3" and set(last.files) == {"gallery", "plot", "gif", "mp4", "zip"}
+    assert last.status == "all 3"
+    assert set(last.files) == {"gallery", "plot", "gif", "mp4", "zip", "smoothness"}
     assert list((tmp_path / "work").iterdir()) == []
 
 

@@ -412,6 +412,24 @@ def test_preview_through_gradio_client(dirs, tmp_path):
         assert Image.open(path).size == (32, 32) and readouts["conformity_kind"] == "exact"
         path, quick = client.predict(theta=0.5, alpha=1.0, quality="preview", **common)
         assert Image.open(path).size == (16, 16) and quick["preview"] is True
+        sequence_and_path_through_gradio_client(client, source, target)
+
+
+def sequence_and_path_through_gradio_client(client, source, target) -> None:
+    """/sequence and /path on a family's fixture: the frames asked for, captioned, with files and
+    the smoothness line."""
+    from gradio_client import handle_file
+
+    a, b = handle_file(source), handle_file(target)
+    gallery, plot, mp4, gif, zip_path, smooth = client.predict(
+        source=a, target=b, sweep="theta", theta_start=0.0, theta_stop=1.0, theta_frames=3, alpha=1.0,
+        seed=7, quality="preview", preview_steps=2, api_name="/sequence")
+    assert len(gallery) == 3 and "θ=0.5" in gallery[1]["caption"] and "smoothness" in smooth.lower()
+    assert all(Path(f).is_file() for f in (plot, gif, zip_path))
+    gallery, *_files, smooth = client.predict(
+        keyframe_1=a, keyframe_2=b, frames=4, loop=False, alpha="0.5", spacing="angle", seed=7,
+        quality="preview", preview_steps=2, api_name="/path")
+    assert len(gallery) == 4 and gallery[0]["caption"].startswith("key 1") and smooth
 
 
 # -- the benchmark --------------------------------------------------------------------------

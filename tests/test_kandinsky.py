@@ -137,5 +137,8 @@ def test_preview_through_gradio_client_with_strength(model, tmp_path):
         photo = np.asarray(Image.open(source).convert("RGB").resize((32, 32))).astype(float)
         gap = [np.abs(np.asarray(Image.open(p)).astype(float) - photo).mean() for p in (near, far)]
         assert gap[0] < gap[1], gap
-        with pytest.raises(Exception, match=r"1.5 is greater than maximum value 1"):  # the slider's own range
+        with pytest.raises(Exception, match=r"strength must be between 0.05 and 1, got 1.5"):  # named
             client.predict(theta=0.5, alpha=0.0, quality="full", strength=1.5, **common)
+        from test_ip_adapter import sequence_and_path_through_gradio_client
+
+        sequence_and_path_through_gradio_client(client, source, target)
