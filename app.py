@@ -392,10 +392,11 @@ def _frame_handlers(studio: ui.Studio) -> dict:
 
     # The public endpoints spell out their parameters: Gradio names the API's after them.
     def render_frame(source, target, theta, alpha, seed, quality, steps, super_res_steps,
-                     preview_steps, guidance_scale, max_batch, session, target_conformity=None,
-                     strength=None, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+                     preview_steps, guidance_scale, max_batch, session, strength=None,
+                     target_conformity=None, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
         """/preview: one frame at (theta, alpha), its image and readouts; with a
-        target_conformity, at the alpha giving it (readouts["aim"]: wanted, achieved)."""
+        target_conformity, at the alpha giving it (readouts["aim"]: wanted, achieved). The
+        API keeps target_conformity last, as /sequence does."""
         def on_step(step, total):
             progress((step, total), desc="denoising", unit="steps")
 
@@ -629,7 +630,7 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
     _wire_uploads(h, c)
     checked = c.generate_button.click(h.check_frame, frame_inputs, None, **check)
     checked.success(None, js=SCROLL_TO_FRAME, **private)
-    checked.success(h.render_frame, [*frame_inputs, session, c.api_target_conformity, c.strength],
+    checked.success(h.render_frame, [*frame_inputs, session, c.strength, c.api_target_conformity],
                     frame_outputs, api_name="preview", **gpu)
     slider_inputs = [*frame_inputs, session, c.strength]
     for slider in (c.theta, c.alpha):
