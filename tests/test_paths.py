@@ -503,7 +503,7 @@ def test_a_stopped_path_render_resumes_and_changes_are_refused(pipe, keyframes, 
     assert seen == [(4, False), (5, False), (5, True)]
     assert {k: v for k, v in _mtimes(out).items() if k in before} == before
     for change, words in [(dict(loop=True), "loop false -> true"), (dict(seed=9), "seed 8 -> 9"),
-                          (dict(alphas=1.0), "alphas"), (dict(frames=6), "frame_count 5 -> 6"),
+                          (dict(alphas=1.0), "alpha 0.5,0.5 -> 1,1"), (dict(frames=6), "frame_count 5 -> 6"),
                           (dict(ease=True), "ease false -> true")]:
         with pytest.raises(RenderError, match=words):
             render_path(pipe, keyframes, out, **{**args, **change})
