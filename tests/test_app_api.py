@@ -1336,11 +1336,14 @@ def test_a_url_download_stops_at_the_size_limit(tmp_path, monkeypatch):
 
         # Two requests for one URL at once: each downloads to a file of its own, then moves it
         # into place, so neither reads the other's half-written file (they shared one before).
+        # (A transport each: the test server speaks HTTP/1.0 and closes every connection, which
+        # one shared connection pool may try to reuse: a ReadError that is the test's, not the gate's.)
         async def twice():
-            transport = httpx.AsyncHTTPTransport()
-            return await asyncio.gather(*(gate.bounded_download(f"{base}/cat.jpg", tmp_path / "twice", 2**20,
-                                                                "source image", transport=transport)
-                                          for _ in range(2)))
+            def one():
+                return gate.bounded_download(f"{base}/cat.jpg", tmp_path / "twice", 2**20, "source image",
+                                             transport=httpx.AsyncHTTPTransport())
+
+            return await asyncio.gather(one(), one())
 
         paths = asyncio.run(twice())
         assert all(Path(p).read_bytes() == SOURCE.read_bytes() for p in paths)
