@@ -484,9 +484,10 @@ def _page_watch(studio: ui.Studio, request: gr.Request | None, progress) -> dict
     return {"progress": report, "stop": studio.stop_switch(getattr(request, "session_hash", None))}
 
 
-def _status(update: ui.SequenceUpdate) -> str:
-    """The status line under a page render's buttons: empty while Gradio's bar shows the progress."""
-    return "" if update.files is None else f"Done: all {update.total} frames."
+def _status(update: ui.SequenceUpdate):
+    """The status line under a page render's buttons: left alone while Gradio's bar shows the
+    progress (an update still in flight when Stop is pressed must not blank its "Stopped")."""
+    return gr.skip() if update.files is None else f"Done: all {update.total} frames."
 
 
 def _shown_files(update: ui.SequenceUpdate) -> tuple:
