@@ -35,6 +35,7 @@ from types import SimpleNamespace  # noqa: E402
 import gradio as gr  # noqa: E402
 
 import gate  # noqa: E402
+import gradio_patches  # noqa: E402
 from gate import checked_image  # noqa: E402
 from pipelines import DEFAULT_MODEL, HubUnreachableError  # noqa: E402
 from vslerp_app import load_pipeline  # noqa: E402
@@ -152,9 +153,10 @@ def named_range(component, name: str):
     """A number input whose refusals name the API parameter and its range.
 
     Gradio's own check says only "Value 1.5 is greater than maximum value 1." and lets NaN
-    and missing values through to a bare error; here the instance's preprocess is wrapped,
-    as in checked_image. An emptied number box arrives as None for its handler to judge; a
-    slider sent as null (raw HTTP) takes its default, as gradio_client fills it in.
+    and missing values through to a bare error; here the instance's preprocess is wrapped
+    (`gradio_patches.replace_preprocess`), as in checked_image. An emptied number box arrives
+    as None for its handler to judge; a slider sent as null (raw HTTP) takes its default, as
+    gradio_client fills it in.
     """
     stock = component.preprocess
     lo, hi = component.minimum, component.maximum
@@ -172,7 +174,7 @@ def named_range(component, name: str):
             raise gr.Error(f"{name} must be {allowed}, got {payload!r}.", print_exception=False)
         return stock(payload)
 
-    component.preprocess = preprocess
+    gradio_patches.replace_preprocess(component, preprocess)
     return component
 
 
@@ -792,8 +794,10 @@ def launch_options(config: ui.StudioConfig) -> dict:
 def build_demo(pipe, config: ui.StudioConfig | None = None) -> gr.Blocks:
     """The studio's page around a loaded pipeline (`vslerp_app.load_pipeline`), queue set up.
 
-    Launch it with `demo.launch(**launch_options(config))`, as `main` does.
+    Launch it with `demo.launch(**launch_options(config))`, as `main` does. Refuses
+    (`gradio_patches.GradioMismatchError`) a Gradio its request gate was not tested with.
     """
+    gradio_patches.check_gradio()
     config = config or ui.StudioConfig()
     studio = ui.Studio(pipe, config, gpu=gpu)
     c = SimpleNamespace(config=config)

@@ -1,7 +1,9 @@
 """The studio's gate: what a request may carry before any handler of `app.py` sees it.
 
-Imported by `app.py` only (Gradio lives here and there, never in `vslerp_app`). One rule per
-hole, each applied whatever the request's shape:
+Imported by `app.py` only (Gradio lives here and there, never in `vslerp_app`); where a rule
+needs a hook inside Gradio, `gradio_patches` places it (that module lists every such hook,
+why Gradio offers none of its own, and checks them at start-up). One rule per hole, each
+applied whatever the request's shape:
 
 * Files (`install_file_gate`): a file in any input (an image box, the keyframe strip, the
   current frame; with or without Gradio's ``meta``, for every event, the page's private
@@ -35,6 +37,7 @@ import gradio as gr
 from gradio import utils as gradio_utils
 from gradio.exceptions import InvalidPathError
 
+import gradio_patches as patches
 from vslerp_app import service as ui
 from vslerp_app.images import ImageInputError, check_image
 
@@ -140,15 +143,14 @@ GATE = FileGate()
 def install_file_gate(demo: gr.Blocks, gate: FileGate = GATE) -> None:
     """Every event of ``demo`` checks its file inputs first (`check_files`), and its failures
     to read a request or to store a result answer in plain words, never ``{"error": null}``."""
-    stock_pre, stock_post = demo.preprocess_data, demo.postprocess_data
 
-    async def preprocess_data(block_fn, inputs, state, explicit_call=False):
-        for block, payload in zip(block_fn.inputs, inputs, strict=False):
+    async def preprocess(blocks, payloads, stock):
+        for block, payload in zip(blocks, payloads, strict=False):
             if isinstance(block, FILE_COMPONENTS) and not block.stateful:
                 check_files(payload, gate.role(block), block._id in gate.downloads,
                             many=isinstance(block, gr.Gallery))
         try:
-            return await stock_pre(block_fn, inputs, state, explicit_call)
+            return await stock()
         except InvalidPathError:  # Gradio's own check, behind ours: the same words
             raise path_refusal("image") from None
         except gr.Error:
@@ -160,15 +162,15 @@ def install_file_gate(demo: gr.Blocks, gate: FileGate = GATE) -> None:
                            "the form the API page shows (gradio_client's view_api).",
                            print_exception=False) from None
 
-    async def postprocess_data(block_fn, predictions, state):
+    async def postprocess(stock):
         try:
-            return await stock_post(block_fn, predictions, state)
+            return await stock()
         except OSError as e:
             raise (_disk_full() if e.errno in _DISK_FULL else
                    gr.Error("The server could not store this result; please try again later.",
                             print_exception=False)) from None
 
-    demo.preprocess_data, demo.postprocess_data = preprocess_data, postprocess_data
+    patches.wrap_data_processing(demo, preprocess, postprocess)
 
 
 def _disk_full() -> gr.Error:
@@ -183,10 +185,11 @@ def checked_image(role: str, max_bytes: int, gate: FileGate = GATE, **kwargs) ->
     Uploads, pastes and webcam shots arrive as uploaded files; an API call may also send
     an inline ``data:`` URL (which the stock component decodes and re-saves with Pillow
     before any check of ours) or a URL (which Gradio downloads whole). The instance's
-    preprocess is replaced by `vslerp_app.service.check_input_image` (byte size, format
-    allow-list, pixel count from the header; an upload's messages) and it returns the
-    file's path, decoding nothing; URLs are downloaded with a byte cap
-    (`bounded_download`). A gr.Image subclass would make Gradio write a .pyi file.
+    preprocess is replaced (`gradio_patches.replace_preprocess`) by
+    `vslerp_app.service.check_input_image` (byte size, format allow-list, pixel count from
+    the header; an upload's messages) and it returns the file's path, decoding nothing; URLs
+    are downloaded with a byte cap (`bounded_download`). Why not a gr.Image subclass: see
+    `gradio_patches`.
     """
     image = gr.Image(**kwargs)
     gate.roles[image._id] = role
@@ -223,8 +226,8 @@ def checked_image(role: str, max_bytes: int, gate: FileGate = GATE, **kwargs) ->
             return await bounded_download(url_or_file_path, Path(image.GRADIO_CACHE), max_bytes, role)
         return await stock_move(url_or_file_path)
 
-    image.preprocess = preprocess
-    image.async_move_resource_to_block_cache = move_to_cache
+    patches.replace_preprocess(image, preprocess)
+    patches.replace_resource_download(image, move_to_cache)
     return image
 
 
@@ -468,28 +471,21 @@ def bound_waiting(demo: gr.Blocks, per_session: int, per_address: int,
     queue and shut everyone else out.
 
     Gradio bounds only the whole queue (`queue(max_size=...)`); the queue's push is wrapped
-    on this instance and refuses like a full queue.
+    on this page (`gradio_patches.wrap_queue_push`) and refuses like a full queue.
     """
-    queue = demo._queue
-    push = queue.push
 
-    def address_of(event) -> str | None:
-        scope = getattr(getattr(event, "request", None), "scope", None)
-        return None if scope is None else client_address(scope, trusted)
-
-    async def bounded_push(body, request, username):
-        events = [event for group in queue.event_queue_per_concurrency_id.values() for event in group.queue]
-        address = client_address(request.scope, trusted)
-        mine = sum(event.session_hash == body.session_hash for event in events) if body.session_hash else 0
-        theirs = sum(address_of(event) == address for event in events)
+    def refusal(session_hash: str | None, scope: dict) -> str | None:
+        address = client_address(scope, trusted)
+        waiting = list(patches.waiting(demo))
+        mine = sum(session == session_hash for session, _ in waiting) if session_hash else 0
+        theirs = sum(other is not None and client_address(other, trusted) == address for _, other in waiting)
         if mine >= per_session:
-            return False, f"You already have {mine} requests waiting; wait for one to finish.", "queue_full"
+            return f"You already have {mine} requests waiting; wait for one to finish."
         if theirs >= per_address:
-            return (False, f"Your address already has {theirs} requests waiting; wait for one to finish.",
-                    "queue_full")
-        return await push(body, request, username)
+            return f"Your address already has {theirs} requests waiting; wait for one to finish."
+        return None
 
-    queue.push = bounded_push
+    patches.wrap_queue_push(demo, refusal)
 
 
 # -- cancel: answered at once ------------------------------------------------------------------------
