@@ -889,6 +889,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Parse the arguments, load the model once, build the page and serve it."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:  # before the model loads: an untested Gradio is refused at once
+        gradio_patches.check_gradio()
+    except gradio_patches.GradioMismatchError as e:
+        raise SystemExit(f"vSLERP Studio: {e}") from None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, stats=args.stats,

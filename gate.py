@@ -106,7 +106,7 @@ def check_files(payload, role: str, downloads: bool, many: bool) -> None:
 
     ``downloads``: the input fetches http(s) URLs itself (a `checked_image`), so a URL may
     stand in a "path"; ``many``: the value is a list (a gallery). Every file dict is given
-    Gradio's ``meta`` so its own checks (and our bounded download) run on it as well.
+    Gradio's ``meta`` so its own checks run on it as well.
     Raises gr.Error; returns nothing.
     """
     if payload is None:
@@ -126,12 +126,22 @@ def check_files(payload, role: str, downloads: bool, many: bool) -> None:
         d["meta"] = dict(_META)
 
 
+async def fetch_urls(payload, role: str, max_bytes: int, cache_dir: Path) -> None:
+    """Download each http(s) URL standing in a file's "path" of ``payload`` (`bounded_download`)
+    and put the file it stored there instead, so Gradio's own step finds a file it stored
+    and fetches nothing itself (its download has no byte bound)."""
+    for d in _file_dicts(payload):
+        if isinstance(d.get("path"), str) and _is_url(d["path"]):
+            d["path"] = await bounded_download(d["path"], cache_dir, max_bytes, role)
+
+
 class FileGate:
-    """The roles of a page's file inputs, by component id; `install_file_gate` reads them."""
+    """The roles of a page's file inputs, by component id, and the inputs that download URLs
+    (with their byte limits); `install_file_gate` reads them."""
 
     def __init__(self):
         self.roles: dict[int, str] = {}
-        self.downloads: set[int] = set()
+        self.downloads: dict[int, int] = {}
 
     def role(self, block) -> str:
         return self.roles.get(block._id) or str(getattr(block, "label", None) or "file").lower()
@@ -141,14 +151,17 @@ GATE = FileGate()
 
 
 def install_file_gate(demo: gr.Blocks, gate: FileGate = GATE) -> None:
-    """Every event of ``demo`` checks its file inputs first (`check_files`), and its failures
-    to read a request or to store a result answer in plain words, never ``{"error": null}``."""
+    """Every event of ``demo`` checks its file inputs first (`check_files`) and downloads the
+    URLs an image box was sent (`fetch_urls`), and its failures to read a request or to store
+    a result answer in plain words, never ``{"error": null}``."""
 
     async def preprocess(blocks, payloads, stock):
         for block, payload in zip(blocks, payloads, strict=False):
             if isinstance(block, FILE_COMPONENTS) and not block.stateful:
-                check_files(payload, gate.role(block), block._id in gate.downloads,
-                            many=isinstance(block, gr.Gallery))
+                role, max_bytes = gate.role(block), gate.downloads.get(block._id)
+                check_files(payload, role, max_bytes is not None, many=isinstance(block, gr.Gallery))
+                if max_bytes is not None:
+                    await fetch_urls(payload, role, max_bytes, Path(block.GRADIO_CACHE))
         try:
             return await stock()
         except InvalidPathError:  # Gradio's own check, behind ours: the same words
@@ -188,13 +201,12 @@ def checked_image(role: str, max_bytes: int, gate: FileGate = GATE, **kwargs) ->
     preprocess is replaced (`gradio_patches.replace_preprocess`) by
     `vslerp_app.service.check_input_image` (byte size, format allow-list, pixel count from
     the header; an upload's messages) and it returns the file's path, decoding nothing; URLs
-    are downloaded with a byte cap (`bounded_download`). Why not a gr.Image subclass: see
-    `gradio_patches`.
+    are downloaded by the file gate, with a byte cap (`fetch_urls`). Why not a gr.Image
+    subclass: see `gradio_patches`.
     """
     image = gr.Image(**kwargs)
     gate.roles[image._id] = role
-    gate.downloads.add(image._id)
-    stock_move = image.async_move_resource_to_block_cache
+    gate.downloads[image._id] = max_bytes
 
     def preprocess(payload):
         if payload is None:
@@ -221,13 +233,7 @@ def checked_image(role: str, max_bytes: int, gate: FileGate = GATE, **kwargs) ->
             path.write_bytes(data)
         return str(path)
 
-    async def move_to_cache(url_or_file_path):
-        if isinstance(url_or_file_path, str) and _is_url(url_or_file_path):
-            return await bounded_download(url_or_file_path, Path(image.GRADIO_CACHE), max_bytes, role)
-        return await stock_move(url_or_file_path)
-
     patches.replace_preprocess(image, preprocess)
-    patches.replace_resource_download(image, move_to_cache)
     return image
 
 

@@ -10,8 +10,10 @@ What Gradio offers itself is used where it gives the same protection (`app.launc
 ``max_file_size`` bounds each uploaded file, ``allowed_paths=[]`` serves only uploads and
 results, ``queue(max_size=...)`` bounds the whole queue, Starlette middleware passed through
 ``app_kwargs`` bounds request bodies and uploads (`gate.RequestBodyLimit`, `gate.UploadLimit`)
-and answers cancels at once (`gate.CancelAtOnce`). Four patches stay, none with a Gradio 6
-mechanism that does the same (as of 6.31):
+and answers cancels at once (`gate.CancelAtOnce`). A URL sent in place of an image is
+downloaded by the file gate itself, with a byte bound (`gate.fetch_urls`), before Gradio's
+own step, which then finds a file it stored (the image boxes' download hook of before is
+gone). Three patches stay, none with a Gradio 6 mechanism that does the same (as of 6.31):
 
 * `wrap_data_processing` (``Blocks.preprocess_data``/``postprocess_data`` of one page): the
   file gate. Gradio checks only file values that carry its ``meta`` and answers the rest,
@@ -24,9 +26,6 @@ mechanism that does the same (as of 6.31):
   1.5 is greater than maximum value 1." and let NaN through). A subclass would be Gradio's
   custom-component way, but ComponentMeta then writes a ``.pyi`` copy of the defining
   module beside it at import, and the page needs ``is_template`` to find its Svelte file.
-* `replace_resource_download` (one image box's ``async_move_resource_to_block_cache``):
-  Gradio downloads a URL sent in place of a file with no byte bound; `gate.bounded_download`
-  stops at the upload limit.
 * `wrap_queue_push` (the page's ``Queue.push``): Gradio bounds only the whole queue; the
   bounds per session and per client address refuse there, as a full queue does.
 """
@@ -34,7 +33,7 @@ mechanism that does the same (as of 6.31):
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import gradio as gr
 from gradio import data_classes, queueing
@@ -74,12 +73,11 @@ RELIED_ON: dict[str, Callable[[], bool]] = {
                     for c in (gr.Image, gr.Slider, gr.Number)),
     "Block._id, Component.stateful, Block.GRADIO_CACHE":
         lambda: _assigned_in_init(gr.blocks.Block, "_id", "GRADIO_CACHE") and hasattr(gr.Image, "stateful"),
-    "Block.async_move_resource_to_block_cache(self, url_or_file_path)":
-        lambda: _parameters(gr.Image.async_move_resource_to_block_cache) == ("self", "url_or_file_path"),
     "FileData.path and FileData.url":
         lambda: {"path", "url"} <= set(data_classes.FileData.model_fields),
     "utils.get_upload_folder()": lambda: _parameters(gradio_utils.get_upload_folder) == (),
-    "Blocks._queue (the page's queueing.Queue)": lambda: _assigned_in_init(gr.Blocks, "_queue"),
+    "Blocks._queue (the page's queueing.Queue, set by Blocks.queue)":
+        lambda: "self._queue = queueing.Queue(" in inspect.getsource(gr.Blocks.queue),
     "Queue.push(self, body, request, username) -> (ok, message, kind)":
         lambda: _parameters(queueing.Queue.push) == ("self", "body", "request", "username"),
     "Queue.event_queue_per_concurrency_id, EventQueue.queue, Event.session_hash and .request":
@@ -127,11 +125,6 @@ def check_gradio(version: str | None = None) -> None:
 def replace_preprocess(component, preprocess: Callable) -> None:
     """``component`` (this instance only) hands ``preprocess`` the payload its stock one would get."""
     component.preprocess = preprocess
-
-
-def replace_resource_download(component, move: Callable[[str], Awaitable[str]]) -> None:
-    """``component`` stores a file or URL sent to it with ``move`` (async, the stock one's argument)."""
-    component.async_move_resource_to_block_cache = move
 
 
 def wrap_data_processing(demo: gr.Blocks, preprocess: Callable, postprocess: Callable) -> None:
