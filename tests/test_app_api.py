@@ -1350,3 +1350,140 @@ def test_a_url_download_stops_at_the_size_limit(tmp_path, monkeypatch):
         assert [p.name for p in (tmp_path / "twice").rglob("*") if p.is_file()] == ["download"]
     finally:
         server.shutdown()
+
+
+# -- the hooks into Gradio: what they rely on, checked -----------------------------------------
+def _gradio_patches(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    import gradio_patches
+
+    return gradio_patches
+
+
+def test_the_gradio_internals_the_gate_hooks_into_are_as_written_for(monkeypatch):
+    """Every internal `gradio_patches` relies on (a method's parameters, an attribute, a request
+    body's fields) is there in the installed Gradio: an upgrade that changes one fails here,
+    by name, and the app refuses to start on it."""
+    patches = _gradio_patches(monkeypatch)
+    assert patches.changed_internals() == []
+    patches.check_gradio()  # the installed release is in the tested range
+
+    import gradio as gr
+    import pydantic
+    from gradio import data_classes, queueing
+
+    # Each kind of change is caught, and named: a parameter added, a method gone, a field renamed.
+    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False, run_id=None):
+        return inputs
+
+    monkeypatch.setattr(gr.Blocks, "preprocess_data", preprocess_data)
+    monkeypatch.delattr(queueing.Queue, "push")
+    monkeypatch.setattr(data_classes, "CancelBody", pydantic.create_model(
+        "CancelBody", session_hash=(str, ...), fn_index=(int, ...), job_id=(str, ...)))
+    assert patches.changed_internals() == [
+        "Blocks.preprocess_data(self, block_fn, inputs, state, explicit_call)",
+        "Queue.push(self, body, request, username) -> (ok, message, kind)",
+        "CancelBody's fields session_hash, fn_index, event_id (POST /cancel)"]
+    with pytest.raises(patches.GradioMismatchError) as err:
+        patches.check_gradio()
+    assert "relies on (Blocks.preprocess_data(self, block_fn, inputs, state, explicit_call); Queue.push" \
+        in str(err.value)
+
+
+@pytest.mark.parametrize("version", ["6.19.0", "6.32.0", "7.0.0"])
+def test_a_gradio_outside_the_tested_range_is_refused_at_start_up(monkeypatch, version):
+    """`python app.py` on a Gradio release the gate was not tested with stops before loading the
+    model, in one line naming the release, the tested range and the fix."""
+    patches = _gradio_patches(monkeypatch)
+    import gradio as gr
+
+    import app
+
+    monkeypatch.setattr(gr, "__version__", version)
+    with pytest.raises(SystemExit) as err:
+        app.main(["--model", "no-such-model-is-loaded"])
+    assert str(err.value) == (f"vSLERP Studio: vSLERP Studio's request gate is tested with gradio "
+                              f"{patches.TESTED_GRADIO}; this is gradio {version}: install a tested "
+                              "release: pip install -r requirements.txt.")
+    with pytest.raises(patches.GradioMismatchError):
+        app.build_demo(None)  # a Python caller (a Space imports app.py) is refused as well
+
+
+def test_requirements_pin_gradio_to_the_tested_range(monkeypatch):
+    from packaging.requirements import Requirement
+
+    patches = _gradio_patches(monkeypatch)
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    gradio = next(Requirement(line) for line in lines if line.startswith("gradio"))
+    assert gradio.specifier == patches.TESTED_GRADIO
+
+
+def _served(directory: Path):
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_url_for_an_image_box_is_fetched_by_the_gate_not_by_gradio(tmp_path, monkeypatch):
+    """Through Gradio's own request processing (`Blocks.preprocess_data`, in process): an image
+    URL sent as a file's path is downloaded by the gate with its byte bound and handed on as a
+    file Gradio stored, so Gradio's unbounded download never runs; a file over the limit is
+    refused as an upload is, and a server path still gets the file gate's one message. (Only
+    the public-host check is replaced, so the local test server can answer.)"""
+    import asyncio
+
+    import gradio as gr
+    import safehttpx
+    from gradio import processing_utils
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    _gradio_patches(monkeypatch)
+    import gate
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "cat.jpg").write_bytes(SOURCE.read_bytes())
+    (site / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(2 * 2**20))
+    server = _served(site)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    async def local(hostname):
+        return "127.0.0.1"
+
+    gradio_downloads = []
+
+    async def recorded(url, cache_dir):
+        gradio_downloads.append(url)
+        raise AssertionError("Gradio's own download ran")
+
+    monkeypatch.setattr(safehttpx, "async_validate_url", local)
+    monkeypatch.setattr(processing_utils, "async_ssrf_protected_download", recorded)
+    file_gate = gate.FileGate()
+    with gr.Blocks() as demo:
+        image = gate.checked_image("source image", 2**20, file_gate, type="filepath", image_mode=None)
+        image.change(lambda path: path, image, gr.Textbox())
+    gate.install_file_gate(demo, file_gate)
+    block_fn = next(iter(demo.fns.values()))
+
+    def read(path: str):
+        payload = {"path": path, "meta": {"_type": "gradio.FileData"}}
+        return asyncio.run(demo.preprocess_data(block_fn, [payload], None))[0]
+
+    try:
+        fetched = read(f"{base}/cat.jpg")
+        assert Path(fetched).read_bytes() == SOURCE.read_bytes()
+        assert Path(fetched).resolve().is_relative_to((tmp_path / "gradio").resolve())
+        with pytest.raises(gr.Error) as err:
+            read(f"{base}/huge.png")
+        assert err.value.message == "The source image is too large; files up to 1 MB are accepted."
+        with pytest.raises(gr.Error) as err:
+            read(str(SOURCE))
+        assert "a path on the server is not accepted" in err.value.message
+        assert gradio_downloads == []
+    finally:
+        server.shutdown()
