@@ -1487,3 +1487,25 @@ def test_a_url_for_an_image_box_is_fetched_by_the_gate_not_by_gradio(tmp_path, m
         assert gradio_downloads == []
     finally:
         server.shutdown()
+
+
+def test_only_gradio_patches_reaches_into_gradio():
+    """The app's other modules replace no Gradio method on an object and read no private part
+    of the page's queue: every hook is in gradio_patches.py, where `check_gradio` checks what
+    it relies on (read with `ast`, so a new hook elsewhere fails here)."""
+    import ast
+
+    hooks = {"preprocess", "postprocess", "preprocess_data", "postprocess_data", "push",
+             "async_move_resource_to_block_cache", "move_resource_to_block_cache"}
+    found = []
+    for name in ("app.py", "gate.py"):
+        for node in ast.walk(ast.parse((ROOT / name).read_text(encoding="utf-8"))):
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            found += [f"{name}:{node.lineno}: .{t.attr} =" for target in targets
+                      for t in ast.walk(target) if isinstance(t, ast.Attribute) and t.attr in hooks]
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setattr"
+                    and getattr(node.args[1], "value", None) in hooks):
+                found.append(f"{name}:{node.lineno}: setattr")
+            if isinstance(node, ast.Attribute) and node.attr in ("_queue", "event_queue_per_concurrency_id"):
+                found.append(f"{name}:{node.lineno}: .{node.attr}")
+    assert found == []
