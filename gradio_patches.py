@@ -2,7 +2,7 @@
 
 Imported by `gate.py` and `app.py` only. The studio's gate (`gate.py`) says what a request may
 carry; this module is the only one that replaces or reads a Gradio internal to enforce it,
-and `check_gradio` (called first by `app.build_demo`) refuses to start on a Gradio outside
+and `check_gradio` (called first by `app.main` and `app.build_demo`) refuses to start on a Gradio outside
 `TESTED_GRADIO` or whose internals these patches rely on have changed (`RELIED_ON`), naming
 what changed, rather than serving with a gate that may no longer run.
 
