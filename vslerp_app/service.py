@@ -225,7 +225,7 @@ def embed_input(pipe, path, role: str, cached: InputEntry | None = None) -> Inpu
 
     ``role`` ("source image", "target image") names the input in error messages. The
     embedding is computed with the pipeline's encoder directly, not through
-    `VSLERPPipeline.encode`, whose cache is shared by every caller of the process: the app
+    `VSLERPEngine.encode`, whose cache is shared by every caller of the process: the app
     keeps each session's entries in that session's state. Equal file bytes reuse the entry
     without decoding; equal pixels (another file of the same image) without encoding.
     """
@@ -259,7 +259,7 @@ def embedding_readouts(pipe, emb: torch.Tensor) -> dict:
 # -- checks ---------------------------------------------------------------------------
 def generate_kwargs(quality: str, steps, super_res_steps, preview_steps, guidance_scale,
                     max_batch) -> dict:
-    """Keyword arguments of `VSLERPPipeline.generate` for the UI's settings.
+    """Keyword arguments of `VSLERPEngine.generate` for the UI's settings.
 
     ``steps`` and ``super_res_steps`` are a full frame's; ``preview_steps`` a preview's
     (Karlo previews stop after the 64 px decoder, so they have no super-resolution steps).
@@ -575,7 +575,7 @@ def sequence_outputs(manifest: dict, out_dir: Path) -> dict:
 
 
 def without_server_paths(info: dict) -> dict:
-    """``info`` (`VSLERPPipeline.info`) with the server's paths cut to the names the operator
+    """``info`` (`VSLERPEngine.info`) with the server's paths cut to the names the operator
     gave (the model folder's name, the stats file's name): the page shows no server paths."""
     def source(stats) -> str | None:
         return ((stats or {}).get("provenance") or {}).get("source")
