@@ -42,7 +42,7 @@ from vslerp_app.specs import (
 )
 
 __all__ = ["MAX_KEYFRAMES", "MAX_SEQUENCE_FRAMES", "QUALITIES", "SWEEP_MODES", "AimAt", "FrameRequest",
-           "PathRequest", "RequestError", "Sampling", "SweepRequest", "sweep_values"]
+           "PathRequest", "RequestError", "Sampling", "SweepRequest", "sweep_pairs", "sweep_values"]
 
 MAX_SEQUENCE_FRAMES = 96  # the paper's demo grid: 6 thetas x 16 alphas; `app.py --max-sequence-frames`
 MAX_KEYFRAMES = 8  # the keyframe strip holds up to 8 images
@@ -263,6 +263,11 @@ def sweep_values(mode: str, theta: float, alpha: float, theta_start: float, thet
             _sweep_linspace(alpha_start, alpha_stop, alpha_count, "alpha"), True)
 
 
+def sweep_pairs(thetas: list[float], alphas: list[float], grid: bool) -> list[tuple[float, float]]:
+    """(theta, alpha) of every frame, in the order the render writes them."""
+    return combine(thetas, alphas, grid)
+
+
 def _sweep_linspace(start, stop, count, name) -> list[float]:
     count = _as_int(count, f"{name} frames")
     if not 1 <= count <= MAX_SEQUENCE_FRAMES:
@@ -344,6 +349,10 @@ class SweepRequest:
         return cls.parse(engine, source=source, target=target, thetas=thetas,
                          alphas=None if aim is not None else alphas, seed=seed, sampling=sampling, grid=grid,
                          fps=fps, conformity=None if aim is None else [aim.conformity])
+
+    def with_inputs(self, source, target) -> SweepRequest:
+        """The same request with other source and target (their embeddings): as checked as this one."""
+        return _kept_check(self, dataclasses.replace(self, source=source, target=target))
 
     def pairs(self) -> list[tuple[float, float | AimAt]]:
         """(theta, alpha or aim) per frame, in the order the render writes them."""
@@ -428,6 +437,16 @@ class PathRequest:
                                f"this one would have {count}; lower the frame count")
         return cls.parse(engine, keyframes=images, frames=count, alphas=spec, seed=seed, sampling=sampling,
                          loop=loop, spacing=spacing, ease=ease, fps=fps)
+
+    def with_keyframes(self, keyframes) -> PathRequest:
+        """The same request with other keyframes (their embeddings): as checked as this one."""
+        return _kept_check(self, dataclasses.replace(self, keyframes=tuple(keyframes)))
+
+
+def _kept_check(record, changed):
+    """``changed`` (the same request, its images given as their embeddings) trusted as ``record`` was."""
+    object.__setattr__(changed, "checked_by", record.checked_by)
+    return changed
 
 
 def _alpha_spec(value):
