@@ -177,10 +177,10 @@ def named_range(component, name: str):
 
 
 # -- layout ----------------------------------------------------------------------------
-def _input_column(pipe, c: SimpleNamespace) -> None:
-    full, preview = pipe.default_settings(preview=False), pipe.default_settings(preview=True)
-    is_karlo, has_stats = pipe.kind == "karlo", pipe.stats is not None
-    min_steps = pipe.runner.min_steps
+def _input_column(engine, c: SimpleNamespace) -> None:
+    full, preview = engine.default_settings(preview=False), engine.default_settings(preview=True)
+    is_karlo, has_stats = engine.kind == "karlo", engine.stats is not None
+    min_steps = engine.min_steps
     with gr.Row():
         sources = ["upload", "clipboard", "webcam"]
         max_bytes = c.config.max_file_bytes
@@ -216,9 +216,9 @@ def _input_column(pipe, c: SimpleNamespace) -> None:
         with gr.Row():
             c.guidance = gr.Slider(0, 20, value=full.guidance_scale, step=0.5,
                                    label="guidance scale (1 = off)", elem_id="guidance")
-            c.max_batch = gr.Slider(1, 32, value=pipe.max_batch, step=1,
+            c.max_batch = gr.Slider(1, 32, value=engine.max_batch, step=1,
                                     label="batch limit (frames at once)", elem_id="max_batch")
-        c.strength = gr.Slider(0.05, 1, value=1.0, step=0.05, visible=pipe.runner.takes_strength,
+        c.strength = gr.Slider(0.05, 1, value=1.0, step=0.05, visible=engine.takes_strength,
                                label="strength (1: from noise; lower keeps the source's layout)",
                                elem_id="strength")
     c.examples = gr.Examples(
@@ -362,14 +362,14 @@ def _path_panel(config: ui.StudioConfig, c: SimpleNamespace, has_stats: bool) ->
                                      type="filepath", visible=False) for k in range(1, ui.MAX_KEYFRAMES + 1)]
 
 
-def _model_panel(pipe) -> None:
-    full, preview = pipe.default_settings(preview=False), pipe.default_settings(preview=True)
+def _model_panel(engine) -> None:
+    full, preview = engine.default_settings(preview=False), engine.default_settings(preview=True)
     defaults = {"steps": full.steps, "guidance": full.guidance_scale, "preview steps": preview.steps}
-    if pipe.kind == "karlo":
+    if engine.kind == "karlo":
         defaults["super-resolution steps"] = full.super_res_steps
     with gr.Accordion("Model and statistics", open=False, elem_id="model-info"):
-        gr.Markdown(ui.model_markdown(pipe.info(), defaults))
-        gr.JSON(ui.json_safe(ui.without_server_paths(pipe.info())), label="details")
+        gr.Markdown(ui.model_markdown(engine.info(), defaults))
+        gr.JSON(ui.json_safe(ui.without_server_paths(engine.info())), label="details")
 
 
 # -- events ------------------------------------------------------------------------------
@@ -820,12 +820,12 @@ def launch_options(config: ui.StudioConfig) -> dict:
 
 
 def build_demo(pipe, config: ui.StudioConfig | None = None) -> gr.Blocks:
-    """The studio's page around a loaded pipeline (`vslerp_app.load_pipeline`), queue set up.
+    """The studio's page around a loaded engine (``pipe``: `vslerp_app.load_pipeline`'s), queue set up.
 
     Launch it with `demo.launch(**launch_options(config))`, as `main` does.
     """
-    config = config or ui.StudioConfig()
-    studio = ui.Studio(pipe, config, gpu=gpu)
+    config, engine = config or ui.StudioConfig(), pipe
+    studio = ui.Studio(engine, config, gpu=gpu)
     c = SimpleNamespace(config=config)
     with gr.Blocks(title="vSLERP Studio", delete_cache=(1800, 3600), analytics_enabled=False) as demo:
         gr.Markdown(
@@ -840,12 +840,12 @@ def build_demo(pipe, config: ui.StudioConfig | None = None) -> gr.Blocks:
         session = gr.State({})
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
-                _input_column(pipe, c)
+                _input_column(engine, c)
             with gr.Column(scale=6):
                 _frame_column(c)
         _sequence_panel(config, c)
-        _path_panel(config, c, pipe.stats is not None)
-        _model_panel(pipe)
+        _path_panel(config, c, engine.stats is not None)
+        _model_panel(engine)
         _wire(studio, c, session)
     demo.queue(default_concurrency_limit=1, max_size=config.queue_size)
     gate.bound_waiting(demo, config.session_queue_size, config.address_queue_size,
@@ -917,7 +917,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, stats=args.stats,
+        engine = load_pipeline(args.model, device=args.device, dtype=args.dtype, stats=args.stats,
                              offload=args.offload, max_batch=args.max_batch, reference=args.reference,
                              reference_stats=args.reference_stats)
     except HubUnreachableError as e:  # offline: say what works without the hub
@@ -931,7 +931,7 @@ def main(argv: list[str] | None = None) -> None:
     # The client's address is the gate's to judge (--trusted-proxies): uvicorn would otherwise
     # take X-Forwarded-For from any local peer on its own.
     os.environ["FORWARDED_ALLOW_IPS"] = ""
-    demo = build_demo(pipe, config)
+    demo = build_demo(engine, config)
     # Quiet start: Gradio's own lines (and httpx's requests to the new server) are left out; the
     # one line printed is where the studio runs.
     logging.getLogger("httpx").setLevel(logging.WARNING)

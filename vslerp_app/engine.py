@@ -312,6 +312,9 @@ class VSLERPEngine:
     dtype = property(lambda self: self.runner.loaded.dtype)
     offload = property(lambda self: self.runner.loaded.offload)
     encoder = property(lambda self: self.runner.encoder, doc="the model's CLIP image encoder")
+    min_steps = property(lambda self: self.runner.min_steps, doc="fewest steps per stage the model takes")
+    takes_strength = property(lambda self: self.runner.takes_strength,
+                              doc="whether frames may start from the source image's latents (strength < 1)")
 
     @property
     def embedding_dim(self) -> int:
