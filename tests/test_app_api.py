@@ -1213,10 +1213,10 @@ def test_stopping_a_sequence_stops_within_one_batch_and_removes_its_folder(pipe,
     studio = ui.Studio(pipe)
     studio.work_root = tmp_path / "work"
     steps = []
-    values = dict(source=str(SOURCE), target=str(TARGET), sweep="theta", theta=0.5, alpha=1.0, theta_start=0.0,
-                  theta_stop=1.0, theta_frames=8, alpha_start=-1.0, alpha_stop=2.0, alpha_frames=6, seed=3,
-                  quality="full", steps=2, super_res_steps=2, preview_steps=2, guidance_scale=1.0, max_batch=2,
-                  fps=4.0)
+    values = dict(source=str(SOURCE), target=str(TARGET), sweep="theta", theta=0.5, alpha=1.0,
+                  theta_start=0.0, theta_stop=1.0, theta_frames=8, alpha_start=-1.0, alpha_stop=2.0,
+                  alpha_frames=6, seed=3, quality="full", steps=2, super_res_steps=2, preview_steps=2,
+                  guidance_scale=1.0, max_batch=2, fps=4.0)
     with pipe.runner.on_step(lambda step, total: steps.append(step)):
         updates = studio.sequence({}, studio.sequence_request(**values))
         assert next(updates).status == "frame 0 of 8"
@@ -1251,13 +1251,16 @@ def test_frame_keys_differ_for_other_inputs_and_settings(pipe, tmp_path):
     studio = ui.Studio(pipe)
     copy = tmp_path / "copy.jpg"
     copy.write_bytes(SOURCE.read_bytes())
-    def frame_key(source, seed=1, sampling=ui.Sampling(steps=2), alpha=1.0):
+
+    def frame_key(source, seed=1, sampling=None, alpha=1.0):
+        sampling = sampling or ui.Sampling(steps=2)
         request = ui.FrameRequest(str(source), str(TARGET), 0.5, alpha, seed, sampling)
         return studio.frame_key(request, (ui.file_key(source), ui.file_key(TARGET)))
 
     key = frame_key(SOURCE)
     assert key == frame_key(copy, sampling=ui.Sampling(steps=2, max_batch=4))
-    for other in [frame_key(TARGET), frame_key(SOURCE, seed=2), frame_key(SOURCE, sampling=ui.Sampling(steps=3)),
+    for other in [frame_key(TARGET), frame_key(SOURCE, seed=2),
+                  frame_key(SOURCE, sampling=ui.Sampling(steps=3)),
                   frame_key(SOURCE, sampling=ui.Sampling(preview=True, preview_steps=2)),
                   frame_key(SOURCE, alpha=ui.AimAt(0.8))]:  # aimed
         assert other != key

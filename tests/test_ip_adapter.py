@@ -77,7 +77,8 @@ def test_a_frame_equals_the_stock_diffusers_pipeline_fed_the_same_embedding(pipe
     settings = pipe.settings_for(False, steps=2)
     sdxl = kind == "ip-adapter-sdxl"
     stock_cls = diffusers.StableDiffusionXLPipeline if sdxl else diffusers.StableDiffusionPipeline
-    stock = stock_cls(**pipe.diffusers_pipe.components, **({} if sdxl else {"requires_safety_checker": False}))
+    stock = stock_cls(**pipe.diffusers_pipe.components,
+                      **({} if sdxl else {"requires_safety_checker": False}))
     embeds = frame.embedding.reshape(1, 1, -1)
     stock_frame = stock(prompt="", ip_adapter_image_embeds=[torch.cat([torch.zeros_like(embeds), embeds])],
                         height=32, width=32, num_inference_steps=2, guidance_scale=settings.guidance_scale,
@@ -132,7 +133,8 @@ def test_guidance_negative_is_diffusers_zeros_before_the_batch(pipes, images):
 
     embeds = torch.stack([pipe.encode(images[0]), pipe.encode(images[1])])[:, None]
     rows = projected_rows(guidance_scale=5.0)  # (2 x 2 rows, one image, d)
-    _, diffusers_negative = pipe.diffusers_pipe.encode_image(images[0], "cpu", 1)  # what diffusers itself uses
+    # what diffusers itself uses
+    _, diffusers_negative = pipe.diffusers_pipe.encode_image(images[0], "cpu", 1)
     assert torch.equal(diffusers_negative, torch.zeros_like(diffusers_negative))
     torch.testing.assert_close(rows[:2], torch.zeros_like(embeds))  # negatives first
     torch.testing.assert_close(rows[2:], embeds)

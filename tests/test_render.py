@@ -681,9 +681,9 @@ def test_a_streamed_render_reports_every_step_and_a_stop_ends_its_batch_at_the_n
 
     src, tgt = (str(p) for p in images)
     request = studio.sequence_request(
-        source=src, target=tgt, sweep="theta", theta=0.5, alpha=1.0, theta_start=0.0, theta_stop=1.0, theta_frames=6,
-        alpha_start=-1.0, alpha_stop=2.0, alpha_frames=3, seed=0, quality="full", steps=5, super_res_steps=2,
-        preview_steps=2, guidance_scale=None, max_batch=2, fps=4.0)
+        source=src, target=tgt, sweep="theta", theta=0.5, alpha=1.0, theta_start=0.0, theta_stop=1.0,
+        theta_frames=6, alpha_start=-1.0, alpha_stop=2.0, alpha_frames=3, seed=0, quality="full", steps=5,
+        super_res_steps=2, preview_steps=2, guidance_scale=None, max_batch=2, fps=4.0)
     updates = list(studio.sequence({}, request, progress=progress, stop=stop))
     assert [u.done for u in updates] == [0, 2] and updates[-1].files is None  # the first batch only
     texts = [t for _, t in heard]
