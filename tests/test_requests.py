@@ -74,13 +74,11 @@ def test_one_preview_call_validates_its_request_once_and_hashes_each_input_once(
 def test_one_cli_render_validates_its_request_once(karlo_dir, tmp_path, monkeypatch):
     """`vslerp render` in process: one parse of the sweep, one check of its settings however many
     chunks it renders (three frames, one a chunk)."""
-    from PIL import Image
-
     from pipelines.fixtures import fixture_images
     from vslerp_app.cli import main
 
     for name, image in zip(("a.png", "b.png"), fixture_images(2, seed=5), strict=True):
-        Image.fromarray(image).save(tmp_path / name)
+        image.save(tmp_path / name)
     counts = Counter()
     _count(monkeypatch, counts, SweepRequest, "parse", as_classmethod=True)
     _count(monkeypatch, counts, UnclipRunner, "settings_problem")
