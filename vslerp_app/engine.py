@@ -14,7 +14,7 @@ import math
 import numbers
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import PIL.Image
@@ -25,7 +25,7 @@ from vslerp_app import geometry, paths, smoothness, specs
 from vslerp_app.images import image_fingerprint, load_image
 from vslerp_app.registry import full_stats_command
 from vslerp_app.requests import AimAt, FrameRequest, Sampling
-from vslerp_app.stats import ModalityStats
+from vslerp_app.stats import ModalityStats, Readouts
 
 __all__ = ["AIM_ALPHA_RANGE", "AimResult", "Frame", "VSLERPEngine", "aim_alpha", "embedding_digest"]
 
@@ -43,6 +43,10 @@ _AIM_TOUCH = 1e-9
 MEASURE_SAMPLES = 12
 
 
+# What a frame's own readouts add beside its embedding's (kind and label are the stats', shared).
+_FRAME_KEYS = ("conformity", "log_likelihood", "conformity_percentile", "log_likelihood_percentile")
+
+
 @dataclass
 class Frame:
     """One generated frame and its readouts.
@@ -51,22 +55,15 @@ class Frame:
         image: the frame (RGB PIL image).
         theta, alpha: where on the vSLERP path it sits (Eq. 12).
         seed: the seed of its noise path.
-        conformity: conformity of the interpolated embedding (None without stats).
-        frame_conformity: conformity of the generated frame, re-encoded (None without stats).
-        conformity_kind: "exact" (Eq. 10), "estimated" (Eq. 11, fitted a, b) or "cosine" (mean-only
-            stats: cos(m, v), Eq. 11 uncalibrated); None without stats.
-        log_likelihood, frame_log_likelihood: whitened-CLIP log-likelihood (up to a
-            constant) of the embedding and of the re-encoded frame, None without whitening.
         preview: True for a preview-quality frame.
         embedding: the interpolated raw embedding (float32, CPU).
         frame_embedding: the re-encoded frame's raw embedding (float32, CPU).
+        of_embedding, of_frame: the `Readouts` of the interpolated embedding and of the frame
+            re-encoded (all None without stats); ``conformity``, ``frame_conformity``,
+            ``log_likelihood``, ... read them.
         reference: readouts of the frame in a reference CLIP space (open_clip), when the
             pipeline has one: {"space", "frame_conformity", "conformity_kind",
-            "frame_log_likelihood"}.
-        conformity_label: what the conformity readout is, in words (`stats.CONFORMITY_LABELS`).
-        conformity_percentile, log_likelihood_percentile: where the embedding's values sit
-            in the stats' population, in percent (None without the population's scale).
-        frame_conformity_percentile, frame_log_likelihood_percentile: the same for the frame.
+            "frame_log_likelihood", ...}.
         aim: {"wanted", "achieved", "alpha", "reachable"} when alpha was chosen for a wanted
             conformity (`VSLERPEngine.alpha_for_conformity`), else None.
         segment: on a path (`VSLERPEngine.generate_path`), the segment the frame is on
@@ -79,23 +76,28 @@ class Frame:
     theta: float
     alpha: float
     seed: int
-    conformity: float | None = None
-    frame_conformity: float | None = None
-    conformity_kind: str | None = None
-    log_likelihood: float | None = None
-    frame_log_likelihood: float | None = None
     preview: bool = False
     embedding: torch.Tensor | None = None
     frame_embedding: torch.Tensor | None = None
+    of_embedding: Readouts = field(default_factory=Readouts)
+    of_frame: Readouts = field(default_factory=Readouts)
     reference: dict | None = None
-    conformity_label: str | None = None
-    conformity_percentile: float | None = None
-    log_likelihood_percentile: float | None = None
-    frame_conformity_percentile: float | None = None
-    frame_log_likelihood_percentile: float | None = None
     aim: dict | None = None
     segment: int | None = None
     keyframe: int | None = None
+
+    conformity = property(lambda self: self.of_embedding.conformity,
+                          doc="conformity of the interpolated embedding (None without stats)")
+    frame_conformity = property(lambda self: self.of_frame.conformity,
+                                doc="conformity of the generated frame, re-encoded (None without stats)")
+    conformity_kind = property(lambda self: self.of_embedding.conformity_kind)
+    conformity_label = property(lambda self: self.of_embedding.conformity_label)
+    log_likelihood = property(lambda self: self.of_embedding.log_likelihood)
+    frame_log_likelihood = property(lambda self: self.of_frame.log_likelihood)
+    conformity_percentile = property(lambda self: self.of_embedding.conformity_percentile)
+    log_likelihood_percentile = property(lambda self: self.of_embedding.log_likelihood_percentile)
+    frame_conformity_percentile = property(lambda self: self.of_frame.conformity_percentile)
+    frame_log_likelihood_percentile = property(lambda self: self.of_frame.log_likelihood_percentile)
 
     def place(self) -> dict:
         """Where a frame on a path sits, {"segment", "keyframe"}, for manifests and APIs ({} off a path)."""
@@ -103,23 +105,9 @@ class Frame:
 
     def readouts(self) -> dict:
         """The numbers of this frame as a JSON-ready dict (for manifests and APIs)."""
-        out = {
-            "theta": self.theta,
-            "alpha": self.alpha,
-            "seed": self.seed,
-            "preview": self.preview,
-            "conformity": self.conformity,
-            "frame_conformity": self.frame_conformity,
-            "conformity_kind": self.conformity_kind,
-            "conformity_label": self.conformity_label,
-            "log_likelihood": self.log_likelihood,
-            "frame_log_likelihood": self.frame_log_likelihood,
-            "conformity_percentile": self.conformity_percentile,
-            "log_likelihood_percentile": self.log_likelihood_percentile,
-            "frame_conformity_percentile": self.frame_conformity_percentile,
-            "frame_log_likelihood_percentile": self.frame_log_likelihood_percentile,
-            "reference": self.reference,
-        }
+        out = {"theta": self.theta, "alpha": self.alpha, "seed": self.seed, "preview": self.preview,
+               **self.of_embedding.as_dict(), **self.of_frame.as_dict("frame_", _FRAME_KEYS),
+               "reference": self.reference}
         if self.aim is not None:
             out["aim"] = dict(self.aim)
         return out
@@ -379,12 +367,9 @@ class VSLERPEngine:
         self._embedding_cache.move_to_end(key)
         return self._embedding_cache[key]
 
-    def readouts(self, embedding: torch.Tensor) -> dict:
-        """Conformity (and likelihood) of one raw embedding by this engine's stats; None values without."""
-        if self.stats is None:
-            return {"conformity": None, "conformity_kind": None, "conformity_label": None,
-                    "log_likelihood": None, "conformity_percentile": None, "log_likelihood_percentile": None}
-        return self.stats.readouts(embedding)
+    def readouts(self, embedding: torch.Tensor) -> Readouts:
+        """Conformity (and likelihood) of one raw embedding by this engine's stats; all None without."""
+        return Readouts() if self.stats is None else self.stats.readouts(embedding)
 
     @contextlib.contextmanager
     def callback_on_step(self, callback: Callable[[int, int], None] | None) -> Iterator[None]:
@@ -617,20 +602,9 @@ class VSLERPEngine:
                 for (theta, alpha), key, emb in zip(pairs, keys, embeddings, strict=True)]
 
     def _frame(self, image, theta, alpha, seed, preview, emb, frame_emb, reference) -> Frame:
-        frame = Frame(image=image.copy(), theta=theta, alpha=alpha, seed=seed, preview=preview,
-                      embedding=emb, frame_embedding=frame_emb, reference=reference)
-        if self.stats is not None:
-            of_embedding, of_frame = self.stats.readouts(emb), self.stats.readouts(frame_emb)
-            frame.conformity_kind = of_embedding["conformity_kind"]
-            frame.conformity_label = of_embedding["conformity_label"]
-            frame.conformity, frame.frame_conformity = of_embedding["conformity"], of_frame["conformity"]
-            frame.log_likelihood = of_embedding["log_likelihood"]
-            frame.frame_log_likelihood = of_frame["log_likelihood"]
-            frame.conformity_percentile = of_embedding["conformity_percentile"]
-            frame.log_likelihood_percentile = of_embedding["log_likelihood_percentile"]
-            frame.frame_conformity_percentile = of_frame["conformity_percentile"]
-            frame.frame_log_likelihood_percentile = of_frame["log_likelihood_percentile"]
-        return frame
+        return Frame(image=image.copy(), theta=theta, alpha=alpha, seed=seed, preview=preview, embedding=emb,
+                     frame_embedding=frame_emb, of_embedding=self.readouts(emb),
+                     of_frame=self.readouts(frame_emb), reference=reference)
 
     # -- paths through keyframes ---------------------------------------------------------
     def encode_keyframes(self, images) -> torch.Tensor:

@@ -643,7 +643,7 @@ def _input_readouts(engine, plan: _Plan) -> dict:
         else:
             labelled.append((role, value, desc))
     for _, value, desc in labelled:
-        desc["readouts"] = None if engine.stats is None else engine.stats.readouts(engine.encode(value))
+        desc["readouts"] = None if engine.stats is None else engine.readouts(engine.encode(value)).as_dict()
     return {role: desc["readouts"] for role, _, desc in labelled}
 
 

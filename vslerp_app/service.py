@@ -62,7 +62,7 @@ from vslerp_app.requests import (
     sweep_values,
 )
 from vslerp_app.specs import ALPHA_ADVICE, STUDIO_ALPHA_RANGE
-from vslerp_app.stats import CONFORMITY_LABELS
+from vslerp_app.stats import CONFORMITY_LABELS, Readouts
 
 __all__ = [
     "ALPHA_ADVICE",
@@ -188,7 +188,7 @@ class InputEntry:
 
     key: str
     embedding: torch.Tensor
-    readouts: dict
+    readouts: Readouts
     file_key: str | None = None
 
 
@@ -271,8 +271,8 @@ def frame_readouts(frame, source: InputEntry, target: InputEntry, model: str,
     """The numbers of one frame, with the source's and target's conformity beside them."""
     out = frame.readouts()
     out["size"] = list(frame.image.size)
-    out["source"] = source.readouts
-    out["target"] = target.readouts
+    out["source"] = source.readouts.as_dict()
+    out["target"] = target.readouts.as_dict()
     out["model"] = model
     if seconds is not None:
         out["seconds"] = round(seconds, 3)
