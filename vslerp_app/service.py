@@ -489,12 +489,13 @@ class Studio:
         return PathRequest.parse_studio(self.engine, keyframes=images, sampling=sampling,
                                         max_frames=self.config.max_sequence_frames, **values)
 
-    def frame_key(self, request: FrameRequest, file_keys: tuple[str, str]) -> tuple:
+    @staticmethod
+    def frame_key(request: FrameRequest, file_keys: tuple[str, str]) -> tuple:
         """What decides a frame's pixels: the inputs' content (``file_keys``), theta, alpha (or the
-        conformity it is aimed at), seed and the effective settings."""
-        settings = self.engine.settings_of(request.sampling)
-        return (*file_keys, request.theta, request.alpha, request.seed,
-                tuple(sorted(dataclasses.asdict(settings).items())))
+        conformity it is aimed at), seed, quality and the settings it sets (the batch limit aside)."""
+        sampling = request.sampling
+        return (*file_keys, request.theta, request.alpha, request.seed, sampling.preview,
+                tuple(sorted(sampling.overrides().items())))
 
     # -- whole requests ----------------------------------------------------------------
     def frame(self, session, request: FrameRequest, on_step: Callable[[int, int], None] | None = None):
