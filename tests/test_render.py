@@ -50,15 +50,15 @@ def _mtimes(out: Path) -> dict[str, int]:
 
 
 def _count_generated(pipe, monkeypatch) -> list[int]:
-    """Spy on pipe.generate: the number of frames of each call."""
+    """Spy on the engine's rendering of checked frames: the number of frames of each call."""
     calls: list[int] = []
-    real = pipe.generate
+    real = pipe.render_pairs
 
-    def spy(source, target, thetas, *args, **kwargs):
-        calls.append(len(thetas))
-        return real(source, target, thetas, *args, **kwargs)
+    def spy(source, target, pairs, *args, **kwargs):
+        calls.append(len(pairs))
+        return real(source, target, pairs, *args, **kwargs)
 
-    monkeypatch.setattr(pipe, "generate", spy)
+    monkeypatch.setattr(pipe, "render_pairs", spy)
     return calls
 
 
