@@ -36,7 +36,7 @@ import gradio as gr  # noqa: E402
 
 import gate  # noqa: E402
 from gate import checked_image  # noqa: E402
-from pipelines import DEFAULT_MODEL, HubUnreachableError  # noqa: E402
+from pipelines import DEFAULT_MAX_BATCH, DEFAULT_MODEL, HubUnreachableError  # noqa: E402
 from vslerp_app import load_pipeline  # noqa: E402
 from vslerp_app import service as ui  # noqa: E402
 from vslerp_app.images import ImageInputError, load_image  # noqa: E402
@@ -874,7 +874,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    default=env("VSLERP_OFFLOAD", "").lower() in ("1", "true", "yes"),
                    help="small GPUs: weights in CPU memory, each model on the GPU only while it runs "
                         "(env VSLERP_OFFLOAD=1)")
-    p.add_argument("--max-batch", type=int, default=int(env("VSLERP_MAX_BATCH", "8")),
+    p.add_argument("--max-batch", type=int, default=int(env("VSLERP_MAX_BATCH", str(DEFAULT_MAX_BATCH))),
                    help="most frames denoised at once (default: %(default)s)")
     p.add_argument("--host", default=None, help="interface to listen on (env GRADIO_SERVER_NAME)")
     p.add_argument("--port", type=int, default=None, help="port (env GRADIO_SERVER_PORT, else 7860)")

@@ -83,7 +83,7 @@ class _Plan:
     grid: bool
     seed: int
     inputs: dict  # role -> (image or embedding, description); a path: "keyframes" -> (images, descriptions)
-    request: dict  # what the user asked for, as pinned in the manifest's settings
+    pinned: dict  # what the user asked for, as pinned in the manifest's settings
     sampling: dict  # the sampling overrides that are not None
     chunk: int
     settings: object  # the effective `pipelines.RenderSettings`, checked
@@ -150,7 +150,7 @@ def _plan(engine, request: SweepRequest) -> _Plan:
                                    aims=None if aims is None else [aims[i] for i in idxs])
 
     return _Plan(pairs=pairs, thetas=thetas, alphas=alphas, grid=request.grid, seed=request.seed,
-                 inputs=inputs, request=pinned, sampling=_pinned_overrides(request.sampling), chunk=chunk,
+                 inputs=inputs, pinned=pinned, sampling=_pinned_overrides(request.sampling), chunk=chunk,
                  settings=settings, render=render)
 
 
@@ -159,7 +159,7 @@ def _settings(engine, plan: _Plan) -> dict:
     eff = plan.settings
     info = engine.info()
     return {
-        **plan.request,
+        **plan.pinned,
         "format": MANIFEST_FORMAT,
         "kind": engine.kind,
         "dtype": info["dtype"],
@@ -253,7 +253,7 @@ class _Run:
                "seconds": round(time.perf_counter() - self.t_start, 3)}
         return {
             "format": MANIFEST_FORMAT, "status": status, "fingerprint": mf.fingerprint(self.settings),
-            "model": self.plan.request["model"], "pipeline": self.info, "settings": self.settings,
+            "model": self.plan.pinned["model"], "pipeline": self.info, "settings": self.settings,
             "inputs": {role: desc for role, (_, desc) in self.plan.inputs.items()},
             "grid": self.plan.grid,
             "shape": [len(self.plan.thetas), len(self.plan.alphas)] if self.plan.grid else [n],
@@ -463,7 +463,7 @@ def _path_plan(engine, request: PathRequest) -> _Plan:
     keys = [embedding_digest(e) for e in engine.path_embeddings(engine.encode_keyframes(images), points)]
     return _Plan(pairs=[(p.theta, p.alpha) for p in points], thetas=[p.theta for p in points],
                  alphas=[p.alpha for p in points], grid=False, seed=seed,
-                 inputs={"keyframes": (images, [desc for _, desc in loaded])}, request=pinned,
+                 inputs={"keyframes": (images, [desc for _, desc in loaded])}, pinned=pinned,
                  sampling=overrides, chunk=chunk, settings=settings, render=render, path=layout, keys=keys)
 
 
@@ -511,7 +511,7 @@ def _render(engine, plan: _Plan, out_dir, ask: OutputRequest) -> Iterator[Render
     # 1. What the folder holds: the same request, or refused
     out_dir = output_path(out_dir)
     old = mf.read_manifest(out_dir)
-    _refuse_other_render(old, {**plan.request, **plan.sampling}, out_dir)
+    _refuse_other_render(old, {**plan.pinned, **plan.sampling}, out_dir)
 
     # 2. The effective settings and their fingerprint: the same, or refused
     settings = _settings(engine, plan)
@@ -536,7 +536,7 @@ def _render(engine, plan: _Plan, out_dir, ask: OutputRequest) -> Iterator[Render
     run.smoothness = (old_measure if run.frames_rendered == 0 and isinstance(old_measure, dict)
                       else _measure_smoothness(engine, plan, run, done))
     label = (run.info.get("stats") or {}).get("conformity_label", "no conformity")
-    title = f"{Path(plan.request['model']).name} ({engine.kind}), seed {plan.seed}, {label}"
+    title = f"{Path(plan.pinned['model']).name} ({engine.kind}), seed {plan.seed}, {label}"
     manifest = write_outputs(run.out, done, run.outputs_meta, ask, changed=run.frames_rendered > 0,
                              columns=len(plan.alphas) if plan.grid else sheet_columns(len(done)),
                              plot_args=(plan.thetas, plan.alphas, plan.grid, title, references),
