@@ -692,8 +692,7 @@ def _add_render(sub) -> None:
                    help="IP-Adapter: how strongly the image embedding conditions the frames, in [0, 2] "
                         "(default 1: the image alone, as diffusers recommends for variations)")
     p.add_argument("--prompt", help="IP-Adapter: a text prompt steering every frame (default: none)")
-    p.add_argument("--max-batch", type=int,
-                   help=f"frames per batch and per chunk written (default {DEFAULT_MAX_BATCH})")
+    p.add_argument("--max-batch", type=int, help=f"frames at once, per chunk (default {DEFAULT_MAX_BATCH})")
     p.add_argument("--stats", metavar="FILE", help="image-modality stats file for alpha != 0")
     p.add_argument("--reference", metavar="SPEC",
                    help="open_clip reference space for extra readouts, open_clip:MODEL/PRETRAINED")
