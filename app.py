@@ -37,7 +37,7 @@ import gradio as gr  # noqa: E402
 import gate  # noqa: E402
 import gradio_patches  # noqa: E402
 from gate import checked_image  # noqa: E402
-from pipelines import DEFAULT_MODEL, HubUnreachableError  # noqa: E402
+from pipelines import DEFAULT_MAX_BATCH, DEFAULT_MODEL, HubUnreachableError  # noqa: E402
 from vslerp_app import load_pipeline  # noqa: E402
 from vslerp_app import service as ui  # noqa: E402
 from vslerp_app.images import ImageInputError, load_image  # noqa: E402
@@ -179,10 +179,10 @@ def named_range(component, name: str):
 
 
 # -- layout ----------------------------------------------------------------------------
-def _input_column(pipe, c: SimpleNamespace) -> None:
-    full, preview = pipe.default_settings(preview=False), pipe.default_settings(preview=True)
-    is_karlo, has_stats = pipe.kind == "karlo", pipe.stats is not None
-    min_steps = pipe.runner.min_steps
+def _input_column(engine, c: SimpleNamespace) -> None:
+    full, preview = engine.default_settings(preview=False), engine.default_settings(preview=True)
+    is_karlo, has_stats = engine.kind == "karlo", engine.stats is not None
+    min_steps = engine.min_steps
     with gr.Row():
         sources = ["upload", "clipboard", "webcam"]
         max_bytes = c.config.max_file_bytes
@@ -218,9 +218,9 @@ def _input_column(pipe, c: SimpleNamespace) -> None:
         with gr.Row():
             c.guidance = gr.Slider(0, 20, value=full.guidance_scale, step=0.5,
                                    label="guidance scale (1 = off)", elem_id="guidance")
-            c.max_batch = gr.Slider(1, 32, value=pipe.max_batch, step=1,
+            c.max_batch = gr.Slider(1, 32, value=engine.max_batch, step=1,
                                     label="batch limit (frames at once)", elem_id="max_batch")
-        c.strength = gr.Slider(0.05, 1, value=1.0, step=0.05, visible=pipe.runner.takes_strength,
+        c.strength = gr.Slider(0.05, 1, value=1.0, step=0.05, visible=engine.takes_strength,
                                label="strength (1: from noise; lower keeps the source's layout)",
                                elem_id="strength")
     c.examples = gr.Examples(
@@ -364,14 +364,14 @@ def _path_panel(config: ui.StudioConfig, c: SimpleNamespace, has_stats: bool) ->
                                      type="filepath", visible=False) for k in range(1, ui.MAX_KEYFRAMES + 1)]
 
 
-def _model_panel(pipe) -> None:
-    full, preview = pipe.default_settings(preview=False), pipe.default_settings(preview=True)
+def _model_panel(engine) -> None:
+    full, preview = engine.default_settings(preview=False), engine.default_settings(preview=True)
     defaults = {"steps": full.steps, "guidance": full.guidance_scale, "preview steps": preview.steps}
-    if pipe.kind == "karlo":
+    if engine.kind == "karlo":
         defaults["super-resolution steps"] = full.super_res_steps
     with gr.Accordion("Model and statistics", open=False, elem_id="model-info"):
-        gr.Markdown(ui.model_markdown(pipe.info(), defaults))
-        gr.JSON(ui.json_safe(ui.without_server_paths(pipe.info())), label="details")
+        gr.Markdown(ui.model_markdown(engine.info(), defaults))
+        gr.JSON(ui.json_safe(ui.without_server_paths(engine.info())), label="details")
 
 
 # -- events ------------------------------------------------------------------------------
@@ -386,11 +386,19 @@ def _name_the_numbers(c: SimpleNamespace) -> None:
     named_range(c.path_frames, "frames")
 
 
+def _frame_values(source, target, theta, alpha, seed, quality, steps, super_res_steps, preview_steps,
+                  guidance_scale, max_batch) -> dict:
+    """The frame inputs' values by name (`_wire`'s ``frame_inputs`` lists their components in this order)."""
+    return dict(source=source, target=target, theta=theta, alpha=alpha, seed=seed, quality=quality,
+                steps=steps, super_res_steps=super_res_steps, preview_steps=preview_steps,
+                guidance_scale=guidance_scale, max_batch=max_batch)
+
+
 def _frame_handlers(studio: ui.Studio) -> dict:
     """The one-frame events: the pre-check, /preview, the sliders' preview and full frame."""
 
-    def check_frame(*request):  # the gate before the GPU queue: refuse at once what would fail
-        studio.frame_request(*request)
+    def check_frame(*inputs):  # the gate before the GPU queue: refuse at once what would fail
+        studio.frame_request(**_frame_values(*inputs))
 
     # The public endpoints spell out their parameters: Gradio names the API's after them.
     def render_frame(source, target, theta, alpha, seed, quality, steps, super_res_steps,
@@ -402,19 +410,22 @@ def _frame_handlers(studio: ui.Studio) -> dict:
         def on_step(step, total):
             progress((step, total), desc="denoising", unit="steps")
 
-        return studio.frame(session, source, target, theta, alpha, seed, quality, steps, super_res_steps,
-                            preview_steps, guidance_scale, max_batch, target_conformity, strength=strength,
-                            # ZeroGPU pickles the arguments to its worker: a closure cannot go.
-                            on_step=None if on_zero_gpu() else on_step)
+        request = studio.frame_request(
+            source=source, target=target, theta=theta, alpha=alpha, seed=seed, quality=quality, steps=steps,
+            super_res_steps=super_res_steps, preview_steps=preview_steps, guidance_scale=guidance_scale,
+            max_batch=max_batch, strength=strength, target_conformity=target_conformity)
+        # ZeroGPU pickles the arguments to its worker: a closure cannot go.
+        return studio.frame(session, request, on_step=None if on_zero_gpu() else on_step)
 
     def slider(quality_wanted):
         def handler(*inputs):
-            *request, session, strength = inputs
-            source, target, quality = request[0], request[1], request[5]
-            if source is None or target is None or (quality_wanted == "full" and quality == "preview"):
+            *frame_inputs, session, strength = inputs
+            values = _frame_values(*frame_inputs)
+            if None in (values["source"], values["target"]) or (quality_wanted, values["quality"]) == (
+                    "full", "preview"):
                 return gr.skip(), gr.skip(), gr.skip()
-            request[5] = quality_wanted
-            return studio.frame(session, *request, strength=strength)
+            request = studio.frame_request(**{**values, "quality": quality_wanted}, strength=strength)
+            return studio.frame(session, request)
         return handler
 
     return {"check_frame": check_frame, "render_frame": render_frame, "slider_preview": slider("preview"),
@@ -427,16 +438,22 @@ def _files(update: ui.SequenceUpdate) -> tuple:
     return files.get("plot"), files.get("mp4"), files.get("gif"), files.get("zip"), files.get("smoothness")
 
 
+def _sweep_values(source, target, sweep, theta, alpha, theta_start, theta_stop, theta_frames, alpha_start,
+                  alpha_stop, alpha_frames, seed, quality, steps, super_res_steps, preview_steps,
+                  guidance_scale, max_batch, fps) -> dict:
+    """The sequence inputs' values by name (`_wire`'s ``sequence_inputs``, in this order)."""
+    return dict(source=source, target=target, sweep=sweep, theta=theta, alpha=alpha, theta_start=theta_start,
+                theta_stop=theta_stop, theta_frames=theta_frames, alpha_start=alpha_start,
+                alpha_stop=alpha_stop, alpha_frames=alpha_frames, seed=seed, quality=quality, steps=steps,
+                super_res_steps=super_res_steps, preview_steps=preview_steps, guidance_scale=guidance_scale,
+                max_batch=max_batch, fps=fps)
+
+
 def _sequence_handlers(studio: ui.Studio) -> dict:
     """The sequence events: the pre-check, /sequence (plain outputs) and the page's own stream."""
 
-    def check_sequence(*request):
-        studio.sequence_request(*request)
-
-    def updates(request, session, target_conformity=None):
-        """(outputs of /sequence, its SequenceUpdate) after each batch; the files with the last."""
-        for update in studio.sequence(session, *request, target_conformity):
-            yield (update.gallery, *_files(update), update.session), update
+    def check_sequence(*inputs):
+        studio.sequence_request(**_sweep_values(*inputs))
 
     def render_sweep(source, target, sweep, theta, alpha, theta_start, theta_stop, theta_frames,
                      alpha_start, alpha_stop, alpha_frames, seed, quality, steps, super_res_steps,
@@ -448,21 +465,26 @@ def _sequence_handlers(studio: ui.Studio) -> dict:
         Streamed: the gallery grows batch by batch (its progress in frames); the files come
         with the last update.
         """
-        request = (source, target, sweep, theta, alpha, theta_start, theta_stop, theta_frames, alpha_start,
-                   alpha_stop, alpha_frames, seed, quality, steps, super_res_steps, preview_steps,
-                   guidance_scale, max_batch, fps)
-        for outputs, update in updates(request, session, target_conformity):
+        request = studio.sequence_request(
+            source=source, target=target, sweep=sweep, theta=theta, alpha=alpha, theta_start=theta_start,
+            theta_stop=theta_stop, theta_frames=theta_frames, alpha_start=alpha_start, alpha_stop=alpha_stop,
+            alpha_frames=alpha_frames, seed=seed, quality=quality, steps=steps,
+            super_res_steps=super_res_steps, preview_steps=preview_steps, guidance_scale=guidance_scale,
+            max_batch=max_batch, fps=fps, target_conformity=target_conformity)
+        for update in studio.sequence(session, request):
             progress((update.done, update.total), desc="Rendering frames", unit="frames")
-            yield outputs
+            yield (update.gallery, *_files(update), update.session)
 
     def render_sweep_page(request: gr.Request, progress=gr.Progress(), *inputs):  # noqa: B008
         """The page's sequence: as /sequence, with "frame k of N" in the gallery's label, the
         batch's steps, frames done, time taken and left in the status line, and a Stop that ends
         the batch in progress at its next step."""
-        *values, session = inputs
-        columns = _gallery_columns(values[2], values[10])  # sweep, alpha_frames
+        *sequence_inputs, session = inputs
+        values = _sweep_values(*sequence_inputs)
+        columns = _gallery_columns(values["sweep"], values["alpha_frames"])
+        sweep = studio.sequence_request(**values)
         watch = _page_watch(studio, request, progress)
-        for update in studio.sequence(session, *values, **watch):
+        for update in studio.sequence(session, sweep, **watch):
             frames = gr.Gallery(update.gallery, label=f"Frames: {update.status}", columns=columns,
                                 visible=bool(update.gallery))  # no empty box before the first batch
             yield frames, *_shown_files(update), update.session, _status(update)
@@ -497,16 +519,19 @@ def _shown_files(update: ui.SequenceUpdate) -> tuple:
     return tuple(gr.update(value=f, visible=f is not None) for f in _files(update))
 
 
+def _path_values(frames, loop, spacing, ease, alpha, seed, quality, steps, super_res_steps, preview_steps,
+                 guidance_scale, max_batch, fps) -> dict:
+    """The path inputs' values by name after the keyframes (`_wire_path`'s ``shape``, in this order)."""
+    return dict(frames=frames, loop=loop, spacing=spacing, ease=ease, alpha=alpha, seed=seed, quality=quality,
+                steps=steps, super_res_steps=super_res_steps, preview_steps=preview_steps,
+                guidance_scale=guidance_scale, max_batch=max_batch, fps=fps)
+
+
 def _path_handlers(studio: ui.Studio) -> dict:
     """The path events: the pre-check, /path (keyframes one by one) and the page's stream (its strip)."""
 
-    def check_path(strip, *request):
-        studio.path_request(ui.strip_paths(strip), *request)
-
-    def updates(keyframes, request):
-        """(outputs of /path, its SequenceUpdate) after each batch; the files with the last."""
-        for update in studio.path(keyframes, *request):
-            yield (update.gallery, *_files(update)), update
+    def check_path(strip, *inputs):
+        studio.path_request(keyframes=ui.strip_paths(strip), **_path_values(*inputs))
 
     # Gradio passes every input; a None default makes an API parameter optional (keyframe_3 on),
     # and the rest take their components' values as defaults.
@@ -521,17 +546,20 @@ def _path_handlers(studio: ui.Studio) -> dict:
         /sequence."""
         keyframes = [keyframe_1, keyframe_2, keyframe_3, keyframe_4, keyframe_5, keyframe_6, keyframe_7,
                      keyframe_8]
-        request = (frames, loop, spacing, ease, alpha, seed, quality, steps, super_res_steps, preview_steps,
-                   guidance_scale, max_batch, fps)
-        for outputs, update in updates(keyframes, request):
+        request = studio.path_request(
+            keyframes=keyframes, frames=frames, loop=loop, spacing=spacing, ease=ease, alpha=alpha, seed=seed,
+            quality=quality, steps=steps, super_res_steps=super_res_steps, preview_steps=preview_steps,
+            guidance_scale=guidance_scale, max_batch=max_batch, fps=fps)
+        for update in studio.path(request):
             progress((update.done, update.total), desc="Rendering frames", unit="frames")
-            yield outputs
+            yield (update.gallery, *_files(update))
 
     def render_path_page(request: gr.Request, progress=gr.Progress(), *inputs):  # noqa: B008
         """The page's path: as /path from the strip, with progress and Stop as the page's sequence."""
-        strip, *values = inputs
+        strip, *shape = inputs
+        path = studio.path_request(keyframes=ui.strip_paths(strip), **_path_values(*shape))
         watch = _page_watch(studio, request, progress)
-        for update in studio.path(ui.strip_paths(strip), *values, **watch):
+        for update in studio.path(path, **watch):
             yield (gr.Gallery(update.gallery, label=f"Path frames: {update.status}", columns=PATH_COLUMNS,
                               visible=bool(update.gallery)), *_shown_files(update), _status(update))
 
@@ -658,8 +686,8 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
     # The frame becomes the source: the readout says its comparisons wait for the next render.
     c.use_frame_button.click(_frame_as_source, c.frame, c.source, **check).success(
         ui.source_replaced_markdown, c.readouts, c.readout, queue=False, **private)
-    population = None if studio.pipe.stats is None else studio.pipe.stats.n
-    c.readouts.change(lambda r: ui.readouts_markdown(r, studio.pipe.stats_note, population), c.readouts,
+    population = None if studio.engine.stats is None else studio.engine.stats.n
+    c.readouts.change(lambda r: ui.readouts_markdown(r, studio.engine.stats_note, population), c.readouts,
                       c.readout, queue=False, **private)
     sequence_outputs = [c.gallery, c.plot, c.video, c.gif_file, c.zip_file, c.smoothness, session]
     _wire_render(h.stop_render, c.sequence_button, c.stop_button, c.gallery, c.sequence_status, "Frames",
@@ -737,16 +765,18 @@ def _aim_handlers(studio: ui.Studio) -> SimpleNamespace:
     GPU call), then the slider set to that alpha, then the full frame."""
 
     def check(*inputs):
-        *request, _session, target_conformity = inputs
-        studio.aim_request(*request, target_conformity)
+        *frame_inputs, _session, target_conformity = inputs
+        studio.aim_request(**_frame_values(*frame_inputs), target_conformity=target_conformity)
 
     def aimed(quality_wanted):
         def handler(*inputs):
-            *request, session, target_conformity = inputs
-            if quality_wanted == "full" and request[5] == "preview":
+            *frame_inputs, session, target_conformity = inputs
+            values = _frame_values(*frame_inputs)
+            if quality_wanted == "full" and values["quality"] == "preview":
                 return gr.skip(), gr.skip(), gr.skip()
-            request[5] = quality_wanted
-            return studio.frame(session, *request, target_conformity)
+            request = studio.frame_request(**{**values, "quality": quality_wanted},
+                                           target_conformity=target_conformity)
+            return studio.frame(session, request)
         return handler
 
     return SimpleNamespace(check=plain_errors(check), preview=plain_errors(aimed("preview")),
@@ -792,14 +822,14 @@ def launch_options(config: ui.StudioConfig) -> dict:
 
 
 def build_demo(pipe, config: ui.StudioConfig | None = None) -> gr.Blocks:
-    """The studio's page around a loaded pipeline (`vslerp_app.load_pipeline`), queue set up.
+    """The studio's page around a loaded engine (``pipe``: `vslerp_app.load_pipeline`'s), queue set up.
 
     Launch it with `demo.launch(**launch_options(config))`, as `main` does. Refuses
     (`gradio_patches.GradioMismatchError`) a Gradio its request gate was not tested with.
     """
     gradio_patches.check_gradio()
-    config = config or ui.StudioConfig()
-    studio = ui.Studio(pipe, config, gpu=gpu)
+    config, engine = config or ui.StudioConfig(), pipe
+    studio = ui.Studio(engine, config, gpu=gpu)
     c = SimpleNamespace(config=config)
     with gr.Blocks(title="vSLERP Studio", delete_cache=(1800, 3600), analytics_enabled=False) as demo:
         gr.Markdown(
@@ -814,12 +844,12 @@ def build_demo(pipe, config: ui.StudioConfig | None = None) -> gr.Blocks:
         session = gr.State({})
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
-                _input_column(pipe, c)
+                _input_column(engine, c)
             with gr.Column(scale=6):
                 _frame_column(c)
         _sequence_panel(config, c)
-        _path_panel(config, c, pipe.stats is not None)
-        _model_panel(pipe)
+        _path_panel(config, c, engine.stats is not None)
+        _model_panel(engine)
         _wire(studio, c, session)
     demo.queue(default_concurrency_limit=1, max_size=config.queue_size)
     gate.bound_waiting(demo, config.session_queue_size, config.address_queue_size,
@@ -848,7 +878,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    default=env("VSLERP_OFFLOAD", "").lower() in ("1", "true", "yes"),
                    help="small GPUs: weights in CPU memory, each model on the GPU only while it runs "
                         "(env VSLERP_OFFLOAD=1)")
-    p.add_argument("--max-batch", type=int, default=int(env("VSLERP_MAX_BATCH", "8")),
+    p.add_argument("--max-batch", type=int, default=int(env("VSLERP_MAX_BATCH", str(DEFAULT_MAX_BATCH))),
                    help="most frames denoised at once (default: %(default)s)")
     p.add_argument("--host", default=None, help="interface to listen on (env GRADIO_SERVER_NAME)")
     p.add_argument("--port", type=int, default=None, help="port (env GRADIO_SERVER_PORT, else 7860)")
@@ -895,7 +925,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"vSLERP Studio: {e}") from None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, stats=args.stats,
+        engine = load_pipeline(args.model, device=args.device, dtype=args.dtype, stats=args.stats,
                              offload=args.offload, max_batch=args.max_batch, reference=args.reference,
                              reference_stats=args.reference_stats)
     except HubUnreachableError as e:  # offline: say what works without the hub
@@ -909,7 +939,7 @@ def main(argv: list[str] | None = None) -> None:
     # The client's address is the gate's to judge (--trusted-proxies): uvicorn would otherwise
     # take X-Forwarded-For from any local peer on its own.
     os.environ["FORWARDED_ALLOW_IPS"] = ""
-    demo = build_demo(pipe, config)
+    demo = build_demo(engine, config)
     # Quiet start: Gradio's own lines (and httpx's requests to the new server) are left out; the
     # one line printed is where the studio runs.
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -191,9 +191,9 @@ def stock_pipeline(vp):
     """diffusers' stock pipeline class on the loaded model's components (no weights copied)."""
     import diffusers
 
-    sdxl = isinstance(vp.pipe, diffusers.StableDiffusionXLPipeline)
+    sdxl = isinstance(vp.diffusers_pipe, diffusers.StableDiffusionXLPipeline)
     stock_cls = diffusers.StableDiffusionXLPipeline if sdxl else diffusers.StableDiffusionPipeline
-    stock = stock_cls(**vp.pipe.components, **({} if sdxl else {"requires_safety_checker": False}))
+    stock = stock_cls(**vp.diffusers_pipe.components, **({} if sdxl else {"requires_safety_checker": False}))
     stock.set_progress_bar_config(disable=True)
     return stock
 
@@ -247,7 +247,7 @@ def _measure(vp, frames: int, reps: int, steps: dict, device: str) -> dict:
     }
     _progress(f"{frames}-frame sweep at {settings.size[0]} px, {settings.steps} steps: ours vs stock, "
               f"{reps} repetitions")
-    pipe_class = type(vp.pipe)  # ours: diffusers' __call__, inherited unchanged
+    pipe_class = type(vp.diffusers_pipe)  # ours: diffusers' __call__, inherited unchanged
     call = pipe_class.__call__
 
     def timed_call(self, *a, **k):

@@ -117,19 +117,20 @@ def stock_frame(vp, embedding: torch.Tensor, seed: int, settings):
     """One frame from the stock diffusers pipeline: what a user without us would call."""
     emb = embedding.reshape(1, -1).to(vp.device, vp.dtype)
     generator = torch.Generator("cpu").manual_seed(seed)
+    pipe = vp.diffusers_pipe
     if vp.kind == "karlo":
-        return vp.pipe(image_embeddings=emb, decoder_num_inference_steps=settings.steps,
-                       super_res_num_inference_steps=settings.super_res_steps,
-                       decoder_guidance_scale=settings.guidance_scale, generator=generator).images[0]
+        return pipe(image_embeddings=emb, decoder_num_inference_steps=settings.steps,
+                    super_res_num_inference_steps=settings.super_res_steps,
+                    decoder_guidance_scale=settings.guidance_scale, generator=generator).images[0]
     if vp.kind == "kandinsky-2-2":  # diffusers' image-variation negative: the zero image's embedding
         width, height = settings.size
         negative = vp.runner.family.negative.to(vp.device, vp.dtype)
-        return vp.pipe(image_embeds=emb, negative_image_embeds=negative, height=height, width=width,
-                       num_inference_steps=settings.steps,
-                       guidance_scale=settings.guidance_scale, generator=generator).images[0]
-    return vp.pipe(image_embeds=emb, prompt="", height=settings.resolution, width=settings.resolution,
-                   num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
-                   noise_level=settings.noise_level, generator=generator).images[0]
+        return pipe(image_embeds=emb, negative_image_embeds=negative, height=height, width=width,
+                    num_inference_steps=settings.steps,
+                    guidance_scale=settings.guidance_scale, generator=generator).images[0]
+    return pipe(image_embeds=emb, prompt="", height=settings.resolution, width=settings.resolution,
+                num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                noise_level=settings.noise_level, generator=generator).images[0]
 
 
 def _progress(message: str) -> None:
@@ -364,7 +365,7 @@ def _measure_overhead(vp, plan: Plan, source, target, thetas: list[float]) -> Si
         vp.generate(source, target, thetas[1], 0.0, SEED, max_batch=1, **plan.steps)
         stock_frame(vp, embeddings[1], SEED, settings)
     _progress(f"overhead: {len(thetas)}-frame sweep, ours vs stock, {plan.reps} repetitions")
-    pipe_class = type(vp.pipe)
+    pipe_class = type(vp.diffusers_pipe)
     stock_call = pipe_class.__call__
 
     def timed_call(self, *a, **k):
@@ -532,7 +533,7 @@ TOGGLES = ("channels_last", "compile", "compile-cudagraphs")
 
 
 def _unets(vp) -> list:
-    p = vp.pipe
+    p = vp.diffusers_pipe
     if vp.kind == "karlo":
         return [p.decoder, p.super_res_first, p.super_res_last]
     return [p.unet, p.movq if vp.kind == "kandinsky-2-2" else p.vae]
@@ -547,7 +548,7 @@ def _apply_toggle(vp, toggle: str) -> None:
         return
     mode = "reduce-overhead" if toggle == "compile-cudagraphs" else None  # CUDA graphs / default
     for m in _unets(vp):
-        if m is getattr(vp.pipe, "vae", None) or m is getattr(vp.pipe, "movq", None):
+        if m is getattr(vp.diffusers_pipe, "vae", None) or m is getattr(vp.diffusers_pipe, "movq", None):
             m.decoder.compile(mode=mode, dynamic=False)  # only its decoder runs per frame
         else:
             m.compile(mode=mode, dynamic=False)

@@ -25,7 +25,7 @@ from pipelines.presets import (
     get_preset,
     list_presets,
 )
-from pipelines.runner import GenerationError, UnclipRunner
+from pipelines.runner import GenerationError, UnclipRunner, is_out_of_memory
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
@@ -47,6 +47,7 @@ __all__ = [
     "carried_mean",
     "get_preset",
     "hub_snapshot",
+    "is_out_of_memory",
     "list_presets",
     "load_model",
 ]

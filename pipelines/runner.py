@@ -35,7 +35,7 @@ from pipelines.encoders import ClipImageEncoder
 from pipelines.families import RenderSettings
 from pipelines.loading import LoadedModel
 
-__all__ = ["GenerationError", "RenderSettings", "UnclipRunner"]
+__all__ = ["GenerationError", "RenderSettings", "UnclipRunner", "is_out_of_memory"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ class _StepCounter:
         self.callback(self.done, self.total)
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device running out of memory (CUDA, MPS and CPU allocators word it so)."""
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
@@ -84,7 +85,8 @@ class UnclipRunner:
         self._step_hooks: list = []
 
     @property
-    def pipe(self):
+    def diffusers_pipe(self):
+        """The stock diffusers pipeline the family drives."""
         return self.loaded.pipe
 
     @property
@@ -160,7 +162,7 @@ class UnclipRunner:
             try:
                 pixels = self._render_checked(batch, seed, settings, source)
             except Exception as e:
-                if not _is_oom(e):
+                if not is_out_of_memory(e):
                     raise
                 pending[:0] = self._split_after_oom(batch, e)
                 continue

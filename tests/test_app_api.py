@@ -370,19 +370,22 @@ def test_sweep_values_and_request_checks():
         ui.sweep_values("spiral", 0.5, 1.0, 0, 1, 3, -1, 2, 4)
     with pytest.raises(ui.RequestError, match="theta frames must be between 1 and 96"):
         ui.sweep_values("theta", 0.5, 1.0, 0, 1, 0, -1, 2, 4)
-    kwargs = ui.generate_kwargs("preview", 25, 7, 3, 1.0, 4)
-    assert kwargs == {"preview": True, "steps": 3, "max_batch": 4, "guidance_scale": 1.0}
-    assert ui.generate_kwargs("full", 25, 7, 3, 1.0, 4)["super_res_steps"] == 7
+    sampling = ui.Sampling.parse("preview", 25, 7, 3, 1.0, 4)
+    assert (sampling.preview, sampling.max_batch, sampling.overrides()) == (True, 4, {"steps": 3,
+                                                                                     "guidance_scale": 1.0})
+    assert ui.Sampling.parse("full", 25, 7, 3, 1.0, 4).overrides()["super_res_steps"] == 7
     assert ui.json_safe({"a": float("nan"), "b": [float("inf"), 1.5]}) == {"a": None, "b": [None, 1.5]}
-    # The server's cap (app.py --max-sequence-frames) is checked before anything else.
+    # The server's cap (app.py --max-sequence-frames) is checked before the model sees the request.
     with pytest.raises(ui.RequestError, match="at most 4 frames here, this one would have 5"):
-        ui.check_request(None, "a.png", "b.png", [(0.0, 0.0)] * 5, 0, {}, max_frames=4)
+        ui.SweepRequest.parse(None, source="a.png", target="b.png", thetas=[0.0] * 5, alphas=0.0, seed=0,
+                              max_frames=4)
     # An emptied box in plain words; the alpha slider's range for every frame of any request.
+    frame = {"source": "a.png", "target": "b.png", "theta": 0.0, "alpha": 0.0}
     for empty in (None, "", "  "):
         with pytest.raises(ui.RequestError, match="^seed is empty: type a whole number.$"):
-            ui.check_request(None, "a.png", "b.png", [(0.0, 0.0)], empty, {})
+            ui.FrameRequest.parse(None, **frame, seed=empty)
     with pytest.raises(ui.RequestError, match="alpha must be between -3 and 3 here, got -3.5"):
-        ui.check_request(None, "a.png", "b.png", [(0.0, 3.0), (1.0, -3.5)], 0, {})
+        ui.FrameRequest.parse(None, **{**frame, "alpha": -3.5}, seed=0)
 
 
 def test_the_apps_sweep_is_the_render_commands_sweep():
@@ -1210,10 +1213,12 @@ def test_stopping_a_sequence_stops_within_one_batch_and_removes_its_folder(pipe,
     studio = ui.Studio(pipe)
     studio.work_root = tmp_path / "work"
     steps = []
-    request = (str(SOURCE), str(TARGET), "theta", 0.5, 1.0, 0.0, 1.0, 8, -1.0, 2.0, 6, 3, "full", 2, 2, 2,
-               1.0, 2, 4.0)
+    values = dict(source=str(SOURCE), target=str(TARGET), sweep="theta", theta=0.5, alpha=1.0,
+                  theta_start=0.0, theta_stop=1.0, theta_frames=8, alpha_start=-1.0, alpha_stop=2.0,
+                  alpha_frames=6, seed=3, quality="full", steps=2, super_res_steps=2, preview_steps=2,
+                  guidance_scale=1.0, max_batch=2, fps=4.0)
     with pipe.runner.on_step(lambda step, total: steps.append(step)):
-        updates = studio.sequence({}, *request)
+        updates = studio.sequence({}, studio.sequence_request(**values))
         assert next(updates).status == "frame 0 of 8"
         first = next(updates)
         assert first.status == "frame 2 of 8" and len(first.gallery) == 2 and first.files is None
@@ -1222,8 +1227,7 @@ def test_stopping_a_sequence_stops_within_one_batch_and_removes_its_folder(pipe,
     assert steps == [1, 2, 3, 4], "the work went on past the batch it stopped in"
     assert list((tmp_path / "work").iterdir()) == []
     # Run to the end: the files come with the last update, the folder goes with the generator.
-    short = (*request[:7], 3, *request[8:])
-    *_, last = studio.sequence({}, *short)
+    *_, last = studio.sequence({}, studio.sequence_request(**{**values, "theta_frames": 3}))
     assert last.status == "all 3"
     assert set(last.files) == {"gallery", "plot", "gif", "mp4", "zip", "smoothness"}
     assert list((tmp_path / "work").iterdir()) == []
@@ -1247,15 +1251,19 @@ def test_frame_keys_differ_for_other_inputs_and_settings(pipe, tmp_path):
     studio = ui.Studio(pipe)
     copy = tmp_path / "copy.jpg"
     copy.write_bytes(SOURCE.read_bytes())
-    key = studio.frame_key(str(SOURCE), str(TARGET), 0.5, 1.0, 1, {"preview": False, "steps": 2})
-    assert key == studio.frame_key(str(copy), str(TARGET), 0.5, 1.0, 1, {"preview": False, "steps": 2,
-                                                                        "max_batch": 4})
-    for other in [(str(TARGET), str(TARGET), 0.5, 1.0, 1, {"steps": 2}),
-                  (str(SOURCE), str(TARGET), 0.5, 1.0, 2, {"steps": 2}),
-                  (str(SOURCE), str(TARGET), 0.5, 1.0, 1, {"steps": 3}),
-                  (str(SOURCE), str(TARGET), 0.5, 1.0, 1, {"preview": True, "steps": 2}),
-                  (str(SOURCE), str(TARGET), 0.5, 1.0, 1, {"preview": False, "steps": 2}, 0.8)]:  # aimed
-        assert studio.frame_key(*other) != key
+
+    def frame_key(source, seed=1, sampling=None, alpha=1.0):
+        sampling = sampling or ui.Sampling(steps=2)
+        request = ui.FrameRequest(str(source), str(TARGET), 0.5, alpha, seed, sampling)
+        return studio.frame_key(request, (ui.file_key(source), ui.file_key(TARGET)))
+
+    key = frame_key(SOURCE)
+    assert key == frame_key(copy, sampling=ui.Sampling(steps=2, max_batch=4))
+    for other in [frame_key(TARGET), frame_key(SOURCE, seed=2),
+                  frame_key(SOURCE, sampling=ui.Sampling(steps=3)),
+                  frame_key(SOURCE, sampling=ui.Sampling(preview=True, preview_steps=2)),
+                  frame_key(SOURCE, alpha=ui.AimAt(0.8))]:  # aimed
+        assert other != key
 
 
 def test_readouts_say_what_conformity_and_likelihood_mean():

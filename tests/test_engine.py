@@ -111,7 +111,7 @@ def test_seed_decides_the_noise(pipes, images, kind):
 def test_endpoint_frames_are_computed_once_per_distinct_embedding(pipes, images):
     pipe = pipes["karlo"]
     calls = []
-    hook = pipe.pipe.decoder.register_forward_pre_hook(
+    hook = pipe.diffusers_pipe.decoder.register_forward_pre_hook(
         lambda mod, args, kwargs: calls.append(kwargs["sample"].shape[0]), with_kwargs=True)
     try:
         grid_t = [t for t in (0.0, 0.5, 1.0) for _ in (-1.0, 0.0, 1.0)]
@@ -133,7 +133,7 @@ def test_preview_is_smaller_and_skips_the_expensive_stage(pipes, images, kind):
     assert frame.conformity is not None and frame.frame_conformity is not None
     if kind == "karlo":
         sr_calls = []
-        hook = pipe.pipe.super_res_first.register_forward_pre_hook(lambda *a: sr_calls.append(1))
+        hook = pipe.diffusers_pipe.super_res_first.register_forward_pre_hook(lambda *a: sr_calls.append(1))
         try:
             pipe.generate(*images, 0.5, 1.0, seed=2, preview=True)
         finally:
@@ -149,7 +149,7 @@ def test_karlo_preview_decoder_matches_the_stock_decoder_stage(pipes, images):
     def grab(mod, args, kwargs):  # the super-res input: [noise, bicubic(decoder output)]
         captured.setdefault("upscaled", kwargs["sample"][:, 3:].clone())
 
-    hook = pipe.pipe.super_res_first.register_forward_pre_hook(grab, with_kwargs=True)
+    hook = pipe.diffusers_pipe.super_res_first.register_forward_pre_hook(grab, with_kwargs=True)
     try:
         pipe.generate(*images, 0.4, 0.0, seed=9, steps=3, super_res_steps=2)
     finally:
@@ -206,7 +206,7 @@ def test_wrong_sized_stats_file_is_refused_naming_file_and_sizes(dirs, tmp_path)
 def test_nan_output_is_never_returned_as_a_frame(dirs, images):
     pipe = load_pipeline(dirs["karlo"])
     with torch.no_grad():
-        next(pipe.pipe.super_res_last.parameters()).fill_(float("nan"))
+        next(pipe.diffusers_pipe.super_res_last.parameters()).fill_(float("nan"))
     with pytest.raises(GenerationError, match="NaN"):
         pipe.generate(*images, 0.5, 0.0, seed=0, **FAST["karlo"])
 
@@ -229,9 +229,9 @@ def test_half_precision_nan_is_retried_in_float32(dirs, images, pipes):
             sample.fill_(float("nan"))
         return output
 
-    pipe.pipe.unet.register_forward_hook(poison_half)
+    pipe.diffusers_pipe.unet.register_forward_hook(poison_half)
     (frame,) = pipe.generate(*images, 0.5, 0.0, seed=0, **FAST["stable-unclip"])
-    assert pipe.pipe.unet.dtype == torch.float16  # put back after the retry
+    assert pipe.diffusers_pipe.unet.dtype == torch.float16  # put back after the retry
     reference = pipes["stable-unclip"].generate(*images, 0.5, 0.0, seed=0, **FAST["stable-unclip"])[0]
     assert np.abs(_px(frame) - _px(reference)).max() <= 2
 
@@ -243,7 +243,7 @@ def test_out_of_memory_splits_the_batch_and_goes_on(dirs, images, pipes):
         if kwargs["sample"].shape[0] > 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    pipe.pipe.decoder.register_forward_pre_hook(limit, with_kwargs=True)
+    pipe.diffusers_pipe.decoder.register_forward_pre_hook(limit, with_kwargs=True)
     thetas = [0.1, 0.3, 0.5, 0.7, 0.9]
     frames = pipe.generate(*images, thetas, 0.0, seed=8, max_batch=8, **FAST["karlo"])
     reference = pipes["karlo"].generate(*images, thetas, 0.0, seed=8, max_batch=8, **FAST["karlo"])
@@ -253,7 +253,7 @@ def test_out_of_memory_splits_the_batch_and_goes_on(dirs, images, pipes):
     def never(module, args, kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    pipe.pipe.decoder.register_forward_pre_hook(never, with_kwargs=True)
+    pipe.diffusers_pipe.decoder.register_forward_pre_hook(never, with_kwargs=True)
     with pytest.raises(GenerationError, match="one frame does not fit"):
         pipe.generate(*images, 0.5, 0.0, seed=8, **FAST["karlo"])
 

@@ -77,7 +77,8 @@ def test_a_frame_equals_the_stock_diffusers_pipeline_fed_the_same_embedding(pipe
     settings = pipe.settings_for(False, steps=2)
     sdxl = kind == "ip-adapter-sdxl"
     stock_cls = diffusers.StableDiffusionXLPipeline if sdxl else diffusers.StableDiffusionPipeline
-    stock = stock_cls(**pipe.pipe.components, **({} if sdxl else {"requires_safety_checker": False}))
+    stock = stock_cls(**pipe.diffusers_pipe.components,
+                      **({} if sdxl else {"requires_safety_checker": False}))
     embeds = frame.embedding.reshape(1, 1, -1)
     stock_frame = stock(prompt="", ip_adapter_image_embeds=[torch.cat([torch.zeros_like(embeds), embeds])],
                         height=32, width=32, num_inference_steps=2, guidance_scale=settings.guidance_scale,
@@ -107,7 +108,7 @@ def test_preview_is_smaller_with_fewer_steps_and_the_step_callback_counts_unet_c
     full, preview = pipe.settings_for(False), pipe.settings_for(True)
     assert preview.resolution == 16 < full.resolution == 32 and preview.steps < full.steps
     calls, steps = [], []
-    hook = pipe.pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    hook = pipe.diffusers_pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
         with pipe.runner.on_step(lambda done, total: steps.append((done, total))):
             (frame,) = pipe.generate(*images, 0.5, 1.0, seed=2, preview=True)
@@ -122,7 +123,7 @@ def test_guidance_negative_is_diffusers_zeros_before_the_batch(pipes, images):
     def projected_rows(**options) -> torch.Tensor:
         """The image embeddings the UNet's adapter projection receives at the first step."""
         seen = []
-        hook = pipe.pipe.unet.encoder_hid_proj.register_forward_pre_hook(
+        hook = pipe.diffusers_pipe.unet.encoder_hid_proj.register_forward_pre_hook(
             lambda mod, args: seen.append(args[0][0].clone()))
         try:
             pipe.generate(*images, thetas=[0.0, 1.0], alphas=0.0, seed=0, steps=1, **options)
@@ -132,7 +133,8 @@ def test_guidance_negative_is_diffusers_zeros_before_the_batch(pipes, images):
 
     embeds = torch.stack([pipe.encode(images[0]), pipe.encode(images[1])])[:, None]
     rows = projected_rows(guidance_scale=5.0)  # (2 x 2 rows, one image, d)
-    _, diffusers_negative = pipe.pipe.encode_image(images[0], "cpu", 1)  # what diffusers itself uses
+    # what diffusers itself uses
+    _, diffusers_negative = pipe.diffusers_pipe.encode_image(images[0], "cpu", 1)
     assert torch.equal(diffusers_negative, torch.zeros_like(diffusers_negative))
     torch.testing.assert_close(rows[:2], torch.zeros_like(embeds))  # negatives first
     torch.testing.assert_close(rows[2:], embeds)
@@ -168,7 +170,7 @@ def test_strength_starts_every_frame_from_the_source_latents(pipes, images, kind
 
     # The source as the (random) VAE gives it back: what a frame at strength -> 0 becomes.
     with torch.no_grad():
-        processor, vae = pipe.pipe.image_processor, pipe.pipe.vae
+        processor, vae = pipe.diffusers_pipe.image_processor, pipe.diffusers_pipe.vae
         latents = vae.encode(processor.preprocess(source.convert("RGB").resize((32, 32)))).latent_dist.mean
         round_trip = processor.postprocess(vae.decode(latents).sample, output_type="np")[0]
     near, far = (pipe.generate(*images, 0.0, 0.0, seed=4, steps=10, strength=s)[0] for s in (0.1, 1.0))

@@ -50,15 +50,15 @@ def _mtimes(out: Path) -> dict[str, int]:
 
 
 def _count_generated(pipe, monkeypatch) -> list[int]:
-    """Spy on pipe.generate: the number of frames of each call."""
+    """Spy on the engine's rendering of checked frames: the number of frames of each call."""
     calls: list[int] = []
-    real = pipe.generate
+    real = pipe.render_pairs
 
-    def spy(source, target, thetas, *args, **kwargs):
-        calls.append(len(thetas))
-        return real(source, target, thetas, *args, **kwargs)
+    def spy(source, target, pairs, *args, **kwargs):
+        calls.append(len(pairs))
+        return real(source, target, pairs, *args, **kwargs)
 
-    monkeypatch.setattr(pipe, "generate", spy)
+    monkeypatch.setattr(pipe, "render_pairs", spy)
     return calls
 
 
@@ -680,8 +680,11 @@ def test_a_streamed_render_reports_every_step_and_a_stop_ends_its_batch_at_the_n
             stop.set()  # pressed while the second batch denoises
 
     src, tgt = (str(p) for p in images)
-    request = (src, tgt, "theta", 0.5, 1.0, 0.0, 1.0, 6, -1.0, 2.0, 3, 0, "full", 5, 2, 2, None, 2, 4.0)
-    updates = list(studio.sequence({}, *request, progress=progress, stop=stop))
+    request = studio.sequence_request(
+        source=src, target=tgt, sweep="theta", theta=0.5, alpha=1.0, theta_start=0.0, theta_stop=1.0,
+        theta_frames=6, alpha_start=-1.0, alpha_stop=2.0, alpha_frames=3, seed=0, quality="full", steps=5,
+        super_res_steps=2, preview_steps=2, guidance_scale=None, max_batch=2, fps=4.0)
+    updates = list(studio.sequence({}, request, progress=progress, stop=stop))
     assert [u.done for u in updates] == [0, 2] and updates[-1].files is None  # the first batch only
     texts = [t for _, t in heard]
     assert texts[0].startswith("batch 1 of 3, step 1 of 7 · 0 of 6 frames done · ")

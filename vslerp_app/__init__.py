@@ -1,13 +1,13 @@
 """vSLERP Studio: edit images by moving through CLIP's double-ellipsoid geometry.
 
-`from vslerp_app import load_pipeline` gives a ready `VSLERPPipeline`; the math alone is
+`from vslerp_app import load_pipeline` gives a ready `VSLERPEngine`; the math alone is
 `vslerp_app.geometry`, statistics `vslerp_app.stats`. The model side (torch, diffusers)
 is imported on first use of `load_pipeline`, so the pure modules stay light.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["VSLERPPipeline", "load_pipeline", "__version__"]
+__all__ = ["VSLERPEngine", "load_pipeline", "__version__"]
 
 
 def __getattr__(name: str):
@@ -15,8 +15,8 @@ def __getattr__(name: str):
         from vslerp_app.models import load_pipeline
 
         return load_pipeline
-    if name == "VSLERPPipeline":
-        from vslerp_app.engine import VSLERPPipeline
+    if name == "VSLERPEngine":
+        from vslerp_app.engine import VSLERPEngine
 
-        return VSLERPPipeline
+        return VSLERPEngine
     raise AttributeError(f"module 'vslerp_app' has no attribute {name!r}")

@@ -259,6 +259,23 @@ def _render_options(args) -> dict:
                 adapter_scale=args.adapter_scale, prompt=args.prompt)
 
 
+def _sampling(args):
+    """The command's `Sampling` (``--steps`` is the preview's with ``--preview``)."""
+    from vslerp_app.requests import Sampling
+
+    return Sampling.from_options(args.preview, args.steps, super_res_steps=args.super_res_steps,
+                                 guidance_scale=args.guidance, resolution=args.resolution,
+                                 strength=args.strength, adapter_scale=args.adapter_scale, prompt=args.prompt,
+                                 max_batch=args.max_batch)
+
+
+def _outputs(args):
+    """Which derived files the command writes besides the frames and manifest."""
+    from vslerp_app.outputs import OutputRequest
+
+    return OutputRequest(gif=args.gif, mp4=args.mp4, zip=args.zip, fps=args.fps)
+
+
 def _resolution(text: str) -> int | tuple[int, int]:
     """--resolution: "768" (a square side) or "1024x768" (width x height)."""
     import argparse
@@ -305,20 +322,17 @@ def _load_for_render(args):
 
 
 def _render_one(args) -> dict:
-    from vslerp_app.render import check_conformity_request, check_request, render_sequence
+    import dataclasses
 
-    alpha = args.alpha if args.alpha is not None else "0"
-    aim = {}
-    if args.conformity is not None:  # alphas are chosen once the model (and its stats) is loaded
-        check_conformity_request(args.alpha, args.conformity, args.grid)
-        alpha, aim = None, {"conformity": args.conformity}
-    # Refuse bad values, unreadable images and an unwritable folder before loading the model.
-    check_request(args.source, args.target, args.theta, alpha if alpha is not None else "0", args.seed,
-                  grid=args.grid, fps=args.fps, max_batch=args.max_batch)
-    pipe = _load_for_render(args)
-    manifest = render_sequence(pipe, args.source, args.target, args.theta, alpha, args.seed, args.out,
-                               grid=args.grid, max_batch=args.max_batch, progress=_progress,
-                               **aim, **_render_options(args))
+    from vslerp_app.render import check_sweep_request, render_request
+
+    # Refuse bad values, unreadable images and an unwritable folder before loading the model;
+    # alphas aimed at a conformity are found once the model (and its stats) is loaded.
+    request = check_sweep_request(args.source, args.target, args.theta, args.alpha, args.seed, grid=args.grid,
+                                  fps=args.fps, max_batch=args.max_batch, conformity=args.conformity)
+    engine = _load_for_render(args)
+    request = dataclasses.replace(request, sampling=_sampling(args))
+    manifest = render_request(engine, request, args.out, _outputs(args), progress=_progress)
     _report_aims(manifest)
     return manifest
 
@@ -357,16 +371,15 @@ def _check_path_options(args) -> None:
 
 def _render_path(args) -> dict:
     """`vslerp render --keyframes A B C ...`: a path through keyframes."""
-    from vslerp_app.render import check_path_request, render_path
+    from vslerp_app.render import checked_path_request, render_request
+    from vslerp_app.requests import PathRequest
 
-    alpha = args.alpha if args.alpha is not None else "0"
-    spacing = args.spacing or "uniform"
-    check_path_request(args.keyframes, args.frames, alpha, args.seed, loop=args.loop, spacing=spacing,
-                       fps=args.fps, max_batch=args.max_batch)
-    pipe = _load_for_render(args)
-    return render_path(pipe, args.keyframes, args.out, frames=args.frames, alphas=alpha, seed=args.seed,
-                       loop=args.loop, spacing=spacing, ease=args.ease, max_batch=args.max_batch,
-                       progress=_progress, **_render_options(args))
+    request = checked_path_request(PathRequest.parse(
+        None, keyframes=args.keyframes, frames=args.frames, alphas="0" if args.alpha is None else args.alpha,
+        seed=args.seed, sampling=_sampling(args), loop=args.loop, spacing=args.spacing or "uniform",
+        ease=args.ease, fps=args.fps))
+    engine = _load_for_render(args)
+    return render_request(engine, request, args.out, _outputs(args), progress=_progress)
 
 
 def _render_jobs(args) -> int:
@@ -679,7 +692,7 @@ def _add_render(sub) -> None:
                    help="IP-Adapter: how strongly the image embedding conditions the frames, in [0, 2] "
                         "(default 1: the image alone, as diffusers recommends for variations)")
     p.add_argument("--prompt", help="IP-Adapter: a text prompt steering every frame (default: none)")
-    p.add_argument("--max-batch", type=int, help="frames per batch and per chunk written (default 8)")
+    p.add_argument("--max-batch", type=int, help=f"frames at once, per chunk (default {DEFAULT_MAX_BATCH})")
     p.add_argument("--stats", metavar="FILE", help="image-modality stats file for alpha != 0")
     p.add_argument("--reference", metavar="SPEC",
                    help="open_clip reference space for extra readouts, open_clip:MODEL/PRETRAINED")

@@ -1,6 +1,6 @@
 """The vSLERP engine: an unCLIP model driven by vSLERP-interpolated CLIP image embeddings.
 
-`VSLERPPipeline.generate` encodes each input image once (cached by content), interpolates
+`VSLERPEngine.generate` encodes each input image once (cached by content), interpolates
 every frame's embedding with Eq. 12, has the runner denoise the distinct embeddings on one
 shared noise path, and reads out per-frame conformity (Eq. 10/11) and whitened likelihood.
 Build one with `vslerp_app.load_pipeline`.
@@ -8,12 +8,13 @@ Build one with `vslerp_app.load_pipeline`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import numbers
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import PIL.Image
@@ -23,12 +24,13 @@ from pipelines import DEFAULT_MAX_BATCH, RenderSettings, UnclipRunner
 from vslerp_app import geometry, paths, smoothness, specs
 from vslerp_app.images import image_fingerprint, load_image
 from vslerp_app.registry import full_stats_command
-from vslerp_app.stats import ModalityStats
+from vslerp_app.requests import AimAt, FrameRequest, Sampling
+from vslerp_app.stats import ModalityStats, Readouts
 
-__all__ = ["AIM_ALPHA_RANGE", "AimResult", "Frame", "VSLERPPipeline", "aim_alpha"]
+__all__ = ["AIM_ALPHA_RANGE", "AimResult", "Frame", "VSLERPEngine", "aim_alpha", "embedding_digest"]
 
 _EMBEDDING_CACHE_SIZE = 64
-# Where `VSLERPPipeline.alpha_for_conformity` looks for alpha unless told: the studio's range.
+# Where `VSLERPEngine.alpha_for_conformity` looks for alpha unless told: the studio's range.
 AIM_ALPHA_RANGE = specs.STUDIO_ALPHA_RANGE
 # Samples of the conformity curve over the alpha range before brackets are refined: a step
 # of 0.005 over [-3, 3]; two crossings closer than that could be missed.
@@ -41,6 +43,10 @@ _AIM_TOUCH = 1e-9
 MEASURE_SAMPLES = 12
 
 
+# What a frame's own readouts add beside its embedding's (kind and label are the stats', shared).
+_FRAME_KEYS = ("conformity", "log_likelihood", "conformity_percentile", "log_likelihood_percentile")
+
+
 @dataclass
 class Frame:
     """One generated frame and its readouts.
@@ -49,25 +55,18 @@ class Frame:
         image: the frame (RGB PIL image).
         theta, alpha: where on the vSLERP path it sits (Eq. 12).
         seed: the seed of its noise path.
-        conformity: conformity of the interpolated embedding (None without stats).
-        frame_conformity: conformity of the generated frame, re-encoded (None without stats).
-        conformity_kind: "exact" (Eq. 10), "estimated" (Eq. 11, fitted a, b) or "cosine" (mean-only
-            stats: cos(m, v), Eq. 11 uncalibrated); None without stats.
-        log_likelihood, frame_log_likelihood: whitened-CLIP log-likelihood (up to a
-            constant) of the embedding and of the re-encoded frame, None without whitening.
         preview: True for a preview-quality frame.
         embedding: the interpolated raw embedding (float32, CPU).
         frame_embedding: the re-encoded frame's raw embedding (float32, CPU).
+        of_embedding, of_frame: the `Readouts` of the interpolated embedding and of the frame
+            re-encoded (all None without stats); ``conformity``, ``frame_conformity``,
+            ``log_likelihood``, ... read them.
         reference: readouts of the frame in a reference CLIP space (open_clip), when the
             pipeline has one: {"space", "frame_conformity", "conformity_kind",
-            "frame_log_likelihood"}.
-        conformity_label: what the conformity readout is, in words (`stats.CONFORMITY_LABELS`).
-        conformity_percentile, log_likelihood_percentile: where the embedding's values sit
-            in the stats' population, in percent (None without the population's scale).
-        frame_conformity_percentile, frame_log_likelihood_percentile: the same for the frame.
+            "frame_log_likelihood", ...}.
         aim: {"wanted", "achieved", "alpha", "reachable"} when alpha was chosen for a wanted
-            conformity (`VSLERPPipeline.alpha_for_conformity`), else None.
-        segment: on a path (`VSLERPPipeline.generate_path`), the segment the frame is on
+            conformity (`VSLERPEngine.alpha_for_conformity`), else None.
+        segment: on a path (`VSLERPEngine.generate_path`), the segment the frame is on
             (from keyframe `segment` to the next, counted from 0); theta and alpha are then
             the segment's local theta and its alpha. None off a path.
         keyframe: on a path, the keyframe this frame shows exactly, else None.
@@ -77,23 +76,28 @@ class Frame:
     theta: float
     alpha: float
     seed: int
-    conformity: float | None = None
-    frame_conformity: float | None = None
-    conformity_kind: str | None = None
-    log_likelihood: float | None = None
-    frame_log_likelihood: float | None = None
     preview: bool = False
     embedding: torch.Tensor | None = None
     frame_embedding: torch.Tensor | None = None
+    of_embedding: Readouts = field(default_factory=Readouts)
+    of_frame: Readouts = field(default_factory=Readouts)
     reference: dict | None = None
-    conformity_label: str | None = None
-    conformity_percentile: float | None = None
-    log_likelihood_percentile: float | None = None
-    frame_conformity_percentile: float | None = None
-    frame_log_likelihood_percentile: float | None = None
     aim: dict | None = None
     segment: int | None = None
     keyframe: int | None = None
+
+    conformity = property(lambda self: self.of_embedding.conformity,
+                          doc="conformity of the interpolated embedding (None without stats)")
+    frame_conformity = property(lambda self: self.of_frame.conformity,
+                                doc="conformity of the generated frame, re-encoded (None without stats)")
+    conformity_kind = property(lambda self: self.of_embedding.conformity_kind)
+    conformity_label = property(lambda self: self.of_embedding.conformity_label)
+    log_likelihood = property(lambda self: self.of_embedding.log_likelihood)
+    frame_log_likelihood = property(lambda self: self.of_frame.log_likelihood)
+    conformity_percentile = property(lambda self: self.of_embedding.conformity_percentile)
+    log_likelihood_percentile = property(lambda self: self.of_embedding.log_likelihood_percentile)
+    frame_conformity_percentile = property(lambda self: self.of_frame.conformity_percentile)
+    frame_log_likelihood_percentile = property(lambda self: self.of_frame.log_likelihood_percentile)
 
     def place(self) -> dict:
         """Where a frame on a path sits, {"segment", "keyframe"}, for manifests and APIs ({} off a path)."""
@@ -101,23 +105,9 @@ class Frame:
 
     def readouts(self) -> dict:
         """The numbers of this frame as a JSON-ready dict (for manifests and APIs)."""
-        out = {
-            "theta": self.theta,
-            "alpha": self.alpha,
-            "seed": self.seed,
-            "preview": self.preview,
-            "conformity": self.conformity,
-            "frame_conformity": self.frame_conformity,
-            "conformity_kind": self.conformity_kind,
-            "conformity_label": self.conformity_label,
-            "log_likelihood": self.log_likelihood,
-            "frame_log_likelihood": self.frame_log_likelihood,
-            "conformity_percentile": self.conformity_percentile,
-            "log_likelihood_percentile": self.log_likelihood_percentile,
-            "frame_conformity_percentile": self.frame_conformity_percentile,
-            "frame_log_likelihood_percentile": self.frame_log_likelihood_percentile,
-            "reference": self.reference,
-        }
+        out = {"theta": self.theta, "alpha": self.alpha, "seed": self.seed, "preview": self.preview,
+               **self.of_embedding.as_dict(), **self.of_frame.as_dict("frame_", _FRAME_KEYS),
+               "reference": self.reference}
         if self.aim is not None:
             out["aim"] = dict(self.aim)
         return out
@@ -226,6 +216,11 @@ def aim_alpha(curve: Callable[[torch.Tensor], torch.Tensor], wanted: float,
     return alpha, achieved, abs(achieved - wanted) <= _AIM_TOUCH
 
 
+def embedding_digest(embedding: torch.Tensor) -> str:
+    """A digest of a float32 CPU embedding: equal digests, equal frames (one noise path), denoised once."""
+    return hashlib.sha1(embedding.numpy().tobytes()).hexdigest()
+
+
 def _values(values, name: str) -> float | list[float]:
     """A scalar (a number, a 0-d array or tensor, a one-value SPEC) -> float; a SPEC string
     ("0:1:9", "0,0.5,1", as `render_sequence` takes), a sequence or a 1-D array -> floats."""
@@ -277,7 +272,7 @@ def _check_alpha_range(alpha_range) -> tuple[float, float]:
     return lo, hi
 
 
-class VSLERPPipeline:
+class VSLERPEngine:
     """An unCLIP model (Karlo, Stable unCLIP, Kandinsky 2.2, ...) driven by vSLERP embeddings.
 
     Build it with `vslerp_app.load_pipeline`. Attributes: `runner` (the
@@ -297,7 +292,7 @@ class VSLERPPipeline:
         self._embedding_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     # -- what is loaded ----------------------------------------------------------------
-    pipe = property(lambda self: self.runner.pipe, doc="the stock diffusers pipeline")
+    diffusers_pipe = property(lambda self: self.runner.diffusers_pipe, doc="the stock diffusers pipeline")
     kind = property(lambda self: self.runner.kind, doc='the model family: "karlo", "stable-unclip", ...')
     preset = property(lambda self: self.runner.loaded.preset, doc="the preset (defaults)")
     model = property(lambda self: self.runner.loaded.model, doc="what was asked for")
@@ -305,6 +300,9 @@ class VSLERPPipeline:
     dtype = property(lambda self: self.runner.loaded.dtype)
     offload = property(lambda self: self.runner.loaded.offload)
     encoder = property(lambda self: self.runner.encoder, doc="the model's CLIP image encoder")
+    min_steps = property(lambda self: self.runner.min_steps, doc="fewest steps per stage the model takes")
+    takes_strength = property(lambda self: self.runner.takes_strength,
+                              doc="whether frames may start from the source image's latents (strength < 1)")
 
     @property
     def embedding_dim(self) -> int:
@@ -323,7 +321,7 @@ class VSLERPPipeline:
         return {
             "model": self.model,
             "kind": self.kind,
-            "pipeline_class": type(self.pipe).__name__,
+            "pipeline_class": type(self.diffusers_pipe).__name__,
             "encoder": self.encoder.name,
             "embedding_dim": self.embedding_dim,
             "device": str(self.device),
@@ -343,10 +341,12 @@ class VSLERPPipeline:
         }
 
     # -- encoding ----------------------------------------------------------------------
-    def encode(self, image) -> torch.Tensor:
+    def encode(self, image, *, cache: bool = True) -> torch.Tensor:
         """Raw embedding (d,) of one input image (path, bytes, PIL, array) or an embedding.
 
-        Images are normalised by `vslerp_app.images.load_image` and cached by content.
+        Images are normalised by `vslerp_app.images.load_image`. With ``cache`` they are
+        kept by content in this engine's cache, shared by every caller of the process; the
+        studio passes False and keeps each session's embeddings in that session instead.
         """
         if isinstance(image, torch.Tensor):
             emb = image.detach().float().cpu().flatten()
@@ -357,6 +357,8 @@ class VSLERPPipeline:
                 raise ValueError("embedding has non-finite values")
             return emb
         img = load_image(image)
+        if not cache:
+            return self.encoder.encode([img])[0]
         key = image_fingerprint(img)
         if key not in self._embedding_cache:
             self._embedding_cache[key] = self.encoder.encode([img])[0]
@@ -364,6 +366,20 @@ class VSLERPPipeline:
                 self._embedding_cache.popitem(last=False)
         self._embedding_cache.move_to_end(key)
         return self._embedding_cache[key]
+
+    def readouts(self, embedding: torch.Tensor) -> Readouts:
+        """Conformity (and likelihood) of one raw embedding by this engine's stats; all None without."""
+        return Readouts() if self.stats is None else self.stats.readouts(embedding)
+
+    @contextlib.contextmanager
+    def callback_on_step(self, callback: Callable[[int, int], None] | None) -> Iterator[None]:
+        """Within the block, ``callback(step, total)`` runs after each denoising step of this
+        thread's renders (as diffusers' ``callback_on_step_end``; `UnclipRunner.on_step`). None: nothing."""
+        if callback is None:
+            yield
+            return
+        with self.runner.on_step(callback):
+            yield
 
     # -- validation --------------------------------------------------------------------
     def check_inputs(self, pairs: list[tuple[float, float]], seed: int,
@@ -378,6 +394,25 @@ class VSLERPPipeline:
         if problem is not None:
             raise specs.SpecError(problem)
         specs.check_max_batch(max_batch)
+
+    def settings_of(self, sampling: Sampling) -> RenderSettings:
+        """The effective settings of a `Sampling` record on this model."""
+        return self.settings_for(sampling.preview, **sampling.overrides())
+
+    def check_frames(self, pairs: list[tuple[float, float]], seed: int, sampling: Sampling) -> RenderSettings:
+        """`check_inputs` for a request's frames and `Sampling` (the request records call it when
+        parsed against this engine); the effective settings."""
+        settings = self.settings_of(sampling)
+        self.check_inputs(pairs, seed, settings, sampling.max_batch or self.max_batch)
+        return settings
+
+    def trusted_settings(self, request, pairs) -> RenderSettings:
+        """The settings of a request record with these frames (theta, alpha or `AimAt`), checked
+        unless the record was parsed against this engine (validated once, at the edge)."""
+        if request.checked_by is self:
+            return self.settings_of(request.sampling)
+        return self.check_frames([(t, 0.0 if isinstance(a, AimAt) else a) for t, a in pairs], request.seed,
+                                 request.sampling)
 
     def check_alpha(self, alpha: float) -> None:
         """alpha in range, and the image-modality mean at hand when alpha != 0 (SpecError)."""
@@ -396,11 +431,13 @@ class VSLERPPipeline:
         The embeddings are computed in float64 from the encoded inputs and the stats' mean.
         """
         pairs = pair_up(thetas, alphas)
-        v_source, v_target = self.encode(source), self.encode(target)
+        return pairs, self._interpolated(self.encode(source), self.encode(target), pairs)
+
+    def _interpolated(self, v_source: torch.Tensor, v_target: torch.Tensor, pairs) -> torch.Tensor:
         t = torch.tensor([p[0] for p in pairs], dtype=torch.float64)
         a = torch.tensor([p[1] for p in pairs], dtype=torch.float64)
         mean = None if self.stats is None else self.stats.mean.double()
-        return pairs, geometry.vslerp(v_source.double(), v_target.double(), t, a, mean).float()
+        return geometry.vslerp(v_source.double(), v_target.double(), t, a, mean).float()
 
     # -- aiming at a conformity ----------------------------------------------------------
     def alpha_for_conformity(self, source, target, theta: float, conformity: float,
@@ -480,21 +517,57 @@ class VSLERPPipeline:
         Returns:
             One `Frame` per pair, in order.
         """
-        # 1. Settings and checks
-        settings = self.settings_for(preview, steps=steps, super_res_steps=super_res_steps,
-                                     guidance_scale=guidance_scale, noise_level=noise_level,
-                                     resolution=resolution, strength=strength,
-                                     adapter_scale=adapter_scale, prompt=prompt)
-        max_batch = max_batch or self.max_batch
-        self.check_inputs(pair_up(thetas, alphas), seed, settings, max_batch)
-        seed = int(seed)
-        start_image = self._start_image(source, settings)
+        # 1. Settings and checks (a Python caller's values: nothing was parsed before)
+        sampling = Sampling.from_options(preview, steps, super_res_steps=super_res_steps,
+                                         guidance_scale=guidance_scale, noise_level=noise_level,
+                                         resolution=resolution, strength=strength,
+                                         adapter_scale=adapter_scale, prompt=prompt, max_batch=max_batch)
+        pairs = pair_up(thetas, alphas)
+        settings = self.check_frames(pairs, seed, sampling)
+        return self.render_pairs(source, target, pairs, int(seed), settings, sampling.max_batch, callback)
 
-        # 2. Encode each input once (cached by content) and interpolate every frame, Eq. 12
-        pairs, embeddings = self.interpolate(source, target, thetas, alphas)
+    def render_frame(self, request: FrameRequest, source=None, target=None,
+                     callback: Callable[[int, int], None] | None = None) -> Frame:
+        """The frame of a `FrameRequest`, its alpha aimed first when it is an `AimAt` (``frame.aim``).
 
-        # 3-4. Denoise the distinct embeddings, read out every frame
-        return self._render_frames(pairs, embeddings, seed, settings, max_batch, callback, start_image)
+        A request parsed against this engine is trusted (validated once, at the edge); any other
+        is checked here. ``source`` and ``target`` replace the request's images by their raw
+        embeddings (a studio session's); with strength < 1 the frame still starts from the
+        request's source image.
+        """
+        source = request.source if source is None else source
+        target = request.target if target is None else target
+        pairs = [(request.theta, request.alpha)]
+        settings = self.trusted_settings(request, pairs)
+        pairs, aims = self.resolve_aims(source, target, pairs)
+        return self.render_pairs(source, target, pairs, request.seed, settings, request.sampling.max_batch,
+                              callback, aims, start=request.source)[0]
+
+    def resolve_aims(self, source, target, pairs) -> tuple[list[tuple[float, float]], list[AimResult] | None]:
+        """(theta, alpha) per frame with every `AimAt` replaced by the alpha that reaches it, and
+        each frame's `AimResult` (None when nothing was aimed)."""
+        aimed = [i for i, (_, a) in enumerate(pairs) if isinstance(a, AimAt)]
+        if not aimed:
+            return list(pairs), None
+        found = self.alphas_for_conformity(source, target, [pairs[i][0] for i in aimed],
+                                           [pairs[i][1].conformity for i in aimed])
+        aims: list[AimResult | None] = [None] * len(pairs)
+        for i, aim in zip(aimed, found, strict=True):
+            aims[i] = aim
+        return [(t, a if aims[i] is None else aims[i].alpha) for i, (t, a) in enumerate(pairs)], aims
+
+    def render_pairs(self, source, target, pairs, seed: int, settings: RenderSettings, max_batch: int | None,
+                     callback=None, aims=None, start=None) -> list[Frame]:
+        """`generate` with its values already checked (`check_frames`, `trusted_settings`): encode,
+        interpolate (Eq. 12), denoise, read out. ``aims`` (one `AimResult` or None per frame) go
+        into ``frame.aim``; ``start``: the image strength < 1 starts from (default ``source``)."""
+        start_image = self._start_image(source if start is None else start, settings)
+        v_source, v_target = self.encode(source), self.encode(target)
+        frames = self._render_frames(pairs, self._interpolated(v_source, v_target, pairs), seed, settings,
+                                     max_batch or self.max_batch, callback, start_image)
+        for frame, aim in zip(frames, aims or [None] * len(frames), strict=True):
+            frame.aim = None if aim is None else aim.as_dict()
+        return frames
 
     @staticmethod
     def _start_image(source, settings: RenderSettings) -> PIL.Image.Image | None:
@@ -510,7 +583,7 @@ class VSLERPPipeline:
                        start_image=None) -> list[Frame]:
         """One `Frame` per (theta, alpha) pair and embedding; equal embeddings are denoised once."""
         # 3. Denoise the distinct embeddings (equal embeddings give equal frames)
-        keys = [hashlib.sha1(e.numpy().tobytes()).hexdigest() for e in embeddings]
+        keys = [embedding_digest(e) for e in embeddings]
         first_index = {}
         for i, key in enumerate(keys):
             first_index.setdefault(key, i)
@@ -529,20 +602,9 @@ class VSLERPPipeline:
                 for (theta, alpha), key, emb in zip(pairs, keys, embeddings, strict=True)]
 
     def _frame(self, image, theta, alpha, seed, preview, emb, frame_emb, reference) -> Frame:
-        frame = Frame(image=image.copy(), theta=theta, alpha=alpha, seed=seed, preview=preview,
-                      embedding=emb, frame_embedding=frame_emb, reference=reference)
-        if self.stats is not None:
-            of_embedding, of_frame = self.stats.readouts(emb), self.stats.readouts(frame_emb)
-            frame.conformity_kind = of_embedding["conformity_kind"]
-            frame.conformity_label = of_embedding["conformity_label"]
-            frame.conformity, frame.frame_conformity = of_embedding["conformity"], of_frame["conformity"]
-            frame.log_likelihood = of_embedding["log_likelihood"]
-            frame.frame_log_likelihood = of_frame["log_likelihood"]
-            frame.conformity_percentile = of_embedding["conformity_percentile"]
-            frame.log_likelihood_percentile = of_embedding["log_likelihood_percentile"]
-            frame.frame_conformity_percentile = of_frame["conformity_percentile"]
-            frame.frame_log_likelihood_percentile = of_frame["log_likelihood_percentile"]
-        return frame
+        return Frame(image=image.copy(), theta=theta, alpha=alpha, seed=seed, preview=preview, embedding=emb,
+                     frame_embedding=frame_emb, of_embedding=self.readouts(emb),
+                     of_frame=self.readouts(frame_emb), reference=reference)
 
     # -- paths through keyframes ---------------------------------------------------------
     def encode_keyframes(self, images) -> torch.Tensor:
@@ -639,17 +701,21 @@ class VSLERPPipeline:
         Options as in `generate`; with strength < 1 every frame starts from the first
         keyframe's latents.
         """
-        settings = self.settings_for(preview, steps=steps, super_res_steps=super_res_steps,
-                                     guidance_scale=guidance_scale, noise_level=noise_level,
-                                     resolution=resolution, strength=strength,
-                                     adapter_scale=adapter_scale, prompt=prompt)
-        max_batch = max_batch or self.max_batch
+        sampling = Sampling.from_options(preview, steps, super_res_steps=super_res_steps,
+                                         guidance_scale=guidance_scale, noise_level=noise_level,
+                                         resolution=resolution, strength=strength,
+                                         adapter_scale=adapter_scale, prompt=prompt, max_batch=max_batch)
+        settings = self.check_frames([(p.theta, p.alpha) for p in points], seed, sampling)
+        return self.path_frames(images, points, int(seed), settings, sampling.max_batch or self.max_batch,
+                                callback)
+
+    def path_frames(self, images, points: list[paths.PathPoint], seed: int, settings: RenderSettings,
+                    max_batch: int, callback: Callable[[int, int], None] | None = None) -> list[Frame]:
+        """`generate_path_points` with settings already checked (`check_frames`): a parsed request's."""
         pairs = [(p.theta, p.alpha) for p in points]
-        self.check_inputs(pairs, seed, settings, max_batch)
         embeddings = self.path_embeddings(self.encode_keyframes(images), points)
         start_image = self._start_image(paths.keyframe_list(images)[0], settings)
-        frames = self._render_frames(pairs, embeddings, int(seed), settings, max_batch, callback,
-                                     start_image)
+        frames = self._render_frames(pairs, embeddings, seed, settings, max_batch, callback, start_image)
         for frame, point in zip(frames, points, strict=True):
             frame.segment, frame.keyframe = point.segment, point.keyframe
         return frames

@@ -28,7 +28,9 @@ from pathlib import Path
 from pipelines.presets import DEFAULT_MAX_BATCH
 from vslerp_app.files import OutputDir, RenderError, describe_os_error, output_path
 from vslerp_app.manifest import MANIFEST_NAME, now
-from vslerp_app.render import check_path_request, check_request, render_path, render_sequence
+from vslerp_app.outputs import OutputRequest
+from vslerp_app.render import check_sweep_request, checked_path_request, render_request
+from vslerp_app.requests import PathRequest, Sampling
 from vslerp_app.specs import check_seed
 
 __all__ = ["JOBS_SUMMARY_NAME", "MAX_NAME_LENGTH", "Job", "JobsFile", "RefusedJob", "check_job_name",
@@ -59,6 +61,7 @@ class Job:
     grid: bool
     line: int
     path: dict | None = None  # a path job: {"keyframes", "frames", "loop", "spacing", "ease"}
+    request: object = None  # the line parsed: a `SweepRequest` or `PathRequest` (sampling: the command's)
 
 
 @dataclasses.dataclass
@@ -78,6 +81,9 @@ class JobsFile:
     path: Path
     jobs: list[Job]
     refused: list[RefusedJob]
+
+
+_OUTPUT_OPTIONS = ("gif", "mp4", "zip", "fps", "contact", "plot")  # `OutputRequest`'s; the rest is sampling
 
 
 class _Refused(ValueError):
@@ -181,12 +187,13 @@ def _check_path_job(obj: dict, base: Path, default_seed: int) -> dict:
             raise _Refused(f"{key} must be true or false, got {json.dumps(options[key])}")
     seed, alpha = obj.get("seed", default_seed), obj.get("alpha", 0.0)
     try:
-        check_path_request(images, options["frames"], alpha, seed, loop=options["loop"],
-                           spacing=options["spacing"])
+        request = checked_path_request(PathRequest.parse(
+            None, keyframes=images, frames=options["frames"], alphas=alpha, seed=seed, loop=options["loop"],
+            spacing=options["spacing"], ease=options["ease"]))
     except ValueError as e:
         raise _Refused(" ".join(str(e).split())) from None
     return dict(source=None, target=None, theta=None, alpha=alpha, seed=check_seed(seed), grid=False,
-                path=options)
+                path=options, request=request)
 
 
 def _check_job(obj: dict, base: Path, default_seed: int, default_grid: bool) -> dict:
@@ -201,11 +208,12 @@ def _check_job(obj: dict, base: Path, default_seed: int, default_grid: bool) -> 
         raise _Refused(f"grid must be true or false, got {json.dumps(grid)}")
     seed, alpha = obj.get("seed", default_seed), obj.get("alpha", 0.0)
     try:  # SPECs, ranges, seed, and both images readable: what a render checks before it starts
-        check_request(images["source"], images["target"], obj["theta"], alpha, seed, grid=grid)
+        request = check_sweep_request(images["source"], images["target"], obj["theta"], alpha, seed,
+                                      grid=grid)
     except ValueError as e:
         raise _Refused(" ".join(str(e).split())) from None
     return dict(source=images["source"], target=images["target"], theta=obj["theta"], alpha=alpha,
-                seed=check_seed(seed), grid=grid)
+                seed=check_seed(seed), grid=grid, request=request)
 
 
 def read_jobs(path: str | os.PathLike, default_seed: int = 0, default_grid: bool = False) -> JobsFile:
@@ -243,21 +251,22 @@ def _process_state(device):
     return PartialState(cpu=(device == "cpu" or not torch.cuda.is_available()))
 
 
-def _render_share(state, jobs: list[Job], out_dir: Path, load_pipe: Callable[[], object],
-                  log: Callable[[str], None], render_kwargs: dict, where: str) -> list[dict]:
+def _render_share(state, jobs: list[Job], out_dir: Path, load_engine: Callable[[], object],
+                  log: Callable[[str], None], sampling: Sampling, outputs: OutputRequest,
+                  where: str) -> list[dict]:
     """Render this process's share of the jobs; one result row per job (a failure is a row too)."""
     results = []
     with state.split_between_processes(jobs) as mine:
         mine = list(mine)
         tag = f"[process {state.process_index}/{state.num_processes}] " if state.num_processes > 1 else ""
         log(f"{tag}{len(mine)} of {len(jobs)} jobs on {where}")
-        pipe = load_pipe() if mine else None
+        engine = load_engine() if mine else None
         for job in mine:
             row = {"index": job.index, "name": job.name, "line": job.line,
                    "process_index": state.process_index}
             t0 = time.perf_counter()
             try:
-                m = _render_job(pipe, job, out_dir / job.name, render_kwargs)
+                m = _render_job(engine, job, out_dir / job.name, sampling, outputs)
             except Exception as e:
                 row.update(status="failed", error=" ".join(str(e).split()) or type(e).__name__)
                 log(f"{tag}job {job.index} ({job.name}, line {job.line}) failed: {row['error']}")
@@ -269,14 +278,10 @@ def _render_share(state, jobs: list[Job], out_dir: Path, load_pipe: Callable[[],
     return results
 
 
-def _render_job(pipe, job: Job, job_dir: Path, render_kwargs: dict) -> dict:
-    """One job's render (a sweep, or a path through keyframes); its manifest."""
-    if job.path is not None:
-        options = {k: v for k, v in job.path.items() if k != "keyframes"}
-        return render_path(pipe, job.path["keyframes"], job_dir, alphas=job.alpha, seed=job.seed,
-                           **options, **render_kwargs)
-    return render_sequence(pipe, job.source, job.target, job.theta, job.alpha, job.seed, job_dir,
-                           grid=job.grid, **render_kwargs)
+def _render_job(engine, job: Job, job_dir: Path, sampling: Sampling, outputs: OutputRequest) -> dict:
+    """One job's render (a sweep, or a path through keyframes) with the command's sampling; its manifest."""
+    request = dataclasses.replace(job.request, sampling=sampling, fps=outputs.fps)
+    return render_request(engine, request, job_dir, outputs)
 
 
 def _jobs_summary(jobs_file: JobsFile, results: list[dict], out_dir: Path, model) -> dict:
@@ -331,13 +336,14 @@ def run_jobs(model, jobs_file, out_dir, *, device=None, dtype=None, stats=None, 
 
     where = device or state.device
 
-    def load_pipe():
+    def load_engine():
         return load_pipeline(model, device=where, dtype=dtype, stats=stats, offload=offload,
                              max_batch=max_batch or DEFAULT_MAX_BATCH, reference=reference,
                              reference_stats=reference_stats)
 
-    mine = _render_share(state, checked.jobs, out_dir, load_pipe, log,
-                         dict(render_kwargs, max_batch=max_batch), where)
+    outputs = OutputRequest(**{k: render_kwargs.pop(k) for k in _OUTPUT_OPTIONS if k in render_kwargs})
+    sampling = Sampling.from_options(max_batch=max_batch, **render_kwargs)
+    mine = _render_share(state, checked.jobs, out_dir, load_engine, log, sampling, outputs, where)
     results = sorted(gather_object(mine), key=lambda r: r["line"])
     summary = None
     if state.is_main_process:

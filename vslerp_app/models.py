@@ -1,4 +1,4 @@
-"""`load_pipeline`: a preset name or a local directory in, a ready `VSLERPPipeline` out.
+"""`load_pipeline`: a preset name or a local directory in, a ready `VSLERPEngine` out.
 
 Stats are resolved in this order (the contract of `load_pipeline`): an explicit file; the
 file registered for the preset in the repository's `stats/`; the user's cache, by encoder
@@ -23,7 +23,7 @@ from pipelines import (
     hub_snapshot,
 )
 from pipelines import load_model as _load_model
-from vslerp_app.engine import VSLERPPipeline
+from vslerp_app.engine import VSLERPEngine
 from vslerp_app.registry import full_stats_command, preset_stats_path, user_stats_path
 from vslerp_app.stats import CONFORMITY_LABELS, STATS_FILENAME, ModalityStats, StatsError
 
@@ -106,7 +106,7 @@ def resolve_stats(loaded: LoadedModel, dim: int,
 
 def load_pipeline(model: str | os.PathLike, device=None, dtype=None, stats=None, *,
                   offload: bool = False, max_batch: int = DEFAULT_MAX_BATCH, reference: str | None = None,
-                  reference_stats=None) -> VSLERPPipeline:
+                  reference_stats=None) -> VSLERPEngine:
     """Load an unCLIP pipeline wrapped for vSLERP.
 
     Args:
@@ -130,5 +130,5 @@ def load_pipeline(model: str | os.PathLike, device=None, dtype=None, stats=None,
         from vslerp_app.reference import ReferenceReadout
 
         readout = ReferenceReadout.load(reference, stats=reference_stats, device=runner.loaded.device)
-    return VSLERPPipeline(runner, stats=found, stats_note=note, max_batch=max_batch, reference=readout)
+    return VSLERPEngine(runner, stats=found, stats_note=note, max_batch=max_batch, reference=readout)
 

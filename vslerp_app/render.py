@@ -1,8 +1,8 @@
 """Frame sequences to disk: frames, manifest, contact sheet, plot, GIF/MP4/ZIP; resumable.
 
-`render_sequence(pipe, source, target, thetas, alphas, seed, out_dir)` renders one vSLERP
+`render_sequence(engine, source, target, thetas, alphas, seed, out_dir)` renders one vSLERP
 sequence (a sweep, or a grid of theta x alpha) with a loaded pipeline into ``out_dir``, and
-`render_path(pipe, keyframes, out_dir, frames=...)` a path through keyframes
+`render_path(engine, keyframes, out_dir, frames=...)` a path through keyframes
 (`vslerp_app.paths`), with the same files, manifest and resume:
 
     out_dir/frames/0000.png ...   one PNG per frame
@@ -20,6 +20,7 @@ directory is refused instead of mixing frames (`vslerp_app.manifest`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -34,25 +35,19 @@ import PIL.Image
 import torch
 
 from vslerp_app import manifest as mf
-from vslerp_app import paths, smoothness
+from vslerp_app import smoothness
+from vslerp_app.engine import embedding_digest
 from vslerp_app.files import OutputDir, RenderError, describe_os_error, output_path, remove_partials
 from vslerp_app.images import ImageInputError, image_fingerprint, load_image
 from vslerp_app.manifest import FRAMES_DIR, MANIFEST_FORMAT, MANIFEST_NAME
 from vslerp_app.outputs import DEFAULT_FPS, OutputRequest, drop_missing_outputs, sheet_columns, write_outputs
-from vslerp_app.specs import (
-    MAX_COUNT,
-    SpecError,
-    as_values,
-    check_fps,
-    check_max_batch,
-    check_range,
-    check_seed,
-    combine,
-)
+from vslerp_app.requests import PathRequest, Sampling, SweepRequest
+from vslerp_app.specs import MAX_COUNT
 
-__all__ = ["FRAMES_DIR", "MANIFEST_NAME", "RenderError", "RenderProgress", "check_conformity_request",
-           "check_output_folder", "check_path_request", "check_request", "iter_render_path",
-           "iter_render_sequence", "prepare_output", "render_path", "render_sequence"]
+__all__ = ["FRAMES_DIR", "MANIFEST_NAME", "RenderError", "RenderProgress", "check_output_folder",
+           "check_path_request", "check_sweep_request", "checked_path_request", "iter_render",
+           "iter_render_path", "iter_render_sequence", "prepare_output", "render_path", "render_request",
+           "render_sequence"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,35 +83,33 @@ class _Plan:
     grid: bool
     seed: int
     inputs: dict  # role -> (image or embedding, description); a path: "keyframes" -> (images, descriptions)
-    request: dict  # what the user asked for, as pinned in the manifest's settings
+    pinned: dict  # what the user asked for, as pinned in the manifest's settings
     sampling: dict  # the sampling overrides that are not None
     chunk: int
-    render: Callable[[list[int], dict], list] | None = None  # (frame indices, generate options) -> Frames
+    settings: object  # the effective `pipelines.RenderSettings`, checked
+    render: Callable[[list[int]], list]  # frame indices -> their Frames
     path: dict | None = None  # a path's layout (`paths.PathPlan.describe`), for the manifest
     keys: list[str] | None = None  # per frame: frames of equal keys are equal, rendered once
-    aims: list | None = None  # per frame, the engine's AimResult when alpha was aimed at a conformity
 
     def values(self) -> dict:
         """The values pinned in the settings beside the request: a sweep's thetas and alphas."""
         return {} if self.path is not None else {"thetas": self.thetas, "alphas": self.alphas}
 
 
-def check_request(source, target, thetas, alphas, seed, *, grid: bool = False, fps=DEFAULT_FPS,
-                  max_batch=None) -> tuple[list[float], list[float], list[tuple[float, float]], dict]:
-    """Check what a render needs no model for (values, seed, fps, both images); refuse clearly.
+def _inputs(request: SweepRequest) -> dict:
+    """role -> (image or embedding, description) of a sweep's source and target; ValueError if unreadable."""
+    return {"source": _load_input(request.source, "source"), "target": _load_input(request.target, "target")}
 
-    Returns (thetas, alphas, (theta, alpha) per frame, role -> (image or embedding,
-    description)). The CLI calls it before loading a model.
-    """
-    theta_values, alpha_values = as_values(thetas, "theta"), as_values(alphas, "alpha")
-    check_range(theta_values, alpha_values)
-    pairs = combine(theta_values, alpha_values, grid)
-    check_seed(seed)
-    check_fps(fps)
-    if max_batch is not None:
-        check_max_batch(max_batch)
-    inputs = {role: _load_input(src, role) for role, src in (("source", source), ("target", target))}
-    return theta_values, alpha_values, pairs, inputs
+
+def check_sweep_request(source, target, thetas, alphas, seed, *, grid: bool = False, fps=DEFAULT_FPS,
+                        max_batch=None, conformity=None) -> SweepRequest:
+    """The `SweepRequest` of a render, checked for what needs no model (values, seed, fps, both
+    images readable); refused clearly. The CLI calls it before loading a model."""
+    request = SweepRequest.parse(None, source=source, target=target, thetas=thetas, alphas=alphas, seed=seed,
+                                 sampling=Sampling(max_batch=max_batch), grid=grid, fps=fps,
+                                 conformity=conformity)
+    _inputs(request)
+    return request
 
 
 def _check_sampling(sampling: dict, caller: str) -> None:
@@ -125,73 +118,50 @@ def _check_sampling(sampling: dict, caller: str) -> None:
         raise TypeError(f"{caller} got unknown option(s) {', '.join(sorted(unknown))}")
 
 
-def _chunk_and_overrides(pipe, max_batch, sampling: dict) -> tuple[int, dict]:
-    """Frames per chunk, and the sampling overrides that are not None (preview aside)."""
-    chunk = max_batch if max_batch is not None else pipe.max_batch
-    # A (width, height) is kept as the manifest's JSON has it: a list, so a resume compares equal.
-    return chunk, {k: list(v) if isinstance(v, tuple) else v for k, v in sampling.items()
-                   if v is not None and k != "preview"}
+def _pinned_overrides(sampling: Sampling) -> dict:
+    """The sampling overrides a manifest pins beside the request (a (width, height) as the JSON's list,
+    so a resume compares equal)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in sampling.overrides().items()}
 
 
-def _plan(pipe, source, target, thetas, alphas, seed, grid: bool, max_batch, sampling: dict,
-          conformity=None) -> _Plan:
-    _check_sampling(sampling, "render_sequence")
-    if conformity is not None:
-        return _aimed_plan(pipe, source, target, thetas, alphas, seed, grid, max_batch, sampling, conformity)
-    theta_values, alpha_values, pairs, inputs = check_request(source, target, thetas, alphas, seed,
-                                                              grid=grid, max_batch=max_batch)
-    seed = check_seed(seed)
-    chunk, overrides = _chunk_and_overrides(pipe, max_batch, sampling)
-    request = {
-        "model": mf.model_id(pipe.model),
-        "source": inputs["source"][1]["sha256"], "target": inputs["target"][1]["sha256"],
-        "frames": [list(p) for p in pairs], "grid": bool(grid), "seed": seed,
-        "preview": bool(sampling.get("preview", False)),
-        "reference": None if pipe.reference is None else pipe.reference.space,
-    }
-    plan = _Plan(pairs=pairs, thetas=theta_values, alphas=alpha_values, grid=bool(grid), seed=seed,
-                 inputs=inputs, request=request, sampling=overrides, chunk=chunk)
+def _plan(engine, request: SweepRequest) -> _Plan:
+    """The plan of a parsed sweep: its inputs read, its aims (if any) resolved, its settings checked
+    unless the request was parsed against ``engine``."""
+    inputs = _inputs(request)
     (src, _), (tgt, _) = inputs["source"], inputs["target"]
+    settings = engine.trusted_settings(request, request.pairs())
+    pairs, aims = engine.resolve_aims(src, tgt, request.pairs())
+    thetas, alphas = list(request.thetas), list(request.alphas)
+    if aims is not None:  # one theta and alpha per frame, the alphas found
+        thetas, alphas = [t for t, _ in pairs], [a for _, a in pairs]
+    pinned = {
+        "model": mf.model_id(engine.model),
+        "source": inputs["source"][1]["sha256"], "target": inputs["target"][1]["sha256"],
+        "frames": [list(p) for p in pairs], "grid": request.grid, "seed": request.seed,
+        "preview": request.sampling.preview,
+        "reference": None if engine.reference is None else engine.reference.space,
+    }
+    if aims is not None:
+        pinned["conformity"] = [a.conformity for a in request.alphas]
+    chunk = request.sampling.max_batch or engine.max_batch
 
-    def render(idxs: list[int], options: dict) -> list:  # reads plan.pairs when called (aiming sets them)
-        return pipe.generate(src, tgt, [plan.pairs[i][0] for i in idxs], [plan.pairs[i][1] for i in idxs],
-                             seed, **options)
+    def render(idxs: list[int]) -> list:
+        return engine.render_pairs(src, tgt, [pairs[i] for i in idxs], request.seed, settings, chunk,
+                                   aims=None if aims is None else [aims[i] for i in idxs])
 
-    plan.render = render
-    return plan
-
-
-def check_conformity_request(alphas, conformity, grid: bool) -> list[float]:
-    """The wanted conformity values of an aimed render (finite numbers), or SpecError."""
-    if alphas is not None:
-        raise SpecError("give alphas or a conformity to aim at, not both (--alpha or --conformity)")
-    if grid:
-        raise SpecError("a conformity is aimed at per theta: it pairs with theta as a sweep, not --grid")
-    return as_values(conformity, "conformity")
-
-
-def _aimed_plan(pipe, source, target, thetas, alphas, seed, grid, max_batch, sampling, conformity) -> _Plan:
-    """The plan of a render whose alphas are chosen for wanted conformities (one per theta)."""
-    wanted = check_conformity_request(alphas, conformity, grid)
-    plan = _plan(pipe, source, target, thetas, 0.0, seed, False, max_batch, sampling)
-    targets = combine(plan.thetas, wanted, False, other="conformity")
-    (src, _), (tgt, _) = plan.inputs["source"], plan.inputs["target"]
-    aims = pipe.alphas_for_conformity(src, tgt, [t for t, _ in targets], [c for _, c in targets])
-    plan.pairs = [(a.theta, a.alpha) for a in aims]
-    plan.thetas, plan.alphas, plan.aims = [a.theta for a in aims], [a.alpha for a in aims], aims
-    plan.request.update(frames=[list(p) for p in plan.pairs], conformity=wanted)
-    return plan
+    return _Plan(pairs=pairs, thetas=thetas, alphas=alphas, grid=request.grid, seed=request.seed,
+                 inputs=inputs, pinned=pinned, sampling=_pinned_overrides(request.sampling), chunk=chunk,
+                 settings=settings, render=render)
 
 
-def _settings(pipe, plan: _Plan) -> tuple[dict, object]:
-    """(the settings pinned in the manifest, the effective sampling settings); checks them."""
-    eff = pipe.settings_for(plan.request["preview"], **plan.sampling)
-    pipe.check_inputs(plan.pairs, plan.seed, eff, plan.chunk)
-    info = pipe.info()
-    settings = {
-        **plan.request,
+def _settings(engine, plan: _Plan) -> dict:
+    """The settings pinned in the manifest: the request's and the effective sampling settings."""
+    eff = plan.settings
+    info = engine.info()
+    return {
+        **plan.pinned,
         "format": MANIFEST_FORMAT,
-        "kind": pipe.kind,
+        "kind": engine.kind,
         "dtype": info["dtype"],
         **plan.values(),
         "steps": eff.steps,
@@ -205,7 +175,6 @@ def _settings(pipe, plan: _Plan) -> tuple[dict, object]:
         "stats": None if info.get("stats") is None else info["stats"]["checksum"],
         "reference": None if info.get("reference") is None else mf.short(info["reference"]),
     }
-    return settings, eff
 
 
 def check_output_folder(out_dir) -> None:
@@ -284,7 +253,7 @@ class _Run:
                "seconds": round(time.perf_counter() - self.t_start, 3)}
         return {
             "format": MANIFEST_FORMAT, "status": status, "fingerprint": mf.fingerprint(self.settings),
-            "model": self.plan.request["model"], "pipeline": self.info, "settings": self.settings,
+            "model": self.plan.pinned["model"], "pipeline": self.info, "settings": self.settings,
             "inputs": {role: desc for role, (_, desc) in self.plan.inputs.items()},
             "grid": self.plan.grid,
             "shape": [len(self.plan.thetas), len(self.plan.alphas)] if self.plan.grid else [n],
@@ -324,23 +293,17 @@ class RenderProgress:
     manifest: dict | None = None
 
 
-def _render_missing(pipe, run: _Run, eff) -> Iterator[RenderProgress]:
+def _render_missing(run: _Run) -> Iterator[RenderProgress]:
     """Render the frames not done yet, chunk by chunk; each chunk lands on disk as it finishes."""
     plan = run.plan
     n = len(plan.pairs)
     fingerprint = mf.fingerprint(run.settings)
-    options = dict(preview=eff.preview, steps=eff.steps, super_res_steps=eff.super_res_steps,
-                   guidance_scale=eff.guidance_scale, noise_level=eff.noise_level,
-                   resolution=eff.resolution, strength=eff.strength, adapter_scale=eff.adapter_scale,
-                   prompt=eff.prompt, max_batch=plan.chunk)
     for idxs in _chunks(plan, run.entries):
         t0 = time.perf_counter()
-        frames = plan.render(idxs, options)
+        frames = plan.render(idxs)
         run.render_seconds += time.perf_counter() - t0
-        run.frames_denoised += len({_key(f.embedding) for f in frames})
+        run.frames_denoised += len({embedding_digest(f.embedding) for f in frames})
         for i, frame in zip(idxs, frames, strict=True):
-            if plan.aims is not None:
-                frame.aim = plan.aims[i].as_dict()
             name = f"{FRAMES_DIR}/{i:04d}.png"
             data = mf.png_bytes(frame.image, {"theta": frame.theta, "alpha": frame.alpha, **frame.place(),
                                               "seed": plan.seed, "fingerprint": fingerprint})
@@ -352,11 +315,6 @@ def _render_missing(pipe, run: _Run, eff) -> Iterator[RenderProgress]:
             run.embeddings[i] = frame.frame_embedding
         run.save("partial")
         yield RenderProgress(len(run.entries), n, [run.entries[i] for i in sorted(run.entries)], run.out.path)
-
-
-def _key(embedding) -> str:
-    """A digest of a float32 embedding: the engine denoises equal ones once (one noise path)."""
-    return hashlib.sha1(embedding.numpy().tobytes()).hexdigest()
 
 
 def _chunks(plan: _Plan, done: dict[int, dict]) -> Iterator[list[int]]:
@@ -384,28 +342,35 @@ def _last_manifest(events: Iterator[RenderProgress], progress: Callable[[int, in
     raise AssertionError("the render ended without its manifest")
 
 
-def render_sequence(pipe, source, target, thetas, alphas, seed: int, out_dir, *,
+def render_request(engine, request: SweepRequest | PathRequest, out_dir, outputs: OutputRequest | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> dict:
+    """Render a parsed sweep or path into ``out_dir`` (`iter_render`); return the manifest."""
+    return _last_manifest(iter_render(engine, request, out_dir, outputs), progress)
+
+
+def render_sequence(engine, source, target, thetas, alphas, seed: int, out_dir, *,
                     progress: Callable[[int, int], None] | None = None, **options) -> dict:
     """Render one vSLERP sequence into ``out_dir`` (resuming what is there); return the manifest.
 
     The arguments are `iter_render_sequence`'s; ``progress`` is called as
     progress(frames_done, frames_total) after each chunk.
     """
-    return _last_manifest(iter_render_sequence(pipe, source, target, thetas, alphas, seed, out_dir,
+    return _last_manifest(iter_render_sequence(engine, source, target, thetas, alphas, seed, out_dir,
                                                **options), progress)
 
 
-def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_dir, *,
+def iter_render_sequence(engine, source, target, thetas, alphas, seed: int, out_dir, *,
                          grid: bool = False, gif: bool = False, mp4: bool = False, zip: bool = False,
                          fps: float = DEFAULT_FPS, contact: bool = True, plot: bool = True, conformity=None,
                          max_batch: int | None = None, **sampling) -> Iterator[RenderProgress]:
     """Render one vSLERP sequence into ``out_dir``, yielding a `RenderProgress` after each chunk.
 
     The last event carries the manifest. Closing the generator early (a Stop button) stops
-    after the chunk in progress; what is on disk stays valid and resumable.
+    after the chunk in progress; what is on disk stays valid and resumable. The values are
+    parsed into a `SweepRequest` (`iter_render` takes one already parsed).
 
     Args:
-        pipe: a loaded `VSLERPPipeline` (`vslerp_app.load_pipeline`).
+        engine: a loaded `VSLERPEngine` (`vslerp_app.load_pipeline`).
         source, target: the two images (path, bytes, PIL, array) or raw embeddings.
         thetas, alphas: SPEC strings (`0.5`, `0,0.5,1`, `0:1:5`), numbers or lists of numbers.
         seed: the shared noise path of every frame.
@@ -418,13 +383,25 @@ def iter_render_sequence(pipe, source, target, thetas, alphas, seed: int, out_di
         max_batch: frames per generate call, i.e. per chunk written to disk (default: the
             pipeline's).
         conformity: with alphas=None, wanted conformities paired with thetas (a sweep); each
-            alpha is `VSLERPPipeline.alpha_for_conformity`'s, each entry gets its "aim".
+            alpha is `VSLERPEngine.alpha_for_conformity`'s, each entry gets its "aim".
         sampling: preview, steps, super_res_steps, guidance_scale, noise_level, resolution
             (default: the model preset's).
     """
-    plan = _plan(pipe, source, target, thetas, alphas, seed, grid, max_batch, sampling, conformity)
-    yield from _render(pipe, plan, out_dir, OutputRequest(contact=contact, plot=plot, gif=gif, mp4=mp4,
-                                                          zip=zip, fps=check_fps(fps)))
+    _check_sampling(sampling, "render_sequence")
+    request = SweepRequest.parse(engine, source=source, target=target, thetas=thetas, alphas=alphas,
+                                 seed=seed, sampling=Sampling.from_options(max_batch=max_batch, **sampling),
+                                 grid=grid, fps=fps, conformity=conformity)
+    outputs = OutputRequest(contact=contact, plot=plot, gif=gif, mp4=mp4, zip=zip)
+    yield from iter_render(engine, request, out_dir, outputs)
+
+
+def iter_render(engine, request: SweepRequest | PathRequest, out_dir,
+                outputs: OutputRequest | None = None) -> Iterator[RenderProgress]:
+    """Render a parsed sweep or path into ``out_dir``, as `iter_render_sequence` and `iter_render_path`
+    do; ``outputs`` says which derived files to write (its fps is the request's)."""
+    plan = _path_plan(engine, request) if isinstance(request, PathRequest) else _plan(engine, request)
+    outputs = dataclasses.replace(outputs or OutputRequest(), fps=request.fps)
+    yield from _render(engine, plan, out_dir, outputs)
 
 
 # -- paths through keyframes -------------------------------------------------------------------
@@ -438,64 +415,69 @@ def check_path_request(keyframes, frames, alphas, seed, *, loop: bool = False, s
     Returns (frames, one alpha per segment, (image or embedding, description) per keyframe). The
     CLI calls it before loading a model.
     """
-    keyframes = paths.keyframe_list(keyframes, "keyframes")
-    count = len(keyframes)
-    frames, alpha_values = paths.check_values(count, frames, alphas, loop=loop, spacing=spacing,
-                                              max_frames=max_frames)
-    check_seed(seed)
-    check_fps(fps)
-    if max_batch is not None:
-        check_max_batch(max_batch)
-    loaded = [_load_input(src, "keyframe", f"keyframe {i + 1} of {count}") for i, src in enumerate(keyframes)]
-    return frames, alpha_values, loaded
+    request = PathRequest.parse(None, keyframes=keyframes, frames=frames, alphas=alphas, seed=seed,
+                                sampling=Sampling(max_batch=max_batch), loop=loop, spacing=spacing, fps=fps,
+                                max_frames=max_frames)
+    return request.frames, list(request.alphas), _keyframe_inputs(request)
 
 
-def _path_plan(pipe, keyframes, frames, alphas, seed, loop: bool, spacing: str, ease: bool, max_batch,
-               sampling: dict) -> _Plan:
-    _check_sampling(sampling, "render_path")
-    frames, alpha_values, loaded = check_path_request(keyframes, frames, alphas, seed, loop=loop,
-                                                      spacing=spacing, max_batch=max_batch)
-    seed = check_seed(seed)
-    chunk, overrides = _chunk_and_overrides(pipe, max_batch, sampling)
-    images = [image for image, _ in loaded]
+def checked_path_request(request: PathRequest) -> PathRequest:
+    """``request`` once every keyframe is known to be readable (a bad one named by its position)."""
+    _keyframe_inputs(request)
+    return request
+
+
+def _keyframe_inputs(request: PathRequest) -> list[tuple]:
+    count = len(request.keyframes)
+    return [_load_input(src, "keyframe", f"keyframe {i + 1} of {count}")
+            for i, src in enumerate(request.keyframes)]
+
+
+def _path_plan(engine, request: PathRequest) -> _Plan:
+    loaded = _keyframe_inputs(request)
+    settings = engine.trusted_settings(request, [(0.0, a) for a in request.alphas])
+    chunk = request.sampling.max_batch or engine.max_batch
+    overrides = _pinned_overrides(request.sampling)
+    images, seed = [image for image, _ in loaded], request.seed
     started = time.perf_counter()
-    path = pipe.plan_path(images, frames, alpha_values, loop=bool(loop), spacing=spacing, ease=bool(ease),
-                          seed=seed, measure={"max_batch": chunk, **{k: v for k, v in overrides.items()
-                                                                      if k == "guidance_scale"}})
+    path = engine.plan_path(images, request.frames, list(request.alphas), loop=request.loop,
+                            spacing=request.spacing, ease=request.ease, seed=seed,
+                            measure={"max_batch": chunk, **{k: v for k, v in overrides.items()
+                                                            if k == "guidance_scale"}})
     points = path.points
     layout = path.describe()
-    if spacing == "perceptual":  # the preview pass's cost, beside the curves it measured
+    if request.spacing == "perceptual":  # the preview pass's cost, beside the curves it measured
         layout["measure_seconds"] = round(time.perf_counter() - started, 3)
         layout["thetas"] = [p.theta for p in points]
-    request = {
-        "model": mf.model_id(pipe.model), "keyframes": [desc["sha256"] for _, desc in loaded],
-        "loop": bool(loop), "spacing": spacing, "ease": bool(ease), "alphas": path.alphas,
+    pinned = {
+        "model": mf.model_id(engine.model), "keyframes": [desc["sha256"] for _, desc in loaded],
+        "loop": request.loop, "spacing": request.spacing, "ease": request.ease, "alphas": path.alphas,
         "frame_count": len(points), "frames": [[p.segment, p.theta, p.alpha] for p in points], "seed": seed,
-        "preview": bool(sampling.get("preview", False)),
-        "reference": None if pipe.reference is None else pipe.reference.space,
+        "preview": request.sampling.preview,
+        "reference": None if engine.reference is None else engine.reference.space,
     }
 
-    def render(idxs: list[int], options: dict) -> list:
-        return pipe.generate_path_points(images, [points[i] for i in idxs], seed, **options)
+    def render(idxs: list[int]) -> list:
+        return engine.path_frames(images, [points[i] for i in idxs], seed, settings, chunk)
 
-    keys = [_key(e) for e in pipe.path_embeddings(pipe.encode_keyframes(images), points)]
+    keys = [embedding_digest(e) for e in engine.path_embeddings(engine.encode_keyframes(images), points)]
     return _Plan(pairs=[(p.theta, p.alpha) for p in points], thetas=[p.theta for p in points],
                  alphas=[p.alpha for p in points], grid=False, seed=seed,
-                 inputs={"keyframes": (images, [desc for _, desc in loaded])}, request=request,
-                 sampling=overrides, chunk=chunk, render=render, path=layout, keys=keys)
+                 inputs={"keyframes": (images, [desc for _, desc in loaded])}, pinned=pinned,
+                 sampling=overrides, chunk=chunk, settings=settings, render=render, path=layout, keys=keys)
 
 
-def render_path(pipe, keyframes, out_dir, *, progress: Callable[[int, int], None] | None = None,
+def render_path(engine, keyframes, out_dir, *, progress: Callable[[int, int], None] | None = None,
                 **options) -> dict:
     """Render a path through keyframes into ``out_dir`` (resuming what is there); return the manifest.
 
     The arguments are `iter_render_path`'s; ``progress`` is called as
     progress(frames_done, frames_total) after each chunk.
     """
-    return _last_manifest(iter_render_path(pipe, keyframes, out_dir, **options), progress)
+    return _last_manifest(iter_render_path(engine, keyframes, out_dir, **options), progress)
 
 
-def iter_render_path(pipe, keyframes, out_dir, *, frames: int | None = None, alphas=0.0, seed: int = 0,
+def iter_render_path(engine, keyframes, out_dir, *, frames: int | None = None, alphas=0.0, seed: int = 0,
                      loop: bool = False, spacing: str = "uniform", ease: bool = False,
                      gif: bool = False, mp4: bool = False, zip: bool = False, fps: float = DEFAULT_FPS,
                      contact: bool = True, plot: bool = True, max_batch: int | None = None,
@@ -510,48 +492,51 @@ def iter_render_path(pipe, keyframes, out_dir, *, frames: int | None = None, alp
     denoised once in the whole render.
 
     Args:
-        pipe: a loaded `VSLERPPipeline`.
+        engine: a loaded `VSLERPEngine`.
         keyframes: 2 or more images (path, bytes, PIL, array) or raw embeddings, in order.
-        frames, alphas, seed, loop, spacing, ease: as in `VSLERPPipeline.generate_path`
+        frames, alphas, seed, loop, spacing, ease: as in `VSLERPEngine.generate_path`
             (alphas: one value, one per segment, or a SPEC).
         gif, mp4, zip, fps, contact, plot, max_batch, sampling: as in `iter_render_sequence`.
     """
-    plan = _path_plan(pipe, keyframes, frames, alphas, seed, loop, spacing, ease, max_batch, sampling)
-    yield from _render(pipe, plan, out_dir, OutputRequest(contact=contact, plot=plot, gif=gif, mp4=mp4,
-                                                          zip=zip, fps=check_fps(fps)))
+    _check_sampling(sampling, "render_path")
+    request = PathRequest.parse(engine, keyframes=keyframes, frames=frames, alphas=alphas, seed=seed,
+                                sampling=Sampling.from_options(max_batch=max_batch, **sampling), loop=loop,
+                                spacing=spacing, ease=ease, fps=fps)
+    outputs = OutputRequest(contact=contact, plot=plot, gif=gif, mp4=mp4, zip=zip)
+    yield from iter_render(engine, request, out_dir, outputs)
 
 
-def _render(pipe, plan: _Plan, out_dir, ask: OutputRequest) -> Iterator[RenderProgress]:
+def _render(engine, plan: _Plan, out_dir, ask: OutputRequest) -> Iterator[RenderProgress]:
     """Render a checked plan into ``out_dir`` (resuming what is there), chunk by chunk."""
     # 1. What the folder holds: the same request, or refused
     out_dir = output_path(out_dir)
     old = mf.read_manifest(out_dir)
-    _refuse_other_render(old, {**plan.request, **plan.sampling}, out_dir)
+    _refuse_other_render(old, {**plan.pinned, **plan.sampling}, out_dir)
 
     # 2. The effective settings and their fingerprint: the same, or refused
-    settings, eff = _settings(pipe, plan)
+    settings = _settings(engine, plan)
     if old is not None and old.get("fingerprint") != mf.fingerprint(settings):
         _refuse_other_render(old, settings, out_dir, every_key=True)
         raise RenderError(f"{out_dir} holds a render with another settings fingerprint; {_WHAT_TO_DO}")
 
     # 3. The output folder, and the frames already done there
-    references = _input_readouts(pipe, plan)
+    references = _input_readouts(engine, plan)
     prepare_output(out_dir)
-    run = _Run(out=OutputDir(out_dir), plan=plan, settings=settings, info=pipe.info(), old=old,
+    run = _Run(out=OutputDir(out_dir), plan=plan, settings=settings, info=engine.info(), old=old,
                entries=_valid_entries(old, out_dir, len(plan.pairs)))
 
     # 4. Render the missing frames chunk by chunk
     run.save("partial")
-    yield from _render_missing(pipe, run, eff)
+    yield from _render_missing(run)
 
     # 5. How smoothly the frames move, then the derived outputs (rebuilt when frames changed,
     # missing, or asked anew), then the manifest
     done = [run.entries[i] for i in range(len(plan.pairs))]
     old_measure = (old or {}).get("smoothness")
     run.smoothness = (old_measure if run.frames_rendered == 0 and isinstance(old_measure, dict)
-                      else _measure_smoothness(pipe, plan, run, done))
+                      else _measure_smoothness(engine, plan, run, done))
     label = (run.info.get("stats") or {}).get("conformity_label", "no conformity")
-    title = f"{Path(plan.request['model']).name} ({pipe.kind}), seed {plan.seed}, {label}"
+    title = f"{Path(plan.pinned['model']).name} ({engine.kind}), seed {plan.seed}, {label}"
     manifest = write_outputs(run.out, done, run.outputs_meta, ask, changed=run.frames_rendered > 0,
                              columns=len(plan.alphas) if plan.grid else sheet_columns(len(done)),
                              plot_args=(plan.thetas, plan.alphas, plan.grid, title, references),
@@ -559,7 +544,7 @@ def _render(pipe, plan: _Plan, out_dir, ask: OutputRequest) -> Iterator[RenderPr
     yield RenderProgress(len(done), len(done), done, out_dir, manifest)
 
 
-def _measure_smoothness(pipe, plan: _Plan, run: _Run, entries: list[dict]) -> dict:
+def _measure_smoothness(engine, plan: _Plan, run: _Run, entries: list[dict]) -> dict:
     """`smoothness.describe_sequence` of the finished frames, re-encoded: in the model's CLIP
     space ("model"), the reference space when there is one ("reference"), and LPIPS ("lpips")
     where its package and weights are installed. Frames of earlier runs are read from disk."""
@@ -572,13 +557,13 @@ def _measure_smoothness(pipe, plan: _Plan, run: _Run, entries: list[dict]) -> di
 
     missing = [i for i in range(len(entries)) if i not in run.embeddings]
     if missing:
-        encoded = pipe.encoder.encode_batched([frames_on_disk()[i] for i in missing], plan.chunk)
+        encoded = engine.encoder.encode_batched([frames_on_disk()[i] for i in missing], plan.chunk)
         run.embeddings.update(zip(missing, encoded, strict=True))
     layout = _smoothness_layout(plan, entries)
     model = torch.stack([run.embeddings[i].float().cpu() for i in range(len(entries))])
-    out = {"model": smoothness.describe_sequence(model, space=pipe.encoder.name, **layout)}
-    if pipe.reference is not None:
-        ref = pipe.reference
+    out = {"model": smoothness.describe_sequence(model, space=engine.encoder.name, **layout)}
+    if engine.reference is not None:
+        ref = engine.reference
         encoded = [ref.encoder.encode(frames_on_disk()[i:i + ref.batch_size])
                    for i in range(0, len(entries), ref.batch_size)]
         out["reference"] = smoothness.describe_sequence(torch.cat(encoded), space=ref.space, **layout)
@@ -647,7 +632,7 @@ def _plain(value) -> str:
     return value if isinstance(value, str) else mf.short(value)
 
 
-def _input_readouts(pipe, plan: _Plan) -> dict:
+def _input_readouts(engine, plan: _Plan) -> dict:
     """The inputs' own readouts (None without stats) by role ("source", "target", or "keyframe k"
     along a path); kept with their description in the manifest's ``inputs``; the plot marks them."""
     labelled = []
@@ -658,7 +643,7 @@ def _input_readouts(pipe, plan: _Plan) -> dict:
         else:
             labelled.append((role, value, desc))
     for _, value, desc in labelled:
-        desc["readouts"] = None if pipe.stats is None else pipe.stats.readouts(pipe.encode(value))
+        desc["readouts"] = None if engine.stats is None else engine.readouts(engine.encode(value)).as_dict()
     return {role: desc["readouts"] for role, _, desc in labelled}
 
 

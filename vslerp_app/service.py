@@ -1,22 +1,20 @@
 """The studio's service layer: everything `app.py` does that needs no Gradio, testable alone.
 
-What lives here: the server's configuration (`StudioConfig`), the per-session embedding
-cache entries (one per input image, kept in `gr.State` by the app so nothing is shared
-between users), the server's frame cache (`FrameCache`: the same inputs and settings give
-the same frame at once), the checks a request must pass before it reaches the GPU queue
-(`check_input_image`: byte size, format, pixel count, nothing decoded), the theta/alpha
-values of a sequence (through `vslerp_app.specs.linspace`, as `vslerp render`), the
-readouts of a frame as JSON and as sentences that say what the numbers mean, a sequence
-streamed batch by batch (`Studio.sequence`, over `vslerp_app.render.iter_render_sequence`,
-the same code as `vslerp render`), a path through keyframes streamed the same way
-(`Studio.path`, over `iter_render_path`) with its keyframe strip, the request folders and
-their clean-up, and the plain-words message of any failure.
+What lives here: the studio session and its caches and streams: the server's configuration
+(`StudioConfig`), the per-session embedding cache entries (one per input image, kept in
+`gr.State` by the app so nothing is shared between users), the server's frame cache
+(`FrameCache`: the same inputs and settings give the same frame at once), the gate every
+input image passes before the GPU queue (`check_input_image`: byte size, format, pixel
+count, nothing decoded), and `Studio`: requests parsed once (`vslerp_app.requests`) in,
+one frame, a sweep or a path through keyframes out, the sweeps and paths streamed batch by
+batch over `vslerp_app.render.iter_render` (the code of `vslerp render`), with the request
+folders and their clean-up. Text for the page (readouts, captions, refusals) lives in
+`vslerp_app.page_text`, the keyframe strip in `vslerp_app.strip`; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import logging
 import math
@@ -27,16 +25,11 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from pipelines import GenerationError
-from vslerp_app import smoothness
-from vslerp_app.engine import AIM_ALPHA_RANGE
 from vslerp_app.files import RenderError
 from vslerp_app.images import (
     ImageHeader,
@@ -46,20 +39,42 @@ from vslerp_app.images import (
     image_fingerprint,
     load_image,
 )
-from vslerp_app.outputs import DEFAULT_FPS
-from vslerp_app.paths import MIN_KEYFRAMES
-from vslerp_app.paths import check_values as check_path_values
-from vslerp_app.render import iter_render_path, iter_render_sequence
-from vslerp_app.specs import (
-    ALPHA_ADVICE,
-    ALPHA_LIMIT,
-    STUDIO_ALPHA_RANGE,
-    SpecError,
-    as_values,
-    combine,
-    linspace,
+from vslerp_app.outputs import DEFAULT_FPS, OutputRequest
+from vslerp_app.page_text import (
+    DISK_FULL,
+    aim_markdown,
+    aimed_alpha,
+    at_an_end,
+    files_message,
+    frame_caption,
+    frame_readouts,
+    json_safe,
+    model_markdown,
+    path_caption,
+    readouts_markdown,
+    sequence_outputs,
+    source_replaced_markdown,
+    user_message,
+    without_server_paths,
 )
-from vslerp_app.stats import CONFORMITY_LABELS
+from vslerp_app.paths import MIN_KEYFRAMES
+from vslerp_app.render import iter_render
+from vslerp_app.requests import (
+    MAX_KEYFRAMES,
+    MAX_SEQUENCE_FRAMES,
+    SWEEP_MODES,
+    AimAt,
+    FrameRequest,
+    PathRequest,
+    RequestError,
+    Sampling,
+    SweepRequest,
+    sweep_pairs,
+    sweep_values,
+)
+from vslerp_app.specs import ALPHA_ADVICE, STUDIO_ALPHA_RANGE
+from vslerp_app.stats import Readouts
+from vslerp_app.strip import add_keyframes, keyframe_strip, move_keyframe, remove_keyframe, strip_paths
 
 __all__ = [
     "ALPHA_ADVICE",
@@ -67,7 +82,12 @@ __all__ = [
     "MAX_SEQUENCE_FRAMES",
     "STUDIO_ALPHA_RANGE",
     "SWEEP_MODES",
+    "AimAt",
     "FrameCache",
+    "FrameRequest",
+    "PathRequest",
+    "Sampling",
+    "SweepRequest",
     "InputEntry",
     "SequenceUpdate",
     "Studio",
@@ -78,13 +98,11 @@ __all__ = [
     "RenderStopped",
     "RequestError",
     "check_input_image",
-    "check_request",
     "file_key",
     "parse_file_size",
     "embed_input",
     "frame_caption",
     "frame_readouts",
-    "generate_kwargs",
     "json_safe",
     "model_markdown",
     "without_server_paths",
@@ -94,7 +112,6 @@ __all__ = [
     "sweep_pairs",
     "sweep_values",
     "user_message",
-    "wanted_conformity",
     "new_workdir",
     "cleanup_workdirs",
     "MAX_KEYFRAMES",
@@ -108,15 +125,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MAX_SEQUENCE_FRAMES = 96  # the paper's demo grid: 6 thetas x 16 alphas; `app.py --max-sequence-frames`
-SWEEP_MODES = ("theta", "alpha", "grid")
-QUALITIES = ("full", "preview")
 WORK_ROOT = Path(tempfile.gettempdir()) / "vslerp-studio"
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-class RequestError(ValueError):
-    """A request the user can fix (a missing image, a value out of range); plain message."""
+# What a studio sequence or path writes beside its frames (its fps is the request's).
+_STUDIO_OUTPUTS = OutputRequest(gif=True, mp4=True, zip=True, contact=False, plot=True)
 
 
 _SIZE_UNITS = {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
@@ -188,7 +199,7 @@ class InputEntry:
 
     key: str
     embedding: torch.Tensor
-    readouts: dict
+    readouts: Readouts
     file_key: str | None = None
 
 
@@ -220,21 +231,23 @@ def check_input_image(payload_url: str | None, path, role: str,
         raise RequestError(f"The {role} {e.problem}.") from None
 
 
-def embed_input(pipe, path, role: str, cached: InputEntry | None = None) -> InputEntry:
+def embed_input(engine, path, role: str, cached: InputEntry | None = None, key_of_file: str | None = None
+                ) -> InputEntry:
     """The embedding of the image at ``path``, reusing ``cached`` when the content is equal.
 
     ``role`` ("source image", "target image") names the input in error messages. The
-    embedding is computed with the pipeline's encoder directly, not through
-    `VSLERPPipeline.encode`, whose cache is shared by every caller of the process: the app
-    keeps each session's entries in that session's state. Equal file bytes reuse the entry
-    without decoding; equal pixels (another file of the same image) without encoding.
+    embedding bypasses the engine's own cache (``encode(..., cache=False)``), which every
+    caller of the process shares: the app keeps each session's entries in that session's
+    state. Equal file bytes reuse the entry without decoding; equal pixels (another file of
+    the same image) without encoding. ``key_of_file``: the file's `file_key`, when known.
     """
     if path is None:
         raise RequestError(f"Add a {role} first (upload, paste or webcam), or click an example.")
-    try:
-        key_of_file = file_key(path)
-    except OSError:
-        key_of_file = None  # load_image below says what is wrong with the path
+    if key_of_file is None:
+        try:
+            key_of_file = file_key(path)
+        except OSError:
+            key_of_file = None  # load_image below says what is wrong with the path
     if cached is not None and key_of_file is not None and cached.file_key == key_of_file:
         return cached
     try:
@@ -244,388 +257,8 @@ def embed_input(pipe, path, role: str, cached: InputEntry | None = None) -> Inpu
     key = image_fingerprint(img)
     if cached is not None and cached.key == key:
         return dataclasses.replace(cached, file_key=key_of_file)
-    emb = pipe.encoder.encode([img])[0]
-    return InputEntry(key=key, embedding=emb, readouts=embedding_readouts(pipe, emb), file_key=key_of_file)
-
-
-def embedding_readouts(pipe, emb: torch.Tensor) -> dict:
-    """Conformity (and likelihood) of one raw embedding; None values without stats."""
-    if pipe.stats is None:
-        return {"conformity": None, "conformity_kind": None, "conformity_label": None, "log_likelihood": None,
-                "conformity_percentile": None, "log_likelihood_percentile": None}
-    return pipe.stats.readouts(emb)
-
-
-# -- checks ---------------------------------------------------------------------------
-def generate_kwargs(quality: str, steps, super_res_steps, preview_steps, guidance_scale,
-                    max_batch) -> dict:
-    """Keyword arguments of `VSLERPPipeline.generate` for the UI's settings.
-
-    ``steps`` and ``super_res_steps`` are a full frame's; ``preview_steps`` a preview's
-    (Karlo previews stop after the 64 px decoder, so they have no super-resolution steps).
-    A None leaves the preset's default.
-    """
-    if quality not in QUALITIES:
-        raise RequestError(f"quality must be one of {', '.join(QUALITIES)}, got {quality!r}")
-    preview = quality == "preview"
-    kwargs: dict = {"preview": preview}
-    wanted = {"steps": preview_steps if preview else steps,
-              "super_res_steps": None if preview else super_res_steps,
-              "max_batch": max_batch}
-    for name, value in wanted.items():
-        if value is not None:
-            kwargs[name] = _as_int(value, "preview_steps" if preview and name == "steps" else name)
-    if guidance_scale is not None:
-        try:
-            kwargs["guidance_scale"] = float(guidance_scale)
-        except (TypeError, ValueError):
-            raise RequestError(f"guidance_scale must be a number, got {guidance_scale!r}") from None
-    return kwargs
-
-
-def check_request(pipe, source, target, pairs, seed, kwargs: dict,
-                  max_frames: int = MAX_SEQUENCE_FRAMES) -> int:
-    """Raise RequestError with a plain message for anything the engine would refuse.
-
-    Returns the seed as an int. Cheap: no image is decoded here beyond what the checks
-    of the engine need (none), so it can gate a request before it joins the GPU queue.
-    """
-    if source is None:
-        raise RequestError("Add a source image first (upload, paste or webcam), or click an example.")
-    if target is None:
-        raise RequestError("Add a target image first (upload, paste or webcam), or click an example.")
-    seed = _as_int(seed, "seed")
-    if not pairs:
-        raise RequestError("nothing to render: the sweep has no frames")
-    if len(pairs) > max_frames:
-        raise RequestError(f"a sequence has at most {max_frames} frames here, "
-                           f"this one would have {len(pairs)}; lower the frame counts")
-    _check_studio_alphas(a for _, a in pairs)
-    settings = pipe.settings_for(kwargs.get("preview", False),
-                                 **{k: kwargs.get(k) for k in ("steps", "super_res_steps", "guidance_scale",
-                                                               "strength")})
-    try:
-        pipe.check_inputs(pairs, seed, settings, kwargs.get("max_batch", pipe.max_batch))
-    except ValueError as e:
-        raise RequestError(str(e)) from None
-    return seed
-
-
-def _empty(value) -> bool:
-    """An emptied box: Gradio sends None (a number box) or blank text."""
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _as_int(value, name: str) -> int:
-    if _empty(value):
-        raise RequestError(f"{name} is empty: type a whole number.")
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise RequestError(f"{name} must be a whole number, got {value!r}") from None
-    if not math.isfinite(f) or f != int(f):
-        raise RequestError(f"{name} must be a whole number, got {value!r}")
-    return int(f)
-
-
-def _check_studio_alphas(alphas, name: str = "alpha") -> None:
-    """Every alpha in the studio's range, the alpha slider's: one rule for frames, sweeps and paths."""
-    lo, hi = STUDIO_ALPHA_RANGE
-    for a in alphas:
-        if math.isfinite(a) and not lo <= a <= hi:
-            raise RequestError(f"{name} must be between {lo:g} and {hi:g} here, got {a:.10g} "
-                               f"(the vslerp render command takes up to ±{ALPHA_LIMIT:g}).")
-
-
-# -- sweeps ----------------------------------------------------------------------------
-def sweep_values(mode: str, theta: float, alpha: float, theta_start: float, theta_stop: float,
-                 theta_count: int, alpha_start: float, alpha_stop: float,
-                 alpha_count: int) -> tuple[list[float], list[float], bool]:
-    """(thetas, alphas, grid) of a sequence, as `vslerp_app.render.render_sequence` takes them.
-
-    mode "theta": theta_count thetas from theta_start to theta_stop at the fixed alpha;
-    "alpha": alpha_count alphas at the fixed theta; "grid": every theta with every alpha
-    (theta major, as the render command's --grid).
-    """
-    if mode not in SWEEP_MODES:
-        raise RequestError(f"sweep must be one of {', '.join(SWEEP_MODES)}, got {mode!r}")
-    if mode == "theta":
-        return _sweep_linspace(theta_start, theta_stop, theta_count, "theta"), [float(alpha)], False
-    # The alpha ends are checked by name here, where a sweep uses them (a theta sweep does not).
-    _check_studio_alphas([alpha_start], "alpha_start")
-    _check_studio_alphas([alpha_stop], "alpha_stop")
-    if mode == "alpha":
-        return [float(theta)], _sweep_linspace(alpha_start, alpha_stop, alpha_count, "alpha"), False
-    return (_sweep_linspace(theta_start, theta_stop, theta_count, "theta"),
-            _sweep_linspace(alpha_start, alpha_stop, alpha_count, "alpha"), True)
-
-
-def sweep_pairs(thetas: list[float], alphas: list[float], grid: bool) -> list[tuple[float, float]]:
-    """(theta, alpha) of every frame, in the order the render writes them."""
-    return combine(thetas, alphas, grid)
-
-
-def _sweep_linspace(start, stop, count, name) -> list[float]:
-    count = _as_int(count, f"{name} frames")
-    if not 1 <= count <= MAX_SEQUENCE_FRAMES:
-        raise RequestError(f"{name} frames must be between 1 and {MAX_SEQUENCE_FRAMES}, got {count}")
-    return linspace(float(start), float(stop), count)
-
-
-# -- readouts --------------------------------------------------------------------------
-def json_safe(obj):
-    """The same structure with NaN/inf floats as None and tensors as lists (valid JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        return json_safe(obj.item())
-    return obj
-
-
-def frame_readouts(frame, source: InputEntry, target: InputEntry, model: str,
-                   seconds: float | None = None) -> dict:
-    """The numbers of one frame, with the source's and target's conformity beside them."""
-    out = frame.readouts()
-    out["size"] = list(frame.image.size)
-    out["source"] = source.readouts
-    out["target"] = target.readouts
-    out["model"] = model
-    if seconds is not None:
-        out["seconds"] = round(seconds, 3)
-    return json_safe(out)
-
-
-def _num(v, digits=3) -> str:
-    return "n/a" if v is None else f"{v:.{digits}f}"
-
-
-def _placed(value, source, target, digits: int) -> str:
-    """The frame's value placed against the source's and the target's."""
-    if value is None:
-        return "n/a"
-    text = f"**{value:.{digits}f}**"
-    if source is None or target is None:
-        return text
-    lo, hi = sorted((source, target))
-    if value < lo:
-        where = "below both the source and the target"
-    elif value > hi:
-        where = "above both the source and the target"
-    else:
-        where = "between the source and the target"
-    return f"{text}, {where} ({_num(source, digits)} and {_num(target, digits)})"
-
-
-def _readout_line(r: dict, key: str, digits: int) -> str:
-    """The frame's value of ``key``, placed between the source's and the target's."""
-    src, tgt = r.get("source") or {}, r.get("target") or {}
-    return _placed(r.get(f"frame_{key}"), src.get(key), tgt.get(key), digits)
-
-
-def readouts_markdown(r: dict | None, stats_note: str = "", population: int | None = None) -> str:
-    """What a person reads under the frame: the numbers, and what they mean.
-
-    One rule for decimals: theta, alpha and conformity with 3, log-likelihood with 1.
-    ``population``: how many images the statistics were computed from ("more typical than
-    all 5000").
-    """
-    if not r:
-        return "Add a source and a target image, then move a slider or press **Generate**."
-    kind = r.get("conformity_kind")
-    head = (f"**theta = {r['theta']:.3f}, alpha = {r['alpha']:.3f}**, seed {r['seed']}"
-            f"{' (preview)' if r.get('preview') else ''}")
-    if kind is None:
-        return (f"{head}. Conformity is not available: no image-modality statistics for this "
-                f"model ({stats_note or 'none found'}).")
-    label = r.get("conformity_label") or CONFORMITY_LABELS.get(kind, kind)
-    lines = [
-        head,
-        f"**{label[:1].upper()}{label[1:]}**: how typical an image is among the reference images; "
-        f"higher is more typical, lower more unusual. This frame: {_readout_line(r, 'conformity', 3)}. "
-        f"The interpolated embedding it was made from: {_num(r.get('conformity'))}.",
-    ]
-    if r.get("frame_log_likelihood") is not None:
-        lines.append(
-            "**Whitened log-likelihood** (up to a constant): how probable the image is under the "
-            "reference images' Gaussian; higher is more likely. "
-            f"This frame: {_readout_line(r, 'log_likelihood', 1)}.")
-    lines += _percentile_lines(r, population)  # both on the reference images' scale, when carried
-    if r.get("aim"):
-        lines.append(aim_markdown(r["aim"], r.get("theta")))
-    ref = r.get("reference")
-    if ref:
-        line = (f"Reference space `{ref.get('space')}`: frame conformity "
-                f"{_num(ref.get('frame_conformity'))} ({ref.get('conformity_kind')})")
-        if ref.get("frame_log_likelihood") is not None:
-            line += f", log-likelihood {_num(ref['frame_log_likelihood'], 1)}"
-        lines.append(line + ".")
-    if r.get("seconds") is not None:
-        lines.append(("From the frame cache (rendered earlier in " if r.get("cached") else "Rendered in ")
-                     + f"{r['seconds']:.2f} s{')' if r.get('cached') else ''}.")
-    return "  \n".join(lines)
-
-
-def _compared(percent: float, population: int | None, adjective: str) -> str:
-    """A percentile in words: "more typical than 73%", "more typical than all 96", "less typical
-    than all 96"; never a rounded "100%" or "0%" for a value inside the population's range."""
-    everyone = f"all {population}" if population else "all"
-    if percent >= 100 or percent <= 0:
-        return f"{'more' if percent >= 100 else 'less'} {adjective} than {everyone}"
-    digits = 0 if 0.5 <= percent < 99.5 else 1
-    return f"more {adjective} than {percent:.{digits}f}%"
-
-
-def _percentile_lines(r: dict, population: int | None = None) -> list[str]:
-    """The population's scale, when the stats carry it: "more typical than 73% of ..."."""
-    lines = []
-    c, f = r.get("conformity_percentile"), r.get("frame_conformity_percentile")
-    if c is not None or f is not None:
-        parts = [f"the frame is {_compared(f, population, 'typical')}" if f is not None else None,
-                 f"its embedding {_compared(c, population, 'typical')}" if c is not None else None]
-        lines.append("On the reference images' scale: " + ", ".join(p for p in parts if p)
-                     + " of the images the statistics were computed from.")
-    ll = r.get("frame_log_likelihood_percentile")
-    if ll is not None:
-        lines.append(f"The frame is {_compared(ll, population, 'likely')} of those images (whitened CLIP).")
-    return lines
-
-
-def _at_an_end(theta) -> str | None:
-    """What the frame is at theta 0 or 1 (the source or the target, whatever alpha), else None."""
-    if theta is None or float(theta) not in (0.0, 1.0):
-        return None
-    end = "source" if float(theta) == 0 else "target"
-    return f"at theta = {float(theta):g} the frame is the {end} itself"
-
-
-def aim_markdown(aim: dict, theta: float | None = None) -> str:
-    """One sentence on an aimed alpha: the wanted conformity, the achieved one, and whether reached
-    (3 decimals, as every readout)."""
-    if aim.get("reachable"):
-        return (f"Aimed at conformity {aim['wanted']:.3f}: alpha = {aim['alpha']:.3f} gives "
-                f"{aim['achieved']:.3f}.")
-    end = _at_an_end(theta)
-    if end is not None:
-        return (f"Conformity {aim['wanted']:.3f} is out of reach: {end}, so alpha has no effect there "
-                f"(its conformity is {aim['achieved']:.3f}). Aim at a theta between 0 and 1.")
-    return (f"Conformity {aim['wanted']:.3f} is out of reach for alpha in "
-            f"[{AIM_ALPHA_RANGE[0]:g}, {AIM_ALPHA_RANGE[1]:g}] here; the closest is {aim['achieved']:.3f}, "
-            f"at alpha = {aim['alpha']:.3f}.")
-
-
-def aimed_alpha(readouts: dict | None) -> tuple[float, str]:
-    """(alpha, sentence) of a frame rendered at an aimed alpha, for the slider and the note."""
-    readouts = readouts or {}
-    aim = readouts.get("aim")
-    if not aim:
-        raise RequestError("This frame was not aimed at a conformity.")
-    return round(aim["alpha"], 3), aim_markdown(aim, readouts.get("theta"))  # 3 decimals, as the readouts
-
-
-def source_replaced_markdown(readouts: dict | None) -> str:
-    """The readout once the frame has become the source: the old comparisons no longer hold."""
-    c = (readouts or {}).get("frame_conformity")
-    what = "" if c is None else f" (its conformity {c:.3f} is now the source's)"
-    return (f"**This frame is now the source**{what}. Move a slider or press **Generate** to render "
-            "from it; the readouts then compare with the new source.")
-
-
-def wanted_conformity(pipe, value) -> float | None:
-    """The target conformity of a request: None (not aiming), or a finite number with stats."""
-    if _empty(value):
-        return None
-    if isinstance(value, bool):
-        raise RequestError(f"target_conformity must be a number, got {value!r}")
-    wanted = _float(value, "target_conformity")
-    if not math.isfinite(wanted):
-        raise RequestError(f"target_conformity must be a finite number, got {value!r}")
-    if not -1 <= wanted <= 1:  # conformity (Eq. 10) and the cosine to the mean lie in [-1, 1]
-        raise RequestError(f"target_conformity must be between -1 and 1, got {wanted:g}.")
-    if pipe.stats is None:
-        raise RequestError(f"aiming at a conformity needs image statistics for this model, and there are "
-                           f"none ({pipe.stats_note}); leave target_conformity empty")
-    return wanted
-
-
-def frame_caption(entry: dict) -> str:
-    """Gallery caption of a manifest entry (or readouts dict): theta, alpha, conformity."""
-    c = "" if entry.get("frame_conformity") is None else f" C={entry['frame_conformity']:.3f}"
-    return f"θ={entry['theta']:.2f} α={entry['alpha']:.2f}{c}"
-
-
-def sequence_outputs(manifest: dict, out_dir: Path) -> dict:
-    """Paths of what `render_sequence` wrote (None where absent) and the gallery items."""
-    out_dir = Path(out_dir)
-    outputs = manifest.get("outputs", {})
-
-    def path(key):
-        meta = outputs.get(key) or {}
-        name = meta.get("file")
-        return str(out_dir / name) if name and (out_dir / name).is_file() else None
-
-    gallery = [(str(out_dir / e["file"]), frame_caption(e)) for e in manifest["frames"]]
-    return {"gallery": gallery, "plot": path("plot"), "gif": path("gif"), "mp4": path("mp4"),
-            "zip": path("zip"), "smoothness": smoothness.markdown(manifest.get("smoothness"))}
-
-
-def without_server_paths(info: dict) -> dict:
-    """``info`` (`VSLERPPipeline.info`) with the server's paths cut to the names the operator
-    gave (the model folder's name, the stats file's name): the page shows no server paths."""
-    def source(stats) -> str | None:
-        return ((stats or {}).get("provenance") or {}).get("source")
-
-    paths = [info.get("model"), source(info.get("stats")), source((info.get("reference") or {}).get("stats"))]
-    local = sorted({p for p in paths if isinstance(p, str) and Path(p).is_absolute()}, key=len, reverse=True)
-
-    def cut(value):
-        if isinstance(value, str):
-            for p in local:
-                value = value.replace(p, Path(p).name)
-            return value
-        if isinstance(value, dict):
-            return {k: cut(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [cut(v) for v in value]
-        return value
-
-    return cut(info)
-
-
-def model_markdown(info: dict, defaults: dict | None = None) -> str:
-    """Which model and which statistics are in use, with their provenance (names, not the
-    server's paths: `without_server_paths`)."""
-    info = without_server_paths(info)
-    lines = [f"**Model**: `{info['model']}` ({info['pipeline_class']}, {info['kind']}), encoder "
-             f"`{info['encoder']}` ({info['embedding_dim']}-d), on {info['device']} in {info['dtype']}."]
-    stats = info.get("stats")
-    if stats is None:
-        lines.append(f"**Statistics**: none ({info.get('stats_note')}). Plain SLERP (alpha = 0) "
-                     "works; alpha != 0 and conformity need the image-modality mean.")
-    else:
-        prov = stats.get("provenance") or {}
-        lines.append(f"**Statistics**: {stats['describe']}.")
-        details = ", ".join(f"{k}: {prov[k]}" for k in ("dataset", "encoder", "image_count",
-                                                        "date", "source") if prov.get(k))
-        if details:
-            lines.append(f"Provenance: {details}. Checksum `{stats['checksum'][:16]}`.")
-    if stats is None or stats.get("conformity_kind") != "exact":
-        from vslerp_app.registry import full_stats_command
-
-        lines.append(f"Full statistics (exact conformity, likelihood, percentiles) for this model: "
-                     f"`{full_stats_command(info['model'])}`.")
-    ref = info.get("reference")
-    if ref:
-        ref_stats = (ref.get("stats") or {}).get("describe", "no stats")
-        lines.append(f"**Reference space**: `{ref.get('space')}`, statistics: {ref_stats}.")
-    if defaults:
-        lines.append("Defaults: " + ", ".join(f"{k} {v}" for k, v in defaults.items()) + ".")
-    return "  \n".join(lines)
+    emb = engine.encode(img, cache=False)
+    return InputEntry(key=key, embedding=emb, readouts=engine.readouts(emb), file_key=key_of_file)
 
 
 # -- the frame cache ---------------------------------------------------------------------
@@ -671,35 +304,6 @@ class FrameCache:
         return len(self._items)
 
 
-# -- failures --------------------------------------------------------------------------
-def user_message(exc: BaseException) -> str:
-    """A plain message for any failure; details of unexpected ones stay in the server log."""
-    if isinstance(exc, ImageInputError):
-        return f"The image {exc.problem}."
-    if isinstance(exc, RenderError) or (isinstance(exc, OSError) and exc.errno in _DISK_FULL):
-        return _files_message(exc)
-    if isinstance(exc, (RequestError, GenerationError)):
-        return str(exc)
-    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
-        return ("The GPU ran out of memory. Try preview quality, fewer frames or a smaller "
-                "batch limit (advanced settings).")
-    if isinstance(exc, ValueError):
-        return str(exc)
-    logger.exception("unexpected failure in the app")
-    return (f"Something went wrong while rendering ({type(exc).__name__}). Please try again; "
-            "if it keeps failing, the server log has the details.")
-
-
-def _files_message(exc: BaseException) -> str:
-    """A failure to write a request's files, without the server's paths or the CLI's advice."""
-    logger.warning("writing a request's files failed: %s", exc)
-    text = str(exc).lower()
-    if "no space left" in text or "disk full" in text or "quota" in text:
-        return ("The server ran out of disk space while writing this sequence; nothing was kept. "
-                "Try fewer frames, or try again later.")
-    return "The server could not write this sequence's files; nothing was kept. Please try again later."
-
-
 # -- files of a sequence ------------------------------------------------------------------
 def new_workdir(root: Path = WORK_ROOT) -> Path:
     """A fresh folder for one request's files (Gradio copies what it returns to its cache)."""
@@ -724,30 +328,6 @@ def cleanup_workdirs(root: Path = WORK_ROOT, max_age_s: float = 3600.0) -> int:
 
 
 # -- the studio: requests in, frames and files out ----------------------------------------
-def _float(value, name: str) -> float:
-    if _empty(value):
-        raise RequestError(f"{name} is empty: type a number.")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise RequestError(f"{name} must be a number, got {value!r}") from None
-
-
-def _flag(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise RequestError(f"{name} must be true or false, got {value!r}")
-    return value
-
-
-def _alpha_spec(value):
-    """A path's alpha: a number, or text with one value or one per segment ("0, 1, 2")."""
-    if _empty(value):
-        raise RequestError("alpha is empty: type one value for every segment, or one per segment (0, 1, 2).")
-    if isinstance(value, str):
-        return value.replace(" ", "")
-    return _float(value, "alpha")
-
-
 def _no_decorator(duration: int):
     return lambda fn: fn
 
@@ -785,8 +365,8 @@ class Studio:
     (`FrameCache`), keyed by the inputs' content and every setting.
     """
 
-    def __init__(self, pipe, config: StudioConfig | None = None, gpu=_no_decorator):
-        self.pipe = pipe
+    def __init__(self, engine, config: StudioConfig | None = None, gpu=_no_decorator):
+        self.engine = engine
         self.config = config or StudioConfig()
         self.frames = FrameCache(self.config.frame_cache_mb * 2**20)
         self.work_root = WORK_ROOT  # each sequence's folder lives here while it renders
@@ -816,58 +396,42 @@ class Studio:
             switch.set()
 
     # -- model work --------------------------------------------------------------------
-    def _embed_pair(self, source, target, session: dict):
-        return (embed_input(self.pipe, source, "source image", session.get("source")),
-                embed_input(self.pipe, target, "target image", session.get("target")))
+    def _embed_pair(self, request, session: dict, file_keys=(None, None)):
+        return (embed_input(self.engine, request.source, "source image", session.get("source"), file_keys[0]),
+                embed_input(self.engine, request.target, "target image", session.get("target"), file_keys[1]))
 
-    def _run_frame(self, source, target, session: dict, theta, alpha, seed, kwargs, wanted=None,
-                   on_step=None):
-        """Embed the inputs (reusing this session's entries) and render one frame; with
-        ``wanted``, at the alpha that gives that conformity (instead of ``alpha``).
-
-        ``on_step(step, total)`` runs after each denoising step.
+    def _run_frame(self, request: FrameRequest, session: dict, on_step=None, file_keys=(None, None)):
+        """Embed the inputs (reusing this session's entries) and render the request's frame (its
+        alpha aimed first when it is an aim). ``on_step(step, total)`` runs after each denoising step.
         """
-        src, tgt = self._embed_pair(source, target, session)
-        aim = None
-        if wanted is not None:
-            aim = self.pipe.alpha_for_conformity(src.embedding, tgt.embedding, theta, wanted)
-            alpha = aim.alpha
-        # strength < 1 starts from the source image's latents: the engine needs the image itself
-        start = source if kwargs.get("strength", 1.0) < 1.0 else src.embedding
-        with self.pipe.runner.on_step(on_step) if on_step is not None else nullcontext():
-            frames = self.pipe.generate(start, tgt.embedding, [theta], [alpha], seed, **kwargs)
-        if aim is not None:
-            frames[0].aim = aim.as_dict()
-        return frames[0], src, tgt
+        src, tgt = self._embed_pair(request, session, file_keys)
+        with self.engine.callback_on_step(on_step):
+            frame = self.engine.render_frame(request, src.embedding, tgt.embedding)
+        return frame, src, tgt
 
-    def _run_sequence(self, source, target, session: dict, thetas, alphas, grid, seed, kwargs, fps,
-                      out_dir, on_step=None):
-        """Embed the inputs, then yield (RenderProgress, source entry, target entry) per chunk.
+    def _run_sequence(self, request: SweepRequest, session: dict, out_dir, on_step=None):
+        """Embed the inputs, then yield (RenderProgress, session entries) per chunk.
 
-        The frames and files are `vslerp render`'s (`iter_render_sequence`); closing this
-        generator stops after the chunk in progress. ``on_step(step, total)`` runs after each
-        denoising step (and may raise `RenderStopped` to end the chunk there).
+        The frames and files are `vslerp render`'s (`iter_render`); closing this generator
+        stops after the chunk in progress. ``on_step(step, total)`` runs after each denoising
+        step (and may raise `RenderStopped` to end the chunk there).
         """
-        src, tgt = self._embed_pair(source, target, session)
-        events = iter_render_sequence(self.pipe, src.embedding, tgt.embedding, thetas, alphas, seed,
-                                      out_dir, grid=grid, gif=True, mp4=True, zip=True, fps=fps,
-                                      contact=False, plot=True, **kwargs)
+        src, tgt = self._embed_pair(request, session)
+        events = iter_render(self.engine, request.with_inputs(src.embedding, tgt.embedding), out_dir,
+                             _STUDIO_OUTPUTS)
         try:
             for event in self._stepped(events, on_step):
                 yield event, {"source": src, "target": tgt}
         finally:
             events.close()
 
-    def _run_path(self, keyframes: list, frames: int, alphas: list[float], seed: int, options: dict,
-                  kwargs: dict, fps: float, out_dir, on_step=None):
+    def _run_path(self, request: PathRequest, out_dir, on_step=None):
         """Embed the keyframes, then yield (RenderProgress, None) per chunk of the path's render
-        (`iter_render_path`, as `vslerp render --keyframes`); closing it stops after the chunk.
+        (`iter_render`, as `vslerp render --keyframes`); closing it stops after the chunk.
         ``on_step`` as in `_run_sequence`."""
-        embeddings = [embed_input(self.pipe, image, f"keyframe {k + 1}").embedding
-                      for k, image in enumerate(keyframes)]
-        events = iter_render_path(self.pipe, embeddings, out_dir, frames=frames, alphas=alphas, seed=seed,
-                                  gif=True, mp4=True, zip=True, fps=fps, contact=False, plot=True,
-                                  **options, **kwargs)
+        embeddings = [embed_input(self.engine, image, f"keyframe {k + 1}").embedding
+                      for k, image in enumerate(request.keyframes)]
+        events = iter_render(self.engine, request.with_keyframes(embeddings), out_dir, _STUDIO_OUTPUTS)
         try:
             for event in self._stepped(events, on_step):
                 yield event, None
@@ -877,180 +441,125 @@ class Studio:
     def _stepped(self, events: Iterator, on_step) -> Iterator:
         """``events`` with each chunk's denoising steps reported to ``on_step``.
 
-        The runner reports the steps of the calling thread only, and a streamed render may be
+        The engine reports the steps of the calling thread only, and a streamed render may be
         resumed by another thread for each chunk: the report is set up around every chunk.
         """
         while True:
-            with self.pipe.runner.on_step(on_step) if on_step is not None else nullcontext():
+            with self.engine.callback_on_step(on_step):
                 event = next(events, None)
             if event is None:
                 return
             yield event
 
-    # -- requests ----------------------------------------------------------------------
-    def frame_request(self, source, target, theta, alpha, seed, quality, steps, super_res_steps,
-                      preview_steps, guidance_scale, max_batch, target_conformity=None, strength=None):
-        """(pairs, seed, generate kwargs) of a one-frame request, or RequestError.
+    # -- requests: parsed once, at the edge ----------------------------------------------------
+    def frame_request(self, **values) -> FrameRequest:
+        """The `FrameRequest` of the app's values (`FrameRequest.parse`'s keywords), or RequestError."""
+        return FrameRequest.parse(self.engine, **values)
 
-        With a ``target_conformity`` the alpha is aimed at it when the frame is rendered:
-        kwargs then hold it under "target_conformity" (`frame` takes it out).
-        """
-        kwargs = generate_kwargs(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch)
-        if not _empty(strength):
-            kwargs["strength"] = _float(strength, "strength")
-        pairs = [(_float(theta, "theta"), _float(alpha, "alpha"))]
-        wanted = wanted_conformity(self.pipe, target_conformity)
-        if wanted is not None:
-            pairs = [(pairs[0][0], 0.0)]  # the alpha given is replaced by the aimed one
-        seed = check_request(self.pipe, source, target, pairs, seed, kwargs)
-        if wanted is not None:
-            kwargs["target_conformity"] = wanted
-        return pairs, seed, kwargs
-
-    def aim_request(self, *request):
-        """The gate of the app's Aim button: a conformity typed in, and a frame request the
-        engine takes. ``request`` as frame_request, target_conformity last. The alpha itself
-        is found where the frame renders (`frame`), so the model runs in one GPU call."""
-        if wanted_conformity(self.pipe, request[-1]) is None:
+    def aim_request(self, **values) -> FrameRequest:
+        """The gate of the app's Aim button: a conformity typed in, and a frame request the engine
+        takes (`frame_request`'s keywords). The alpha itself is found where the frame renders
+        (`frame`), so the model runs in one GPU call."""
+        if AimAt.parse(self.engine, values.get("target_conformity")) is None:
             raise RequestError("Type the conformity to aim at first (e.g. 0.8).")
-        end = _at_an_end(_float(request[2], "theta"))
+        request = self.frame_request(**values)
+        end = at_an_end(request.theta)
         if end is not None:
             raise RequestError(f"Cannot aim: {end}, so alpha has no effect there. "
                                "Move theta between 0 and 1 first.")
-        return self.frame_request(*request)
+        return request
 
-    def sequence_request(self, source, target, sweep, theta, alpha, theta_start, theta_stop,
-                         theta_frames, alpha_start, alpha_stop, alpha_frames, seed, quality, steps,
-                         super_res_steps, preview_steps, guidance_scale, max_batch, fps,
-                         target_conformity=None):
-        """(thetas, alphas, grid, seed, generate kwargs, fps) of a sequence request, or RequestError.
+    def sequence_request(self, *, quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch,
+                         **values) -> SweepRequest:
+        """The `SweepRequest` of the app's sweep form (`SweepRequest.parse_studio`'s keywords and the
+        sampling settings), at most `max_sequence_frames` frames; or RequestError."""
+        sampling = Sampling.parse(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch)
+        return SweepRequest.parse_studio(self.engine, sampling=sampling,
+                                         max_frames=self.config.max_sequence_frames, **values)
 
-        With a ``target_conformity`` (a theta sweep only) every frame's alpha is aimed at it:
-        alphas is None and kwargs hold "conformity" for `render_sequence`.
-        """
-        kwargs = generate_kwargs(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch)
-        wanted = wanted_conformity(self.pipe, target_conformity)
-        if wanted is not None and sweep != "theta":
-            raise RequestError(f"target_conformity sets each frame's alpha, so it goes with sweep='theta', "
-                               f"not {sweep!r}")
-        thetas, alphas, grid = sweep_values(
-            sweep, _float(theta, "theta"), 0.0 if wanted is not None else _float(alpha, "alpha"),
-            _float(theta_start, "theta_start"), _float(theta_stop, "theta_stop"), theta_frames,
-            _float(alpha_start, "alpha_start"), _float(alpha_stop, "alpha_stop"), alpha_frames)
-        seed = check_request(self.pipe, source, target, sweep_pairs(thetas, alphas, grid), seed, kwargs,
-                             max_frames=self.config.max_sequence_frames)
-        if wanted is not None:
-            alphas, kwargs["conformity"] = None, wanted
-        return thetas, alphas, grid, seed, kwargs, _float(fps, "fps")
+    def path_request(self, *, keyframes, quality, steps, super_res_steps, preview_steps, guidance_scale,
+                     max_batch, **values) -> PathRequest:
+        """The `PathRequest` of the app's path form, or RequestError: every keyframe passes
+        `check_input_image` first (None slots skipped: the API's unused keyframes)."""
+        images = [k for k in keyframes or [] if k is not None]
+        if MIN_KEYFRAMES <= len(images) <= MAX_KEYFRAMES:
+            for k, image in enumerate(images):
+                check_input_image(None, image, f"keyframe {k + 1}", self.config.max_file_bytes)
+        sampling = Sampling.parse(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch)
+        return PathRequest.parse_studio(self.engine, keyframes=images, sampling=sampling,
+                                        max_frames=self.config.max_sequence_frames, **values)
 
-    def frame_key(self, source, target, theta: float, alpha: float, seed: int, kwargs: dict,
-                  wanted: float | None = None) -> tuple:
-        """What decides a frame's pixels: the inputs' content, theta, alpha (or the conformity
-        it is aimed at), seed, settings."""
-        overrides = {k: kwargs.get(k) for k in ("steps", "super_res_steps", "guidance_scale", "strength")}
-        settings = self.pipe.settings_for(kwargs.get("preview", False), **overrides)
-        return (file_key(source), file_key(target), theta, alpha, wanted, seed,
-                tuple(sorted(dataclasses.asdict(settings).items())))
+    @staticmethod
+    def frame_key(request: FrameRequest, file_keys: tuple[str, str]) -> tuple:
+        """What decides a frame's pixels: the inputs' content (``file_keys``), theta, alpha (or the
+        conformity it is aimed at), seed, quality and the settings it sets (the batch limit aside)."""
+        sampling = request.sampling
+        return (*file_keys, request.theta, request.alpha, request.seed, sampling.preview,
+                tuple(sorted(sampling.overrides().items())))
 
     # -- whole requests ----------------------------------------------------------------
-    def frame(self, session, *request, strength=None, on_step: Callable[[int, int], None] | None = None):
-        """One frame at (theta, alpha): (image, readouts, new session). ``request`` as frame_request;
-        ``strength`` as frame_request's.
+    def frame(self, session, request: FrameRequest, on_step: Callable[[int, int], None] | None = None):
+        """One frame: (image, readouts, new session).
 
         A frame rendered before with the same inputs and settings comes from the frame
         cache at once (readouts ``cached`` true). ``on_step(step, total)`` reports the
         denoising steps of a frame that is rendered.
         """
-        pairs, seed, kwargs = self.frame_request(*request, strength=strength)
-        wanted = kwargs.pop("target_conformity", None)
         session = session if isinstance(session, dict) else {}
-        try:
-            key = self.frame_key(request[0], request[1], *pairs[0], seed, kwargs, wanted)
+        try:  # each input file hashed once: for the frame cache and the session's embeddings
+            file_keys = (file_key(request.source), file_key(request.target))
         except OSError:
-            key = None  # an unreadable path: the render below says what is wrong with it
+            file_keys = (None, None)  # an unreadable path: the render below says what is wrong with it
+        key = None if None in file_keys else self.frame_key(request, file_keys)
         hit = self.frames.get(key) if key is not None else None
         if hit is not None:
             image, readouts = hit
             return image, {**readouts, "cached": True}, session
         start = time.perf_counter()
-        frame, src, tgt = self.run_frame(request[0], request[1], session, *pairs[0], seed, kwargs, wanted,
-                                         on_step)
-        readouts = frame_readouts(frame, src, tgt, self.pipe.model, time.perf_counter() - start)
+        frame, src, tgt = self.run_frame(request, session, on_step, file_keys)
+        readouts = frame_readouts(frame, src, tgt, self.engine.model, time.perf_counter() - start)
         readouts["cached"] = False
         if key is not None:
             self.frames.put(key, frame.image, readouts)
         return frame.image, readouts, {"source": src, "target": tgt}
 
-    def sequence(self, session, *request, progress: Callable[[float, str], None] | None = None,
+    def sequence(self, session, request: SweepRequest, progress: Callable[[float, str], None] | None = None,
                  stop: threading.Event | None = None) -> Iterator[SequenceUpdate]:
         """A sweep, streamed: a `SequenceUpdate` after each batch, the last with every file.
 
-        ``request`` as sequence_request. Each update's files stay on disk until the next
-        update is asked for; when the generator ends (finished, failed or closed: a Stop)
-        its work folder is removed, so nothing is left behind. A full disk is refused in
-        plain words, without the server's paths. ``progress(fraction, text)`` is told where
-        the render stands after every denoising step and batch (`RenderClock`); once ``stop``
-        is set, the batch in progress ends at its next step (`RenderStopped`).
+        Each update's files stay on disk until the next update is asked for; when the
+        generator ends (finished, failed or closed: a Stop) its work folder is removed, so
+        nothing is left behind. A full disk is refused in plain words, without the server's
+        paths. ``progress(fraction, text)`` is told where the render stands after every
+        denoising step and batch (`RenderClock`); once ``stop`` is set, the batch in progress
+        ends at its next step (`RenderStopped`).
         """
-        thetas, alphas, grid, seed, kwargs, fps = self.sequence_request(*request)
         session = session if isinstance(session, dict) else {}
         cleanup_workdirs(self.work_root)
         out_dir = new_workdir(self.work_root)
-        total = len(thetas) if alphas is None else len(sweep_pairs(thetas, alphas, grid))  # None: aimed
-        clock = RenderClock(total, kwargs.get("max_batch", self.pipe.max_batch), progress, stop)
-        events = self.run_sequence(request[0], request[1], session, thetas, alphas, grid, seed, kwargs,
-                                   fps, out_dir, on_step=clock.on_step if clock.watched else None)
+        total = len(request.pairs())
+        clock = RenderClock(total, request.sampling.max_batch or self.engine.max_batch, progress, stop)
+        on_step = clock.on_step if clock.watched else None
+        events = self.run_sequence(request, session, out_dir, on_step=on_step)
         try:
             yield from _stream(events, out_dir, total, session, frame_caption, clock)
         finally:
             self._release(stop)
 
-    def path_request(self, keyframes, frames, loop, spacing, ease, alpha, seed, quality, steps,
-                     super_res_steps, preview_steps, guidance_scale, max_batch, fps):
-        """(keyframes, frames, alphas, seed, path options, generate kwargs, fps) of a path, or RequestError.
-
-        ``keyframes``: image paths in order (None entries are skipped: the API's unused
-        keyframe slots), each passed through `check_input_image`; ``alpha``: one value for
-        every segment, or one per segment ("0, 1, 2"). Frames up to `max_sequence_frames`.
-        """
-        images = [k for k in keyframes or [] if k is not None]
-        if len(images) < MIN_KEYFRAMES:
-            raise RequestError(f"A path needs at least {MIN_KEYFRAMES} keyframes, got {len(images)}: "
-                               "add images to the keyframe strip.")
-        if len(images) > MAX_KEYFRAMES:
-            raise RequestError(f"A path has at most {MAX_KEYFRAMES} keyframes, got {len(images)}.")
-        for k, image in enumerate(images):
-            check_input_image(None, image, f"keyframe {k + 1}", self.config.max_file_bytes)
-        kwargs = generate_kwargs(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch)
-        options = {"loop": _flag(loop, "loop"), "spacing": spacing, "ease": _flag(ease, "ease")}
-        count = _as_int(frames, "frames")
-        spec = _alpha_spec(alpha)
-        try:
-            # The studio's alpha range first, so 3.5 and 12 get one rule and one message.
-            _check_studio_alphas(as_values(spec, "alpha"))
-            count, alphas = check_path_values(len(images), count, spec, loop=options["loop"],
-                                              spacing=spacing)
-        except SpecError as e:
-            raise RequestError(str(e)) from None
-        if count > self.config.max_sequence_frames:
-            raise RequestError(f"a path has at most {self.config.max_sequence_frames} frames here, "
-                               f"this one would have {count}; lower the frame count")
-        seed = check_request(self.pipe, images[0], images[1], [(0.0, a) for a in alphas], seed, kwargs)
-        return images, count, alphas, seed, options, kwargs, _float(fps, "fps")
-
-    def path(self, *request, progress: Callable[[float, str], None] | None = None,
+    def path(self, request: PathRequest, progress: Callable[[float, str], None] | None = None,
              stop: threading.Event | None = None) -> Iterator[SequenceUpdate]:
         """A path through keyframes, streamed as `sequence`: a `SequenceUpdate` after each batch,
-        the last with every file; the work folder removed at the end. ``request`` as path_request;
-        ``progress`` and ``stop`` as in `sequence`."""
-        images, frames, alphas, seed, options, kwargs, fps = self.path_request(*request)
+        the last with every file; the work folder removed at the end. ``progress`` and ``stop``
+        as in `sequence`."""
         cleanup_workdirs(self.work_root)
         out_dir = new_workdir(self.work_root)
-        clock = RenderClock(frames, kwargs.get("max_batch", self.pipe.max_batch), progress, stop)
-        events = self.run_path(images, frames, alphas, seed, options, kwargs, fps, out_dir,
-                               on_step=clock.on_step if clock.watched else None)
+        batch = request.sampling.max_batch or self.engine.max_batch
+        clock = RenderClock(request.frames, batch, progress, stop)
+        events = self.run_path(request, out_dir, on_step=clock.on_step if clock.watched else None)
+        keyframes = len(request.keyframes)
+        caption = lambda entry: path_caption(entry, keyframes)  # noqa: E731 (one line, used once)
         try:
-            yield from _stream(events, out_dir, frames, None, lambda e: path_caption(e, len(images)), clock)
+            yield from _stream(events, out_dir, request.frames, None, caption, clock)
         finally:
             self._release(stop)
 
@@ -1132,66 +641,9 @@ def _stream(events, out_dir: Path, total: int, session, caption,
     except RenderStopped:  # a Stop: the page has moved on; nothing to report
         return
     except (RenderError, OSError) as e:
-        if isinstance(e, OSError) and e.errno not in _DISK_FULL:
+        if isinstance(e, OSError) and e.errno not in DISK_FULL:
             raise
-        raise RequestError(_files_message(e)) from None
+        raise RequestError(files_message(e)) from None
     finally:
         events.close()
         shutil.rmtree(out_dir, ignore_errors=True)
-
-
-# -- paths through keyframes: the strip and the captions ---------------------------------------
-MAX_KEYFRAMES = 8  # the keyframe strip holds up to 8 images
-
-
-def strip_paths(value) -> list[str]:
-    """The keyframe strip's images in order, from a Gallery value [(path, caption), ...] or paths."""
-    return [str(item[0] if isinstance(item, (tuple, list)) else item) for item in value or []]
-
-
-def keyframe_strip(paths) -> list[tuple[str, str]]:
-    """The strip's Gallery value: each image captioned with its place on the path."""
-    return [(str(p), f"keyframe {i + 1}") for i, p in enumerate(paths)]
-
-
-def add_keyframes(value, new_paths, max_keyframes: int = MAX_KEYFRAMES) -> list[tuple[str, str]]:
-    """The strip with ``new_paths`` added at its end, or RequestError when they do not fit."""
-    paths, new = strip_paths(value), [str(p) for p in new_paths or []]
-    if len(paths) + len(new) > max_keyframes:
-        room = max_keyframes - len(paths)
-        raise RequestError(f"A path has at most {max_keyframes} keyframes: the strip has {len(paths)}, "
-                           f"so {room} more {'fits' if room == 1 else 'fit'}; remove one first.")
-    return keyframe_strip(paths + new)
-
-
-def _selected_keyframe(index, count: int) -> int:
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
-        raise RequestError("Select a keyframe first: click it in the strip.")
-    return index
-
-
-def move_keyframe(value, index, step: int) -> tuple[list[tuple[str, str]], int]:
-    """The strip with the selected keyframe moved ``step`` places (-1 earlier, +1 later); its new index."""
-    paths = strip_paths(value)
-    index = _selected_keyframe(index, len(paths))
-    to = min(max(index + step, 0), len(paths) - 1)
-    paths.insert(to, paths.pop(index))
-    return keyframe_strip(paths), to
-
-
-def remove_keyframe(value, index) -> list[tuple[str, str]]:
-    """The strip without the selected keyframe."""
-    paths = strip_paths(value)
-    del paths[_selected_keyframe(index, len(paths))]
-    return keyframe_strip(paths)
-
-
-def path_caption(entry: dict, keyframes: int) -> str:
-    """Gallery caption of a path frame: the keyframe it shows (numbered from 1 as in the strip),
-    or its segment with the local theta and alpha; then the frame's conformity. A keyframe's
-    frame is the keyframe whatever the segment's alpha, so its caption leaves theta and alpha out."""
-    c = "" if entry.get("frame_conformity") is None else f" C={entry['frame_conformity']:.3f}"
-    if entry.get("keyframe") is not None:
-        return f"key {entry['keyframe'] + 1}{c}"
-    k = entry["segment"]
-    return f"{k + 1}→{(k + 1) % keyframes + 1} θ={entry['theta']:.2f} α={entry['alpha']:.2f}{c}"

@@ -18,8 +18,8 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from importlib import metadata as _metadata
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from vslerp_app import geometry
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CONFORMITY_LABELS", "POPULATION_QUANTILES", "WHITENING_MIN_RATIO", "ModalityStats",
+__all__ = ["CONFORMITY_LABELS", "Readouts", "POPULATION_QUANTILES", "WHITENING_MIN_RATIO", "ModalityStats",
            "StatsAccumulator", "StatsError", "compute_stats", "leave_one_out_log_likelihood",
            "percentile_in", "read_mean_file", "whitening_refusal"]
 
@@ -73,6 +73,48 @@ def _library_versions() -> dict[str, str]:
         except _metadata.PackageNotFoundError:
             pass
     return versions
+
+
+@dataclass(frozen=True, eq=False)
+class Readouts(Mapping):
+    """What statistics read off one embedding (`ModalityStats.readouts`); all None without stats.
+
+    The one record of these numbers: frames hold one for their interpolated embedding and one
+    for the frame re-encoded, and manifests, the API and the page serialise it (`as_dict`). It
+    reads as a mapping too (``r["conformity"]``), equal to the dict of its values.
+
+    Attributes:
+        conformity: Eq. 10 (exact), its Eq. 11 estimate, or the cosine to the mean (`conformity_kind`).
+        conformity_kind, conformity_label: which of those, as a key and in words.
+        log_likelihood: whitened-CLIP log-likelihood (up to a constant); None without whitening.
+        conformity_percentile, log_likelihood_percentile: where the values sit in the stats'
+            population, in percent; None without its scale.
+    """
+
+    conformity: float | None = None
+    conformity_kind: str | None = None
+    conformity_label: str | None = None
+    log_likelihood: float | None = None
+    conformity_percentile: float | None = None
+    log_likelihood_percentile: float | None = None
+
+    def __getitem__(self, key: str):
+        if key not in READOUT_KEYS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(READOUT_KEYS)
+
+    def __len__(self) -> int:
+        return len(READOUT_KEYS)
+
+    def as_dict(self, prefix: str = "", keys: Iterable[str] = ()) -> dict:
+        """The values by name (JSON-ready), each name prefixed (``frame_``); ``keys``: only these."""
+        return {f"{prefix}{k}": getattr(self, k) for k in (tuple(keys) or READOUT_KEYS)}
+
+
+READOUT_KEYS = tuple(f.name for f in fields(Readouts))
 
 
 @dataclass
@@ -178,7 +220,7 @@ class ModalityStats:
             return None
         return percentile_in(value, self.log_likelihood_quantiles)
 
-    def readouts(self, v: torch.Tensor) -> dict:
+    def readouts(self, v: torch.Tensor) -> Readouts:
         """Conformity (its kind, label and percentile) and log-likelihood (and its percentile) of v.
 
         Percentiles are None when the stats carry no population distribution; the
@@ -187,10 +229,10 @@ class ModalityStats:
         ll = self.log_likelihood(v)
         c = float(self.conformity(v))
         ll = None if ll is None else float(ll)
-        return {"conformity": c, "conformity_kind": self.conformity_kind,
-                "conformity_label": self.conformity_label, "log_likelihood": ll,
-                "conformity_percentile": self.conformity_percentile(c),
-                "log_likelihood_percentile": self.log_likelihood_percentile(ll)}
+        return Readouts(conformity=c, conformity_kind=self.conformity_kind,
+                        conformity_label=self.conformity_label, log_likelihood=ll,
+                        conformity_percentile=self.conformity_percentile(c),
+                        log_likelihood_percentile=self.log_likelihood_percentile(ll))
 
     def describe(self) -> str:
         """One line for a UI or a log."""
