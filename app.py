@@ -223,6 +223,12 @@ def _input_column(engine, c: SimpleNamespace) -> None:
         c.strength = gr.Slider(0.05, 1, value=1.0, step=0.05, visible=engine.takes_strength,
                                label="strength (1: from noise; lower keeps the source's layout)",
                                elem_id="strength")
+        with gr.Row(visible=engine.kind == "ip-adapter"):  # IP-Adapter's own settings
+            c.adapter_scale = gr.Slider(
+                0, 2, value=full.adapter_scale, step=0.05, elem_id="adapter_scale",
+                label="adapter scale (how strongly the image steers; 1: the image alone)")
+            c.prompt = gr.Textbox(value=full.prompt, max_lines=2, elem_id="prompt",
+                                  label="prompt (text steering every frame; may stay empty)")
     c.examples = gr.Examples(
         examples=[[str(EXAMPLES_DIR / s), str(EXAMPLES_DIR / t), th, al if has_stats else 0.0]
                   for s, t, th, al, _ in EXAMPLES],
@@ -383,15 +389,22 @@ def _name_the_numbers(c: SimpleNamespace) -> None:
         named_range(getattr(c, name), name)
     named_range(c.guidance, "guidance_scale")
     named_range(c.strength, "strength")
+    named_range(c.adapter_scale, "adapter_scale")
     named_range(c.path_frames, "frames")
 
 
-def _frame_values(source, target, theta, alpha, seed, quality, steps, super_res_steps, preview_steps,
-                  guidance_scale, max_batch) -> dict:
+def _settings_values(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch, strength,
+                     adapter_scale, prompt) -> dict:
+    """The sampling settings' values by name (`_wire`'s ``settings`` lists their components in this order)."""
+    return dict(quality=quality, steps=steps, super_res_steps=super_res_steps, preview_steps=preview_steps,
+                guidance_scale=guidance_scale, max_batch=max_batch, strength=strength,
+                adapter_scale=adapter_scale, prompt=prompt)
+
+
+def _frame_values(source, target, theta, alpha, seed, *settings) -> dict:
     """The frame inputs' values by name (`_wire`'s ``frame_inputs`` lists their components in this order)."""
-    return dict(source=source, target=target, theta=theta, alpha=alpha, seed=seed, quality=quality,
-                steps=steps, super_res_steps=super_res_steps, preview_steps=preview_steps,
-                guidance_scale=guidance_scale, max_batch=max_batch)
+    return dict(source=source, target=target, theta=theta, alpha=alpha, seed=seed,
+                **_settings_values(*settings))
 
 
 def _frame_handlers(studio: ui.Studio) -> dict:
@@ -402,29 +415,31 @@ def _frame_handlers(studio: ui.Studio) -> dict:
 
     # The public endpoints spell out their parameters: Gradio names the API's after them.
     def render_frame(source, target, theta, alpha, seed, quality, steps, super_res_steps,
-                     preview_steps, guidance_scale, max_batch, session, strength=None,
-                     target_conformity=None, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+                     preview_steps, guidance_scale, max_batch, strength=None, adapter_scale=None, prompt=None,
+                     session=None, target_conformity=None, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
         """/preview: one frame at (theta, alpha), its image and readouts; with a
-        target_conformity, at the alpha giving it (readouts["aim"]: wanted, achieved). The
-        API keeps target_conformity last, as /sequence does."""
+        target_conformity, at the alpha giving it (readouts["aim"]: wanted, achieved). strength
+        (Kandinsky 2.2, IP-Adapter), adapter_scale and prompt (IP-Adapter): the model's own
+        settings. The API keeps target_conformity last, as /sequence does."""
         def on_step(step, total):
             progress((step, total), desc="denoising", unit="steps")
 
         request = studio.frame_request(
             source=source, target=target, theta=theta, alpha=alpha, seed=seed, quality=quality, steps=steps,
             super_res_steps=super_res_steps, preview_steps=preview_steps, guidance_scale=guidance_scale,
-            max_batch=max_batch, strength=strength, target_conformity=target_conformity)
+            max_batch=max_batch, strength=strength, adapter_scale=adapter_scale, prompt=prompt,
+            target_conformity=target_conformity)
         # ZeroGPU pickles the arguments to its worker: a closure cannot go.
         return studio.frame(session, request, on_step=None if on_zero_gpu() else on_step)
 
     def slider(quality_wanted):
         def handler(*inputs):
-            *frame_inputs, session, strength = inputs
+            *frame_inputs, session = inputs
             values = _frame_values(*frame_inputs)
             if None in (values["source"], values["target"]) or (quality_wanted, values["quality"]) == (
                     "full", "preview"):
                 return gr.skip(), gr.skip(), gr.skip()
-            request = studio.frame_request(**{**values, "quality": quality_wanted}, strength=strength)
+            request = studio.frame_request(**{**values, "quality": quality_wanted})
             return studio.frame(session, request)
         return handler
 
@@ -439,14 +454,13 @@ def _files(update: ui.SequenceUpdate) -> tuple:
 
 
 def _sweep_values(source, target, sweep, theta, alpha, theta_start, theta_stop, theta_frames, alpha_start,
-                  alpha_stop, alpha_frames, seed, quality, steps, super_res_steps, preview_steps,
-                  guidance_scale, max_batch, fps) -> dict:
+                  alpha_stop, alpha_frames, seed, *settings_and_fps) -> dict:
     """The sequence inputs' values by name (`_wire`'s ``sequence_inputs``, in this order)."""
+    *settings, fps = settings_and_fps
     return dict(source=source, target=target, sweep=sweep, theta=theta, alpha=alpha, theta_start=theta_start,
                 theta_stop=theta_stop, theta_frames=theta_frames, alpha_start=alpha_start,
-                alpha_stop=alpha_stop, alpha_frames=alpha_frames, seed=seed, quality=quality, steps=steps,
-                super_res_steps=super_res_steps, preview_steps=preview_steps, guidance_scale=guidance_scale,
-                max_batch=max_batch, fps=fps)
+                alpha_stop=alpha_stop, alpha_frames=alpha_frames, seed=seed, **_settings_values(*settings),
+                fps=fps)
 
 
 def _sequence_handlers(studio: ui.Studio) -> dict:
@@ -457,8 +471,8 @@ def _sequence_handlers(studio: ui.Studio) -> dict:
 
     def render_sweep(source, target, sweep, theta, alpha, theta_start, theta_stop, theta_frames,
                      alpha_start, alpha_stop, alpha_frames, seed, quality, steps, super_res_steps,
-                     preview_steps, guidance_scale, max_batch, fps, session, target_conformity=None,
-                     progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+                     preview_steps, guidance_scale, max_batch, strength, adapter_scale, prompt, fps, session,
+                     target_conformity=None, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
         """/sequence: a sweep of theta, alpha or both: gallery, plot, MP4, GIF, ZIP and smoothness
         line; with a target_conformity (theta sweep), every frame's alpha gives it.
 
@@ -470,7 +484,8 @@ def _sequence_handlers(studio: ui.Studio) -> dict:
             theta_stop=theta_stop, theta_frames=theta_frames, alpha_start=alpha_start, alpha_stop=alpha_stop,
             alpha_frames=alpha_frames, seed=seed, quality=quality, steps=steps,
             super_res_steps=super_res_steps, preview_steps=preview_steps, guidance_scale=guidance_scale,
-            max_batch=max_batch, fps=fps, target_conformity=target_conformity)
+            max_batch=max_batch, strength=strength, adapter_scale=adapter_scale, prompt=prompt, fps=fps,
+            target_conformity=target_conformity)
         for update in studio.sequence(session, request):
             progress((update.done, update.total), desc="Rendering frames", unit="frames")
             yield (update.gallery, *_files(update), update.session)
@@ -519,12 +534,11 @@ def _shown_files(update: ui.SequenceUpdate) -> tuple:
     return tuple(gr.update(value=f, visible=f is not None) for f in _files(update))
 
 
-def _path_values(frames, loop, spacing, ease, alpha, seed, quality, steps, super_res_steps, preview_steps,
-                 guidance_scale, max_batch, fps) -> dict:
+def _path_values(frames, loop, spacing, ease, alpha, seed, *settings_and_fps) -> dict:
     """The path inputs' values by name after the keyframes (`_wire_path`'s ``shape``, in this order)."""
-    return dict(frames=frames, loop=loop, spacing=spacing, ease=ease, alpha=alpha, seed=seed, quality=quality,
-                steps=steps, super_res_steps=super_res_steps, preview_steps=preview_steps,
-                guidance_scale=guidance_scale, max_batch=max_batch, fps=fps)
+    *settings, fps = settings_and_fps
+    return dict(frames=frames, loop=loop, spacing=spacing, ease=ease, alpha=alpha, seed=seed,
+                **_settings_values(*settings), fps=fps)
 
 
 def _path_handlers(studio: ui.Studio) -> dict:
@@ -538,8 +552,8 @@ def _path_handlers(studio: ui.Studio) -> dict:
     def render_path(keyframe_1, keyframe_2, keyframe_3=None, keyframe_4=None, keyframe_5=None,
                     keyframe_6=None, keyframe_7=None, keyframe_8=None, frames=None, loop=None, spacing=None,
                     ease=None, alpha=None, seed=None, quality=None, steps=None, super_res_steps=None,
-                    preview_steps=None, guidance_scale=None, max_batch=None, fps=None,
-                    progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+                    preview_steps=None, guidance_scale=None, max_batch=None, strength=None,
+                    adapter_scale=None, prompt=None, fps=None, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
         """/path: a path through 2 to 8 keyframes (in order; unused ones None), open or a loop:
         gallery, plot, MP4, GIF, ZIP and smoothness line. alpha: one value, or one per segment ("0, 1, 2");
         spacing "uniform", "angle" or "perceptual"; ease in and out of each keyframe. Streamed like
@@ -549,7 +563,8 @@ def _path_handlers(studio: ui.Studio) -> dict:
         request = studio.path_request(
             keyframes=keyframes, frames=frames, loop=loop, spacing=spacing, ease=ease, alpha=alpha, seed=seed,
             quality=quality, steps=steps, super_res_steps=super_res_steps, preview_steps=preview_steps,
-            guidance_scale=guidance_scale, max_batch=max_batch, fps=fps)
+            guidance_scale=guidance_scale, max_batch=max_batch, strength=strength,
+            adapter_scale=adapter_scale, prompt=prompt, fps=fps)
         for update in studio.path(request):
             progress((update.done, update.total), desc="Rendering frames", unit="frames")
             yield (update.gallery, *_files(update))
@@ -647,7 +662,8 @@ def _gallery_columns(sweep, alpha_frames) -> int:
 def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
     h = _handlers(studio)
     _name_the_numbers(c)
-    settings = [c.quality, c.steps, c.super_res_steps, c.preview_steps, c.guidance, c.max_batch]
+    settings = [c.quality, c.steps, c.super_res_steps, c.preview_steps, c.guidance, c.max_batch, c.strength,
+                c.adapter_scale, c.prompt]
     frame_inputs = [c.source, c.target, c.theta, c.alpha, c.seed, *settings]
     frame_outputs = [c.frame, c.readouts, session]
     sequence_inputs = [c.source, c.target, c.sweep, c.theta, c.alpha, c.theta_start, c.theta_stop,
@@ -661,9 +677,9 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
     _wire_uploads(h, c)
     checked = c.generate_button.click(h.check_frame, frame_inputs, None, **check)
     checked.success(None, js=SCROLL_TO_FRAME, **private)
-    checked.success(h.render_frame, [*frame_inputs, session, c.strength, c.api_target_conformity],
+    checked.success(h.render_frame, [*frame_inputs, session, c.api_target_conformity],
                     frame_outputs, api_name="preview", **gpu)
-    slider_inputs = [*frame_inputs, session, c.strength]
+    slider_inputs = [*frame_inputs, session]
     for slider in (c.theta, c.alpha):
         slider.release(h.slider_preview, slider_inputs, frame_outputs, trigger_mode="always_last",
                        show_progress="minimal", **gpu, **private).success(

@@ -701,19 +701,18 @@ def _uploaded(app, path: Path) -> dict:
 def test_paths_and_urls_in_an_api_call_are_refused_in_plain_words(app, source, message):
     target = _uploaded(app, TARGET)
     event, data = _call(app, "preview", [{**source, "meta": {"_type": "gradio.FileData"}}, target,
-                                         0.5, 1.0, 42, "preview", 2, 2, 2, 1.0, 8, None, None])
+                                         0.5, 1.0, 42, "preview", 2, 2, 2, 1.0, 8, None, None, None, None])
     assert event == "error" and message in data["error"], data
 
 
 def test_a_raw_http_call_may_leave_settings_out_as_null(app):
     """null for a slider's parameter takes its default, as gradio_client fills it in."""
     source, target = _uploaded(app, SOURCE), _uploaded(app, TARGET)
-    event, data = _call(app, "preview", [source, target, 0.5, 1.0, 42, "preview", None, None, None, None,
-                                         None, None, None])
+    event, data = _call(app, "preview", [source, target, 0.5, 1.0, 42, "preview"] + [None] * 9)
     assert event == "complete", data
     readouts = data[1]
     assert readouts["seed"] == 42 and readouts["preview"] is True
-    event, data = _call(app, "preview", [source, target, 0.5, 1.0, None, "preview"] + [None] * 7)
+    event, data = _call(app, "preview", [source, target, 0.5, 1.0, None, "preview"] + [None] * 9)
     assert event == "error" and "seed is empty: type a whole number." in data["error"], data  # no default
 
 
@@ -726,7 +725,7 @@ def test_keyframe_paths_and_urls_are_refused_in_plain_words(app, keyframe, messa
     first = _uploaded(app, SOURCE)
     keyframes = [first, {**keyframe, "meta": {"_type": "gradio.FileData"}}, *[None] * 6]
     event, data = _call(app, "path", [*keyframes, 3, False, "uniform", False, "1", 42, "preview", 2, 2, 2,
-                                      1.0, 8, 4])
+                                      1.0, 8, None, None, None, 4])
     assert event == "error" and message in data["error"], data
 
 
@@ -762,9 +761,9 @@ def _server_paths(app) -> dict[str, str]:
 
 
 def _settings_after(api_name: str) -> list:
-    return {"preview": [0.5, 1.0, 42, "preview", 2, 2, 2, 1.0, 8, None, None],
-            "sequence": ["theta", 0.5, 1.0, 0.0, 1.0, 2, -1.0, 2.0, 2, 42, "preview", 2, 2, 2, 1.0, 8, 4,
-                         None]}[api_name]
+    return {"preview": [0.5, 1.0, 42, "preview", 2, 2, 2, 1.0, 8, None, None, None, None],
+            "sequence": ["theta", 0.5, 1.0, 0.0, 1.0, 2, -1.0, 2.0, 2, 42, "preview", 2, 2, 2, 1.0, 8, None,
+                         None, None, 4, None]}[api_name]
 
 
 @pytest.mark.parametrize("meta", [True, False], ids=["with meta", "without meta"])
@@ -784,7 +783,7 @@ def test_a_server_path_is_refused_with_one_message_on_preview_and_sequence(app, 
 
 def test_a_server_path_is_refused_for_every_path_keyframe(app):
     uploaded = _uploaded(app, SOURCE)
-    shape = [3, False, "uniform", False, "1", 42, "preview", 2, 2, 2, 1.0, 8, 4]
+    shape = [3, False, "uniform", False, "1", 42, "preview", 2, 2, 2, 1.0, 8, None, None, None, 4]
     for k in range(8):
         for path in (str(SOURCE), "/etc/passwd", "/no/such/file.png"):
             keyframes = [uploaded, uploaded, None, None, None, None, None, None]
@@ -827,8 +826,10 @@ def test_the_pages_own_events_refuse_server_paths_too(app):
                  {"image": {"path": path}, "caption": None}]
         ok, out = _page_event(app, "run-path", ["keyframes", "path_frames", "loop", "spacing", "ease",
                                                 "path_alpha", "seed", "quality", "steps", "super_res_steps",
-                                                "preview_steps", "guidance", "max_batch", "fps"],
-                              [strip, 3, False, "uniform", False, "1", 42, "preview", 2, 2, 2, 1.0, 8, 4])
+                                                "preview_steps", "guidance", "max_batch", "strength",
+                                                "adapter_scale", "prompt", "fps"],
+                              [strip, 3, False, "uniform", False, "1", 42, "preview", 2, 2, 2, 1.0, 8, 1.0,
+                               1.0, "", 4])
         assert not ok and out["error"] == f"The keyframe strip {ONE_REFUSAL}", out
         ok, out = _page_event(app, "source", ["source"], [{"path": path}])
         assert not ok and out["error"] == f"The source image {ONE_REFUSAL}", out

@@ -87,6 +87,13 @@ def _flag(value, name: str) -> bool:
     return value
 
 
+def _text(value, name: str) -> str | None:
+    """Text as typed (None when not given); anything else refused by name."""
+    if value is not None and not isinstance(value, str):
+        raise RequestError(f"{name} must be text, got {value!r}")
+    return value
+
+
 def _optional_int(value, name: str) -> int | None:
     return None if value is None else _as_int(value, name)
 
@@ -150,8 +157,9 @@ class Sampling:
 
     @classmethod
     def parse(cls, quality, steps=None, super_res_steps=None, preview_steps=None, guidance_scale=None,
-              max_batch=None, strength=None) -> Sampling:
-        """The studio's settings (quality "full" or "preview"), each refused by name when not a number."""
+              max_batch=None, strength=None, adapter_scale=None, prompt=None) -> Sampling:
+        """The studio's settings (quality "full" or "preview"), each refused by name when not a number
+        (the prompt when not text); an empty box leaves the model's default."""
         if quality not in QUALITIES:
             raise RequestError(f"quality must be one of {', '.join(QUALITIES)}, got {quality!r}")
         if guidance_scale is not None:
@@ -163,7 +171,9 @@ class Sampling:
                    super_res_steps=_optional_int(super_res_steps, "super_res_steps"),
                    preview_steps=_optional_int(preview_steps, "preview_steps"), guidance_scale=guidance_scale,
                    max_batch=_optional_int(max_batch, "max_batch"),
-                   strength=None if _empty(strength) else _float(strength, "strength"))
+                   strength=None if _empty(strength) else _float(strength, "strength"),
+                   adapter_scale=None if _empty(adapter_scale) else _float(adapter_scale, "adapter_scale"),
+                   prompt=_text(prompt, "prompt"))
 
     @classmethod
     def from_options(cls, preview: bool = False, steps=None, **options) -> Sampling:
@@ -219,13 +229,13 @@ class FrameRequest:
     @classmethod
     def parse(cls, engine, *, source, target, theta, alpha, seed, quality="full", steps=None,
               super_res_steps=None, preview_steps=None, guidance_scale=None, max_batch=None, strength=None,
-              target_conformity=None) -> FrameRequest:
+              adapter_scale=None, prompt=None, target_conformity=None) -> FrameRequest:
         """A frame request from the studio's values, or RequestError naming the bad one.
 
         With a ``target_conformity`` the alpha given is replaced by an aim at it.
         """
         sampling = Sampling.parse(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch,
-                                  strength)
+                                  strength, adapter_scale, prompt)
         theta, alpha = _float(theta, "theta"), _float(alpha, "alpha")
         aim = AimAt.parse(engine, target_conformity)
         _need_image(source, "source image")

@@ -356,6 +356,17 @@ class SequenceUpdate:
         return f"frame {self.done} of {self.total}"
 
 
+# The studio's sampling settings by name, as `Sampling.parse` takes them.
+SAMPLING_SETTINGS = ("quality", "steps", "super_res_steps", "preview_steps", "guidance_scale", "max_batch",
+                     "strength", "adapter_scale", "prompt")
+
+
+def _sampling_of(values: dict) -> tuple[Sampling, dict]:
+    """(the `Sampling` of a form's values, the other values)."""
+    sampling = Sampling.parse(**{k: values[k] for k in SAMPLING_SETTINGS if k in values})
+    return sampling, {k: v for k, v in values.items() if k not in SAMPLING_SETTINGS}
+
+
 class Studio:
     """What the app's events do, without Gradio: check a request, render, lay out the result.
 
@@ -469,23 +480,21 @@ class Studio:
                                "Move theta between 0 and 1 first.")
         return request
 
-    def sequence_request(self, *, quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch,
-                         **values) -> SweepRequest:
+    def sequence_request(self, **values) -> SweepRequest:
         """The `SweepRequest` of the app's sweep form (`SweepRequest.parse_studio`'s keywords and the
-        sampling settings), at most `max_sequence_frames` frames; or RequestError."""
-        sampling = Sampling.parse(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch)
+        sampling settings, `Sampling.parse`'s), at most `max_sequence_frames` frames; or RequestError."""
+        sampling, values = _sampling_of(values)
         return SweepRequest.parse_studio(self.engine, sampling=sampling,
                                          max_frames=self.config.max_sequence_frames, **values)
 
-    def path_request(self, *, keyframes, quality, steps, super_res_steps, preview_steps, guidance_scale,
-                     max_batch, **values) -> PathRequest:
+    def path_request(self, *, keyframes, **values) -> PathRequest:
         """The `PathRequest` of the app's path form, or RequestError: every keyframe passes
         `check_input_image` first (None slots skipped: the API's unused keyframes)."""
         images = [k for k in keyframes or [] if k is not None]
         if MIN_KEYFRAMES <= len(images) <= MAX_KEYFRAMES:
             for k, image in enumerate(images):
                 check_input_image(None, image, f"keyframe {k + 1}", self.config.max_file_bytes)
-        sampling = Sampling.parse(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch)
+        sampling, values = _sampling_of(values)
         return PathRequest.parse_studio(self.engine, keyframes=images, sampling=sampling,
                                         max_frames=self.config.max_sequence_frames, **values)
 
