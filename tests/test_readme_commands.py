@@ -10,9 +10,10 @@ a reader has and our machines do not are stood in for, without touching the comm
 - the reference space: open_clip's `ViT-B-32/openai` is random weights in the same hub cache,
   under the repository open_clip downloads it from, of a small stand-in architecture that
   VSLERP_OPEN_CLIP_CONFIG (stats/README.md's way to add an architecture) registers under the
-  name ViT-B-32 (the real one costs a CPU ~4 GFLOP an image, a minute a run on CI; the loading
-  path, open_clip's own, is the same); its stats file is made with stats/README.md's
-  command, as a reader would before scoring in that space;
+  name ViT-B-32 (the real one costs ~4 GFLOP an image: its stats command took three times a
+  plain one's); the loading path, open_clip's own, is the same, and real ViT-B-32 weights
+  would not load into it. Its stats file is made with stats/README.md's command, as a reader
+  would before scoring in that space;
 - the images: cat.png, dog.png, car.png, coco/val2017/, photos/, generated/, unclip-frames/ are
   fixture images written under those names in the working directory; examples/ (the app's
   client script) is the checkout's.
