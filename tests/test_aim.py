@@ -253,21 +253,7 @@ def test_cli_render_conformity_spec_paired_with_theta_and_resumed(pipe, karlo_di
 
 
 # -- the HTTP API and the browser -------------------------------------------------------------
-@pytest.fixture(scope="module")
-def app(karlo_dir, tmp_path_factory):
-    from test_app_api import launched_app
-
-    with launched_app(karlo_dir, tmp_path_factory.mktemp("aim-app")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(app, tmp_path_factory):
-    from gradio_client import Client
-
-    return Client(app.url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
-
-
+# `app` and `client`: the app shared with the API tests (conftest.py).
 API_FAST = {"steps": 2, "super_res_steps": 2, "preview_steps": 2}
 
 

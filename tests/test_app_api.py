@@ -23,13 +23,14 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
+from conftest import free_port as _free_port  # noqa: E402
+from conftest import launched_app  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
@@ -40,14 +41,10 @@ EXAMPLES = ROOT / "examples"
 SOURCE, TARGET = EXAMPLES / "chelsea.jpg", EXAMPLES / "rocket.jpg"
 # Karlo's scheduler needs two timesteps; two of each keeps a tiny frame well under a second.
 FAST = {"steps": 2, "super_res_steps": 2, "preview_steps": 2}
-STARTUP_TIMEOUT_S = 180
 
 
-# -- a launched app (also used by test_app_browser.py) ------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# -- the launched app: `app` and `client` are conftest.py's (one app, shared with the aiming
+# and browser tests); `launched_app` and `write_tiny_karlo` stay importable from here.
 
 
 def write_tiny_karlo(directory: Path) -> Path:
@@ -55,61 +52,6 @@ def write_tiny_karlo(directory: Path) -> Path:
 
     write_fixture("karlo", directory)
     return directory
-
-
-@contextlib.contextmanager
-def launched_app(model_dir: Path, work: Path, extra_env: dict | None = None, *, args: tuple = (),
-                 prefix: tuple = ()):
-    """`python app.py --model model_dir --port P [args]` in a subprocess; yields its url and log.
-
-    The app's temporary files (its request folders: ``work/vslerp-studio``) live in ``work``;
-    ``prefix`` is a command line the app is started under (e.g. unshare).
-    """
-    port = _free_port()
-    work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(work / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False",
-           "HF_HUB_OFFLINE": "1", "TMPDIR": str(work), "MPLCONFIGDIR": str(work / "mpl"), **(extra_env or {})}
-    env.pop("GRADIO_SERVER_PORT", None)
-    log_path = work / "app.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [*prefix, sys.executable, "app.py", "--model", str(model_dir), "--port", str(port),
-             "--host", "127.0.0.1", *args],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"app.py exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "config", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not start in {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield SimpleNamespace(url=url, proc=proc, log=log_path, work=work)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def app(karlo_dir, tmp_path_factory):
-    with launched_app(karlo_dir, tmp_path_factory.mktemp("app")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(app, tmp_path_factory):
-    return Client(app.url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
 
 
 def _finite_number(x) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_app_api import EXAMPLES, SOURCE, TARGET, launched_app
+from test_app_api import EXAMPLES, SOURCE, TARGET
 
 pytestmark = pytest.mark.browser
 
@@ -40,10 +40,7 @@ SCREENS = {"desktop": {"viewport": {"width": 1440, "height": 1000}},
                      "has_touch": True}}
 
 
-@pytest.fixture(scope="module")
-def app(karlo_dir, tmp_path_factory):
-    with launched_app(karlo_dir, tmp_path_factory.mktemp("app")) as running:
-        yield running
+# `app`: the app shared with the API tests (conftest.py).
 
 
 @pytest.fixture(scope="module")

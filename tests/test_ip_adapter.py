@@ -398,23 +398,22 @@ def test_models_lists_the_ip_adapter_presets():
     assert {presets[k]["encoder"] for k in KINDS} == {presets["stable-unclip-h"]["encoder"]}
 
 
-def test_preview_through_gradio_client(dirs, tmp_path):
+def test_preview_through_gradio_client(dirs, launch_app, tmp_path):
     from gradio_client import Client, handle_file
     from PIL import Image
-    from test_app_api import launched_app
 
     source, target = (tmp_path / "a.png", tmp_path / "b.png")
     for im, p in zip(fixture_images(2, seed=3), (source, target), strict=True):
         im.save(p)
-    with launched_app(dirs["ip-adapter-sdxl"], tmp_path / "app") as app:
-        client = Client(app.url, verbose=False, download_files=str(tmp_path / "downloads"))
-        common = dict(source=handle_file(source), target=handle_file(target), seed=7, steps=3,
-                      preview_steps=2, api_name="/preview")
-        path, readouts = client.predict(theta=0.5, alpha=1.0, quality="full", **common)
-        assert Image.open(path).size == (32, 32) and readouts["conformity_kind"] == "exact"
-        path, quick = client.predict(theta=0.5, alpha=1.0, quality="preview", **common)
-        assert Image.open(path).size == (16, 16) and quick["preview"] is True
-        sequence_and_path_through_gradio_client(client, source, target)
+    app = launch_app(dirs["ip-adapter-sdxl"])
+    client = Client(app.url, verbose=False, download_files=str(tmp_path / "downloads"))
+    common = dict(source=handle_file(source), target=handle_file(target), seed=7, steps=3,
+                  preview_steps=2, api_name="/preview")
+    path, readouts = client.predict(theta=0.5, alpha=1.0, quality="full", **common)
+    assert Image.open(path).size == (32, 32) and readouts["conformity_kind"] == "exact"
+    path, quick = client.predict(theta=0.5, alpha=1.0, quality="preview", **common)
+    assert Image.open(path).size == (16, 16) and quick["preview"] is True
+    sequence_and_path_through_gradio_client(client, source, target)
 
 
 def sequence_and_path_through_gradio_client(client, source, target) -> None:

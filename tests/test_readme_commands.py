@@ -7,9 +7,13 @@ a reader has and our machines do not are stood in for, without touching the comm
 - the model: `karlo` is a random-weight Karlo written as the real repository's snapshot in a
   hub cache (HF_HUB_CACHE), so `--model karlo` and the app's default load it unchanged. It is
   smaller than the other tests' fixture, so the preset's 25 + 7 steps take a moment on a CPU.
-- the reference space: open_clip's `ViT-B-32/openai` is random ViT-B-32 weights in the same
-  hub cache, under the repository open_clip downloads it from, and its stats file is made with
-  stats/README.md's command, as a reader would before scoring in that space;
+- the reference space: open_clip's `ViT-B-32/openai` is random weights in the same hub cache,
+  under the repository open_clip downloads it from, of a small stand-in architecture that
+  VSLERP_OPEN_CLIP_CONFIG (stats/README.md's way to add an architecture) registers under the
+  name ViT-B-32 (the real one costs ~4 GFLOP an image: its stats command took three times a
+  plain one's); the loading path, open_clip's own, is the same, and real ViT-B-32 weights
+  would not load into it. Its stats file is made with stats/README.md's command, as a reader
+  would before scoring in that space;
 - the images: cat.png, dog.png, car.png, coco/val2017/, photos/, generated/, unclip-frames/ are
   fixture images written under those names in the working directory; examples/ (the app's
   client script) is the checkout's.
@@ -122,6 +126,13 @@ def _free_port() -> int:
 
 
 REFERENCE = "open_clip:ViT-B-32/openai"
+# The stand-in for ViT-B-32: an open_clip config of its shape (a ViT and a text transformer)
+# at a size a CPU reads 96 images with in a moment; 3 * 32 = 96 images give it a whitening too.
+SMALL_VIT_B_32 = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
 
 
 def _cache_snapshot(cache: Path, repo_id: str) -> Path:
@@ -133,16 +144,23 @@ def _cache_snapshot(cache: Path, repo_id: str) -> Path:
     return repo / "snapshots" / revision
 
 
-def _reference_weights(cache: Path) -> None:
-    """Random ViT-B-32 weights where open_clip looks for `ViT-B-32/openai` (fp16: half the disk)."""
+def _reference_weights(cache: Path, configs: Path) -> None:
+    """The small ViT-B-32's config as ``configs/ViT-B-32.json`` (for VSLERP_OPEN_CLIP_CONFIG), and
+    random weights of it where open_clip looks for `ViT-B-32/openai`.
+
+    The model is built from the config directly, not through open_clip's registry: this process
+    keeps the real ViT-B-32 for the other tests.
+    """
     import open_clip
     from safetensors.torch import save_file
 
+    configs.mkdir(parents=True)
+    (configs / "ViT-B-32.json").write_text(json.dumps(SMALL_VIT_B_32))
     hub_id = open_clip.get_pretrained_cfg("ViT-B-32", "openai")["hf_hub"].strip("/")
     snapshot = _cache_snapshot(cache, hub_id)
     snapshot.mkdir(parents=True)
-    model = open_clip.create_model("ViT-B-32", pretrained=None, force_quick_gelu=True)
-    save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()},
+    model = open_clip.CLIP(**SMALL_VIT_B_32, quick_gelu=True)  # `openai` weights use QuickGELU
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
               str(snapshot / "open_clip_model.safetensors"))
 
 
@@ -155,7 +173,7 @@ def reader(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme")
     cache = root / "hub-cache"
     write_fixture("karlo", _cache_snapshot(cache, get_preset("karlo").hub_id), config=_small_karlo_config())
-    _reference_weights(cache)
+    _reference_weights(cache, root / "open_clip-configs")
     work = root / "work"
     work.mkdir()
     pictures = iter(fixture_images(111, seed=21, size=96))
@@ -168,6 +186,7 @@ def reader(tmp_path_factory):
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
            "VSLERP_STATS_DIR": str(work / "stats"), "GRADIO_TEMP_DIR": str(root / "gradio"),
            "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SERVER_PORT": str(_free_port()),
+           "VSLERP_OPEN_CLIP_CONFIG": str(root / "open_clip-configs"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            # Tiny models gain nothing from threads, and on a machine busy with other work
            # OpenMP's spinning threads wait on each other (8 frames: 0.7 s with one, 29 s with two).
