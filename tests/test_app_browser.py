@@ -15,6 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from test_app_api import EXAMPLES, SOURCE, TARGET
@@ -535,4 +536,42 @@ def test_on_a_phone_new_seed_sits_beside_the_seed_and_sliders_keep_their_ends(ap
         expect(page.locator(f"#{elem_id} .max_value")).to_be_visible()
     page.locator("#seed").scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "app-phone-seed.png"))
+    page.close()
+
+
+def test_ip_adapter_shows_its_settings_and_renders_with_them(app, launch_app, browser, tmp_path_factory):
+    """On an IP-Adapter model the advanced settings hold its adapter scale and prompt (and
+    strength), and the frame follows them: another prompt, another frame on the same noise
+    path. A Karlo page shows none of the three."""
+    from vslerp_app.fixtures import write_fixture
+
+    karlo = _open(browser, app)
+    karlo.get_by_text("Advanced settings").click()
+    expect(karlo.locator("#steps")).to_be_visible()
+    for elem_id in ("adapter_scale", "prompt", "strength"):
+        expect(karlo.locator(f"#{elem_id}")).to_be_hidden()
+    karlo.close()
+
+    work = tmp_path_factory.mktemp("ip-adapter")
+    page = _open(browser, launch_app(write_fixture("ip-adapter-sd15", work / "sd15")))
+    _both_images(page)
+    page.get_by_text("Advanced settings").click()
+    for elem_id in ("adapter_scale", "prompt", "strength"):
+        expect(page.locator(f"#{elem_id}")).to_be_visible()
+    expect(page.locator("#super_res_steps")).to_be_hidden()
+    for elem_id, value in (("steps", 3), ("preview_steps", 2), ("adapter_scale", 0.5)):
+        _set_number(page, elem_id, value)
+    frames = []
+    for prompt in ("a red apple", "a blue boat"):
+        page.locator("#prompt textarea").fill(prompt)
+        old_src = page.locator("#frame-out img").get_attribute("src") if frames else None
+        page.locator("#generate").click()
+        expect(page.locator("#frame-out img")).to_be_visible()
+        if old_src is not None:
+            expect(page.locator("#frame-out img")).not_to_have_attribute("src", old_src)
+        expect(page.locator("#readout")).to_contain_text("conformity")
+        with Image.open(_download_src(page, "#frame-out img", work / f"{len(frames)}.png")) as im:
+            frames.append(np.asarray(im.convert("RGB")).astype(int))
+    assert np.abs(frames[0] - frames[1]).max() > 0  # the prompt reached the model
+    assert not page.errors, page.errors
     page.close()

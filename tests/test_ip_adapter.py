@@ -433,6 +433,48 @@ def sequence_and_path_through_gradio_client(client, source, target) -> None:
     assert len(gallery) == 4 and gallery[0]["caption"].startswith("key 1") and smooth
 
 
+def _manifest_of(zip_path) -> dict:
+    import zipfile
+
+    with zipfile.ZipFile(zip_path) as z:
+        return json.loads(z.read(next(n for n in z.namelist() if n.endswith("manifest.json"))))
+
+
+def test_adapter_scale_prompt_and_strength_reach_every_render_of_the_api(dirs, launch_app, tmp_path):
+    """IP-Adapter's settings through gradio_client: /preview's frame changes with the prompt and
+    the adapter scale (and is the same again without them), /sequence and /path pin the values
+    in their manifests, and a bad value is refused by name."""
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    source, target = (tmp_path / "a.png", tmp_path / "b.png")
+    for im, p in zip(fixture_images(2, seed=3), (source, target), strict=True):
+        im.save(p)
+    client = Client(launch_app(dirs["ip-adapter-sd15"]).url, verbose=False,
+                    download_files=str(tmp_path / "downloads"))
+    a, b = handle_file(source), handle_file(target)
+    common = dict(source=a, target=b, theta=0.5, alpha=1.0, seed=7, steps=3, quality="full",
+                  api_name="/preview")
+    pixels = {name: np.asarray(Image.open(client.predict(**common, **options)[0])).astype(int)
+              for name, options in {"plain": {}, "again": {}, "prompted": {"prompt": "a red apple"},
+                                    "scaled": {"adapter_scale": 0.25}}.items()}
+    assert np.array_equal(pixels["plain"], pixels["again"])  # one noise path: the settings alone differ
+    assert np.abs(pixels["prompted"] - pixels["plain"]).max() > 0
+    assert np.abs(pixels["scaled"] - pixels["plain"]).max() > 0
+    with pytest.raises(Exception, match=r"adapter_scale must be between 0 and 2, got 3"):
+        client.predict(**{**common, "adapter_scale": 3})
+    options = dict(strength=0.5, adapter_scale=0.25, prompt="a red apple", seed=7, quality="preview",
+                   preview_steps=2)
+    *_, zip_path, _smooth = client.predict(source=a, target=b, sweep="theta", theta_frames=2, alpha=1.0,
+                                           api_name="/sequence", **options)
+    *_, path_zip, _smooth = client.predict(keyframe_1=a, keyframe_2=b, frames=3, alpha="0.5",
+                                           api_name="/path", **options)
+    for archive in (zip_path, path_zip):
+        settings = _manifest_of(archive)["settings"]
+        pinned = settings["strength"], settings["adapter_scale"], settings["prompt"]
+        assert pinned == (0.5, 0.25, "a red apple"), archive
+
+
 # -- the benchmark --------------------------------------------------------------------------
 def test_bench_full_size_configs_have_the_published_sizes():
     from diffusers import UNet2DConditionModel

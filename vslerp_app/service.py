@@ -428,7 +428,9 @@ class Studio:
         step (and may raise `RenderStopped` to end the chunk there).
         """
         src, tgt = self._embed_pair(request, session)
-        events = iter_render(self.engine, request.with_inputs(src.embedding, tgt.embedding), out_dir,
+        # strength < 1 starts every frame from the source's own latents: the image goes down whole.
+        source = request.source if self._starts_from_image(request) else src.embedding
+        events = iter_render(self.engine, request.with_inputs(source, tgt.embedding), out_dir,
                              _STUDIO_OUTPUTS)
         try:
             for event in self._stepped(events, on_step):
@@ -442,12 +444,19 @@ class Studio:
         ``on_step`` as in `_run_sequence`."""
         embeddings = [embed_input(self.engine, image, f"keyframe {k + 1}").embedding
                       for k, image in enumerate(request.keyframes)]
+        if self._starts_from_image(request):  # every frame starts from the first keyframe's latents
+            embeddings[0] = request.keyframes[0]
         events = iter_render(self.engine, request.with_keyframes(embeddings), out_dir, _STUDIO_OUTPUTS)
         try:
             for event in self._stepped(events, on_step):
                 yield event, None
         finally:
             events.close()
+
+    def _starts_from_image(self, request) -> bool:
+        """Whether the request's frames start from an image's latents (strength < 1)."""
+        sampling = request.sampling
+        return self.engine.settings_for(sampling.preview, **sampling.overrides()).strength < 1.0
 
     def _stepped(self, events: Iterator, on_step) -> Iterator:
         """``events`` with each chunk's denoising steps reported to ``on_step``.
