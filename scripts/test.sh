@@ -15,4 +15,7 @@ fi
 python3 -m pip install -q --disable-pip-version-check -r requirements-dev.txt -e .
 
 python3 -m ruff check .
-python3 -m pytest "$@"
+# One worker per core, each test file whole on one worker (its module-scoped apps launched
+# once); torch in each worker and in every process a test starts keeps to one thread.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
+python3 -m pytest -n auto --dist loadfile "$@"
