@@ -74,12 +74,17 @@ def launched_app(model_dir: Path, work: Path, extra_env: dict | None = None, *, 
             time.sleep(0.5)
         yield SimpleNamespace(url=url, proc=proc, log=log_path, work=work)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminate a server the tests started, killed if it has not ended 15 s later."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="module")

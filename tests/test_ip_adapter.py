@@ -400,7 +400,6 @@ def test_models_lists_the_ip_adapter_presets():
 
 def test_preview_through_gradio_client(dirs, launch_app, tmp_path):
     from gradio_client import Client, handle_file
-    from PIL import Image
 
     source, target = (tmp_path / "a.png", tmp_path / "b.png")
     for im, p in zip(fixture_images(2, seed=3), (source, target), strict=True):
@@ -409,11 +408,19 @@ def test_preview_through_gradio_client(dirs, launch_app, tmp_path):
     client = Client(app.url, verbose=False, download_files=str(tmp_path / "downloads"))
     common = dict(source=handle_file(source), target=handle_file(target), seed=7, steps=3,
                   preview_steps=2, api_name="/preview")
+    full_and_preview_through_gradio_client(client, common)
+    sequence_and_path_through_gradio_client(client, source, target)
+
+
+def full_and_preview_through_gradio_client(client, common: dict) -> None:
+    """/preview on a family's fixture: a full frame at the fixture's 32 px with exact readouts,
+    a preview at 16 px marked as one."""
+    from PIL import Image
+
     path, readouts = client.predict(theta=0.5, alpha=1.0, quality="full", **common)
     assert Image.open(path).size == (32, 32) and readouts["conformity_kind"] == "exact"
     path, quick = client.predict(theta=0.5, alpha=1.0, quality="preview", **common)
     assert Image.open(path).size == (16, 16) and quick["preview"] is True
-    sequence_and_path_through_gradio_client(client, source, target)
 
 
 def sequence_and_path_through_gradio_client(client, source, target) -> None:

@@ -120,16 +120,17 @@ def test_models_lists_the_kandinsky_preset():
 
 def test_preview_through_gradio_client_with_strength(model, launch_app, tmp_path):
     from gradio_client import Client, handle_file
+    from test_ip_adapter import (
+        full_and_preview_through_gradio_client,
+        sequence_and_path_through_gradio_client,
+    )
 
     source, target = Path(ROOT / "examples" / "chelsea.jpg"), Path(ROOT / "examples" / "rocket.jpg")
     app = launch_app(model)
     client = Client(app.url, verbose=False, download_files=str(tmp_path / "downloads"))
     common = dict(source=handle_file(source), target=handle_file(target), seed=7, steps=4,
                   preview_steps=2, api_name="/preview")
-    path, readouts = client.predict(theta=0.5, alpha=1.0, quality="full", **common)
-    assert Image.open(path).size == (32, 32) and readouts["conformity_kind"] == "exact"
-    path, quick = client.predict(theta=0.5, alpha=1.0, quality="preview", **common)
-    assert Image.open(path).size == (16, 16) and quick["preview"] is True
+    full_and_preview_through_gradio_client(client, common)
     # strength < 1 at theta 0: nearer the source photo than the frame from noise
     near, _ = client.predict(theta=0.0, alpha=0.0, quality="full", strength=0.25, **common)
     far, _ = client.predict(theta=0.0, alpha=0.0, quality="full", strength=1.0, **common)
@@ -138,6 +139,4 @@ def test_preview_through_gradio_client_with_strength(model, launch_app, tmp_path
     assert gap[0] < gap[1], gap
     with pytest.raises(Exception, match=r"strength must be between 0.05 and 1, got 1.5"):  # named
         client.predict(theta=0.5, alpha=0.0, quality="full", strength=1.5, **common)
-    from test_ip_adapter import sequence_and_path_through_gradio_client
-
     sequence_and_path_through_gradio_client(client, source, target)

@@ -39,6 +39,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from conftest import stop_process
 from packaging.requirements import Requirement
 from PIL import Image
 
@@ -268,12 +269,7 @@ def running_space(app_file: str, hf_home: Path, work: Path):
 
         yield SimpleNamespace(url=url, log=log_path, config=config, records=records, hf_home=hf_home)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @pytest.fixture(scope="module")
