@@ -678,21 +678,7 @@ def _add_render(sub) -> None:
                         "launch / torchrun")
     p.add_argument("--grid", action="store_true", help="every theta with every alpha")
     _add_path_options(p)
-    p.add_argument("--preview", action="store_true", help="preview quality (fast, small)")
-    p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
-    p.add_argument("--super-res-steps", type=int, help="Karlo super-resolution steps")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 is off)")
-    p.add_argument("--resolution", type=_resolution, metavar="PX|WxH",
-                   help="frame size: a side or WIDTHxHEIGHT (Kandinsky 2.2: multiples of 64 up to 1024; "
-                        "default: the preset's)")
-    p.add_argument("--strength", type=float,
-                   help="below 1, start every frame from the source image's own latents, keeping its "
-                        "layout (Kandinsky 2.2 img2img); 1 (default) starts from noise")
-    p.add_argument("--adapter-scale", type=float,
-                   help="IP-Adapter: how strongly the image embedding conditions the frames, in [0, 2] "
-                        "(default 1: the image alone, as diffusers recommends for variations)")
-    p.add_argument("--prompt", help="IP-Adapter: a text prompt steering every frame (default: none)")
-    p.add_argument("--max-batch", type=int, help=f"frames at once, per chunk (default {DEFAULT_MAX_BATCH})")
+    _add_sampling_options(p)
     p.add_argument("--stats", metavar="FILE", help="image-modality stats file for alpha != 0")
     p.add_argument("--reference", metavar="SPEC",
                    help="open_clip reference space for extra readouts, open_clip:MODEL/PRETRAINED")
@@ -710,6 +696,26 @@ def _add_render(sub) -> None:
                    help="small GPUs: keep weights in CPU memory, each model on the GPU only while it "
                         "runs (less GPU memory, slower; CUDA only)")
     p.set_defaults(func=_cmd_render)
+
+
+def _add_sampling_options(p) -> None:
+    """`vslerp render`'s sampling settings (`Sampling`): quality, steps, guidance, size and the
+    model family's own (strength, IP-Adapter's scale and prompt)."""
+    p.add_argument("--preview", action="store_true", help="preview quality (fast, small)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
+    p.add_argument("--super-res-steps", type=int, help="Karlo super-resolution steps")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 is off)")
+    p.add_argument("--resolution", type=_resolution, metavar="PX|WxH",
+                   help="frame size: a side or WIDTHxHEIGHT (Kandinsky 2.2: multiples of 64 up to 1024; "
+                        "default: the preset's)")
+    p.add_argument("--strength", type=float,
+                   help="below 1, start every frame from the source image's own latents, keeping its "
+                        "layout (Kandinsky 2.2 img2img); 1 (default) starts from noise")
+    p.add_argument("--adapter-scale", type=float,
+                   help="IP-Adapter: how strongly the image embedding conditions the frames, in [0, 2] "
+                        "(default 1: the image alone, as diffusers recommends for variations)")
+    p.add_argument("--prompt", help="IP-Adapter: a text prompt steering every frame (default: none)")
+    p.add_argument("--max-batch", type=int, help=f"frames at once, per chunk (default {DEFAULT_MAX_BATCH})")
 
 
 def _add_common(p, default=None) -> None:
