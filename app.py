@@ -454,13 +454,14 @@ def _files(update: ui.SequenceUpdate) -> tuple:
 
 
 def _sweep_values(source, target, sweep, theta, alpha, theta_start, theta_stop, theta_frames, alpha_start,
-                  alpha_stop, alpha_frames, seed, *settings_and_fps) -> dict:
+                  alpha_stop, alpha_frames, seed, quality, steps, super_res_steps, preview_steps,
+                  guidance_scale, max_batch, fps, strength, adapter_scale, prompt) -> dict:
     """The sequence inputs' values by name (`_wire`'s ``sequence_inputs``, in this order)."""
-    *settings, fps = settings_and_fps
     return dict(source=source, target=target, sweep=sweep, theta=theta, alpha=alpha, theta_start=theta_start,
                 theta_stop=theta_stop, theta_frames=theta_frames, alpha_start=alpha_start,
-                alpha_stop=alpha_stop, alpha_frames=alpha_frames, seed=seed, **_settings_values(*settings),
-                fps=fps)
+                alpha_stop=alpha_stop, alpha_frames=alpha_frames, seed=seed, fps=fps,
+                **_settings_values(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch,
+                                   strength, adapter_scale, prompt))
 
 
 def _sequence_handlers(studio: ui.Studio) -> dict:
@@ -471,7 +472,7 @@ def _sequence_handlers(studio: ui.Studio) -> dict:
 
     def render_sweep(source, target, sweep, theta, alpha, theta_start, theta_stop, theta_frames,
                      alpha_start, alpha_stop, alpha_frames, seed, quality, steps, super_res_steps,
-                     preview_steps, guidance_scale, max_batch, strength, adapter_scale, prompt, fps, session,
+                     preview_steps, guidance_scale, max_batch, fps, strength, adapter_scale, prompt, session,
                      target_conformity=None, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
         """/sequence: a sweep of theta, alpha or both: gallery, plot, MP4, GIF, ZIP and smoothness
         line; with a target_conformity (theta sweep), every frame's alpha gives it.
@@ -534,11 +535,12 @@ def _shown_files(update: ui.SequenceUpdate) -> tuple:
     return tuple(gr.update(value=f, visible=f is not None) for f in _files(update))
 
 
-def _path_values(frames, loop, spacing, ease, alpha, seed, *settings_and_fps) -> dict:
+def _path_values(frames, loop, spacing, ease, alpha, seed, quality, steps, super_res_steps, preview_steps,
+                 guidance_scale, max_batch, fps, strength, adapter_scale, prompt) -> dict:
     """The path inputs' values by name after the keyframes (`_wire_path`'s ``shape``, in this order)."""
-    *settings, fps = settings_and_fps
-    return dict(frames=frames, loop=loop, spacing=spacing, ease=ease, alpha=alpha, seed=seed,
-                **_settings_values(*settings), fps=fps)
+    return dict(frames=frames, loop=loop, spacing=spacing, ease=ease, alpha=alpha, seed=seed, fps=fps,
+                **_settings_values(quality, steps, super_res_steps, preview_steps, guidance_scale, max_batch,
+                                   strength, adapter_scale, prompt))
 
 
 def _path_handlers(studio: ui.Studio) -> dict:
@@ -552,8 +554,8 @@ def _path_handlers(studio: ui.Studio) -> dict:
     def render_path(keyframe_1, keyframe_2, keyframe_3=None, keyframe_4=None, keyframe_5=None,
                     keyframe_6=None, keyframe_7=None, keyframe_8=None, frames=None, loop=None, spacing=None,
                     ease=None, alpha=None, seed=None, quality=None, steps=None, super_res_steps=None,
-                    preview_steps=None, guidance_scale=None, max_batch=None, strength=None,
-                    adapter_scale=None, prompt=None, fps=None, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+                    preview_steps=None, guidance_scale=None, max_batch=None, fps=None, strength=None,
+                    adapter_scale=None, prompt=None, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
         """/path: a path through 2 to 8 keyframes (in order; unused ones None), open or a loop:
         gallery, plot, MP4, GIF, ZIP and smoothness line. alpha: one value, or one per segment ("0, 1, 2");
         spacing "uniform", "angle" or "perceptual"; ease in and out of each keyframe. Streamed like
@@ -662,12 +664,14 @@ def _gallery_columns(sweep, alpha_frames) -> int:
 def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
     h = _handlers(studio)
     _name_the_numbers(c)
-    settings = [c.quality, c.steps, c.super_res_steps, c.preview_steps, c.guidance, c.max_batch, c.strength,
-                c.adapter_scale, c.prompt]
-    frame_inputs = [c.source, c.target, c.theta, c.alpha, c.seed, *settings]
+    settings = [c.quality, c.steps, c.super_res_steps, c.preview_steps, c.guidance, c.max_batch]
+    # The model family's own settings come last (the API's positions of the others stay put).
+    family_settings = [c.strength, c.adapter_scale, c.prompt]
+    frame_inputs = [c.source, c.target, c.theta, c.alpha, c.seed, *settings, *family_settings]
     frame_outputs = [c.frame, c.readouts, session]
     sequence_inputs = [c.source, c.target, c.sweep, c.theta, c.alpha, c.theta_start, c.theta_stop,
-                       c.theta_frames, c.alpha_start, c.alpha_stop, c.alpha_frames, c.seed, *settings, c.fps]
+                       c.theta_frames, c.alpha_start, c.alpha_stop, c.alpha_frames, c.seed, *settings, c.fps,
+                       *family_settings]
     private = {"api_visibility": "private"}
     # Pre-checks are queued (an unqueued event's error never reaches this Gradio's page) in
     # their own small group, so a refusal shows at once even while the GPU is busy.
@@ -714,7 +718,7 @@ def _wire(studio: ui.Studio, c: SimpleNamespace, session) -> None:
     gr.on([], h.render_sweep, [*sequence_inputs, session, c.api_target_conformity], sequence_outputs,
           api_name="sequence", **gpu)
     _wire_aim(studio, c, session, frame_inputs, frame_outputs)
-    _wire_path(h, c, settings, check, gpu)
+    _wire_path(h, c, [*settings, c.fps, *family_settings], check, gpu)
 
 
 def _wire_uploads(h: SimpleNamespace, c: SimpleNamespace) -> None:
@@ -730,7 +734,8 @@ def _wire_uploads(h: SimpleNamespace, c: SimpleNamespace) -> None:
 
 
 def _wire_path(h: SimpleNamespace, c: SimpleNamespace, settings: list, check: dict, gpu: dict) -> None:
-    """The keyframe strip's buttons, the page's path render with Stop, and the API's /path."""
+    """The keyframe strip's buttons, the page's path render with Stop, and the API's /path.
+    ``settings``: the sampling settings, fps and the family's settings, in `_path_values`' order."""
     private = {"api_visibility": "private"}
     strip, selected = c.keyframes, c.keyframe_selected
     checked_upload = c.keyframe_add.upload(h.add_upload, [strip, c.keyframe_add], [strip, c.keyframe_add],
@@ -747,7 +752,7 @@ def _wire_path(h: SimpleNamespace, c: SimpleNamespace, settings: list, check: di
     c.remove_button.click(h.remove, [strip, selected], [strip, selected], **check)
     c.clear_button.click(lambda: ([], None), None, [strip, selected], queue=False, **private)
 
-    shape = [c.path_frames, c.loop, c.spacing, c.ease, c.path_alpha, c.seed, *settings, c.fps]
+    shape = [c.path_frames, c.loop, c.spacing, c.ease, c.path_alpha, c.seed, *settings]
     outputs = [c.path_gallery, c.path_plot, c.path_video, c.path_gif, c.path_zip, c.path_smoothness]
     _wire_render(h.stop_render, c.path_button, c.path_stop_button, c.path_gallery, c.path_status,
                  "Path frames", (h.check_path, [strip, *shape]), h.render_path_page, [strip, *shape], outputs,

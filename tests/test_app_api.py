@@ -667,7 +667,7 @@ def test_keyframe_paths_and_urls_are_refused_in_plain_words(app, keyframe, messa
     first = _uploaded(app, SOURCE)
     keyframes = [first, {**keyframe, "meta": {"_type": "gradio.FileData"}}, *[None] * 6]
     event, data = _call(app, "path", [*keyframes, 3, False, "uniform", False, "1", 42, "preview", 2, 2, 2,
-                                      1.0, 8, None, None, None, 4])
+                                      1.0, 8, 4, None, None, None])
     assert event == "error" and message in data["error"], data
 
 
@@ -704,8 +704,8 @@ def _server_paths(app) -> dict[str, str]:
 
 def _settings_after(api_name: str) -> list:
     return {"preview": [0.5, 1.0, 42, "preview", 2, 2, 2, 1.0, 8, None, None, None, None],
-            "sequence": ["theta", 0.5, 1.0, 0.0, 1.0, 2, -1.0, 2.0, 2, 42, "preview", 2, 2, 2, 1.0, 8, None,
-                         None, None, 4, None]}[api_name]
+            "sequence": ["theta", 0.5, 1.0, 0.0, 1.0, 2, -1.0, 2.0, 2, 42, "preview", 2, 2, 2, 1.0, 8, 4,
+                         None, None, None, None]}[api_name]
 
 
 @pytest.mark.parametrize("meta", [True, False], ids=["with meta", "without meta"])
@@ -725,7 +725,7 @@ def test_a_server_path_is_refused_with_one_message_on_preview_and_sequence(app, 
 
 def test_a_server_path_is_refused_for_every_path_keyframe(app):
     uploaded = _uploaded(app, SOURCE)
-    shape = [3, False, "uniform", False, "1", 42, "preview", 2, 2, 2, 1.0, 8, None, None, None, 4]
+    shape = [3, False, "uniform", False, "1", 42, "preview", 2, 2, 2, 1.0, 8, 4, None, None, None]
     for k in range(8):
         for path in (str(SOURCE), "/etc/passwd", "/no/such/file.png"):
             keyframes = [uploaded, uploaded, None, None, None, None, None, None]
@@ -768,10 +768,10 @@ def test_the_pages_own_events_refuse_server_paths_too(app):
                  {"image": {"path": path}, "caption": None}]
         ok, out = _page_event(app, "run-path", ["keyframes", "path_frames", "loop", "spacing", "ease",
                                                 "path_alpha", "seed", "quality", "steps", "super_res_steps",
-                                                "preview_steps", "guidance", "max_batch", "strength",
-                                                "adapter_scale", "prompt", "fps"],
-                              [strip, 3, False, "uniform", False, "1", 42, "preview", 2, 2, 2, 1.0, 8, 1.0,
-                               1.0, "", 4])
+                                                "preview_steps", "guidance", "max_batch", "fps", "strength",
+                                                "adapter_scale", "prompt"],
+                              [strip, 3, False, "uniform", False, "1", 42, "preview", 2, 2, 2, 1.0, 8, 4, 1.0,
+                               1.0, ""])
         assert not ok and out["error"] == f"The keyframe strip {ONE_REFUSAL}", out
         ok, out = _page_event(app, "source", ["source"], [{"path": path}])
         assert not ok and out["error"] == f"The source image {ONE_REFUSAL}", out

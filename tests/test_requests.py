@@ -108,6 +108,34 @@ def test_the_engine_trusts_a_parsed_request_and_checks_one_built_directly(engine
         engine.render_frame(bad)
 
 
+def test_parsed_requests_pickle_without_their_engine_for_zerogpu(engine):
+    """ZeroGPU pickles a GPU function's arguments to its worker: a parsed request goes (its
+    engine, which holds locks, stays behind) and the worker's engine checks it again."""
+    import pickle
+
+    studio = service.Studio(engine, service.StudioConfig())
+    frame = studio.frame_request(source=str(SOURCE), target=str(TARGET), theta=0.5, alpha=1.0, seed=2,
+                                 quality="preview", target_conformity=0.5, **FAST)
+    sweep = studio.sequence_request(source=str(SOURCE), target=str(TARGET), sweep="theta", theta=0.5,
+                                    alpha=1.0, theta_start=0.0, theta_stop=1.0, theta_frames=3,
+                                    alpha_start=0.0, alpha_stop=1.0, alpha_frames=2, seed=2,
+                                    quality="preview", fps=8, **FAST)
+    path = studio.path_request(keyframes=[str(SOURCE), str(TARGET)], frames=3, loop=False, spacing="uniform",
+                               ease=False, alpha="1", seed=2, quality="preview", fps=8, **FAST)
+    for request in (frame, sweep, path):
+        assert request.checked_by is engine
+        copy = pickle.loads(pickle.dumps(request))
+        assert copy == request and copy.checked_by is None
+
+
+def test_a_batch_limit_of_0_is_refused_not_taken_as_the_default(engine):
+    with pytest.raises(RequestError, match="max_batch must be a whole number >= 1, got 0"):
+        FrameRequest.parse(engine, source=str(SOURCE), target=str(TARGET), theta=0.5, alpha=1.0, seed=2,
+                           quality="preview", max_batch=0, **FAST)
+    with pytest.raises(ValueError, match="max_batch must be a whole number >= 1, got 0"):
+        engine.generate(str(SOURCE), str(TARGET), 0.5, 1.0, seed=2, preview=True, steps=2, max_batch=0)
+
+
 def test_an_aimed_frame_carries_its_aim_and_reaches_the_wanted_conformity(engine):
     request = FrameRequest.parse(engine, source=str(SOURCE), target=str(TARGET), theta=0.4, alpha=0.0, seed=1,
                                  quality="preview", target_conformity="0.6", **FAST)

@@ -403,7 +403,8 @@ class VSLERPEngine:
         """`check_inputs` for a request's frames and `Sampling` (the request records call it when
         parsed against this engine); the effective settings."""
         settings = self.settings_of(sampling)
-        self.check_inputs(pairs, seed, settings, sampling.max_batch or self.max_batch)
+        batch = self.max_batch if sampling.max_batch is None else sampling.max_batch  # 0 is refused
+        self.check_inputs(pairs, seed, settings, batch)
         return settings
 
     def trusted_settings(self, request, pairs) -> RenderSettings:

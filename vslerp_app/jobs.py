@@ -31,7 +31,7 @@ from vslerp_app.manifest import MANIFEST_NAME, now
 from vslerp_app.outputs import OutputRequest
 from vslerp_app.render import check_sweep_request, checked_path_request, render_request
 from vslerp_app.requests import PathRequest, Sampling
-from vslerp_app.specs import check_seed
+from vslerp_app.specs import check_fps, check_max_batch, check_seed
 
 __all__ = ["JOBS_SUMMARY_NAME", "MAX_NAME_LENGTH", "Job", "JobsFile", "RefusedJob", "check_job_name",
            "read_jobs", "run_jobs"]
@@ -322,6 +322,10 @@ def run_jobs(model, jobs_file, out_dir, *, device=None, dtype=None, stats=None, 
 
     from vslerp_app.models import load_pipeline
 
+    if max_batch is not None:  # refused before any job, not quietly the default
+        check_max_batch(max_batch)
+    if "fps" in render_kwargs:
+        check_fps(render_kwargs["fps"])
     checked = read_jobs(jobs_file, default_seed, default_grid)
     out_dir = output_path(out_dir)
     log = log or (lambda msg: print(msg, file=sys.stderr))

@@ -108,6 +108,14 @@ def check_studio_alphas(alphas, name: str = "alpha") -> None:
 
 
 # -- the records ------------------------------------------------------------------------------
+class _Checked:
+    """A request record that remembers the engine that checked it (`checked_by`), but not when
+    pickled: ZeroGPU pickles a GPU function's arguments to its worker, whose engine checks again."""
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "checked_by": None}
+
+
 @dataclass(frozen=True)
 class AimAt:
     """An alpha found where the frame renders: the one nearest 0 whose Eq. 12 embedding has
@@ -215,7 +223,7 @@ def _need_image(image, role: str) -> None:
 
 
 @dataclass(frozen=True)
-class FrameRequest:
+class FrameRequest(_Checked):
     """One frame at (theta, alpha) of the source-to-target arc (Eq. 12), on the noise path of ``seed``."""
 
     source: object
@@ -286,7 +294,7 @@ def _sweep_linspace(start, stop, count, name) -> list[float]:
 
 
 @dataclass(frozen=True)
-class SweepRequest:
+class SweepRequest(_Checked):
     """A sequence: thetas with alphas (a sweep, paired, or a theta-major ``grid``), one seed.
 
     ``alphas`` are numbers, or `AimAt`s paired with the thetas (each frame's alpha aimed).
@@ -383,7 +391,7 @@ def _aims(alphas, conformity, grid: bool) -> list[AimAt]:
 
 
 @dataclass(frozen=True)
-class PathRequest:
+class PathRequest(_Checked):
     """A path through 2 or more keyframes (open, or a ``loop``): ``frames`` frames (None: 8 a
     segment), one alpha per segment, one seed."""
 
