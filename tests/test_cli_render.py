@@ -122,6 +122,18 @@ def test_unknown_model_and_bad_jobs_file(inputs, tmp_path):
     assert f"jobs file {jobs} is not UTF-8 text" in _error_line(proc) and proc.returncode == 2
 
 
+@pytest.mark.parametrize("option, words", [("--fps", "fps must be"),
+                                           ("--max-batch", "max_batch must be a whole number >= 1")])
+def test_a_jobs_run_refuses_a_bad_fps_or_batch_limit_before_any_job(inputs, karlo_dir, tmp_path, option,
+                                                                     words):
+    jobs = tmp_path / "jobs.jsonl"
+    job = {"source": str(inputs / "a.png"), "target": str(inputs / "b.png"), "theta": 0}
+    jobs.write_text(json.dumps(job) + "\n")
+    proc = _run(_cmd("--model", karlo_dir, "--jobs", jobs, "--out", tmp_path / "j", option, "0"))
+    assert words in _error_line(proc) and proc.returncode == 2, proc.stderr
+    assert not (tmp_path / "j" / "0").exists()  # no job rendered
+
+
 # -- what argparse decides: SPECs with a minus, an empty --out, a missing value ---------------
 @pytest.mark.parametrize("argv, theta, alpha", [
     (["--theta", "0.5", "--alpha", "-1:3:16"], "0.5", "-1:3:16"),
