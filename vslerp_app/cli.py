@@ -95,9 +95,9 @@ def _cmd_stats(args) -> int:
         raise CLIError("--images needs --out FILE")
     from vslerp_app import load_pipeline
 
-    pipe = load_pipeline(args.model, device=args.device, stats=None)
-    result = _stats_dataset(args, pipe) if args.dataset else _stats_folder(args, pipe)
-    path = result.stats.save(args.out or user_stats_path(pipe.encoder.name))
+    engine = load_pipeline(args.model, device=args.device, stats=None)
+    result = _stats_dataset(args, engine) if args.dataset else _stats_folder(args, engine)
+    path = result.stats.save(args.out or user_stats_path(engine.encoder.name))
     s = result.stats
     print(f"wrote {path}: {s.dim}-d stats of {result.encoded} images "
           f"({len(result.skipped)} unreadable skipped)")
@@ -148,29 +148,29 @@ def _import_target(args) -> tuple[str, int | None]:
         return preset.encoder, preset.embedding_dim
     from vslerp_app import load_pipeline
 
-    pipe = load_pipeline(args.model, device="cpu", stats=None)
-    return pipe.encoder.name, pipe.encoder.dim
+    engine = load_pipeline(args.model, device="cpu", stats=None)
+    return engine.encoder.name, engine.encoder.dim
 
 
-def _stats_folder(args, pipe):
+def _stats_folder(args, engine):
     from vslerp_app.folder_stats import folder_stats
 
-    return folder_stats(pipe.encoder, args.images, batch_size=args.batch_size,
+    return folder_stats(engine.encoder, args.images, batch_size=args.batch_size,
                         dataset=args.source_name, model_id=args.model)
 
 
-def _stats_dataset(args, pipe):
+def _stats_dataset(args, engine):
     """Stream ``--dataset``; on Ctrl-C say how to resume (the state is on disk)."""
     from vslerp_app.dataset_stats import dataset_stats, state_dir_for
 
     if args.source_name:
         raise CLIError("--source-name labels a folder (--images); a dataset is named by its id")
     try:
-        result = dataset_stats(pipe.encoder, args.dataset, split=args.split, limit=args.limit,
+        result = dataset_stats(engine.encoder, args.dataset, split=args.split, limit=args.limit,
                                batch_size=args.batch_size, model_id=args.model)
     except KeyboardInterrupt:
         print(f"vslerp stats: interrupted; the images encoded so far are kept in "
-              f"{state_dir_for(pipe.encoder.name, args.dataset, args.split)}: run the same command "
+              f"{state_dir_for(engine.encoder.name, args.dataset, args.split)}: run the same command "
               "again to resume", file=sys.stderr)
         raise
     if result.resumed_from:
@@ -311,14 +311,14 @@ def _load_for_render(args):
 
     check_output_folder(args.out)
     try:
-        pipe = load_pipeline(args.model, device=args.device, max_batch=args.max_batch or DEFAULT_MAX_BATCH,
-                             **_load_kwargs(args))
+        engine = load_pipeline(args.model, device=args.device, max_batch=args.max_batch or DEFAULT_MAX_BATCH,
+                               **_load_kwargs(args))
     except HubUnreachableError as e:  # offline: say what works without the hub, as app.py does
         raise CLIError(f"cannot load model {args.model!r}: {e}.\n{OFFLINE_HINT}") from None
-    if args.super_res_steps is not None and pipe.kind != "karlo":
-        print(f"vslerp render: warning: --super-res-steps is Karlo's; {pipe.kind} has no super-resolution "
+    if args.super_res_steps is not None and engine.kind != "karlo":
+        print(f"vslerp render: warning: --super-res-steps is Karlo's; {engine.kind} has no super-resolution "
               "stage, so it is ignored", file=sys.stderr)
-    return pipe
+    return engine
 
 
 def _render_one(args) -> dict:
@@ -453,12 +453,12 @@ def _score_encoder(args):
         return readout.encoder, readout.stats, readout.space
     from vslerp_app import load_pipeline
 
-    pipe = load_pipeline(args.model, device=args.device, stats=args.stats)
-    if pipe.stats is None:
-        raise CLIError(f"no image statistics for {args.model} ({pipe.stats_note}); compute them "
+    engine = load_pipeline(args.model, device=args.device, stats=args.stats)
+    if engine.stats is None:
+        raise CLIError(f"no image statistics for {args.model} ({engine.stats_note}); compute them "
                        f"with `vslerp stats --model {args.model} --images DIR --out FILE` and pass "
                        "--stats FILE")
-    return pipe.encoder, pipe.stats, f"{args.model} ({pipe.encoder.name})"
+    return engine.encoder, engine.stats, f"{args.model} ({engine.encoder.name})"
 
 
 def _score_sequences(encoder, stats, space: str, sources: list[str], args) -> None:
@@ -710,7 +710,7 @@ def _add_sampling_options(p) -> None:
                         "default: the preset's)")
     p.add_argument("--strength", type=float,
                    help="below 1, start every frame from the source image's own latents, keeping its "
-                        "layout (Kandinsky 2.2 img2img); 1 (default) starts from noise")
+                        "layout (Kandinsky 2.2, IP-Adapter: img2img); 1 (default) starts from noise")
     p.add_argument("--adapter-scale", type=float,
                    help="IP-Adapter: how strongly the image embedding conditions the frames, in [0, 2] "
                         "(default 1: the image alone, as diffusers recommends for variations)")

@@ -279,7 +279,7 @@ class VSLERPEngine:
     `pipelines.UnclipRunner`), `stats` (image-modality stats or None), `stats_note` (where
     they came from, or why there are none), `model` (what was asked for), `max_batch`
     (default frames per batch), `reference` (a `ReferenceReadout` or None); and, from the
-    loaded model, `pipe`, `kind`, `preset`, `device`, `dtype`, `offload`, `encoder`.
+    loaded model, `diffusers_pipe`, `kind`, `preset`, `device`, `dtype`, `offload`, `encoder`.
     """
 
     def __init__(self, runner: UnclipRunner, *, stats: ModalityStats | None, stats_note: str,

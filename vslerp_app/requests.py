@@ -187,7 +187,7 @@ class Sampling:
     def from_options(cls, preview: bool = False, steps=None, **options) -> Sampling:
         """The record of `VSLERPEngine.generate`'s keyword options, where ``steps`` is the
         steps of the quality asked for (a preview's with ``preview``)."""
-        unknown = set(options) - {f.name for f in dataclasses.fields(cls)} - {"preview_steps"}
+        unknown = set(options) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"unknown sampling option(s) {', '.join(sorted(unknown))}")
         return cls(preview=bool(preview), **{"preview_steps" if preview else "steps": steps}, **options)
@@ -253,10 +253,6 @@ class FrameRequest(_Checked):
             check_studio_alphas([alpha])
         request = cls(source, target, theta, alpha if aim is None else aim, seed, sampling)
         return _checked(request, engine, [(theta, request.alpha)], seed)
-
-    @property
-    def aimed(self) -> bool:
-        return isinstance(self.alpha, AimAt)
 
 
 def sweep_values(mode: str, theta: float, alpha: float, theta_start: float, theta_stop: float,
@@ -375,10 +371,6 @@ class SweepRequest(_Checked):
     def pairs(self) -> list[tuple[float, float | AimAt]]:
         """(theta, alpha or aim) per frame, in the order the render writes them."""
         return combine(self.thetas, self.alphas, self.grid)
-
-    @property
-    def aimed(self) -> bool:
-        return any(isinstance(a, AimAt) for a in self.alphas)
 
 
 def _aims(alphas, conformity, grid: bool) -> list[AimAt]:

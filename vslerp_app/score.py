@@ -422,7 +422,7 @@ def score_folders(encoder, stats: ModalityStats, folders: Sequence[str | os.Path
     ``name``) and its ``stats``; write the report into ``out`` (see the module docstring).
 
     Args:
-        encoder: the model's CLIP image encoder (``pipe.encoder``) or a reference encoder.
+        encoder: the model's CLIP image encoder (``engine.encoder``) or a reference encoder.
         stats: that encoder's image stats (with the population's scale for percentiles).
         folders: one or more folders of images (searched recursively).
         out: the output folder (created; a previous run's cache there is reused).
