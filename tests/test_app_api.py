@@ -364,9 +364,9 @@ def test_without_stats_the_app_refuses_alpha_in_plain_words_and_slerp_works(karl
     preview = next(f.fn for f in demo.fns.values() if f.api_name == "preview")
     settings = ("full", 2, 2, 2, 1.0, 8)
     with pytest.raises(gr.Error) as err:
-        preview(str(SOURCE), str(TARGET), 0.5, 1.0, 42, *settings, {})
+        preview(str(SOURCE), str(TARGET), 0.5, 1.0, 42, *settings, session={})
     assert "needs the image-modality mean" in err.value.message
-    image, readouts, session = preview(str(SOURCE), str(TARGET), 0.5, 0.0, 42, *settings, {})
+    image, readouts, session = preview(str(SOURCE), str(TARGET), 0.5, 0.0, 42, *settings, session={})
     assert image.size == (64, 64) and readouts["conformity"] is None
     assert "Conformity is not available" in readouts_markdown(readouts, pipe.stats_note)
     assert set(session) == {"source", "target"}
@@ -882,8 +882,9 @@ def _join_sequence(app, headers: dict | None = None):
     config = httpx.get(app.url + "config", timeout=10).json()
     fn = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "sequence")
     source, target = _inline(SOURCE.read_bytes(), "image/jpeg"), _inline(TARGET.read_bytes(), "image/jpeg")
-    data = [source, target, "theta", 0.5, 1.0, 0.0, 1.0, 24, -1.0, 2.0, 2, 42, "full", 2, 2, 2, 1.0, 1, 4, {},
-            None]
+    # ..., fps, then strength, adapter_scale, prompt, the session state and target_conformity
+    data = [source, target, "theta", 0.5, 1.0, 0.0, 1.0, 24, -1.0, 2.0, 2, 42, "full", 2, 2, 2, 1.0, 1, 4,
+            None, None, None, {}, None]
     r = httpx.post(app.url + "gradio_api/queue/join", headers=headers or {},
                    json={"data": data, "fn_index": fn, "session_hash": uuid.uuid4().hex}, timeout=10)
     return r.status_code, "" if r.status_code == 200 else r.json().get("detail", "")
@@ -987,7 +988,7 @@ def test_cancel_answers_while_the_batch_goes_on(app):
     fn = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "sequence")
     source, target = _uploaded(app, SOURCE), _uploaded(app, TARGET)
     data = [source, target, "theta", 0.5, 1.0, 0.0, 1.0, 8, -1.0, 2.0, 2, 42, "full", 20, 10, 2, 1.0, 8, 4,
-            {}, None]
+            None, None, None, {}, None]
     session = uuid.uuid4().hex
     joined = httpx.post(app.url + "gradio_api/queue/join", timeout=10,
                         json={"data": data, "fn_index": fn, "session_hash": session})
