@@ -450,11 +450,14 @@ def test_readouts_are_fresh_and_follow_one_rule(app, browser, screen):
     page.locator("#aim").click()
     expect(note).to_contain_text(re.compile(r"(Aimed at conformity|out of reach)"))
     readout = page.locator("#readout")
+    aimed = re.search(r"alpha = (-?\d+\.\d{3})", note.inner_text()).group(1)
+    expect(readout).to_contain_text(f"alpha = {aimed}")  # the frame at the aimed alpha, not the one before
     expect(readout).not_to_contain_text("(preview)")  # the full frame at the aimed alpha
     for text in (note.inner_text(), readout.inner_text()):  # theta, alpha and conformity: 3 decimals
         lines = [line for line in text.splitlines()  # the likelihood has 1 decimal, seconds 2
                  if not any(words in line for words in ("log-likelihood", "Rendered in", "frame cache"))]
-        numbers = re.findall(r"-?\d+\.\d+", "\n".join(lines))
+        # (a percentage has its own rule, below: near 0 or 100 it shows a decimal, never "100%")
+        numbers = re.findall(r"-?\d+\.\d+(?![\d%])", "\n".join(lines))
         assert numbers and all(len(n.split(".")[1]) == 3 for n in numbers), text
         assert not re.search(r"\b(100|0)%", text), text
     assert "more typical than" in readout.inner_text()
