@@ -455,8 +455,7 @@ class Studio:
 
     def _starts_from_image(self, request) -> bool:
         """Whether the request's frames start from an image's latents (strength < 1)."""
-        sampling = request.sampling
-        return self.engine.settings_for(sampling.preview, **sampling.overrides()).strength < 1.0
+        return self.engine.settings_of(request.sampling).strength < 1.0
 
     def _stepped(self, events: Iterator, on_step) -> Iterator:
         """``events`` with each chunk's denoising steps reported to ``on_step``.
